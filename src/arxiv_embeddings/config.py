@@ -1,0 +1,69 @@
+"""Hydra helpers: where the configs live, composing them, and validating them before any work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# In a source checkout the configs sit at the repository root; an installed wheel carries a copy inside the package.
+CONFIG_DIR = next(
+    (p for p in (PACKAGE_DIR.parent.parent / "configs", PACKAGE_DIR / "configs") if (p / "preprocess.yaml").exists()),
+    PACKAGE_DIR.parent.parent / "configs",
+)
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key and the fix."""
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose an entry config (``preprocess``, ``pairs``, ...) with Hydra overrides, outside ``@hydra.main``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def check_missing(cfg: DictConfig) -> None:
+    """Fail if any required value (``???``) was left unset, naming every such key."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        keys = ", ".join(missing)
+        raise ConfigError(f"Required config value(s) not set: {keys}. Pass them as overrides, e.g. '{missing[0]}=...'.")
+
+
+def choose(key: str, value: str, registry: Mapping[str, T]) -> T:
+    """Look ``value`` up in an explicit registry, failing with the list of valid names."""
+    try:
+        return registry[value]
+    except KeyError:
+        valid = ", ".join(sorted(registry))
+        raise ConfigError(f"{key}={value!r} is not known; valid values: {valid}.") from None
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise a :class:`ConfigError` about ``key`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def require_in(key: str, value: Any, valid: Iterable[Any]) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}.")
+
+
+def to_plain(cfg: DictConfig | Any) -> Any:
+    """Resolved plain-Python copy of a config node (for JSON manifests and fingerprints)."""
+    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg

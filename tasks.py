@@ -1,0 +1,60 @@
+"""Invoke tasks: one per stage (Hydra overrides pass through), the whole pipeline, and project chores.
+
+    uv run inv preprocess --overrides "preprocess.max_per_subject=40"
+    uv run inv pipeline            # every stage in order; unchanged stages are skipped
+    uv run inv pipeline --force    # re-run every stage
+    uv run inv test
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from invoke import Context, task
+
+WINDOWS = os.name == "nt"
+PYTHON = shlex.quote(sys.executable)
+# Stages in pipeline order; each is `python -m arxiv_embeddings.<stage>` with configs/<stage>.yaml.
+STAGES = ("preprocess", "pairs")
+
+
+def _stage(ctx: Context, stage: str, overrides: str = "", force: bool = False) -> None:
+    args = shlex.split(overrides) + (["force=true"] if force else [])
+    cmd = " ".join([PYTHON, "-m", f"arxiv_embeddings.{stage}", *map(shlex.quote, args)])
+    ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
+@task(help={"overrides": "Hydra overrides, e.g. 'data=files data.path=papers.parquet'", "force": "run even if unchanged"})
+def preprocess(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """Normalize, dedupe and split the papers (configs/preprocess.yaml)."""
+    _stage(ctx, "preprocess", overrides, force)
+
+
+@task(help={"overrides": "Hydra overrides, e.g. 'pairs=contrastive pairs.num_train=50000'", "force": "run even if unchanged"})
+def pairs(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """Build training pairs from the processed splits (configs/pairs.yaml)."""
+    _stage(ctx, "pairs", overrides, force)
+
+
+@task(help={"overrides": "Hydra overrides passed to every stage (keys a stage lacks are skipped by Hydra's '+' rules)",
+            "force": "re-run every stage even if unchanged"})
+def pipeline(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """Run every stage in order; a stage whose inputs and config are unchanged is skipped."""
+    for stage in STAGES:
+        _stage(ctx, stage, overrides, force)
+
+
+@task(help={"args": "extra pytest arguments, e.g. '-k preprocess -x'"})
+def test(ctx: Context, args: str = "") -> None:
+    """Run the test suite."""
+    ctx.run(f"{PYTHON} -m pytest {args}", echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
+@task
+def lint(ctx: Context) -> None:
+    """ruff (lint + format check) and mypy, the same checks pre-commit and CI run."""
+    ctx.run(f"{PYTHON} -m ruff check .", echo=True)
+    ctx.run(f"{PYTHON} -m ruff format --check .", echo=True)
+    ctx.run(f"{PYTHON} -m mypy src", echo=True)
