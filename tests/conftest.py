@@ -1,0 +1,90 @@
+"""Shared fixtures: a small real slice of the embedded sample, its processed splits, and a tiny random model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import DictConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from arxiv_embeddings.config import compose  # noqa: E402
+from arxiv_embeddings.data import SAMPLE_PATH  # noqa: E402
+
+SLICE_SUBJECTS = ("cs.CV", "cs.CL", "math.AP", "quant-ph", "astro-ph.GA", "hep-ph", "cs.RO", "math.NA", "q-bio.NC", "econ.EM")
+
+
+def root_overrides(root: Path) -> list[str]:
+    return [f"paths.root_dir={root}"]
+
+
+@pytest.fixture(scope="session")
+def sample_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~600 real papers of 10 subjects from the embedded sample, in the normalized schema."""
+    table = pq.read_table(SAMPLE_PATH)
+    table = table.filter(pc.is_in(table.column("primary_subject"), pa.array(SLICE_SUBJECTS)))
+    path = tmp_path_factory.mktemp("slice") / "slice.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_cfg() -> Callable[..., DictConfig]:
+    """Compose an entry config rooted at a temporary folder, with extra overrides."""
+
+    def _make(name: str, root: Path, overrides: Sequence[str] = ()) -> DictConfig:
+        return compose(name, [*root_overrides(root), *overrides])
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def slice_overrides(sample_slice: Path) -> list[str]:
+    return ["data=files", f"data.path={sample_slice}", "preprocess.min_per_subject=10"]
+
+
+@pytest.fixture(scope="session")
+def processed_root(tmp_path_factory: pytest.TempPathFactory, make_cfg, slice_overrides) -> Path:
+    """A project root whose data/processed holds the preprocessed slice (do not modify; copy it)."""
+    from arxiv_embeddings import preprocess
+
+    root = tmp_path_factory.mktemp("processed_root")
+    preprocess.run(make_cfg("preprocess", root, slice_overrides))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised BERT sentence-transformer built from a config (MiniLM's tokenizer, no download)."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from arxiv_embeddings.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    out = tmp_path_factory.mktemp("tiny") / "tiny-bert"
+    hf_dir = out.parent / "hf"
+    BertModel(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    word = models.Transformer(str(hf_dir), max_seq_length=64)
+    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu").save(str(out))
+    return out
