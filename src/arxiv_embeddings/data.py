@@ -231,3 +231,27 @@ def hash_strings(arr: pa.ChunkedArray | pa.Array, key: str = "arxiv-embeddings")
 def unit_interval(hashes: np.ndarray) -> np.ndarray:
     """Map 64-bit hashes to floats uniform in [0, 1)."""
     return (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+# ------------------------------------------------------------------------------------------------- text
+TEXT_FIELDS = ("title", "abstract", "title_abstract")
+TITLE_ABSTRACT_SEPARATOR = "\n"
+
+
+def paper_text_array(table: pa.Table, text: str) -> pa.ChunkedArray:
+    """The text of each paper as an Arrow column: its title, its abstract, or both (title, newline, abstract)."""
+    if text == "title":
+        return table.column("title")
+    if text == "abstract":
+        return table.column("abstract")
+    if text == "title_abstract":
+        title, abstract = (pc.cast(table.column(c), pa.large_string()) for c in ("title", "abstract"))
+        return pc.binary_join_element_wise(title, abstract, pa.scalar(TITLE_ABSTRACT_SEPARATOR, pa.large_string()))
+    raise ConfigError(f"text={text!r} is not known; valid values: {', '.join(TEXT_FIELDS)}.")
+
+
+def paper_text(table: pa.Table | pd.DataFrame, text: str) -> list[str]:
+    """The text of each paper (see :func:`paper_text_array`) as a list of Python strings, ready to encode."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table[["title", "abstract"]], preserve_index=False)
+    return paper_text_array(table, text).to_pylist()

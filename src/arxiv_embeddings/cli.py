@@ -1,0 +1,79 @@
+"""``arxiv-embed``: utilities outside the experiment (inspecting data, searching, serving).
+
+Experiment settings live in the Hydra configs; this CLI only reads what the stages wrote, locating it through
+the same ``paths`` config (``--override paths.root_dir=...`` points it elsewhere).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="arxiv-embeddings utilities: inspect processed data, search papers, serve embeddings.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+@app.callback()
+def _main() -> None:
+    """arxiv-embeddings utilities."""
+
+OverrideOpt = Annotated[list[str] | None, typer.Option("--override", "-o", help="Hydra override for the paths, e.g. paths.root_dir=/data/run1")]
+
+
+def _processed_dir(overrides: list[str] | None) -> Path:
+    from arxiv_embeddings.config import compose
+
+    return Path(compose("preprocess", overrides or []).paths.processed_dir)
+
+
+@app.command("data-info")
+def data_info(
+    overrides: OverrideOpt = None,
+    top: Annotated[int, typer.Option(help="Show this many subjects (largest first); 0 = all.")] = 20,
+) -> None:
+    """Counts per split and per primary subject of what preprocess wrote."""
+    from arxiv_embeddings.io import read_json
+    from arxiv_embeddings.preprocess import MANIFEST
+
+    path = _processed_dir(overrides) / MANIFEST
+    if not path.exists():
+        console.print(f"[red]No processed data at {path.parent}[/red]; run 'uv run inv preprocess' first.")
+        raise typer.Exit(code=1)
+    manifest = read_json(path)
+    splits = manifest["splits"]
+    names = list(splits)
+    summary = Table(title=f"Processed data: {path.parent}")
+    summary.add_column("split")
+    summary.add_column("papers", justify="right")
+    summary.add_column("subjects", justify="right")
+    for name in names:
+        summary.add_row(name, f"{splits[name]['rows']:,}", str(len(splits[name]["subjects"])))
+    summary.add_row("total", f"{sum(s['rows'] for s in splits.values()):,}", str(manifest["num_subjects"]), style="bold")
+    console.print(summary)
+
+    totals: dict[str, int] = {}
+    for s in splits.values():
+        for subject, n in s["subjects"].items():
+            totals[subject] = totals.get(subject, 0) + n
+    ranked = sorted(totals, key=lambda k: (-totals[k], k))
+    shown = ranked if top <= 0 else ranked[:top]
+    per_subject = Table(title=f"Papers per primary subject ({len(shown)} of {len(ranked)})")
+    per_subject.add_column("subject")
+    for name in names:
+        per_subject.add_column(name, justify="right")
+    per_subject.add_column("total", justify="right")
+    for subject in shown:
+        per_subject.add_row(subject, *(str(splits[n]["subjects"].get(subject, 0)) for n in names), str(totals[subject]))
+    console.print(per_subject)
+    funnel = manifest.get("funnel", {})
+    if funnel:
+        console.print("Funnel: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in funnel.items()))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,498 @@
+"""evaluate: score a sentence-transformers model on the test split and write metrics.json, report.md and plots.
+
+    uv run inv evaluate --overrides "evaluate.model=my-run"            # models/my-run/final
+    uv run inv evaluate --overrides "evaluate.model=sentence-transformers/all-MiniLM-L6-v2"
+
+Four views of the same test embeddings: subject retrieval (each test paper against the other test papers,
+relevant = same primary subject), title -> abstract retrieval, a logistic-regression probe fit on (a seeded
+sample of) the train split, and k-means clustering. The scoring functions take vectors, not a model, so the
+TF-IDF baseline goes through exactly the same code (see :mod:`arxiv_embeddings.baseline`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from loguru import logger
+from omegaconf import DictConfig, OmegaConf
+
+from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
+from arxiv_embeddings.data import TEXT_FIELDS, paper_text
+from arxiv_embeddings.io import atomic_dir, file_sha256, write_json
+from arxiv_embeddings.metrics import (
+    Matrix,
+    RankingCutoffs,
+    classification_metrics,
+    clustering_metrics,
+    label_retrieval,
+    paired_retrieval,
+)
+from arxiv_embeddings.models import ModelNotFoundError
+from arxiv_embeddings.preprocess import split_path
+from arxiv_embeddings.stage import StageSpec
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+SCHEMA_VERSION = 1
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+#: Top-level keys of every metrics.json, whatever produced the vectors.
+METRICS_KEYS = (
+    "schema_version",
+    "run",
+    "kind",
+    "model",
+    "text",
+    "split",
+    "data",
+    "num_subjects",
+    "subject_retrieval",
+    "title_abstract",
+    "classification",
+    "clustering",
+    "features",
+    "timing",
+    "config",
+    "created_at",
+)
+PRECISIONS = ("fp32", "fp16", "bf16", "auto")
+MAP_METHODS = ("pca", "tsne")
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _positive_ints(cfg: DictConfig, key: str, allow_empty: bool = False) -> list[int]:
+    node = OmegaConf.select(cfg, key)
+    values = list(node) if node is not None else []
+    ok = (allow_empty or len(values) > 0) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    require(ok, key, f"got {values!r}; expected a list of positive integers such as [1, 10].")
+    return [int(v) for v in values]
+
+
+def _optional_positive(value: Any, key: str) -> None:
+    if value is not None:
+        require(isinstance(value, int) and value > 0, key, f"got {value!r}; use a positive integer or null for all.")
+
+
+def validate_evaluation(cfg: DictConfig) -> None:
+    """Check the ``evaluate`` settings (shared by the evaluate and baseline stages), naming the offending key."""
+    e = cfg.evaluate
+    require_in("evaluate.text", e.text, TEXT_FIELDS)
+    _optional_positive(e.max_test_papers, "evaluate.max_test_papers")
+    require(int(e.encode.batch_size) > 0, "evaluate.encode.batch_size", f"got {e.encode.batch_size}; must be > 0.")
+    require(int(e.encode.max_seq_length) > 0, "evaluate.encode.max_seq_length", f"got {e.encode.max_seq_length}; must be > 0.")
+    require_in("evaluate.encode.precision", e.encode.precision, PRECISIONS)
+    pr = _positive_ints(cfg, "evaluate.retrieval.precision_recall_at")
+    _positive_ints(cfg, "evaluate.retrieval.accuracy_at", allow_empty=True)
+    for key in ("mrr_at", "ndcg_at", "map_at"):
+        _positive_ints(cfg, f"evaluate.retrieval.{key}")
+    require(
+        e.retrieval.per_subject_at in pr,
+        "evaluate.retrieval.per_subject_at",
+        f"got {e.retrieval.per_subject_at}; it must be one of evaluate.retrieval.precision_recall_at={pr}.",
+    )
+    require(int(e.retrieval.max_scores) > 0, "evaluate.retrieval.max_scores", f"got {e.retrieval.max_scores}; must be > 0.")
+    _positive_ints(cfg, "evaluate.title_abstract.recall_at")
+    _positive_ints(cfg, "evaluate.title_abstract.mrr_at")
+    _optional_positive(e.classification.max_train_papers, "evaluate.classification.max_train_papers")
+    require(float(e.classification.C) > 0, "evaluate.classification.C", f"got {e.classification.C}; must be > 0.")
+    require(int(e.classification.max_iter) > 0, "evaluate.classification.max_iter", f"got {e.classification.max_iter}; must be > 0.")
+    require(int(e.clustering.n_init) > 0, "evaluate.clustering.n_init", f"got {e.clustering.n_init}; must be > 0.")
+    require_in("evaluate.plots.map_method", e.plots.map_method, MAP_METHODS)
+    require(int(e.plots.max_points) > 1, "evaluate.plots.max_points", f"got {e.plots.max_points}; must be > 1.")
+    require(int(e.plots.max_legend_subjects) > 0, "evaluate.plots.max_legend_subjects", "must be > 0.")
+
+
+def _check_report_name(name: str, key: str) -> None:
+    require(
+        bool(name) and name not in {".", ".."} and "/" not in name and "\\" not in name and not name.startswith("."),
+        key,
+        f"got {name!r}; a report name is one folder name (no '/', not starting with '.').",
+    )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the config before any work, naming the offending key."""
+    check_missing(cfg)
+    require(bool(str(cfg.evaluate.model).strip()), "evaluate.model", "is empty; pass a run name, a model folder or a Hub name.")
+    validate_evaluation(cfg)
+    _check_report_name(report_name(cfg), "evaluate.report_name")
+
+
+# ------------------------------------------------------------------------------------------------ naming
+def _is_run_name(value: str) -> bool:
+    return "/" not in value and "\\" not in value and not value.startswith(("~", "."))
+
+
+def report_name(cfg: DictConfig, model: str | None = None) -> str:
+    """Name of the report folder: ``evaluate.report_name``, else derived from the model value."""
+    if model is None and cfg.evaluate.get("report_name"):
+        return str(cfg.evaluate.report_name)
+    value = str(model if model is not None else cfg.evaluate.model).rstrip("/")
+    parts = Path(value).parts
+    if not parts:
+        return value
+    if parts[-1] == "final" and len(parts) >= 2:
+        return parts[-2]
+    return parts[-1]
+
+
+def model_location(cfg: DictConfig, model: str | None = None) -> str:
+    """Where the model comes from: ``${paths.models_dir}/<run>/final`` for a run name, else the path or Hub name.
+
+    Raises :class:`ModelNotFoundError` for a run name without a trained model.
+    """
+    value = str(model if model is not None else cfg.evaluate.model).strip()
+    if _is_run_name(value):
+        run_dir = Path(cfg.paths.models_dir) / value / "final"
+        if run_dir.exists():
+            return str(run_dir)
+        if Path(value).is_dir():
+            return value
+        raise ModelNotFoundError(
+            f"No trained model for run {value!r}: expected a sentence-transformers folder at {run_dir}. "
+            f"Train it with 'uv run inv train', or pass a model folder or a Hub name such as "
+            "sentence-transformers/all-MiniLM-L6-v2."
+        )
+    return value
+
+
+def local_model_dir(cfg: DictConfig, model: str | None = None) -> Path | None:
+    """The model folder when the model is on local disk (a stage input), else None. Never raises."""
+    try:
+        location = Path(model_location(cfg, model)).expanduser()
+    except ModelNotFoundError:
+        return Path(cfg.paths.models_dir) / str(model or cfg.evaluate.model) / "final"
+    return location if location.exists() else None
+
+
+def report_dir(cfg: DictConfig, name: str | None = None) -> Path:
+    return Path(cfg.paths.reports_dir) / (name or report_name(cfg))
+
+
+def report_files(directory: Path) -> list[Path]:
+    """The files a report folder holds (its stage outputs)."""
+    return [directory / METRICS_FILE, directory / REPORT_FILE, directory / PLOTS_DIR]
+
+
+# --------------------------------------------------------------------------------------------------- data
+@dataclass
+class EvalData:
+    """The test papers scored and the train papers that fit the probe."""
+
+    test: pa.Table
+    train: pa.Table  # the (capped) train papers used for the classifier
+    train_all: pa.Table  # the whole train split (the TF-IDF baseline fits its vocabulary on it)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return np.asarray(self.test.column("primary_subject").to_pylist(), dtype=object).astype(str)
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return np.asarray(self.train.column("primary_subject").to_pylist(), dtype=object).astype(str)
+
+
+def sample_rows(n: int, cap: int | None, seed: int, stream: int) -> np.ndarray:
+    """Sorted positions of a seeded random choice of ``cap`` of ``n`` rows (all rows when ``cap`` is None or >= n)."""
+    if cap is None or cap >= n:
+        return np.arange(n)
+    rng = np.random.default_rng([int(seed), int(stream)])
+    return np.sort(rng.choice(n, size=int(cap), replace=False))
+
+
+_TEST_STREAM, _TRAIN_STREAM, _FIT_STREAM, _PLOT_STREAM = 0, 1, 2, 3
+
+
+def load_data(cfg: DictConfig) -> EvalData:
+    """Read the processed test and train splits and apply the seeded caps."""
+    test_path, train_path = split_path(cfg, "test"), split_path(cfg, "train")
+    columns = ["arxiv_id", "title", "abstract", "primary_subject"]
+    test_all, train_all = pq.read_table(test_path, columns=columns), pq.read_table(train_path, columns=columns)
+    e = cfg.evaluate
+    test = test_all.take(pa.array(sample_rows(test_all.num_rows, e.max_test_papers, cfg.seed, _TEST_STREAM)))
+    train = train_all.take(
+        pa.array(sample_rows(train_all.num_rows, e.classification.max_train_papers, cfg.seed, _TRAIN_STREAM))
+    )
+    if test.num_rows < 2:
+        raise ConfigError(f"The test split at {test_path} has {test.num_rows} paper(s); evaluation needs at least 2.")
+    info = {
+        "test": {"path": str(test_path), "sha256": file_sha256(test_path), "papers": test.num_rows, "split_papers": test_all.num_rows},
+        "train": {"path": str(train_path), "sha256": file_sha256(train_path), "papers": train.num_rows, "split_papers": train_all.num_rows},
+    }
+    return EvalData(test=test, train=train, train_all=train_all, info=info)
+
+
+# ---------------------------------------------------------------------------------------------- features
+@dataclass
+class Features:
+    """Vectors (dense embeddings or sparse TF-IDF rows) of everything the evaluation scores."""
+
+    papers: Matrix  # test papers, text = evaluate.text
+    titles: Matrix  # test titles (title -> abstract queries)
+    abstracts: Matrix  # test abstracts (title -> abstract corpus)
+    train: Matrix  # train papers for the classifier, text = evaluate.text
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _torch_dtype(precision: str, device: str) -> Any:
+    import torch
+
+    from arxiv_embeddings.models import best_precision
+
+    if precision == "auto":
+        precision = best_precision(device)
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTransformer, dict[str, Any]]:
+    """Load the model to evaluate, on the configured device and precision."""
+    from arxiv_embeddings.models import default_device, load_model
+
+    enc = cfg.evaluate.encode
+    location = model_location(cfg, model)
+    device = str(enc.device or default_device())
+    try:
+        st = load_model(location, device=device, max_seq_length=int(enc.max_seq_length))
+    except ModelNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"Could not load {location!r} as a sentence-transformers model ({type(err).__name__}: {err}). Expected a "
+            "run name with a model at models/<run>/final, a model folder, or a Hub name that is in the local cache "
+            "(there is no network)."
+        ) from err
+    dtype = _torch_dtype(str(enc.precision), device)
+    st.to(dtype)
+    info = {
+        "kind": "sentence-transformers",
+        "model_path": location,
+        "device": device,
+        "precision": str(dtype).removeprefix("torch."),
+        "max_seq_length": int(st.max_seq_length),
+        "batch_size": int(enc.batch_size),
+        "dim": int(st.get_sentence_embedding_dimension() or 0),
+    }
+    return st, info
+
+
+def encode_texts(model: SentenceTransformer, texts: list[str], batch_size: int, what: str) -> np.ndarray:
+    """L2-normalized float32 embeddings of ``texts``, in batches, with a progress bar."""
+    logger.info(f"Encoding {len(texts):,} {what}.")
+    emb = model.encode(
+        texts,
+        batch_size=batch_size,
+        show_progress_bar=True,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+    )
+    return np.asarray(emb, dtype=np.float32)
+
+
+def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig) -> Features:
+    """Embed the test papers, titles and abstracts, and the classifier's train papers (no text encoded twice)."""
+    text, bs = str(cfg.evaluate.text), int(cfg.evaluate.encode.batch_size)
+    titles = encode_texts(model, paper_text(data.test, "title"), bs, "test titles")
+    abstracts = encode_texts(model, paper_text(data.test, "abstract"), bs, "test abstracts")
+    papers = {"title": titles, "abstract": abstracts}.get(text)
+    if papers is None:
+        papers = encode_texts(model, paper_text(data.test, text), bs, f"test papers ({text})")
+    train = encode_texts(model, paper_text(data.train, text), bs, f"train papers ({text}) for the classifier")
+    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train)
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def _cutoffs(cfg: DictConfig) -> RankingCutoffs:
+    r = cfg.evaluate.retrieval
+    return RankingCutoffs(
+        precision_recall_at=tuple(r.precision_recall_at),
+        accuracy_at=tuple(r.accuracy_at),
+        mrr_at=tuple(r.mrr_at),
+        ndcg_at=tuple(r.ndcg_at),
+        map_at=tuple(r.map_at),
+    )
+
+
+def _retrieval_device(features: Features) -> str:
+    device = str(features.info.get("device", "cpu"))
+    return device if device.startswith(("cuda", "cpu")) else "cpu"
+
+
+def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]:
+    """Every metric of the evaluation, from vectors. Returns the metric sections of metrics.json and their timing."""
+    from sklearn.linear_model import LogisticRegression
+
+    e, timing = cfg.evaluate, {}
+    device = _retrieval_device(features)
+    labels = data.test_labels
+
+    t0 = time.perf_counter()
+    subj = label_retrieval(features.papers, labels, cutoffs=_cutoffs(cfg), max_scores=int(e.retrieval.max_scores), device=device)
+    per_key = f"precision@{e.retrieval.per_subject_at}"
+    counts = dict(zip(*np.unique(labels[subj.query_index], return_counts=True), strict=True))
+    subject_retrieval = {
+        "num_queries": subj.num_queries,
+        "corpus_size": subj.corpus_size,
+        **subj.summary(),
+        "per_subject": {
+            s: {per_key: v, "queries": int(counts[s])} for s, v in subj.by_group(per_key, labels).items()
+        },
+    }
+    ta_cut = RankingCutoffs(
+        precision_recall_at=tuple(e.title_abstract.recall_at), accuracy_at=(), mrr_at=tuple(e.title_abstract.mrr_at), ndcg_at=(), map_at=()
+    )
+    ta = paired_retrieval(features.titles, features.abstracts, cutoffs=ta_cut, max_scores=int(e.retrieval.max_scores), device=device)
+    title_abstract = {
+        "num_queries": ta.num_queries,
+        "corpus_size": ta.corpus_size,
+        **{k: v for k, v in ta.summary().items() if not k.startswith("precision@")},
+    }
+    timing["retrieval_s"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    train_labels = data.train_labels
+    if len(set(train_labels.tolist())) < 2:
+        raise ConfigError(
+            f"evaluate.classification: the {len(train_labels)} train papers hold fewer than 2 subjects, so no "
+            "classifier can be fit; raise evaluate.classification.max_train_papers (or null for all)."
+        )
+    clf = LogisticRegression(C=float(e.classification.C), max_iter=int(e.classification.max_iter), random_state=int(cfg.seed))
+    clf.fit(features.train, train_labels)
+    predicted = clf.predict(features.papers)
+    class_labels = sorted(set(labels.tolist()) | set(clf.classes_.tolist()))
+    classification = {"num_train_papers": len(train_labels), **classification_metrics(labels, predicted, class_labels)}
+    timing["classification_s"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    clustering = clustering_metrics(features.papers, labels, n_init=int(e.clustering.n_init), seed=int(cfg.seed))
+    timing["clustering_s"] = round(time.perf_counter() - t0, 3)
+    return {
+        "num_subjects": len(set(labels.tolist())),
+        "subject_retrieval": subject_retrieval,
+        "title_abstract": title_abstract,
+        "classification": classification,
+        "clustering": clustering,
+        "timing": timing,
+    }
+
+
+def evaluate_features(
+    name: str,
+    model: str,
+    features: Features,
+    data: EvalData,
+    cfg: DictConfig,
+    *,
+    extra_config: dict[str, Any] | None = None,
+    timing: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Score ``features`` and write the report folder ``${paths.reports_dir}/<name>`` (atomically).
+
+    Returns ``{"dir", "metrics", "files"}``; this is the one path from vectors to a report, used by evaluate and by
+    every baseline, so their metrics.json files share one schema.
+    """
+    from arxiv_embeddings.report import render_markdown, write_plots
+
+    started = time.perf_counter()
+    scores = score(features, data, cfg)
+    metrics: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run": name,
+        "kind": features.info.get("kind", "unknown"),
+        "model": model,
+        "text": str(cfg.evaluate.text),
+        "split": "test",
+        "data": data.info,
+        "num_subjects": scores["num_subjects"],
+        "subject_retrieval": scores["subject_retrieval"],
+        "title_abstract": scores["title_abstract"],
+        "classification": scores["classification"],
+        "clustering": scores["clustering"],
+        "features": features.info,
+        "timing": {},
+        "config": {"seed": cfg.seed, "evaluate": to_plain(cfg.evaluate), **(extra_config or {})},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out = report_dir(cfg, name)
+    with atomic_dir(out) as tmp:
+        plots = write_plots(tmp / PLOTS_DIR, metrics, features.papers, data.test_labels, cfg)
+        metrics["timing"] = {**(timing or {}), **scores["timing"], "report_s": round(time.perf_counter() - started, 3)}
+        write_json(tmp / METRICS_FILE, metrics)
+        (tmp / REPORT_FILE).write_text(render_markdown(metrics, {k: p.relative_to(tmp) for k, p in plots.items()}), encoding="utf-8")
+    files = [out / METRICS_FILE, out / REPORT_FILE, *(out / p.relative_to(tmp) for p in plots.values())]
+    return {"dir": out, "metrics": metrics, "files": files}
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One line with the headline numbers of a report."""
+    m = result["metrics"]
+    sr, ta, cl, cu = m["subject_retrieval"], m["title_abstract"], m["classification"], m["clustering"]
+
+    def g(d: dict[str, Any], k: str) -> str:
+        return f"{d[k]:.3f}" if k in d else "-"
+
+    return (
+        f"{m['run']} on {m['data']['test']['papers']:,} test papers: P@10 {g(sr, 'precision@10')}, "
+        f"MRR@10 {g(sr, 'mrr@10')}, NDCG@10 {g(sr, 'ndcg@10')}, title->abstract R@1 {g(ta, 'recall@1')}, "
+        f"accuracy {cl['accuracy']:.3f}, macro-F1 {cl['macro_f1']:.3f}, V-measure {cu['v_measure']:.3f}"
+    )
+
+
+def evaluate_model(cfg: DictConfig, model: str, name: str, data: EvalData) -> dict[str, Any]:
+    """Load, embed and score one sentence-transformers model; writes its report folder."""
+    t0 = time.perf_counter()
+    st, info = load_encoder(cfg, model)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    features = embed(st, data, cfg)
+    features.info = info
+    timing = {"load_s": round(load_s, 3), "encode_s": round(time.perf_counter() - t0, 3)}
+    return evaluate_features(name, model, features, data, cfg, timing=timing)
+
+
+# --------------------------------------------------------------------------------------------------- run
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the stage: returns the report folder, the metrics and the files written."""
+    validate(cfg)
+    started = time.perf_counter()
+    model_location(cfg)  # fail on a missing run before reading any data
+    data = load_data(cfg)
+    result = evaluate_model(cfg, str(cfg.evaluate.model), report_name(cfg), data)
+    logger.success(f"evaluate: {summary_line(result)}; wrote {result['dir']} in {time.perf_counter() - started:.1f}s.")
+    return result
+
+
+def _inputs(cfg: DictConfig) -> list[Path]:
+    processed = Path(cfg.paths.processed_dir)
+    model_dir = local_model_dir(cfg)
+    return [*([model_dir] if model_dir is not None else []), processed / "test.parquet", processed / "train.parquet"]
+
+
+SPEC = StageSpec(
+    name="evaluate",
+    run=run,
+    inputs=_inputs,
+    outputs=lambda cfg: report_files(report_dir(cfg)),
+    stamp_dir=lambda cfg: report_dir(cfg),
+    validate=validate,
+)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from arxiv_embeddings.stage import cli_main
+
+    cli_main(SPEC, cfg)
+
+
+if __name__ == "__main__":
+    main()

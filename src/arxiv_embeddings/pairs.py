@@ -1,0 +1,281 @@
+"""pairs: build training pairs from the processed splits, vectorized with NumPy, as parquet the trainer reads.
+
+    uv run inv pairs --overrides "pairs=graded pairs.num_train=100000 pairs.text=abstract"
+
+Pair types (``configs/pairs/``), with the columns sentence-transformers' losses expect:
+
+- ``anchor_positive``: ``anchor, positive`` (two different papers of the same primary subject);
+- ``contrastive``: ``sentence1, sentence2, label`` (1 = same primary subject, 0 = different);
+- ``graded``: ``sentence1, sentence2, score`` (Jaccard overlap of the two papers' ``subjects``);
+- ``title_abstract``: ``anchor`` = a title, ``positive`` = the same paper's abstract.
+
+``pairs.negatives=true`` adds a ``negative`` column (a paper of another primary subject). Train pairs come from the
+train split, eval pairs from the eval split; the test split is never read. Each pair file has a ``*_meta.parquet``
+twin (same rows) with the arxiv ids and subjects behind every text, for subject-aware batching and for checks.
+Text columns are written dictionary-encoded (each paper's text stored once per file), so a million pairs take
+seconds, and read back as plain strings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from loguru import logger
+from omegaconf import DictConfig
+
+from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
+from arxiv_embeddings.data import TEXT_FIELDS, paper_text_array
+from arxiv_embeddings.io import atomic_dir, file_sha256, write_json
+from arxiv_embeddings.stage import StageSpec
+
+MANIFEST = "manifest.json"
+# Which split each pair file is drawn from; "test" is deliberately absent.
+PAIR_SPLITS = {"train": "num_train", "eval": "num_eval"}
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "anchor_positive": ("anchor", "positive"),
+    "contrastive": ("sentence1", "sentence2", "label"),
+    "graded": ("sentence1", "sentence2", "score"),
+    "title_abstract": ("anchor", "positive"),
+}
+WITH_NEGATIVES = ("anchor_positive", "title_abstract")
+SAMPLING = ("balanced", "frequency")
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+@dataclass
+class SubjectIndex:
+    """Papers grouped by primary subject: ``order[offsets[s]:offsets[s + 1]]`` are the rows of subject ``s``."""
+
+    codes: np.ndarray  # subject index of each paper
+    names: list[str]
+    order: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def from_table(cls, papers: pa.Table) -> SubjectIndex:
+        enc = pc.dictionary_encode(papers.column("primary_subject")).combine_chunks()
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        counts = np.bincount(codes, minlength=len(enc.dictionary))
+        return cls(codes, enc.dictionary.to_pylist(), np.argsort(codes, kind="stable"), np.r_[0, np.cumsum(counts)], counts)
+
+    def same_subject(self, n: int, rng: np.random.Generator, sampling: str) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` pairs of two different papers of one subject; subjects drawn uniformly or by paper count."""
+        valid = np.flatnonzero(self.counts >= 2)
+        if len(valid) == 0:
+            raise ConfigError("No primary subject has 2 or more papers in this split, so same-subject pairs are impossible; "
+                              "lower preprocess.min_per_subject or use more papers.")
+        if sampling == "balanced":
+            subj = valid[rng.integers(0, len(valid), n)]
+        else:  # frequency: a random paper's subject, so subjects come in proportion to their size
+            weights = np.where(self.counts >= 2, self.counts, 0).astype(np.float64)
+            subj = rng.choice(len(self.counts), size=n, p=weights / weights.sum())
+        size = self.counts[subj]
+        i = rng.integers(0, size)
+        j = (i + 1 + rng.integers(0, size - 1)) % size  # any other member of the subject
+        base = self.offsets[subj]
+        return self.order[base + i], self.order[base + j]
+
+    def other_subject(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each row, a random paper of a different primary subject (subjects uniformly)."""
+        n_subj = len(self.counts)
+        if n_subj < 2:
+            raise ConfigError("Negatives need at least 2 primary subjects in the split; this one has 1.")
+        subj = (self.codes[rows] + 1 + rng.integers(0, n_subj - 1, len(rows))) % n_subj
+        return self.order[self.offsets[subj] + rng.integers(0, self.counts[subj])]
+
+
+def jaccard(subjects: pa.ChunkedArray | pa.ListArray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Jaccard overlap of the ``subjects`` lists of papers ``a[k]`` and ``b[k]``, vectorized with sparse rows."""
+    from scipy import sparse
+
+    lists = subjects.combine_chunks() if isinstance(subjects, pa.ChunkedArray) else subjects
+    enc = pc.dictionary_encode(pc.list_flatten(lists))
+    parents = pc.list_parent_indices(lists).to_numpy()
+    cols = enc.indices.to_numpy(zero_copy_only=False)
+    mat = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (parents, cols)), shape=(len(lists), len(enc.dictionary)))
+    mat.sum_duplicates()
+    mat.data[:] = 1.0
+    sizes = np.asarray(mat.sum(axis=1)).ravel()
+    inter = np.asarray(mat[a].multiply(mat[b]).sum(axis=1)).ravel()
+    union = sizes[a] + sizes[b] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).astype(np.float32)
+
+
+@dataclass
+class PairRows:
+    """Row indices into the split's papers for each pair column, plus a label or score column if any."""
+
+    left: np.ndarray
+    right: np.ndarray
+    negative: np.ndarray | None = None
+    target: np.ndarray | None = None
+
+
+def _anchor_positive(papers: pa.Table, index: SubjectIndex, n: int, rng: np.random.Generator, p: DictConfig) -> PairRows:
+    a, b = index.same_subject(n, rng, p.sampling)
+    return PairRows(a, b)
+
+
+def _title_abstract(papers: pa.Table, index: SubjectIndex, n: int, rng: np.random.Generator, p: DictConfig) -> PairRows:
+    total = papers.num_rows
+    rows = np.concatenate([rng.permutation(total) for _ in range(-(-n // total))])[:n]  # each paper once per round
+    return PairRows(rows, rows)
+
+
+def _contrastive(papers: pa.Table, index: SubjectIndex, n: int, rng: np.random.Generator, p: DictConfig) -> PairRows:
+    n_pos = round(n * float(p.positive_fraction))
+    pa_, pb = index.same_subject(n_pos, rng, p.sampling)
+    na = rng.integers(0, papers.num_rows, n - n_pos)
+    nb = index.other_subject(na, rng)
+    perm = rng.permutation(n)
+    label = np.r_[np.ones(n_pos, dtype=np.int64), np.zeros(n - n_pos, dtype=np.int64)]
+    return PairRows(np.r_[pa_, na][perm], np.r_[pb, nb][perm], target=label[perm])
+
+
+def _graded(papers: pa.Table, index: SubjectIndex, n: int, rng: np.random.Generator, p: DictConfig) -> PairRows:
+    n_same = round(n * float(p.same_subject_fraction))
+    sa, sb = index.same_subject(n_same, rng, p.sampling)
+    total = papers.num_rows
+    ra = rng.integers(0, total, n - n_same)
+    rb = (ra + 1 + rng.integers(0, total - 1, n - n_same)) % total  # a different paper
+    perm = rng.permutation(n)
+    a, b = np.r_[sa, ra][perm], np.r_[sb, rb][perm]
+    return PairRows(a, b, target=jaccard(papers.column("subjects"), a, b))
+
+
+BUILDERS: dict[str, Callable[[pa.Table, SubjectIndex, int, np.random.Generator, DictConfig], PairRows]] = {
+    "anchor_positive": _anchor_positive,
+    "contrastive": _contrastive,
+    "graded": _graded,
+    "title_abstract": _title_abstract,
+}
+
+
+# ------------------------------------------------------------------------------------------ materializing
+def _texts(values: pa.ChunkedArray, rows: np.ndarray) -> pa.DictionaryArray:
+    """Texts of ``rows`` as a dictionary array: the papers' texts once, plus int32 indices (no string copies)."""
+    return pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), pc.cast(values, pa.large_string()).combine_chunks())
+
+
+def build_pairs(papers: pa.Table, pair_type: str, n: int, rng: np.random.Generator, p: DictConfig) -> tuple[pa.Table, pa.Table]:
+    """Build ``n`` pairs of ``pair_type`` from one split. Returns the pair table and its meta table (same rows)."""
+    index = SubjectIndex.from_table(papers)
+    rows = BUILDERS[pair_type](papers, index, n, rng, p)
+    if p.negatives:
+        rows.negative = index.other_subject(rows.left, rng)
+    names = COLUMNS[pair_type]
+    if pair_type == "title_abstract":
+        left_text, right_text = papers.column("title"), papers.column("abstract")
+    else:
+        left_text = right_text = paper_text_array(papers, p.text)
+    columns: dict[str, pa.Array] = {names[0]: _texts(left_text, rows.left), names[1]: _texts(right_text, rows.right)}
+    ids, subjects = papers.column("arxiv_id"), papers.column("primary_subject")
+    meta: dict[str, pa.Array] = {}
+    for prefix, idx in (("a", rows.left), ("b", rows.right), ("neg", rows.negative)):
+        if idx is None:
+            continue
+        meta[f"{prefix}_id"] = pc.take(ids, pa.array(idx))
+        meta[f"{prefix}_subject"] = pc.take(subjects, pa.array(idx))
+    if rows.negative is not None:
+        columns["negative"] = _texts(right_text, rows.negative)
+    if rows.target is not None:
+        columns[names[2]] = pa.array(rows.target)
+    return pa.table(columns), pa.table(meta)
+
+
+def write_pairs(table: pa.Table, path: Path) -> Path:
+    # store_schema=False: readers see plain string columns (the file itself stays dictionary-encoded).
+    pq.write_table(
+        table, path, compression="zstd", store_schema=False, row_group_size=1 << 20, dictionary_pagesize_limit=1 << 30
+    )
+    return path
+
+
+# --------------------------------------------------------------------------------------------- the stage
+def validate(cfg: DictConfig) -> None:
+    check_missing(cfg)
+    p = cfg.pairs
+    require_in("pairs.type", p.type, COLUMNS)
+    require_in("pairs.text", p.text, TEXT_FIELDS)
+    require_in("pairs.sampling", p.sampling, SAMPLING)
+    require(int(p.num_train) > 0, "pairs.num_train", f"got {p.num_train}; must be a positive number of pairs.")
+    require(int(p.num_eval) >= 0, "pairs.num_eval", f"got {p.num_eval}; must be >= 0 (0 = no eval pairs).")
+    if p.negatives:
+        require(p.type in WITH_NEGATIVES, "pairs.negatives", f"a negative column is only for {', '.join(WITH_NEGATIVES)}, not pairs={p.type}.")
+    if p.type == "contrastive":
+        require(0 < float(p.positive_fraction) < 1, "pairs.positive_fraction", f"got {p.positive_fraction}; must be in (0, 1).")
+    if p.type == "graded":
+        require(0 <= float(p.same_subject_fraction) <= 1, "pairs.same_subject_fraction", f"got {p.same_subject_fraction}; must be in [0, 1].")
+
+
+def _split_file(cfg: DictConfig, split: str) -> Path:
+    from arxiv_embeddings.preprocess import split_path
+
+    return split_path(cfg, split)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Build the configured pairs for the train and eval splits; returns the output folder and pair counts."""
+    validate(cfg)
+    started = time.perf_counter()
+    p = cfg.pairs
+    sources = {split: _split_file(cfg, split) for split, key in PAIR_SPLITS.items() if int(p[key]) > 0}
+    built: dict[str, tuple[pa.Table, pa.Table]] = {}
+    for i, (split, path) in enumerate(sources.items()):
+        papers = pq.read_table(path, columns=["arxiv_id", "title", "abstract", "primary_subject", "subjects"])
+        rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), i]))
+        built[split] = build_pairs(papers, p.type, int(p[PAIR_SPLITS[split]]), rng, p)
+        logger.info(f"{split}: {built[split][0].num_rows:,} {p.type} pairs from {papers.num_rows:,} papers.")
+    out_dir = Path(cfg.paths.pairs_dir)
+    manifest: dict[str, Any] = {"stage": "pairs", "type": p.type, "columns": built["train"][0].column_names,
+                                "config": to_plain(p), "seed": cfg.seed, "files": {}}
+    with atomic_dir(out_dir) as tmp:
+        for split, (table, meta) in built.items():
+            path = write_pairs(table, tmp / f"{split}.parquet")
+            write_pairs(meta, tmp / f"{split}_meta.parquet")
+            manifest["files"][split] = {"file": path.name, "meta": f"{split}_meta.parquet", "rows": table.num_rows,
+                                        "source": str(sources[split]), "sha256": file_sha256(path)}
+        write_json(tmp / MANIFEST, manifest)
+    counts = {k: v["rows"] for k, v in manifest["files"].items()}
+    logger.success(f"pairs: {', '.join(f'{k} {v:,}' for k, v in counts.items())} {p.type} pairs written to {out_dir} "
+                   f"in {time.perf_counter() - started:.1f}s.")
+    return {"dir": out_dir, "type": p.type, "counts": counts}
+
+
+def pairs_path(cfg: DictConfig, split: str) -> Path:
+    """Path of a pair file, with an error naming the command that makes it when it is missing."""
+    path = Path(cfg.paths.pairs_dir) / f"{split}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"Pairs not found at {path}; run 'uv run inv pairs' first.")
+    return path
+
+
+SPEC = StageSpec(
+    name="pairs",
+    run=run,
+    inputs=lambda cfg: [Path(cfg.paths.processed_dir) / f"{s}.parquet" for s in PAIR_SPLITS],
+    outputs=lambda cfg: sorted(p for p in Path(cfg.paths.pairs_dir).glob("*") if not p.name.startswith(".")),
+    stamp_dir=lambda cfg: Path(cfg.paths.pairs_dir),
+    validate=validate,
+)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pairs")
+def main(cfg: DictConfig) -> None:
+    from arxiv_embeddings.stage import cli_main
+
+    cli_main(SPEC, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Human-readable views of an evaluation: the Markdown report, its PNG plots, and the comparison of every run.
+
+Plots use Matplotlib's object-oriented API (``Figure`` with the Agg canvas), so nothing touches pyplot's global
+state or needs a display.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+from omegaconf import DictConfig
+
+from arxiv_embeddings.io import atomic_write_text
+from arxiv_embeddings.metrics import Matrix, is_sparse
+
+COMPARISON_FILE = "comparison.md"
+#: Columns of the comparison table: (header, section of metrics.json, key).
+COMPARE_COLUMNS = (
+    ("P@10", "subject_retrieval", "precision@10"),
+    ("MRR@10", "subject_retrieval", "mrr@10"),
+    ("NDCG@10", "subject_retrieval", "ndcg@10"),
+    ("MAP@100", "subject_retrieval", "map@100"),
+    ("Title→abstract R@1", "title_abstract", "recall@1"),
+    ("Accuracy", "classification", "accuracy"),
+    ("Macro-F1", "classification", "macro_f1"),
+    ("V-measure", "clustering", "v_measure"),
+)
+
+
+# ------------------------------------------------------------------------------------------------- plots
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def plot_per_subject(path: Path, per_subject: dict[str, dict[str, float]], key: str, title: str) -> Path:
+    """Horizontal bars of one per-subject metric, best subject on top."""
+    items = sorted(((s, v[key]) for s, v in per_subject.items()), key=lambda sv: sv[1])
+    fig = _figure(7, max(2.5, 0.22 * len(items) + 1))
+    ax = fig.add_subplot()
+    ax.barh([s for s, _ in items], [v for _, v in items], color="#4c72b0")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(key)
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelsize=max(4, min(9, 400 // max(len(items), 1))))
+    fig.savefig(path)
+    return path
+
+
+def plot_confusion(path: Path, matrix: list[list[int]], labels: list[str], title: str) -> Path:
+    """Row-normalized confusion matrix (rows: true subject, columns: predicted)."""
+    cm = np.asarray(matrix, dtype=np.float64)
+    cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(labels)
+    size = min(24.0, max(4.0, 0.28 * n + 2))
+    fig = _figure(size + 1, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true subject")
+    if n <= 80:
+        font = max(4, min(9, 300 // max(n, 1)))
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=font)
+        ax.set_yticks(range(n), labels, fontsize=font)
+    ax.set_xlabel("predicted subject")
+    ax.set_ylabel("true subject")
+    ax.set_title(title)
+    fig.savefig(path)
+    return path
+
+
+def project_2d(vectors: Matrix, method: str, seed: int) -> np.ndarray:
+    """2-D coordinates of the rows: PCA (TruncatedSVD for sparse rows) or t-SNE (after a 50-d reduction)."""
+    from sklearn.decomposition import PCA, TruncatedSVD
+
+    n = int(vectors.shape[0])
+    dims = int(vectors.shape[1])
+
+    def reduce(k: int) -> np.ndarray:
+        k = max(1, min(k, n - 1 if is_sparse(vectors) else n, dims - 1 if is_sparse(vectors) else dims))
+        if is_sparse(vectors):
+            return TruncatedSVD(n_components=k, random_state=seed).fit_transform(vectors)
+        return PCA(n_components=k, random_state=seed).fit_transform(np.asarray(vectors))
+
+    if method == "tsne" and n > 5:
+        from sklearn.manifold import TSNE
+
+        base = reduce(50)
+        return TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(base)
+    coords = reduce(2)
+    return coords if coords.shape[1] == 2 else np.column_stack([coords[:, 0], np.zeros(n)])
+
+
+def plot_map(path: Path, coords: np.ndarray, labels: np.ndarray, max_legend: int, title: str) -> Path:
+    """Scatter of 2-D coordinates coloured by subject (the most frequent subjects; the others grey)."""
+    import matplotlib
+
+    names, counts = np.unique(labels, return_counts=True)
+    shown = [str(s) for s in names[np.argsort(-counts, kind="stable")][:max_legend]]
+    cmap = matplotlib.colormaps["tab20" if len(shown) > 10 else "tab10"]
+    fig = _figure(8, 6.5)
+    ax = fig.add_subplot()
+    other = ~np.isin(labels, shown)
+    if other.any():
+        ax.scatter(coords[other, 0], coords[other, 1], s=5, c="#bbbbbb", alpha=0.5, label="other subjects", linewidths=0)
+    for i, subject in enumerate(shown):
+        mask = labels == subject
+        ax.scatter(coords[mask, 0], coords[mask, 1], s=8, color=cmap(i % cmap.N), alpha=0.8, label=subject, linewidths=0)
+    ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    fig.savefig(path)
+    return path
+
+
+def write_plots(directory: Path, metrics: dict[str, Any], papers: Matrix, labels: np.ndarray, cfg: DictConfig) -> dict[str, Path]:
+    """Write the per-subject P@k bars, the confusion matrix and the 2-D map; returns their paths by name."""
+    from arxiv_embeddings.evaluate import _PLOT_STREAM, sample_rows
+
+    p = cfg.evaluate.plots
+    directory.mkdir(parents=True, exist_ok=True)
+    run = metrics["run"]
+    key = f"precision@{cfg.evaluate.retrieval.per_subject_at}"
+    out = {
+        "per_subject": plot_per_subject(
+            directory / "per_subject_precision.png",
+            metrics["subject_retrieval"]["per_subject"],
+            key,
+            f"{run}: subject retrieval {key} per subject",
+        ),
+        "confusion": plot_confusion(
+            directory / "confusion_matrix.png",
+            metrics["classification"]["confusion_matrix"],
+            metrics["classification"]["labels"],
+            f"{run}: logistic regression on the test papers",
+        ),
+    }
+    rows = sample_rows(int(papers.shape[0]), int(p.max_points), int(cfg.seed), _PLOT_STREAM)
+    sub = papers[rows] if len(rows) < papers.shape[0] else papers
+    coords = project_2d(sub, str(p.map_method), int(cfg.seed))
+    out["map"] = plot_map(
+        directory / "embedding_map.png",
+        coords,
+        np.asarray(labels)[rows],
+        int(p.max_legend_subjects),
+        f"{run}: test papers ({p.map_method.upper()}, {len(rows):,} points)",
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(metrics: dict[str, Any], plots: dict[str, Path]) -> str:
+    """The report.md of one run, with its plots linked by relative path."""
+    sr, ta, cl, cu = (metrics[k] for k in ("subject_retrieval", "title_abstract", "classification", "clustering"))
+    test = metrics["data"]["test"]
+    scalar = [[k, v] for k, v in sr.items() if isinstance(v, float)]
+    per_subject = sorted(sr["per_subject"].items(), key=lambda kv: kv[0])
+    per_key = next((k for k in next(iter(sr["per_subject"].values()), {}) if k != "queries"), "precision@10")
+    parts = [
+        f"# Evaluation: {metrics['run']}",
+        "",
+        f"- Model: `{metrics['model']}` ({metrics['kind']})",
+        f"- Paper text: `{metrics['text']}`; split scored: **{metrics['split']}** "
+        f"({test['papers']:,} of {test['split_papers']:,} papers, {metrics['num_subjects']} subjects)",
+        f"- Created: {metrics['created_at']}",
+        "",
+        "## Subject retrieval",
+        "",
+        f"Each test paper is a query against the other {sr['corpus_size'] - 1:,} test papers; a result is relevant when it "
+        f"has the same primary subject. {sr['num_queries']:,} queries (papers alone in their subject are left out).",
+        "",
+        _table(["metric", "value"], scalar),
+        "",
+        "## Title → abstract retrieval",
+        "",
+        f"Query: a paper's title; corpus: the {ta['corpus_size']:,} test abstracts; exactly one relevant abstract.",
+        "",
+        _table(["metric", "value"], [[k, v] for k, v in ta.items() if isinstance(v, float)]),
+        "",
+        "## Classification",
+        "",
+        f"Logistic regression on frozen vectors, fit on {cl['num_train_papers']:,} train papers, scored on the test papers.",
+        "",
+        _table(["metric", "value"], [["accuracy", cl["accuracy"]], ["macro-F1", cl["macro_f1"]]]),
+        "",
+        f"![Confusion matrix]({plots['confusion'].as_posix()})" if "confusion" in plots else "",
+        "",
+        "<details><summary>Per-class report</summary>",
+        "",
+        _table(
+            ["subject", "precision", "recall", "F1", "support"],
+            [[s, v["precision"], v["recall"], v["f1"], v["support"]] for s, v in cl["per_class"].items()],
+        ),
+        "",
+        "</details>",
+        "",
+        "## Clustering",
+        "",
+        f"k-means with k = {cu['k']} (the number of subjects) on the test vectors.",
+        "",
+        _table(["metric", "value"], [[k, cu[k]] for k in ("v_measure", "homogeneity", "completeness")]),
+        "",
+        f"## Subject retrieval {per_key} per subject",
+        "",
+        f"![Per-subject {per_key}]({plots['per_subject'].as_posix()})" if "per_subject" in plots else "",
+        "",
+        _table(["subject", per_key, "queries"], [[s, v[per_key], v["queries"]] for s, v in per_subject]),
+        "",
+        "## Map of the test papers",
+        "",
+        f"![Map]({plots['map'].as_posix()})" if "map" in plots else "",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def load_reports(reports_dir: str | Path) -> list[dict[str, Any]]:
+    """Every ``<reports_dir>/<run>/metrics.json`` (unreadable ones are skipped with a warning), sorted by run."""
+    out = []
+    for path in sorted(Path(reports_dir).glob("*/metrics.json")):
+        if path.parent.name.startswith("."):
+            continue
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            logger.warning(f"Skipping {path}: {err}")
+            continue
+        if not isinstance(metrics, dict) or "subject_retrieval" not in metrics:
+            logger.warning(f"Skipping {path}: not an evaluation metrics.json.")
+            continue
+        out.append(metrics)
+    return out
+
+
+def comparison_table(reports: list[dict[str, Any]]) -> str:
+    """One Markdown table of the key metrics of every run, best value of each column in bold, runs by NDCG@10."""
+
+    def value(m: dict[str, Any], section: str, key: str) -> float | None:
+        v = m.get(section, {}).get(key)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    reports = sorted(reports, key=lambda m: (-(value(m, "subject_retrieval", "ndcg@10") or -1.0), m.get("run", "")))
+    best = {
+        col: max((v for m in reports if (v := value(m, sec, key)) is not None), default=None)
+        for col, sec, key in COMPARE_COLUMNS
+    }
+    header = ["Run", "Kind", "Test papers", *(c for c, _, _ in COMPARE_COLUMNS)]
+    rows = []
+    for m in reports:
+        cells = [f"`{m.get('run', '?')}`", str(m.get("kind", "?")), f"{m.get('data', {}).get('test', {}).get('papers', '?'):,}"]
+        for col, sec, key in COMPARE_COLUMNS:
+            v = value(m, sec, key)
+            text = "–" if v is None else f"{v:.4f}"
+            cells.append(f"**{text}**" if v is not None and v == best[col] and len(reports) > 1 else text)
+        rows.append(cells)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---", "---:"] + ["---:"] * len(COMPARE_COLUMNS)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def compare(reports_dir: str | Path) -> str:
+    """Side-by-side table of every run under ``reports_dir``: printed, and written to ``reports_dir/comparison.md``.
+
+    Returns the Markdown. Raises :class:`FileNotFoundError` when there is no report to compare.
+    """
+    reports_dir = Path(reports_dir)
+    reports = load_reports(reports_dir)
+    if not reports:
+        raise FileNotFoundError(
+            f"No metrics.json under {reports_dir}/<run>/; run 'uv run inv evaluate' or 'uv run inv baseline' first."
+        )
+    notes = []
+    test_hashes = {m.get("data", {}).get("test", {}).get("sha256") for m in reports}
+    if len(test_hashes) > 1:
+        notes.append("> **Warning:** these runs were scored on different test splits (their test.parquet differ).")
+    caps = {(m.get("data", {}).get("test", {}).get("papers"), m.get("data", {}).get("train", {}).get("papers")) for m in reports}
+    if len(caps) > 1:
+        notes.append("> **Note:** the runs used different numbers of test or classifier-train papers.")
+    table = comparison_table(reports)
+    text = "\n".join(
+        [
+            "# Comparison of evaluated runs",
+            "",
+            "Subject retrieval (P@10, MRR@10, NDCG@10, MAP@100) on the test split; title→abstract recall@1; logistic "
+            "regression accuracy and macro-F1; k-means V-measure. Best of each column in bold.",
+            "",
+            *notes,
+            *([""] if notes else []),
+            table,
+            "",
+        ]
+    )
+    path = atomic_write_text(reports_dir / COMPARISON_FILE, text)
+    print(table)  # the one place library code prints: the table is this command's output
+    logger.success(f"compare: {len(reports)} run(s) compared; wrote {path}.")
+    return text
