@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,13 +72,17 @@ def execute(spec: StageSpec, cfg: DictConfig, force: bool = False) -> dict[str, 
     """Validate ``cfg``, then run the stage unless it is up to date. Returns the result, or None when skipped."""
     spec.validate(cfg)
     if not force and is_up_to_date(spec, cfg):
-        logger.info(f"{spec.name}: inputs and config unchanged since the last successful run; skipping "
-                    "(pass --force, or force=true, to run it anyway).")
+        logger.info(
+            f"{spec.name}: inputs and config unchanged since the last successful run; skipping "
+            "(pass --force, or force=true, to run it anyway)."
+        )
         return None
     started = time.perf_counter()
     # The fingerprint is taken before the run so that inputs changed while it runs trigger the next run.
     fp = fingerprint(cfg, spec.inputs(cfg))
     result = spec.run(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # in a distributed run only the main process records the stage
+        return result
     write_json(
         stamp_path(spec, cfg),
         {

@@ -1,0 +1,402 @@
+"""train: fine-tune a sentence-transformer on the pairs with SentenceTransformerTrainer.
+
+    uv run inv train --overrides "loss=cached_mnrl trainer.per_device_train_batch_size=256"
+
+The recipe follows the library's own examples: model -> data -> loss -> evaluator -> args -> trainer -> train ->
+test evaluation -> save the final model (with its model card and the resolved config beside it). The evaluator
+during training reads the **eval** split only; the test split is touched once, after training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pyarrow.parquet as pq
+from loguru import logger
+from omegaconf import DictConfig, OmegaConf
+
+from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require_in, to_plain
+from arxiv_embeddings.data import paper_text
+from arxiv_embeddings.io import atomic_dir, read_json, write_json
+from arxiv_embeddings.stage import StageSpec, fingerprint
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+BATCH_SAMPLERS = ("subject", "no_duplicates", "random")
+
+
+# ------------------------------------------------------------------------------------------------- losses
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss class from sentence-transformers, the pair types it can learn from, and its config keys."""
+
+    cls: str
+    pair_types: tuple[str, ...]
+    kwargs: tuple[str, ...] = ()
+
+
+IN_BATCH = ("anchor_positive", "title_abstract")
+LOSSES: dict[str, LossSpec] = {
+    "MultipleNegativesRankingLoss": LossSpec("MultipleNegativesRankingLoss", IN_BATCH, ("scale",)),
+    "CachedMultipleNegativesRankingLoss": LossSpec(
+        "CachedMultipleNegativesRankingLoss", IN_BATCH, ("scale", "mini_batch_size")
+    ),
+    "ContrastiveLoss": LossSpec("ContrastiveLoss", ("contrastive",), ("margin",)),
+    "OnlineContrastiveLoss": LossSpec("OnlineContrastiveLoss", ("contrastive",), ("margin",)),
+    "CoSENTLoss": LossSpec("CoSENTLoss", ("graded",), ("scale",)),
+    "CosineSimilarityLoss": LossSpec("CosineSimilarityLoss", ("graded",)),
+}
+
+
+def loss_spec(loss_cfg: DictConfig) -> LossSpec:
+    """The spec of the configured loss (for ``MatryoshkaLoss``, of its inner loss)."""
+    name = loss_cfg.inner if loss_cfg.name == "MatryoshkaLoss" else loss_cfg.name
+    key = "loss.inner" if loss_cfg.name == "MatryoshkaLoss" else "loss.name"
+    return choose(key, str(name), LOSSES)
+
+
+def check_loss_matches_pairs(loss_cfg: DictConfig, pair_type: str) -> None:
+    spec = loss_spec(loss_cfg)
+    if pair_type not in spec.pair_types:
+        fitting = sorted(n for n, s in LOSSES.items() if pair_type in s.pair_types)
+        raise ConfigError(
+            f"loss {spec.cls} does not fit pairs of type '{pair_type}' (it needs {' or '.join(spec.pair_types)} pairs). "
+            f"Use one of {', '.join(fitting)} for '{pair_type}' pairs, or rebuild the pairs with "
+            f"'uv run inv pairs --overrides pairs={spec.pair_types[0]}'."
+        )
+
+
+def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
+    from sentence_transformers import losses
+
+    spec = loss_spec(loss_cfg)
+    kwargs = {k: loss_cfg[k] for k in spec.kwargs if loss_cfg.get(k) is not None}
+    if "margin" in kwargs:
+        kwargs["margin"] = float(kwargs["margin"])
+    loss = getattr(losses, spec.cls)(model, **kwargs)
+    if loss_cfg.name == "MatryoshkaLoss":
+        dims = [int(d) for d in loss_cfg.dims]
+        width = model.get_sentence_embedding_dimension()
+        if max(dims) > width:
+            raise ConfigError(f"loss.dims={dims} has a dimension above the model's embedding size {width}.")
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=dims)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------- evaluator
+def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, name: str) -> Any | None:
+    """Subject retrieval on ``n_papers`` papers of ``split``: a quarter are queries, the rest the corpus,
+    relevant = same primary subject. Returns None when ``n_papers`` is 0."""
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+
+    from arxiv_embeddings.preprocess import split_path
+
+    if n_papers <= 0:
+        return None
+    papers = pq.read_table(split_path(cfg, split)).to_pandas()
+    rng = np.random.default_rng(int(cfg.seed))
+    papers = papers.iloc[np.sort(rng.permutation(len(papers))[: min(n_papers, len(papers))])].reset_index(drop=True)
+    is_query = rng.random(len(papers)) < 0.25
+    texts = paper_text(papers, text)
+    corpus = {pid: texts[i] for i, pid in enumerate(papers.arxiv_id) if not is_query[i]}
+    by_subject: dict[str, set[str]] = {}
+    for i, (pid, subject) in enumerate(zip(papers.arxiv_id, papers.primary_subject, strict=True)):
+        if not is_query[i]:
+            by_subject.setdefault(subject, set()).add(pid)
+    queries, relevant = {}, {}
+    for i, (pid, subject) in enumerate(zip(papers.arxiv_id, papers.primary_subject, strict=True)):
+        if is_query[i] and by_subject.get(subject):
+            queries[pid] = texts[i]
+            relevant[pid] = by_subject[subject]
+    return InformationRetrievalEvaluator(
+        queries,
+        corpus,
+        relevant,
+        name=name,
+        precision_recall_at_k=[1, 5, 10],
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        map_at_k=[100],
+        accuracy_at_k=[1, 10],
+        batch_size=int(cfg.trainer.per_device_eval_batch_size),
+        show_progress_bar=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+def _trainer_class() -> type:
+    from sentence_transformers import SentenceTransformerTrainer
+
+    class ArxivTrainer(SentenceTransformerTrainer):  # type: ignore[misc]
+        """The library's trainer, with the subject-aware batch sampler for the training set."""
+
+        train_subjects: np.ndarray | None = None
+
+        def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):  # type: ignore[no-untyped-def]
+            from arxiv_embeddings.samplers import SubjectBatchSampler
+
+            if self.train_subjects is not None and dataset is self.train_dataset:
+                return SubjectBatchSampler(
+                    dataset,
+                    batch_size,
+                    drop_last,
+                    subjects=self.train_subjects,
+                    valid_label_columns=valid_label_columns,
+                    generator=generator,
+                    seed=self.args.seed,
+                )
+            return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+
+    return ArxivTrainer
+
+
+def resolve_precision(cfg: DictConfig, device: str) -> str:
+    from arxiv_embeddings.models import best_precision
+
+    precision = str(cfg.train.precision)
+    if precision == "auto":
+        precision = best_precision(device)
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError("train.precision=fp16 is for GPUs; on the CPU use bf16 (if it supports it) or fp32.")
+    return precision
+
+
+def _setup_wandb(cfg: DictConfig) -> list[str]:
+    if cfg.logger.name != "wandb":
+        return ["none"]
+    os.environ.setdefault("WANDB_PROJECT", str(cfg.logger.project))
+    if cfg.logger.get("entity"):
+        os.environ.setdefault("WANDB_ENTITY", str(cfg.logger.entity))
+    Path(cfg.logger.dir).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_DIR", str(cfg.logger.dir))
+    if cfg.logger.get("tags"):
+        os.environ.setdefault("WANDB_TAGS", ",".join(cfg.logger.tags))
+    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "online":
+        os.environ["WANDB_MODE"] = "offline"
+        logger.info(
+            f"W&B: no WANDB_API_KEY in the environment, logging offline under {cfg.logger.dir}/wandb "
+            "(upload later with 'wandb sync')."
+        )
+    return ["wandb"]
+
+
+def _training_args(cfg: DictConfig, out_dir: Path, precision: str, device: str, has_eval: bool) -> Any:
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.training_args import BatchSamplers
+
+    kwargs = to_plain(cfg.trainer)
+    if not has_eval:
+        kwargs["eval_strategy"] = "no"
+    sampler = {
+        "no_duplicates": BatchSamplers.NO_DUPLICATES,
+        "random": BatchSamplers.BATCH_SAMPLER,
+        "subject": BatchSamplers.NO_DUPLICATES,
+    }[str(cfg.train.batch_sampler)]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(out_dir),
+        run_name=str(cfg.run_name),
+        seed=int(cfg.seed),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        batch_sampler=sampler,
+        report_to=_setup_wandb(cfg),
+        ddp_backend="gloo" if distributed and device == "cpu" else None,
+        disable_tqdm=False,
+        **kwargs,
+    )
+
+
+def _checkpoint_to_resume(cfg: DictConfig, ckpt_dir: Path, fp: str) -> str | None:
+    """The checkpoint to resume from, per ``train.resume``; checkpoints of another config are set aside."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    mode = str(cfg.train.resume)
+    if mode not in ("auto", "never"):
+        if not Path(mode).is_dir():
+            raise FileNotFoundError(
+                f"train.resume={mode} is not a checkpoint folder; use auto, never or a checkpoint-N path."
+            )
+        return mode
+    marker = ckpt_dir / "run.json"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last is None:
+        return None
+    info = read_json(marker) if marker.exists() else {}
+    if mode == "auto" and info.get("fingerprint") == fp and not info.get("completed"):
+        logger.info(f"Resuming the interrupted run from {last}.")
+        return last
+    stale = ckpt_dir.with_name(f"{ckpt_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(ckpt_dir, stale)
+    logger.info(
+        f"Previous checkpoints ({'finished run' if info.get('completed') else 'another config'}) moved to {stale}."
+    )
+    return None
+
+
+def model_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.models_dir) / str(cfg.run_name)
+
+
+def validate(cfg: DictConfig) -> None:
+    check_missing(cfg)
+    require_in("train.precision", cfg.train.precision, PRECISIONS)
+    require_in("train.batch_sampler", cfg.train.batch_sampler, BATCH_SAMPLERS)
+    require_in("logger.name", cfg.logger.name, ("none", "wandb"))
+    loss_spec(cfg.loss)
+    if cfg.loss.name == "MatryoshkaLoss" and not cfg.loss.get("dims"):
+        raise ConfigError("loss.dims: MatryoshkaLoss needs a list of dimensions, e.g. loss.dims=[384,256,128,64].")
+
+
+def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train; returns the final model's path, the train metrics and the eval/test retrieval metrics."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerModelCardData
+
+    from arxiv_embeddings.models import default_device, load_model
+    from arxiv_embeddings.pairs import MANIFEST as PAIRS_MANIFEST
+    from arxiv_embeddings.pairs import pairs_path
+
+    validate(cfg)
+    started = time.perf_counter()
+    train_file = pairs_path(cfg, "train")
+    pairs_manifest = read_json(train_file.parent / PAIRS_MANIFEST)
+    pair_type, text = pairs_manifest["type"], pairs_manifest["config"]["text"]
+    check_loss_matches_pairs(cfg.loss, pair_type)
+    device = default_device() if cfg.train.device == "auto" else str(cfg.train.device)
+    precision = resolve_precision(cfg, device)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    # 1. model
+    base = str(cfg.model.name)
+    model = load_model(
+        base,
+        device=device,
+        max_seq_length=cfg.train.max_seq_length or cfg.model.max_seq_length,
+        model_card_data=SentenceTransformerModelCardData(
+            language="en",
+            license="apache-2.0",
+            model_name=f"{Path(base).name} fine-tuned on arXiv ({cfg.run_name})",
+        ),
+    )
+    logger.info(f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}; pairs: {pair_type}.")
+
+    # 2. data
+    train_ds = Dataset(pq.read_table(train_file))
+    eval_file = train_file.with_name("eval.parquet")
+    eval_ds = Dataset(pq.read_table(eval_file)) if eval_file.exists() else None
+
+    # 3. loss
+    loss = build_loss(model, cfg.loss)
+
+    # 4. evaluator (eval split only)
+    evaluator = retrieval_evaluator(cfg, "eval", int(cfg.train.eval_papers), text, "eval")
+
+    # 5. arguments, with resume from an interrupted run of the same config
+    out = model_dir(cfg)
+    ckpt_dir = out / "checkpoints"
+    fp = fingerprint(cfg, [train_file])
+    resume_from = _checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
+    if rank0:
+        write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": False})
+    args = _training_args(cfg, ckpt_dir, precision, device, has_eval=eval_ds is not None or evaluator is not None)
+
+    # 6. trainer
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=list(callbacks) or None,
+    )
+    if cfg.train.batch_sampler == "subject":
+        meta = pq.read_table(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
+        trainer.train_subjects = meta.column("a_subject").to_numpy(zero_copy_only=False)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
+        raise RuntimeError(
+            f"Out of GPU memory at batch size {cfg.trainer.per_device_train_batch_size}. Use loss=cached_mnrl "
+            "(large batches at constant memory), a smaller trainer.per_device_train_batch_size, or a shorter "
+            "train.max_seq_length."
+        ) from err
+    train_metrics = dict(output.metrics)
+    if not rank0:
+        return {"rank": int(os.environ.get("RANK", "0")), "train": train_metrics}
+
+    # 7. test evaluation (once, after training)
+    test_evaluator = retrieval_evaluator(cfg, "test", int(cfg.train.test_papers), text, "test")
+    test_metrics = test_evaluator(model) if test_evaluator is not None else {}
+    eval_metrics = evaluator(model) if evaluator is not None else {}
+
+    # 8. save the final model with its card and config, atomically
+    final = out / "final"
+    with atomic_dir(final) as tmp:
+        model.save(str(tmp))
+        (tmp / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        summary = {
+            "run_name": cfg.run_name,
+            "base_model": base,
+            "pair_type": pair_type,
+            "text": text,
+            "loss": to_plain(cfg.loss),
+            "device": device,
+            "precision": precision,
+            "max_seq_length": model.max_seq_length,
+            "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
+            "train": train_metrics,
+            "eval": eval_metrics,
+            "test": test_metrics,
+            "global_step": trainer.state.global_step,
+            "batch_sampler": cfg.train.batch_sampler,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        write_json(tmp / "train_summary.json", summary)
+    write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": True})
+    p10 = test_metrics.get("test_cosine_precision@10")
+    logger.success(
+        f"train: {trainer.state.global_step} steps, {summary['pairs_per_second']} pairs/s ({precision} on {device}); "
+        + (f"test P@10 {p10:.4f}; " if p10 is not None else "")
+        + f"model saved to {final}."
+    )
+    return {"model": final, "train": train_metrics, "eval": eval_metrics, "test": test_metrics, "summary": summary}
+
+
+def _inputs(cfg: DictConfig) -> list[Path]:
+    d = Path(cfg.paths.pairs_dir)
+    files = [d / "train.parquet", d / "eval.parquet", d / "train_meta.parquet", d / "manifest.json"]
+    model_path = Path(str(cfg.model.name))
+    return files + ([model_path] if model_path.exists() else [])
+
+
+SPEC = StageSpec(
+    name="train",
+    run=run,
+    inputs=_inputs,
+    outputs=lambda cfg: [model_dir(cfg) / "final"],
+    stamp_dir=model_dir,
+    validate=validate,
+)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    from arxiv_embeddings.stage import cli_main
+
+    cli_main(SPEC, cfg)
+
+
+if __name__ == "__main__":
+    main()
