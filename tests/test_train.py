@@ -139,23 +139,24 @@ def test_subject_sampler_keeps_one_pair_per_subject_per_batch() -> None:
 @pytest.mark.slow
 def test_real_minilm_trains_a_handful_of_steps(tmp_path, processed_root) -> None:
     root = _root_with_pairs(tmp_path, processed_root)
-    result = train.run(_train_cfg(root, "sentence-transformers/all-MiniLM-L6-v2", "trainer.max_steps=4"))
+    result = train.run(_train_cfg(root, "sentence-transformers/all-MiniLM-L6-v2", "trainer.max_steps=4", "train.test_papers=200"))
     summary = result["summary"]
     assert summary["global_step"] == 4
     assert summary["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    # the pretrained model already separates subjects: far above the ~0.1 of a random ranking over 10 subjects
-    assert result["test"]["test_cosine_precision@10"] > 0.4
+    # the pretrained model already ranks a same-subject paper first most of the time: a random ranking over the
+    # 10 subjects of the slice would give MRR@10 near 0.3
+    assert result["test"]["test_cosine_mrr@10"] > 0.6
 
 
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path, processed_root, tiny_model_dir) -> None:
     root = _root_with_pairs(tmp_path, processed_root)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
-           "arxiv_embeddings.train", f"paths.root_dir={root}", f"model.name={tiny_model_dir}", "run_name=ddp", *FAST,
-           "trainer.max_steps=4", "train.batch_sampler=no_duplicates"]
+           "arxiv_embeddings.train", f"paths.root_dir={root}", f"model.name={tiny_model_dir}", "run_name=ddp",
+           *(o for o in FAST if not o.startswith("trainer.max_steps")), "trainer.max_steps=4", "train.batch_sampler=random"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     summary = read_json(root / "models" / "ddp" / "final" / "train_summary.json")
     assert summary["global_step"] == 4
-    assert "gloo" in log or "world_size" in log.lower() or "Process rank" in log
+    assert summary["world_size"] == 2

@@ -359,7 +359,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "train": train_metrics,
             "eval": eval_metrics,
             "test": test_metrics,
-            "global_step": trainer.state.global_step,
+            "global_step": trainer.state.global_step, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "batch_sampler": cfg.train.batch_sampler,
             "seconds": round(time.perf_counter() - started, 1),
         }
