@@ -17,7 +17,7 @@ from invoke import Context, task
 WINDOWS = os.name == "nt"
 PYTHON = shlex.quote(sys.executable)
 # Stages in pipeline order; each is `python -m arxiv_embeddings.<stage>` with configs/<stage>.yaml.
-STAGES = ("preprocess", "pairs")
+STAGES = ("preprocess", "pairs", "train", "evaluate", "baseline")
 
 
 def _stage(ctx: Context, stage: str, overrides: str = "", force: bool = False) -> None:
@@ -38,12 +38,38 @@ def pairs(ctx: Context, overrides: str = "", force: bool = False) -> None:
     _stage(ctx, "pairs", overrides, force)
 
 
-@task(help={"overrides": "Hydra overrides passed to every stage (keys a stage lacks are skipped by Hydra's '+' rules)",
+@task(help={"overrides": "Hydra overrides, e.g. 'loss=cached_mnrl trainer.max_steps=50'", "force": "run even if unchanged"})
+def train(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """Fine-tune the model on the pairs (configs/train.yaml)."""
+    _stage(ctx, "train", overrides, force)
+
+
+@task(help={"overrides": "Hydra overrides, e.g. 'evaluate.model=sentence-transformers/all-MiniLM-L6-v2'", "force": "run even if unchanged"})
+def evaluate(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """Score a model on the test split: retrieval, classification, clustering; report + plots (configs/evaluate.yaml)."""
+    _stage(ctx, "evaluate", overrides, force)
+
+
+@task(help={"overrides": "Hydra overrides, e.g. 'baseline.runs=[tfidf]'", "force": "run even if unchanged"})
+def baseline(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """TF-IDF and zero-shot baselines through the same evaluation (configs/baseline.yaml)."""
+    _stage(ctx, "baseline", overrides, force)
+
+
+@task(help={"overrides": "Hydra overrides, e.g. 'paths.root_dir=/data/run1'"})
+def compare(ctx: Context, overrides: str = "") -> None:
+    """Print and write reports/comparison.md: every run in reports/ side by side."""
+    args = " ".join(map(shlex.quote, shlex.split(overrides)))
+    ctx.run(f"{PYTHON} -m arxiv_embeddings.baseline compare {args}", echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
+@task(help={"overrides": "Hydra overrides passed to every stage (all stages share one config tree: configs/base.yaml)",
             "force": "re-run every stage even if unchanged"})
 def pipeline(ctx: Context, overrides: str = "", force: bool = False) -> None:
-    """Run every stage in order; a stage whose inputs and config are unchanged is skipped."""
+    """Run every stage in order, then the comparison table; a stage whose inputs and config are unchanged is skipped."""
     for stage in STAGES:
         _stage(ctx, stage, overrides, force)
+    compare(ctx, overrides)
 
 
 @task(help={"args": "extra pytest arguments, e.g. '-k preprocess -x'"})

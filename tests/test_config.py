@@ -9,7 +9,7 @@ import pytest
 from arxiv_embeddings import pairs, preprocess
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, compose
 
-ENTRY_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+ENTRY_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "base")
 
 
 def test_entry_configs_exist_for_the_data_stages() -> None:

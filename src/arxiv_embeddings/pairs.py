@@ -66,14 +66,18 @@ class SubjectIndex:
         enc = pc.dictionary_encode(papers.column("primary_subject")).combine_chunks()
         codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         counts = np.bincount(codes, minlength=len(enc.dictionary))
-        return cls(codes, enc.dictionary.to_pylist(), np.argsort(codes, kind="stable"), np.r_[0, np.cumsum(counts)], counts)
+        return cls(
+            codes, enc.dictionary.to_pylist(), np.argsort(codes, kind="stable"), np.r_[0, np.cumsum(counts)], counts
+        )
 
     def same_subject(self, n: int, rng: np.random.Generator, sampling: str) -> tuple[np.ndarray, np.ndarray]:
         """``n`` pairs of two different papers of one subject; subjects drawn uniformly or by paper count."""
         valid = np.flatnonzero(self.counts >= 2)
         if len(valid) == 0:
-            raise ConfigError("No primary subject has 2 or more papers in this split, so same-subject pairs are impossible; "
-                              "lower preprocess.min_per_subject or use more papers.")
+            raise ConfigError(
+                "No primary subject has 2 or more papers in this split, so same-subject pairs are impossible; "
+                "lower preprocess.min_per_subject or use more papers."
+            )
         if sampling == "balanced":
             subj = valid[rng.integers(0, len(valid), n)]
         else:  # frequency: a random paper's subject, so subjects come in proportion to their size
@@ -102,7 +106,9 @@ def jaccard(subjects: pa.ChunkedArray | pa.ListArray, a: np.ndarray, b: np.ndarr
     enc = pc.dictionary_encode(pc.list_flatten(lists))
     parents = pc.list_parent_indices(lists).to_numpy()
     cols = enc.indices.to_numpy(zero_copy_only=False)
-    mat = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (parents, cols)), shape=(len(lists), len(enc.dictionary)))
+    mat = sparse.csr_matrix(
+        (np.ones(len(cols), dtype=np.float32), (parents, cols)), shape=(len(lists), len(enc.dictionary))
+    )
     mat.sum_duplicates()
     mat.data[:] = 1.0
     sizes = np.asarray(mat.sum(axis=1)).ravel()
@@ -121,7 +127,9 @@ class PairRows:
     target: np.ndarray | None = None
 
 
-def _anchor_positive(papers: pa.Table, index: SubjectIndex, n: int, rng: np.random.Generator, p: DictConfig) -> PairRows:
+def _anchor_positive(
+    papers: pa.Table, index: SubjectIndex, n: int, rng: np.random.Generator, p: DictConfig
+) -> PairRows:
     a, b = index.same_subject(n, rng, p.sampling)
     return PairRows(a, b)
 
@@ -164,10 +172,14 @@ BUILDERS: dict[str, Callable[[pa.Table, SubjectIndex, int, np.random.Generator, 
 # ------------------------------------------------------------------------------------------ materializing
 def _texts(values: pa.ChunkedArray, rows: np.ndarray) -> pa.DictionaryArray:
     """Texts of ``rows`` as a dictionary array: the papers' texts once, plus int32 indices (no string copies)."""
-    return pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), pc.cast(values, pa.large_string()).combine_chunks())
+    return pa.DictionaryArray.from_arrays(
+        pa.array(rows.astype(np.int32)), pc.cast(values, pa.large_string()).combine_chunks()
+    )
 
 
-def build_pairs(papers: pa.Table, pair_type: str, n: int, rng: np.random.Generator, p: DictConfig) -> tuple[pa.Table, pa.Table]:
+def build_pairs(
+    papers: pa.Table, pair_type: str, n: int, rng: np.random.Generator, p: DictConfig
+) -> tuple[pa.Table, pa.Table]:
     """Build ``n`` pairs of ``pair_type`` from one split. Returns the pair table and its meta table (same rows)."""
     index = SubjectIndex.from_table(papers)
     rows = BUILDERS[pair_type](papers, index, n, rng, p)
@@ -211,11 +223,23 @@ def validate(cfg: DictConfig) -> None:
     require(int(p.num_train) > 0, "pairs.num_train", f"got {p.num_train}; must be a positive number of pairs.")
     require(int(p.num_eval) >= 0, "pairs.num_eval", f"got {p.num_eval}; must be >= 0 (0 = no eval pairs).")
     if p.negatives:
-        require(p.type in WITH_NEGATIVES, "pairs.negatives", f"a negative column is only for {', '.join(WITH_NEGATIVES)}, not pairs={p.type}.")
+        require(
+            p.type in WITH_NEGATIVES,
+            "pairs.negatives",
+            f"a negative column is only for {', '.join(WITH_NEGATIVES)}, not pairs={p.type}.",
+        )
     if p.type == "contrastive":
-        require(0 < float(p.positive_fraction) < 1, "pairs.positive_fraction", f"got {p.positive_fraction}; must be in (0, 1).")
+        require(
+            0 < float(p.positive_fraction) < 1,
+            "pairs.positive_fraction",
+            f"got {p.positive_fraction}; must be in (0, 1).",
+        )
     if p.type == "graded":
-        require(0 <= float(p.same_subject_fraction) <= 1, "pairs.same_subject_fraction", f"got {p.same_subject_fraction}; must be in [0, 1].")
+        require(
+            0 <= float(p.same_subject_fraction) <= 1,
+            "pairs.same_subject_fraction",
+            f"got {p.same_subject_fraction}; must be in [0, 1].",
+        )
 
 
 def _split_file(cfg: DictConfig, split: str) -> Path:
@@ -237,18 +261,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         built[split] = build_pairs(papers, p.type, int(p[PAIR_SPLITS[split]]), rng, p)
         logger.info(f"{split}: {built[split][0].num_rows:,} {p.type} pairs from {papers.num_rows:,} papers.")
     out_dir = Path(cfg.paths.pairs_dir)
-    manifest: dict[str, Any] = {"stage": "pairs", "type": p.type, "columns": built["train"][0].column_names,
-                                "config": to_plain(p), "seed": cfg.seed, "files": {}}
+    manifest: dict[str, Any] = {
+        "stage": "pairs",
+        "type": p.type,
+        "columns": built["train"][0].column_names,
+        "config": to_plain(p),
+        "seed": cfg.seed,
+        "files": {},
+    }
     with atomic_dir(out_dir) as tmp:
         for split, (table, meta) in built.items():
             path = write_pairs(table, tmp / f"{split}.parquet")
             write_pairs(meta, tmp / f"{split}_meta.parquet")
-            manifest["files"][split] = {"file": path.name, "meta": f"{split}_meta.parquet", "rows": table.num_rows,
-                                        "source": str(sources[split]), "sha256": file_sha256(path)}
+            manifest["files"][split] = {
+                "file": path.name,
+                "meta": f"{split}_meta.parquet",
+                "rows": table.num_rows,
+                "source": str(sources[split]),
+                "sha256": file_sha256(path),
+            }
         write_json(tmp / MANIFEST, manifest)
     counts = {k: v["rows"] for k, v in manifest["files"].items()}
-    logger.success(f"pairs: {', '.join(f'{k} {v:,}' for k, v in counts.items())} {p.type} pairs written to {out_dir} "
-                   f"in {time.perf_counter() - started:.1f}s.")
+    logger.success(
+        f"pairs: {', '.join(f'{k} {v:,}' for k, v in counts.items())} {p.type} pairs written to {out_dir} "
+        f"in {time.perf_counter() - started:.1f}s."
+    )
     return {"dir": out_dir, "type": p.type, "counts": counts}
 
 
@@ -267,6 +304,7 @@ SPEC = StageSpec(
     outputs=lambda cfg: sorted(p for p in Path(cfg.paths.pairs_dir).glob("*") if not p.name.startswith(".")),
     stamp_dir=lambda cfg: Path(cfg.paths.pairs_dir),
     validate=validate,
+    config_keys=("pairs", "seed"),
 )
 
 

@@ -11,6 +11,7 @@ so no paper or abstract can land in two splits. Outputs appear all at once, or n
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, to_plain
-from arxiv_embeddings.data import LOADERS, hash_strings, load_raw, normalize, unit_interval
+from arxiv_embeddings.data import LOADERS, hash_strings, load_raw, normalize_rows, take_rows, unit_interval, word_counts
 from arxiv_embeddings.io import atomic_dir, file_sha256, write_json, write_parquet
 from arxiv_embeddings.stage import StageSpec
 
@@ -39,15 +40,25 @@ def validate(cfg: DictConfig) -> None:
     p, s = cfg.preprocess, cfg.preprocess.split
     fractions = {k: s[k] for k in SPLITS}
     for k, v in fractions.items():
-        require(isinstance(v, (int, float)) and 0 < v < 1, f"preprocess.split.{k}", f"got {v!r}; each split fraction must be in (0, 1).")
+        require(
+            isinstance(v, (int, float)) and 0 < v < 1,
+            f"preprocess.split.{k}",
+            f"got {v!r}; each split fraction must be in (0, 1).",
+        )
     total = sum(fractions.values())
     require(
         abs(total - 1.0) < 1e-6,
         "preprocess.split",
         f"train + eval + test = {s.train} + {s.eval} + {s.test} = {total:g}; the fractions must sum to 1.",
     )
-    require(int(p.min_per_subject) >= 2, "preprocess.min_per_subject", f"got {p.min_per_subject}; pairs need at least 2 papers per subject.")
-    require(int(p.min_abstract_words) >= 0, "preprocess.min_abstract_words", f"got {p.min_abstract_words}; must be >= 0.")
+    require(
+        int(p.min_per_subject) >= 2,
+        "preprocess.min_per_subject",
+        f"got {p.min_per_subject}; pairs need at least 2 papers per subject.",
+    )
+    require(
+        int(p.min_abstract_words) >= 0, "preprocess.min_abstract_words", f"got {p.min_abstract_words}; must be >= 0."
+    )
     if p.max_per_subject is not None:
         require(
             int(p.max_per_subject) >= int(p.min_per_subject),
@@ -55,7 +66,11 @@ def validate(cfg: DictConfig) -> None:
             f"{p.max_per_subject} is below preprocess.min_per_subject={p.min_per_subject}; every subject would be dropped.",
         )
     if p.max_papers is not None:
-        require(int(p.max_papers) > 0, "preprocess.max_papers", f"got {p.max_papers}; use a positive number or null for all papers.")
+        require(
+            int(p.max_papers) > 0,
+            "preprocess.max_papers",
+            f"got {p.max_papers}; use a positive number or null for all papers.",
+        )
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -71,6 +86,13 @@ def _keep_first(group: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 def _dedupe(table: pa.Table, column: str, hashes: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Mask of rows to keep so that ``column`` is unique (exactly: hash collisions between different strings keep both)."""
+    return _unique_mask(table.column(column), hashes, order)
+
+
+def _unique_mask(
+    values: pa.ChunkedArray, hashes: np.ndarray, order: np.ndarray, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`_dedupe` over ``values[rows]`` (all of ``values`` when ``rows`` is None), without copying the values."""
     sort = np.lexsort((order, hashes))
     keep = _keep_first(hashes, sort)
     # Map every dropped row to the kept row of its hash and confirm the strings really are equal.
@@ -79,10 +101,13 @@ def _dedupe(table: pa.Table, column: str, hashes: np.ndarray, order: np.ndarray)
     kept_of = np.repeat(sort[run_start], np.diff(np.r_[run_start, len(sort)]))
     dropped = np.flatnonzero(~keep[sort])
     if len(dropped):
-        rows, partners = sort[dropped], kept_of[dropped]
-        col = table.column(column)
-        same = pc.equal(col.take(pa.array(rows)), col.take(pa.array(partners))).to_numpy(zero_copy_only=False)
-        keep[rows[~same]] = True
+        dup, partners = sort[dropped], kept_of[dropped]
+        if rows is not None:
+            dup_at, partners_at = rows[dup], rows[partners]
+        else:
+            dup_at, partners_at = dup, partners
+        same = pc.equal(take_rows(values, dup_at), take_rows(values, partners_at)).to_numpy(zero_copy_only=False)
+        keep[dup[~same]] = True
     return keep
 
 
@@ -118,39 +143,41 @@ def build(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict[str, int]]:
     funnel: dict[str, int] = {"loaded": raw.num_rows}
     logger.info(f"Loaded {raw.num_rows:,} rows from data.source={cfg.data.source} in {time.perf_counter() - t0:.1f}s.")
 
-    table, n_bad = normalize(raw, list(p.keep_columns))
+    # The filters below never copy the table: `rows` holds the positions of the rows still in, the small columns the
+    # filters need are taken at those positions, and each split is taken from `table` once, at the end.
+    table, valid = normalize_rows(raw, list(p.keep_columns))
     del raw
-    funnel["dropped_bad_subject"] = n_bad
+    funnel["dropped_bad_subject"] = int((~valid).sum())
 
     ok = pc.and_(
         pc.greater_equal(pc.utf8_length(table.column("title")), int(p.min_title_chars)),
-        pc.greater_equal(pc.count_substring_regex(table.column("abstract"), r"\S+"), int(p.min_abstract_words)),
+        pc.greater_equal(word_counts(table.column("abstract")), int(p.min_abstract_words)),
     )
     ok = pc.and_(ok, pc.greater(pc.utf8_length(table.column("arxiv_id")), 0))
-    before = table.num_rows
-    table = table.filter(pc.fill_null(ok, False))
-    funnel["dropped_short_text"] = before - table.num_rows
+    rows = np.flatnonzero(valid & pc.fill_null(ok, False).to_numpy(zero_copy_only=False))
+    funnel["dropped_short_text"] = int(valid.sum()) - len(rows)
 
     # Duplicates: keep one row per arxiv_id, then one per exact abstract (the smallest arxiv_id), so the
     # choice does not depend on the order of the input.
-    id_rank = np.empty(table.num_rows, dtype=np.int64)
-    id_rank[pc.sort_indices(table.column("arxiv_id")).to_numpy()] = np.arange(table.num_rows)
-    abstract_hash = hash_strings(table.column("abstract"))
-    id_keep = _dedupe(table, "arxiv_id", hash_strings(table.column("arxiv_id")), abstract_hash.astype(np.int64))
+    ids = take_rows(table.column("arxiv_id"), rows)
+    id_rank = np.empty(len(rows), dtype=np.int64)
+    id_rank[pc.sort_indices(ids).to_numpy()] = np.arange(len(rows))
+    abstract_hash = hash_strings(table.column("abstract"))[rows]
+    id_keep = _dedupe(pa.table({"arxiv_id": ids}), "arxiv_id", hash_strings(ids), abstract_hash.astype(np.int64))
     funnel["dropped_duplicate_id"] = int((~id_keep).sum())
-    table, abstract_hash, id_rank = table.filter(pa.array(id_keep)), abstract_hash[id_keep], id_rank[id_keep]
-    abs_keep = _dedupe(table, "abstract", abstract_hash, id_rank)
+    rows, ids, abstract_hash, id_rank = rows[id_keep], ids.filter(id_keep), abstract_hash[id_keep], id_rank[id_keep]
+    abs_keep = _unique_mask(table.column("abstract"), abstract_hash, id_rank, rows)
     funnel["dropped_duplicate_abstract"] = int((~abs_keep).sum())
-    table = table.filter(pa.array(abs_keep))
+    rows, ids = rows[abs_keep], ids.filter(abs_keep)
 
-    seeded = hash_strings(table.column("arxiv_id"), key=f"choice-{cfg.seed}")
-    if p.max_papers is not None and table.num_rows > int(p.max_papers):
-        keep = np.zeros(table.num_rows, dtype=bool)
+    seeded = hash_strings(ids, key=f"choice-{cfg.seed}")
+    if p.max_papers is not None and len(rows) > int(p.max_papers):
+        keep = np.zeros(len(rows), dtype=bool)
         keep[np.argpartition(seeded, int(p.max_papers) - 1)[: int(p.max_papers)]] = True
         funnel["dropped_subsample"] = int((~keep).sum())
-        table, seeded = table.filter(pa.array(keep)), seeded[keep]
+        rows, ids, seeded = rows[keep], ids.filter(keep), seeded[keep]
 
-    codes, names = _subject_codes(table)
+    codes, names = _subject_codes(pa.table({"primary_subject": take_rows(table.column("primary_subject"), rows)}))
     counts = np.bincount(codes, minlength=len(names))
     keep = counts[codes] >= int(p.min_per_subject)
     if not keep.any():
@@ -160,26 +187,49 @@ def build(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict[str, int]]:
             f"papers after cleaning. Lower preprocess.min_per_subject (at most {largest}) or use a larger corpus."
         )
     funnel["dropped_rare_subject"] = int((~keep).sum())
-    table, codes, seeded = table.filter(pa.array(keep)), codes[keep], seeded[keep]
+    rows, ids, codes, seeded = rows[keep], ids.filter(keep), codes[keep], seeded[keep]
 
     if p.max_per_subject is not None:
         keep = _within_group_rank(codes, seeded) < int(p.max_per_subject)
         funnel["dropped_subject_cap"] = int((~keep).sum())
-        table = table.filter(pa.array(keep))
+        rows, ids = rows[keep], ids.filter(keep)
 
     fractions = {s: float(p.split[s]) for s in SPLITS}
-    assignment = split_assignment(table.column("arxiv_id"), fractions, str(p.split.salt))
-    splits: dict[str, pa.Table] = {}
+    assignment = split_assignment(ids, fractions, str(p.split.salt))
+    positions: dict[str, np.ndarray] = {}
     for i, name in enumerate(SPLITS):
-        part = table.filter(pa.array(assignment == i))
-        if part.num_rows == 0:
+        part = assignment == i
+        if not part.any():
             raise ConfigError(
-                f"Split '{name}' would be empty ({table.num_rows} papers in all, preprocess.split.{name}={fractions[name]}). "
+                f"Split '{name}' would be empty ({len(rows)} papers in all, preprocess.split.{name}={fractions[name]}). "
                 "Raise that fraction or use more papers."
             )
-        splits[name] = part.take(pc.sort_indices(part, [("arxiv_id", "ascending")]))
-    funnel["kept"] = table.num_rows
-    return splits, funnel
+        positions[name] = rows[part][pc.sort_indices(ids.filter(part)).to_numpy()]  # sorted by arxiv_id
+    funnel["kept"] = len(rows)
+    schema, columns = table.schema, dict(zip(table.column_names, table.columns))
+    del table
+    return _take_splits(columns, schema, positions), funnel
+
+
+def _take_splits(columns: dict[str, pa.ChunkedArray], schema: pa.Schema, positions: dict[str, np.ndarray]) -> dict[str, pa.Table]:
+    """Each split's rows of the table ``columns`` holds, one column at a time.
+
+    ``columns`` is emptied as it goes, so a column's source is freed as soon as its rows are taken: the peak is the
+    table plus one column's copy, not the table twice. Each column is made one chunk before its takes, as
+    ``ChunkedArray.take`` would concatenate the chunks again on every call.
+    """
+    taken: dict[str, list[pa.Array]] = {split: [] for split in positions}
+    for name in schema.names:
+        values = columns.pop(name).combine_chunks()
+        for split, idx in positions.items():
+            taken[split].append(values.take(pa.array(idx)))
+        del values
+    return {split: pa.Table.from_arrays(arrays, schema=schema) for split, arrays in taken.items()}
+
+
+def _write_split(part: pa.Table, path: Path) -> tuple[Path, str]:
+    path = write_parquet(part, path)
+    return path, file_sha256(path)
 
 
 def _subject_counts(table: pa.Table) -> dict[str, int]:
@@ -203,12 +253,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "splits": {},
     }
     with atomic_dir(out_dir) as tmp:
+        # zstd compression is the slowest step and one file compresses on one core: write the splits side by side.
+        with ThreadPoolExecutor(max_workers=len(splits)) as pool:
+            written = dict(zip(splits, pool.map(lambda item: _write_split(item[1], tmp / f"{item[0]}.parquet"), splits.items())))
         for name, part in splits.items():
-            path = write_parquet(part, tmp / f"{name}.parquet")
+            path, digest = written[name]
             manifest["splits"][name] = {
                 "file": path.name,
                 "rows": part.num_rows,
-                "sha256": file_sha256(path),
+                "sha256": digest,
                 "subjects": _subject_counts(part),
             }
         all_subjects = sorted(set().union(*(m["subjects"] for m in manifest["splits"].values())))
@@ -254,6 +307,7 @@ SPEC = StageSpec(
     outputs=_outputs,
     stamp_dir=lambda cfg: Path(cfg.paths.processed_dir),
     validate=validate,
+    config_keys=("data", "preprocess", "seed"),
 )
 
 

@@ -25,7 +25,7 @@ from arxiv_embeddings.config import to_plain
 from arxiv_embeddings.io import read_json, tree_sha256, write_json
 
 # Keys that do not change what a stage produces.
-_IGNORED_KEYS = ("force", "hydra", "logging")
+_IGNORED_KEYS = ("force", "hydra", "logging", "task_name")
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,14 @@ class StageSpec:
     outputs: Callable[[DictConfig], Sequence[Path]]
     stamp_dir: Callable[[DictConfig], Path]
     validate: Callable[[DictConfig], None]
+    # Top-level config sections the stage reads; only these enter its fingerprint, so changing another stage's
+    # settings does not re-run it. None = every section.
+    config_keys: tuple[str, ...] | None = None
 
 
-def fingerprint(cfg: DictConfig, inputs: Sequence[Path]) -> str:
-    plain = {k: v for k, v in to_plain(cfg).items() if k not in _IGNORED_KEYS}
+def fingerprint(cfg: DictConfig, inputs: Sequence[Path], keys: Sequence[str] | None = None) -> str:
+    """Hash of the resolved config (the ``keys`` sections, or all but bookkeeping keys) and the inputs' bytes."""
+    plain = {k: v for k, v in to_plain(cfg).items() if k not in _IGNORED_KEYS and (keys is None or k in keys)}
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode())
     for path in sorted(map(str, inputs)):
         digest.update(path.encode())
@@ -62,7 +66,7 @@ def is_up_to_date(spec: StageSpec, cfg: DictConfig) -> bool:
         stamp = read_json(path)
     except (OSError, ValueError):
         return False
-    if stamp.get("fingerprint") != fingerprint(cfg, spec.inputs(cfg)):
+    if stamp.get("fingerprint") != fingerprint(cfg, spec.inputs(cfg), spec.config_keys):
         return False
     outputs = stamp.get("outputs", {})
     return bool(outputs) and all(Path(p).exists() and tree_sha256(p) == h for p, h in outputs.items())
@@ -79,7 +83,7 @@ def execute(spec: StageSpec, cfg: DictConfig, force: bool = False) -> dict[str, 
         return None
     started = time.perf_counter()
     # The fingerprint is taken before the run so that inputs changed while it runs trigger the next run.
-    fp = fingerprint(cfg, spec.inputs(cfg))
+    fp = fingerprint(cfg, spec.inputs(cfg), spec.config_keys)
     result = spec.run(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # in a distributed run only the main process records the stage
         return result

@@ -305,7 +305,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     # 5. arguments, with resume from an interrupted run of the same config
     out = model_dir(cfg)
     ckpt_dir = out / "checkpoints"
-    fp = fingerprint(cfg, [train_file])
+    fp = fingerprint(cfg, [train_file], SPEC.config_keys)
     resume_from = _checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
     if rank0:
         write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": False})
@@ -388,6 +388,7 @@ SPEC = StageSpec(
     outputs=lambda cfg: [model_dir(cfg) / "final"],
     stamp_dir=model_dir,
     validate=validate,
+    config_keys=("model", "loss", "trainer", "train", "logger", "seed", "run_name"),
 )
 
 
