@@ -69,26 +69,33 @@ MAP_METHODS = ("pca", "tsne")
 
 
 # --------------------------------------------------------------------------------------------- validation
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(value: Any, key: str, minimum: int = 1, optional: bool = False) -> None:
+    """Require an integer >= ``minimum`` (or null when ``optional``) at ``key``."""
+    if optional and value is None:
+        return
+    allowed = f"an integer >= {minimum}" + (", or null for all" if optional else "")
+    require(_is_int(value) and value >= minimum, key, f"got {value!r}; expected {allowed}.")
+
+
 def _positive_ints(cfg: DictConfig, key: str, allow_empty: bool = False) -> list[int]:
     node = OmegaConf.select(cfg, key)
-    values = list(node) if node is not None else []
-    ok = (allow_empty or len(values) > 0) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-    require(ok, key, f"got {values!r}; expected a list of positive integers such as [1, 10].")
-    return [int(v) for v in values]
-
-
-def _optional_positive(value: Any, key: str) -> None:
-    if value is not None:
-        require(isinstance(value, int) and value > 0, key, f"got {value!r}; use a positive integer or null for all.")
+    values = list(node) if OmegaConf.is_list(node) else None
+    ok = values is not None and (allow_empty or len(values) > 0) and all(_is_int(v) and v > 0 for v in values)
+    require(ok, key, f"got {node!r}; expected a list of positive integers such as [1, 10].")
+    return [int(v) for v in values or []]
 
 
 def validate_evaluation(cfg: DictConfig) -> None:
     """Check the ``evaluate`` settings (shared by the evaluate and baseline stages), naming the offending key."""
     e = cfg.evaluate
     require_in("evaluate.text", e.text, TEXT_FIELDS)
-    _optional_positive(e.max_test_papers, "evaluate.max_test_papers")
-    require(int(e.encode.batch_size) > 0, "evaluate.encode.batch_size", f"got {e.encode.batch_size}; must be > 0.")
-    require(int(e.encode.max_seq_length) > 0, "evaluate.encode.max_seq_length", f"got {e.encode.max_seq_length}; must be > 0.")
+    check_int(e.max_test_papers, "evaluate.max_test_papers", optional=True)
+    check_int(e.encode.batch_size, "evaluate.encode.batch_size")
+    check_int(e.encode.max_seq_length, "evaluate.encode.max_seq_length")
     require_in("evaluate.encode.precision", e.encode.precision, PRECISIONS)
     pr = _positive_ints(cfg, "evaluate.retrieval.precision_recall_at")
     _positive_ints(cfg, "evaluate.retrieval.accuracy_at", allow_empty=True)
@@ -97,21 +104,23 @@ def validate_evaluation(cfg: DictConfig) -> None:
     require(
         e.retrieval.per_subject_at in pr,
         "evaluate.retrieval.per_subject_at",
-        f"got {e.retrieval.per_subject_at}; it must be one of evaluate.retrieval.precision_recall_at={pr}.",
+        f"got {e.retrieval.per_subject_at!r}; it must be one of evaluate.retrieval.precision_recall_at={pr}.",
     )
-    require(int(e.retrieval.max_scores) > 0, "evaluate.retrieval.max_scores", f"got {e.retrieval.max_scores}; must be > 0.")
+    check_int(e.retrieval.max_scores, "evaluate.retrieval.max_scores")
     _positive_ints(cfg, "evaluate.title_abstract.recall_at")
     _positive_ints(cfg, "evaluate.title_abstract.mrr_at")
-    _optional_positive(e.classification.max_train_papers, "evaluate.classification.max_train_papers")
-    require(float(e.classification.C) > 0, "evaluate.classification.C", f"got {e.classification.C}; must be > 0.")
-    require(int(e.classification.max_iter) > 0, "evaluate.classification.max_iter", f"got {e.classification.max_iter}; must be > 0.")
-    require(int(e.clustering.n_init) > 0, "evaluate.clustering.n_init", f"got {e.clustering.n_init}; must be > 0.")
+    check_int(e.classification.max_train_papers, "evaluate.classification.max_train_papers", optional=True)
+    C = e.classification.C
+    require(isinstance(C, (int, float)) and C > 0, "evaluate.classification.C", f"got {C!r}; must be a number > 0.")
+    check_int(e.classification.max_iter, "evaluate.classification.max_iter")
+    check_int(e.clustering.n_init, "evaluate.clustering.n_init")
     require_in("evaluate.plots.map_method", e.plots.map_method, MAP_METHODS)
-    require(int(e.plots.max_points) > 1, "evaluate.plots.max_points", f"got {e.plots.max_points}; must be > 1.")
-    require(int(e.plots.max_legend_subjects) > 0, "evaluate.plots.max_legend_subjects", "must be > 0.")
+    check_int(e.plots.max_points, "evaluate.plots.max_points", minimum=2)
+    check_int(e.plots.max_legend_subjects, "evaluate.plots.max_legend_subjects")
 
 
-def _check_report_name(name: str, key: str) -> None:
+def check_report_name(name: str, key: str) -> None:
+    """A report name must be a single folder name."""
     require(
         bool(name) and name not in {".", ".."} and "/" not in name and "\\" not in name and not name.startswith("."),
         key,
@@ -122,9 +131,13 @@ def _check_report_name(name: str, key: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check the config before any work, naming the offending key."""
     check_missing(cfg)
-    require(bool(str(cfg.evaluate.model).strip()), "evaluate.model", "is empty; pass a run name, a model folder or a Hub name.")
+    require(
+        bool(str(cfg.evaluate.model).strip()),
+        "evaluate.model",
+        "is empty; pass a run name, a model folder or a Hub name.",
+    )
     validate_evaluation(cfg)
-    _check_report_name(report_name(cfg), "evaluate.report_name")
+    check_report_name(report_name(cfg), "evaluate.report_name")
 
 
 # ------------------------------------------------------------------------------------------------ naming
@@ -165,6 +178,13 @@ def model_location(cfg: DictConfig, model: str | None = None) -> str:
     return value
 
 
+def model_source(cfg: DictConfig, model: str | None = None) -> str:
+    """The folder (or Hub name) the model will be loaded from; fails fast on a missing run or path."""
+    from arxiv_embeddings.models import resolve_model
+
+    return resolve_model(model_location(cfg, model))
+
+
 def local_model_dir(cfg: DictConfig, model: str | None = None) -> Path | None:
     """The model folder when the model is on local disk (a stage input), else None. Never raises."""
     try:
@@ -175,6 +195,7 @@ def local_model_dir(cfg: DictConfig, model: str | None = None) -> Path | None:
 
 
 def report_dir(cfg: DictConfig, name: str | None = None) -> Path:
+    """``${paths.reports_dir}/<name>`` (default: :func:`report_name`)."""
     return Path(cfg.paths.reports_dir) / (name or report_name(cfg))
 
 
@@ -190,7 +211,7 @@ class EvalData:
 
     test: pa.Table
     train: pa.Table  # the (capped) train papers used for the classifier
-    train_all: pa.Table  # the whole train split (the TF-IDF baseline fits its vocabulary on it)
+    train_path: Path  # the whole train split (the TF-IDF baseline fits its vocabulary on it)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -202,34 +223,54 @@ class EvalData:
         return np.asarray(self.train.column("primary_subject").to_pylist(), dtype=object).astype(str)
 
 
-def sample_rows(n: int, cap: int | None, seed: int, stream: int) -> np.ndarray:
-    """Sorted positions of a seeded random choice of ``cap`` of ``n`` rows (all rows when ``cap`` is None or >= n)."""
+#: Independent random streams of the seeded choices, so that changing one cap never reshuffles another.
+SAMPLE_STREAMS = {"test": 0, "train": 1, "tfidf_fit": 2, "plot": 3}
+
+
+def sample_rows(n: int, cap: int | None, seed: int, stream: str) -> np.ndarray:
+    """Sorted positions of a seeded random choice of ``cap`` of ``n`` rows (all rows when ``cap`` is None or >= n).
+
+    ``stream`` names what the choice is for (a key of :data:`SAMPLE_STREAMS`).
+    """
     if cap is None or cap >= n:
         return np.arange(n)
-    rng = np.random.default_rng([int(seed), int(stream)])
+    rng = np.random.default_rng([int(seed), SAMPLE_STREAMS[stream]])
     return np.sort(rng.choice(n, size=int(cap), replace=False))
 
 
-_TEST_STREAM, _TRAIN_STREAM, _FIT_STREAM, _PLOT_STREAM = 0, 1, 2, 3
+COLUMNS = ["arxiv_id", "title", "abstract", "primary_subject"]
+
+
+def read_sample(path: Path, cap: int | None, seed: int, stream: str) -> tuple[pa.Table, int]:
+    """A seeded random choice of at most ``cap`` papers of a processed split, and the split's size."""
+    table = pq.read_table(path, columns=COLUMNS)
+    rows = sample_rows(table.num_rows, cap, seed, stream)
+    return (table.take(pa.array(rows)) if len(rows) < table.num_rows else table), table.num_rows
 
 
 def load_data(cfg: DictConfig) -> EvalData:
-    """Read the processed test and train splits and apply the seeded caps."""
+    """Read the processed test split and the classifier's train papers, with the seeded caps applied."""
     test_path, train_path = split_path(cfg, "test"), split_path(cfg, "train")
-    columns = ["arxiv_id", "title", "abstract", "primary_subject"]
-    test_all, train_all = pq.read_table(test_path, columns=columns), pq.read_table(train_path, columns=columns)
     e = cfg.evaluate
-    test = test_all.take(pa.array(sample_rows(test_all.num_rows, e.max_test_papers, cfg.seed, _TEST_STREAM)))
-    train = train_all.take(
-        pa.array(sample_rows(train_all.num_rows, e.classification.max_train_papers, cfg.seed, _TRAIN_STREAM))
-    )
+    test, n_test = read_sample(test_path, e.max_test_papers, int(cfg.seed), "test")
+    train, n_train = read_sample(train_path, e.classification.max_train_papers, int(cfg.seed), "train")
     if test.num_rows < 2:
         raise ConfigError(f"The test split at {test_path} has {test.num_rows} paper(s); evaluation needs at least 2.")
     info = {
-        "test": {"path": str(test_path), "sha256": file_sha256(test_path), "papers": test.num_rows, "split_papers": test_all.num_rows},
-        "train": {"path": str(train_path), "sha256": file_sha256(train_path), "papers": train.num_rows, "split_papers": train_all.num_rows},
+        "test": {
+            "path": str(test_path),
+            "sha256": file_sha256(test_path),
+            "papers": test.num_rows,
+            "split_papers": n_test,
+        },
+        "train": {
+            "path": str(train_path),
+            "sha256": file_sha256(train_path),
+            "papers": train.num_rows,
+            "split_papers": n_train,
+        },
     }
-    return EvalData(test=test, train=train, train_all=train_all, info=info)
+    return EvalData(test=test, train=train, train_path=train_path, info=info)
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -254,12 +295,26 @@ def _torch_dtype(precision: str, device: str) -> Any:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def _fit_seq_length(model: SentenceTransformer, wanted: int) -> None:
+    """Lower ``max_seq_length`` to what the model's tokenizer accepts (longer inputs would not fit its positions)."""
+    limit = int(getattr(getattr(model, "tokenizer", None), "model_max_length", 0) or 0)
+    if 0 < limit < wanted:
+        logger.warning(f"evaluate.encode.max_seq_length={wanted} is more than this model accepts; using {limit}.")
+        model.max_seq_length = limit
+
+
+def _embedding_dim(model: SentenceTransformer) -> int:
+    # sentence-transformers 5.x renamed get_sentence_embedding_dimension to get_embedding_dimension.
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter() or 0)
+
+
 def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTransformer, dict[str, Any]]:
     """Load the model to evaluate, on the configured device and precision."""
     from arxiv_embeddings.models import default_device, load_model
 
     enc = cfg.evaluate.encode
-    location = model_location(cfg, model)
+    location = model_source(cfg, model)
     device = str(enc.device or default_device())
     try:
         st = load_model(location, device=device, max_seq_length=int(enc.max_seq_length))
@@ -268,9 +323,10 @@ def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTra
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(
             f"Could not load {location!r} as a sentence-transformers model ({type(err).__name__}: {err}). Expected a "
-            "run name with a model at models/<run>/final, a model folder, or a Hub name that is in the local cache "
-            "(there is no network)."
+            "run name with a model at models/<run>/final, a model folder, or a Hub name that is in the local Hugging "
+            "Face cache or can be downloaded."
         ) from err
+    _fit_seq_length(st, int(enc.max_seq_length))
     dtype = _torch_dtype(str(enc.precision), device)
     st.to(dtype)
     info = {
@@ -278,9 +334,9 @@ def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTra
         "model_path": location,
         "device": device,
         "precision": str(dtype).removeprefix("torch."),
-        "max_seq_length": int(st.max_seq_length),
+        "max_seq_length": int(st.max_seq_length or 0),
         "batch_size": int(enc.batch_size),
-        "dim": int(st.get_sentence_embedding_dimension() or 0),
+        "dim": _embedding_dim(st),
     }
     return st, info
 
@@ -336,21 +392,27 @@ def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]
     labels = data.test_labels
 
     t0 = time.perf_counter()
-    subj = label_retrieval(features.papers, labels, cutoffs=_cutoffs(cfg), max_scores=int(e.retrieval.max_scores), device=device)
+    subj = label_retrieval(
+        features.papers, labels, cutoffs=_cutoffs(cfg), max_scores=int(e.retrieval.max_scores), device=device
+    )
     per_key = f"precision@{e.retrieval.per_subject_at}"
     counts = dict(zip(*np.unique(labels[subj.query_index], return_counts=True), strict=True))
     subject_retrieval = {
         "num_queries": subj.num_queries,
         "corpus_size": subj.corpus_size,
         **subj.summary(),
-        "per_subject": {
-            s: {per_key: v, "queries": int(counts[s])} for s, v in subj.by_group(per_key, labels).items()
-        },
+        "per_subject": {s: {per_key: v, "queries": int(counts[s])} for s, v in subj.by_group(per_key, labels).items()},
     }
     ta_cut = RankingCutoffs(
-        precision_recall_at=tuple(e.title_abstract.recall_at), accuracy_at=(), mrr_at=tuple(e.title_abstract.mrr_at), ndcg_at=(), map_at=()
+        precision_recall_at=tuple(e.title_abstract.recall_at),
+        accuracy_at=(),
+        mrr_at=tuple(e.title_abstract.mrr_at),
+        ndcg_at=(),
+        map_at=(),
     )
-    ta = paired_retrieval(features.titles, features.abstracts, cutoffs=ta_cut, max_scores=int(e.retrieval.max_scores), device=device)
+    ta = paired_retrieval(
+        features.titles, features.abstracts, cutoffs=ta_cut, max_scores=int(e.retrieval.max_scores), device=device
+    )
     title_abstract = {
         "num_queries": ta.num_queries,
         "corpus_size": ta.corpus_size,
@@ -365,7 +427,9 @@ def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]
             f"evaluate.classification: the {len(train_labels)} train papers hold fewer than 2 subjects, so no "
             "classifier can be fit; raise evaluate.classification.max_train_papers (or null for all)."
         )
-    clf = LogisticRegression(C=float(e.classification.C), max_iter=int(e.classification.max_iter), random_state=int(cfg.seed))
+    clf = LogisticRegression(
+        C=float(e.classification.C), max_iter=int(e.classification.max_iter), random_state=int(cfg.seed)
+    )
     clf.fit(features.train, train_labels)
     predicted = clf.predict(features.papers)
     class_labels = sorted(set(labels.tolist()) | set(clf.classes_.tolist()))
@@ -427,7 +491,9 @@ def evaluate_features(
         plots = write_plots(tmp / PLOTS_DIR, metrics, features.papers, data.test_labels, cfg)
         metrics["timing"] = {**(timing or {}), **scores["timing"], "report_s": round(time.perf_counter() - started, 3)}
         write_json(tmp / METRICS_FILE, metrics)
-        (tmp / REPORT_FILE).write_text(render_markdown(metrics, {k: p.relative_to(tmp) for k, p in plots.items()}), encoding="utf-8")
+        (tmp / REPORT_FILE).write_text(
+            render_markdown(metrics, {k: p.relative_to(tmp) for k, p in plots.items()}), encoding="utf-8"
+        )
     files = [out / METRICS_FILE, out / REPORT_FILE, *(out / p.relative_to(tmp) for p in plots.values())]
     return {"dir": out, "metrics": metrics, "files": files}
 
@@ -464,7 +530,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the stage: returns the report folder, the metrics and the files written."""
     validate(cfg)
     started = time.perf_counter()
-    model_location(cfg)  # fail on a missing run before reading any data
+    model_source(cfg)  # fail on a missing model before reading any data
     data = load_data(cfg)
     result = evaluate_model(cfg, str(cfg.evaluate.model), report_name(cfg), data)
     logger.success(f"evaluate: {summary_line(result)}; wrote {result['dir']} in {time.perf_counter() - started:.1f}s.")
@@ -484,6 +550,7 @@ SPEC = StageSpec(
     outputs=lambda cfg: report_files(report_dir(cfg)),
     stamp_dir=lambda cfg: report_dir(cfg),
     validate=validate,
+    config_keys=("evaluate", "seed"),
 )
 
 

@@ -241,7 +241,9 @@ def paired_retrieval(
     """Retrieval where query ``i`` has exactly one relevant corpus item, row ``i`` (e.g. title -> its abstract)."""
     n = _num_rows(query_vectors)
     if _num_rows(corpus_vectors) < n:
-        raise ValueError(f"paired_retrieval needs a corpus row per query: {n} queries, {_num_rows(corpus_vectors)} rows.")
+        raise ValueError(
+            f"paired_retrieval needs a corpus row per query: {n} queries, {_num_rows(corpus_vectors)} rows."
+        )
     _, index = top_k(query_vectors, corpus_vectors, cutoffs.max_k, max_scores=max_scores, device=device)
     hits = index == np.arange(n)[:, None]
     return RetrievalResult(ranking_metrics(hits, np.ones(n), cutoffs), np.arange(n), _num_rows(corpus_vectors))
@@ -256,7 +258,9 @@ def _rows(x: Matrix, rows: np.ndarray) -> Matrix:
 
 
 # -------------------------------------------------------------------------------------------- classification
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+def classification_metrics(
+    y_true: Sequence[str] | np.ndarray, y_pred: Sequence[str] | np.ndarray, labels: Sequence[str]
+) -> dict[str, Any]:
     """Accuracy, macro-F1 (over ``labels``), a per-class report and the confusion matrix (rows = true labels)."""
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
@@ -281,15 +285,27 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
 
 
 # ------------------------------------------------------------------------------------------------ clustering
-def clustering_metrics(vectors: Matrix, labels: Sequence[str], *, n_init: int = 10, seed: int = 0) -> dict[str, Any]:
-    """k-means with k = number of distinct labels; V-measure (and its homogeneity / completeness) of the clusters."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import homogeneity_completeness_v_measure
+def clustering_metrics(
+    vectors: Matrix, labels: Sequence[str] | np.ndarray, *, n_init: int = 10, seed: int = 0
+) -> dict[str, Any]:
+    """k-means with k = number of distinct labels: V-measure (with its homogeneity and completeness) of the clusters.
 
-    labels = np.asarray(labels).astype(str)
-    k = min(len(np.unique(labels)), _num_rows(vectors))
+    The V-measure grows with the number of clusters even for a random clustering when there are few items per
+    label; the adjusted mutual information (``ami``) is corrected for chance and is 0 for random clusters.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score, homogeneity_completeness_v_measure
+
+    truth = np.asarray(labels).astype(str)
+    k = min(len(np.unique(truth)), _num_rows(vectors))
     if isinstance(vectors, torch.Tensor):
         vectors = vectors.cpu().numpy()
     clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(vectors)
-    h, c, v = homogeneity_completeness_v_measure(labels, clusters)
-    return {"k": int(k), "v_measure": float(v), "homogeneity": float(h), "completeness": float(c)}
+    h, c, v = homogeneity_completeness_v_measure(truth, clusters)
+    return {
+        "k": int(k),
+        "v_measure": float(v),
+        "homogeneity": float(h),
+        "completeness": float(c),
+        "ami": float(adjusted_mutual_info_score(truth, clusters)),
+    }

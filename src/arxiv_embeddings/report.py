@@ -28,6 +28,7 @@ COMPARE_COLUMNS = (
     ("Accuracy", "classification", "accuracy"),
     ("Macro-F1", "classification", "macro_f1"),
     ("V-measure", "clustering", "v_measure"),
+    ("AMI", "clustering", "ami"),
 )
 
 
@@ -38,16 +39,22 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def plot_per_subject(path: Path, per_subject: dict[str, dict[str, float]], key: str, title: str) -> Path:
-    """Horizontal bars of one per-subject metric, best subject on top."""
+def plot_per_subject(
+    path: Path, per_subject: dict[str, dict[str, float]], key: str, title: str, overall: float | None = None
+) -> Path:
+    """Horizontal bars of one per-subject metric, best subject on top, with the overall value as a dashed line."""
     items = sorted(((s, v[key]) for s, v in per_subject.items()), key=lambda sv: sv[1])
-    fig = _figure(7, max(2.5, 0.22 * len(items) + 1))
+    fig = _figure(7, max(2.5, 0.17 * len(items) + 1.2))
     ax = fig.add_subplot()
     ax.barh([s for s, _ in items], [v for _, v in items], color="#4c72b0")
+    if overall is not None:
+        ax.axvline(overall, color="#c44e52", linestyle="--", linewidth=1, label=f"all queries: {overall:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(items) - 0.4)
     ax.set_xlabel(key)
     ax.set_title(title)
-    ax.tick_params(axis="y", labelsize=max(4, min(9, 400 // max(len(items), 1))))
+    ax.tick_params(axis="y", labelsize=7 if len(items) > 30 else 9)
     fig.savefig(path)
     return path
 
@@ -57,7 +64,7 @@ def plot_confusion(path: Path, matrix: list[list[int]], labels: list[str], title
     cm = np.asarray(matrix, dtype=np.float64)
     cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(labels)
-    size = min(24.0, max(4.0, 0.28 * n + 2))
+    size = max(4.0, 0.28 * n + 2) if n <= 80 else 12.0  # beyond 80 subjects the cells carry no tick labels
     fig = _figure(size + 1, size)
     ax = fig.add_subplot()
     image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
@@ -66,7 +73,7 @@ def plot_confusion(path: Path, matrix: list[list[int]], labels: list[str], title
         font = max(4, min(9, 300 // max(n, 1)))
         ax.set_xticks(range(n), labels, rotation=90, fontsize=font)
         ax.set_yticks(range(n), labels, fontsize=font)
-    ax.set_xlabel("predicted subject")
+    ax.set_xlabel("predicted subject" if n <= 80 else "predicted subject (index into classification.labels)")
     ax.set_ylabel("true subject")
     ax.set_title(title)
     fig.savefig(path)
@@ -90,7 +97,9 @@ def project_2d(vectors: Matrix, method: str, seed: int) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         base = reduce(50)
-        return TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(base)
+        return TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(
+            base
+        )
     coords = reduce(2)
     return coords if coords.shape[1] == 2 else np.column_stack([coords[:, 0], np.zeros(n)])
 
@@ -106,10 +115,14 @@ def plot_map(path: Path, coords: np.ndarray, labels: np.ndarray, max_legend: int
     ax = fig.add_subplot()
     other = ~np.isin(labels, shown)
     if other.any():
-        ax.scatter(coords[other, 0], coords[other, 1], s=5, c="#bbbbbb", alpha=0.5, label="other subjects", linewidths=0)
+        ax.scatter(
+            coords[other, 0], coords[other, 1], s=5, c="#bbbbbb", alpha=0.5, label="other subjects", linewidths=0
+        )
     for i, subject in enumerate(shown):
         mask = labels == subject
-        ax.scatter(coords[mask, 0], coords[mask, 1], s=8, color=cmap(i % cmap.N), alpha=0.8, label=subject, linewidths=0)
+        ax.scatter(
+            coords[mask, 0], coords[mask, 1], s=8, color=cmap(i % cmap.N), alpha=0.8, label=subject, linewidths=0
+        )
     ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -118,9 +131,11 @@ def plot_map(path: Path, coords: np.ndarray, labels: np.ndarray, max_legend: int
     return path
 
 
-def write_plots(directory: Path, metrics: dict[str, Any], papers: Matrix, labels: np.ndarray, cfg: DictConfig) -> dict[str, Path]:
+def write_plots(
+    directory: Path, metrics: dict[str, Any], papers: Matrix, labels: np.ndarray, cfg: DictConfig
+) -> dict[str, Path]:
     """Write the per-subject P@k bars, the confusion matrix and the 2-D map; returns their paths by name."""
-    from arxiv_embeddings.evaluate import _PLOT_STREAM, sample_rows
+    from arxiv_embeddings.evaluate import sample_rows
 
     p = cfg.evaluate.plots
     directory.mkdir(parents=True, exist_ok=True)
@@ -132,6 +147,7 @@ def write_plots(directory: Path, metrics: dict[str, Any], papers: Matrix, labels
             metrics["subject_retrieval"]["per_subject"],
             key,
             f"{run}: subject retrieval {key} per subject",
+            metrics["subject_retrieval"].get(key),
         ),
         "confusion": plot_confusion(
             directory / "confusion_matrix.png",
@@ -140,7 +156,7 @@ def write_plots(directory: Path, metrics: dict[str, Any], papers: Matrix, labels
             f"{run}: logistic regression on the test papers",
         ),
     }
-    rows = sample_rows(int(papers.shape[0]), int(p.max_points), int(cfg.seed), _PLOT_STREAM)
+    rows = sample_rows(int(papers.shape[0]), int(p.max_points), int(cfg.seed), "plot")
     sub = papers[rows] if len(rows) < papers.shape[0] else papers
     coords = project_2d(sub, str(p.map_method), int(cfg.seed))
     out["map"] = plot_map(
@@ -213,7 +229,7 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, Path]) -> str:
         "",
         f"k-means with k = {cu['k']} (the number of subjects) on the test vectors.",
         "",
-        _table(["metric", "value"], [[k, cu[k]] for k in ("v_measure", "homogeneity", "completeness")]),
+        _table(["metric", "value"], [[k, v] for k, v in cu.items() if isinstance(v, float)]),
         "",
         f"## Subject retrieval {per_key} per subject",
         "",
@@ -263,13 +279,20 @@ def comparison_table(reports: list[dict[str, Any]]) -> str:
     header = ["Run", "Kind", "Test papers", *(c for c, _, _ in COMPARE_COLUMNS)]
     rows = []
     for m in reports:
-        cells = [f"`{m.get('run', '?')}`", str(m.get("kind", "?")), f"{m.get('data', {}).get('test', {}).get('papers', '?'):,}"]
+        cells = [
+            f"`{m.get('run', '?')}`",
+            str(m.get("kind", "?")),
+            f"{m.get('data', {}).get('test', {}).get('papers', '?'):,}",
+        ]
         for col, sec, key in COMPARE_COLUMNS:
             v = value(m, sec, key)
             text = "–" if v is None else f"{v:.4f}"
             cells.append(f"**{text}**" if v is not None and v == best[col] and len(reports) > 1 else text)
         rows.append(cells)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---", "---:"] + ["---:"] * len(COMPARE_COLUMNS)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---", "---", "---:"] + ["---:"] * len(COMPARE_COLUMNS)) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -289,7 +312,10 @@ def compare(reports_dir: str | Path) -> str:
     test_hashes = {m.get("data", {}).get("test", {}).get("sha256") for m in reports}
     if len(test_hashes) > 1:
         notes.append("> **Warning:** these runs were scored on different test splits (their test.parquet differ).")
-    caps = {(m.get("data", {}).get("test", {}).get("papers"), m.get("data", {}).get("train", {}).get("papers")) for m in reports}
+    caps = {
+        (m.get("data", {}).get("test", {}).get("papers"), m.get("data", {}).get("train", {}).get("papers"))
+        for m in reports
+    }
     if len(caps) > 1:
         notes.append("> **Note:** the runs used different numbers of test or classifier-train papers.")
     table = comparison_table(reports)
@@ -298,7 +324,7 @@ def compare(reports_dir: str | Path) -> str:
             "# Comparison of evaluated runs",
             "",
             "Subject retrieval (P@10, MRR@10, NDCG@10, MAP@100) on the test split; title→abstract recall@1; logistic "
-            "regression accuracy and macro-F1; k-means V-measure. Best of each column in bold.",
+            "regression accuracy and macro-F1; k-means V-measure and adjusted mutual information (AMI). Best of each column in bold.",
             "",
             *notes,
             *([""] if notes else []),

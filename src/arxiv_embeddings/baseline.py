@@ -1,0 +1,207 @@
+"""baseline: TF-IDF and the zero-shot base model, scored by the evaluate stage's own code on the same test split.
+
+    uv run inv baseline                                   # reports/tfidf and reports/zero-shot
+    uv run inv baseline --overrides "baseline.runs=[tfidf]"
+    python -m arxiv_embeddings.baseline compare           # reports/comparison.md from every reports/<run>/
+
+TF-IDF: a ``TfidfVectorizer`` fit on the train split; retrieval is the cosine similarity of the (L2-normalized)
+TF-IDF rows and the classifier a logistic regression on them. Zero-shot: the sentence-transformers model before
+fine-tuning (``sentence-transformers/all-MiniLM-L6-v2`` by default). Both go through
+:func:`arxiv_embeddings.evaluate.evaluate_features`, so their ``metrics.json`` have the schema of a trained
+model's and :func:`compare` can put every run side by side.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from loguru import logger
+from omegaconf import DictConfig
+
+from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
+from arxiv_embeddings.data import paper_text
+from arxiv_embeddings.evaluate import (
+    EvalData,
+    Features,
+    check_int,
+    check_report_name,
+    evaluate_features,
+    evaluate_model,
+    load_data,
+    local_model_dir,
+    model_source,
+    read_sample,
+    report_dir,
+    report_files,
+    summary_line,
+    validate_evaluation,
+)
+from arxiv_embeddings.report import compare
+from arxiv_embeddings.stage import StageSpec
+
+RUNS = ("tfidf", "zero_shot")
+STOP_WORDS = ("english",)
+
+__all__ = ["RUNS", "SPEC", "compare", "run", "tfidf_features", "validate"]
+
+
+# --------------------------------------------------------------------------------------------- validation
+def validate(cfg: DictConfig) -> None:
+    """Check the config before any work, naming the offending key."""
+    check_missing(cfg)
+    validate_evaluation(cfg)
+    b = cfg.baseline
+    runs = list(b.runs)
+    require(len(runs) > 0, "baseline.runs", f"is empty; choose from {', '.join(RUNS)}.")
+    for name in runs:
+        require_in("baseline.runs", name, RUNS)
+    for key in RUNS:
+        check_report_name(str(b[key].name), f"baseline.{key}.name")
+    require(
+        b.tfidf.name != b.zero_shot.name,
+        "baseline.zero_shot.name",
+        f"{b.zero_shot.name!r} is also baseline.tfidf.name.",
+    )
+    t = b.tfidf
+    check_int(t.max_fit_papers, "baseline.tfidf.max_fit_papers", optional=True)
+    check_int(t.max_features, "baseline.tfidf.max_features", optional=True)
+    check_int(t.ngram_max, "baseline.tfidf.ngram_max")
+    check_int(t.min_df, "baseline.tfidf.min_df")
+    require(
+        isinstance(t.max_df, (int, float)) and 0 < t.max_df <= 1,
+        "baseline.tfidf.max_df",
+        f"got {t.max_df!r}; a fraction in (0, 1].",
+    )
+    if t.stop_words is not None:
+        require_in("baseline.tfidf.stop_words", t.stop_words, STOP_WORDS)
+    require(
+        bool(str(b.zero_shot.model).strip()), "baseline.zero_shot.model", "is empty; pass a Hub name or a model folder."
+    )
+
+
+# ------------------------------------------------------------------------------------------------- tf-idf
+def tfidf_features(data: EvalData, cfg: DictConfig) -> Features:
+    """Fit a TF-IDF vectorizer on the train split and turn the test and classifier-train papers into sparse rows."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    t, text = cfg.baseline.tfidf, str(cfg.evaluate.text)
+    fit_table, _ = read_sample(data.train_path, t.max_fit_papers, int(cfg.seed), "tfidf_fit")
+    vectorizer = TfidfVectorizer(
+        max_features=None if t.max_features is None else int(t.max_features),
+        ngram_range=(1, int(t.ngram_max)),
+        min_df=int(t.min_df) if fit_table.num_rows >= int(t.min_df) else 1,
+        max_df=float(t.max_df),
+        sublinear_tf=bool(t.sublinear_tf),
+        stop_words=t.stop_words,
+        dtype=np.float32,
+    )
+    logger.info(f"Fitting TF-IDF on {fit_table.num_rows:,} train papers ({text}).")
+    try:
+        vectorizer.fit(paper_text(fit_table, text))
+    except ValueError as err:  # e.g. max_df / min_df leave no term
+        raise ConfigError(f"baseline.tfidf: the vectorizer could not be fit ({err}); loosen min_df / max_df.") from err
+    titles = vectorizer.transform(paper_text(data.test, "title"))
+    abstracts = vectorizer.transform(paper_text(data.test, "abstract"))
+    papers = {"title": titles, "abstract": abstracts}.get(text)
+    if papers is None:
+        papers = vectorizer.transform(paper_text(data.test, text))
+    train = vectorizer.transform(paper_text(data.train, text))
+    info = {"kind": "tfidf", "dim": len(vectorizer.vocabulary_), "fit_papers": fit_table.num_rows, "device": "cpu"}
+    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train, info=info)
+
+
+def run_tfidf(cfg: DictConfig, data: EvalData) -> dict[str, Any]:
+    """The TF-IDF baseline's report folder and metrics."""
+    t0 = time.perf_counter()
+    features = tfidf_features(data, cfg)
+    timing = {"fit_transform_s": round(time.perf_counter() - t0, 3)}
+    extra = {"baseline": {"tfidf": to_plain(cfg.baseline.tfidf)}}
+    return evaluate_features(
+        str(cfg.baseline.tfidf.name), "tfidf", features, data, cfg, extra_config=extra, timing=timing
+    )
+
+
+def run_zero_shot(cfg: DictConfig, data: EvalData) -> dict[str, Any]:
+    """The zero-shot base model's report folder and metrics."""
+    z = cfg.baseline.zero_shot
+    return evaluate_model(cfg, str(z.model), str(z.name), data)
+
+
+RUNNERS = {"tfidf": run_tfidf, "zero_shot": run_zero_shot}
+
+
+# --------------------------------------------------------------------------------------------------- run
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the selected baselines: returns ``{"runs": {name: {"dir", "metrics", "files"}}}``."""
+    validate(cfg)
+    started = time.perf_counter()
+    runs = list(dict.fromkeys(cfg.baseline.runs))
+    if "zero_shot" in runs:
+        model_source(cfg, str(cfg.baseline.zero_shot.model))  # fail on a missing model before any work
+    data = load_data(cfg)
+    results: dict[str, Any] = {}
+    for key in runs:
+        result = RUNNERS[key](cfg, data)
+        results[str(cfg.baseline[key].name)] = result
+        logger.info(f"baseline: {summary_line(result)}.")
+    names = ", ".join(str(r["dir"]) for r in results.values())
+    logger.success(f"baseline: {len(results)} baseline(s) written to {names} in {time.perf_counter() - started:.1f}s.")
+    return {"runs": results}
+
+
+def _inputs(cfg: DictConfig) -> list[Path]:
+    processed = Path(cfg.paths.processed_dir)
+    paths = [processed / "test.parquet", processed / "train.parquet"]
+    if "zero_shot" in cfg.baseline.runs:
+        model_dir = local_model_dir(cfg, str(cfg.baseline.zero_shot.model))
+        paths += [model_dir] if model_dir is not None else []
+    return paths
+
+
+def _outputs(cfg: DictConfig) -> list[Path]:
+    names = [str(cfg.baseline[key].name) for key in dict.fromkeys(cfg.baseline.runs)]
+    return [f for name in names for f in report_files(report_dir(cfg, name))]
+
+
+SPEC = StageSpec(
+    name="baseline",
+    run=run,
+    inputs=_inputs,
+    outputs=_outputs,
+    stamp_dir=lambda cfg: Path(cfg.paths.reports_dir),
+    validate=validate,
+    config_keys=("evaluate", "baseline", "seed"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baseline")
+def main(cfg: DictConfig) -> None:
+    from arxiv_embeddings.stage import cli_main
+
+    cli_main(SPEC, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baseline")
+def compare_main(cfg: DictConfig) -> None:
+    """``python -m arxiv_embeddings.baseline compare [paths.reports_dir=...]``: the comparison of every report."""
+    from arxiv_embeddings.logging_utils import setup_logging
+
+    setup_logging()
+    try:
+        compare(cfg.paths.reports_dir)
+    except FileNotFoundError as err:
+        logger.error(str(err))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["compare"]:
+        sys.argv.pop(1)
+        compare_main()
+    else:
+        main()

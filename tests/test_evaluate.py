@@ -1,0 +1,200 @@
+"""The evaluate stage on the processed slice with a tiny random model: the report, its schema, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from arxiv_embeddings import evaluate
+from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.models import ModelNotFoundError
+from arxiv_embeddings.stage import execute
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TRAIN_CAP = 200
+
+
+def eval_overrides(processed_root: Path, *extra: str) -> list[str]:
+    """Read the shared processed splits; write everything else under the test's own root."""
+    return [
+        f"paths.processed_dir={processed_root / 'data' / 'processed'}",
+        "evaluate.encode.device=cpu",
+        "evaluate.encode.max_seq_length=64",  # the tiny model's own length; keeps encoding fast on CPU
+        f"evaluate.classification.max_train_papers={TRAIN_CAP}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A project root with the tiny model saved as the final model of run 'tiny'."""
+    root = tmp_path_factory.mktemp("evaluate_root")
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny" / "final")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_result(project: Path, processed_root: Path, make_cfg) -> dict:
+    cfg = make_cfg("evaluate", project, eval_overrides(processed_root, "run_name=tiny"))
+    assert cfg.evaluate.model == "tiny"  # by default, the model this run trained
+    return evaluate.run(cfg)
+
+
+def test_run_name_resolves_to_the_final_model_and_writes_the_report(tiny_result: dict, project: Path) -> None:
+    out = project / "reports" / "tiny"
+    assert tiny_result["dir"] == out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert tuple(metrics) == evaluate.METRICS_KEYS
+    assert metrics["run"] == "tiny" and metrics["kind"] == "sentence-transformers" and metrics["split"] == "test"
+    assert metrics["features"]["model_path"] == str(project / "models" / "tiny" / "final")
+    for name in ("per_subject_precision.png", "confusion_matrix.png", "embedding_map.png"):
+        data = (out / "plots" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5_000, name
+    report = (out / "report.md").read_text()
+    for heading in ("## Subject retrieval", "## Title → abstract retrieval", "## Classification", "## Clustering"):
+        assert heading in report
+    assert "](plots/confusion_matrix.png)" in report
+    assert not list(project.joinpath("reports").glob(".tiny.tmp-*"))  # the atomic folder was renamed into place
+
+
+def test_metrics_describe_the_test_split(tiny_result: dict, processed_root: Path) -> None:
+    m = tiny_result["metrics"]
+    test = pq.read_table(processed_root / "data" / "processed" / "test.parquet")
+    train = pq.read_table(processed_root / "data" / "processed" / "train.parquet")
+    labels = np.array(test.column("primary_subject").to_pylist())
+    names, counts = np.unique(labels, return_counts=True)
+    assert m["data"]["test"]["papers"] == test.num_rows and m["num_subjects"] == len(names)
+
+    sr = m["subject_retrieval"]
+    assert sr["corpus_size"] == test.num_rows
+    assert sr["num_queries"] == int(counts[counts > 1].sum())  # papers alone in their subject have nothing to find
+    wanted = {f"{n}@{k}" for n in ("precision", "recall", "accuracy") for k in (1, 5, 10)} | {
+        "mrr@10",
+        "ndcg@10",
+        "map@100",
+    }
+    assert wanted <= set(sr)
+    assert all(0.0 <= sr[k] <= 1.0 for k in wanted)
+    # The overall P@10 is the query-weighted mean of the per-subject P@10.
+    per = sr["per_subject"]
+    assert set(per) == set(names[counts > 1].tolist())
+    weighted = sum(v["precision@10"] * v["queries"] for v in per.values()) / sum(v["queries"] for v in per.values())
+    assert sr["precision@10"] == pytest.approx(weighted)
+
+    ta = m["title_abstract"]
+    assert set(ta) == {"num_queries", "corpus_size", "recall@1", "recall@10", "mrr@10"}
+    assert ta["num_queries"] == ta["corpus_size"] == test.num_rows
+    # Even a random tiny BERT puts a title near its own abstract (shared words) far more often than chance (1/n).
+    assert ta["recall@1"] > 5 / test.num_rows
+    assert ta["recall@1"] <= ta["mrr@10"] <= ta["recall@10"]
+
+    cl = m["classification"]
+    assert train.num_rows > TRAIN_CAP and cl["num_train_papers"] == TRAIN_CAP
+    assert np.asarray(cl["confusion_matrix"]).sum() == test.num_rows
+    assert np.trace(np.asarray(cl["confusion_matrix"])) / test.num_rows == pytest.approx(cl["accuracy"])
+    assert set(names.tolist()) <= set(cl["per_class"])
+    assert m["clustering"]["k"] == len(names) and 0.0 <= m["clustering"]["v_measure"] <= 1.0
+
+
+def test_caps_are_seeded_and_the_stage_skips_when_unchanged(project: Path, processed_root: Path, make_cfg) -> None:
+    overrides = eval_overrides(
+        processed_root,
+        "evaluate.model=tiny",
+        "evaluate.report_name=tiny-capped",
+        "evaluate.max_test_papers=30",
+        "evaluate.classification.max_train_papers=40",
+    )
+    cfg = make_cfg("evaluate", project, overrides)
+    first = execute(evaluate.SPEC, cfg)
+    assert first is not None
+    m = first["metrics"]
+    assert m["data"]["test"]["papers"] == 30 and m["classification"]["num_train_papers"] == 40
+    assert execute(evaluate.SPEC, cfg) is None  # same config, same inputs, outputs intact: skipped
+    again = evaluate.run(cfg)["metrics"]
+    assert again["subject_retrieval"]["precision@10"] == m["subject_retrieval"]["precision@10"]
+    assert again["classification"]["accuracy"] == m["classification"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_tsne_map(tmp_path: Path) -> None:
+    from arxiv_embeddings.report import plot_map, project_2d
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], 15)
+    vectors = rng.normal(size=(45, 16))
+    vectors[:, 0] += np.array([{"a": 0.0, "b": 10.0, "c": -10.0}[x] for x in labels])  # three separated groups
+    coords = project_2d(vectors, "tsne", seed=0)
+    assert coords.shape == (45, 2) and np.isfinite(coords).all()
+    # t-SNE keeps the three well-separated groups apart: each point's nearest neighbour is in its own group.
+    dist = np.linalg.norm(coords[:, None] - coords[None], axis=2) + np.eye(45) * 1e9
+    assert (labels[dist.argmin(axis=1)] == labels).mean() > 0.95
+    path = plot_map(tmp_path / "map.png", coords, labels, max_legend=2, title="t-SNE")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_model_folder_path_and_report_name(project: Path, processed_root: Path, make_cfg) -> None:
+    model = project / "models" / "tiny" / "final"
+    cfg = make_cfg("evaluate", project, eval_overrides(processed_root, f"evaluate.model={model}"))
+    assert evaluate.report_name(cfg) == "tiny"
+    assert evaluate.local_model_dir(cfg) == model
+    hub = make_cfg("evaluate", project, ["evaluate.model=sentence-transformers/all-MiniLM-L6-v2"])
+    assert evaluate.report_name(hub) == "all-MiniLM-L6-v2"
+    assert evaluate.local_model_dir(hub) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        ("no-such-run", r"models/no-such-run/final.*uv run inv train"),
+        ("/no/such/model/folder", r"Model path not found: /no/such/model/folder"),
+    ],
+)
+def test_missing_model_says_what_was_expected(
+    model: str, match: str, tmp_path: Path, processed_root: Path, make_cfg
+) -> None:
+    cfg = make_cfg("evaluate", tmp_path, eval_overrides(processed_root, f"evaluate.model={model}"))
+    with pytest.raises(ModelNotFoundError, match=match):
+        evaluate.run(cfg)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_folder_that_is_not_a_model(tmp_path: Path, processed_root: Path, make_cfg) -> None:
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "weights.txt").write_text("nothing")
+    cfg = make_cfg("evaluate", tmp_path, eval_overrides(processed_root, f"evaluate.model={folder}"))
+    with pytest.raises(ModelNotFoundError, match=r"not a sentence-transformers model.*modules\.json"):
+        evaluate.run(cfg)
+
+
+def test_missing_processed_data_names_the_command(tmp_path: Path, tiny_model_dir: Path, make_cfg) -> None:
+    cfg = make_cfg("evaluate", tmp_path, [f"evaluate.model={tiny_model_dir}"])
+    with pytest.raises(FileNotFoundError, match=r"data/processed/test\.parquet.*uv run inv preprocess"):
+        evaluate.run(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("evaluate.text=body", "evaluate.text"),
+        ("evaluate.retrieval.per_subject_at=3", "evaluate.retrieval.per_subject_at"),
+        ("evaluate.retrieval.ndcg_at=[0]", "evaluate.retrieval.ndcg_at"),
+        ("evaluate.classification.max_train_papers=0", "evaluate.classification.max_train_papers"),
+        ("evaluate.encode.precision=int8", "evaluate.encode.precision"),
+        ("evaluate.report_name=../elsewhere", "evaluate.report_name"),
+    ],
+)
+def test_validation_names_the_key(override: str, key: str, tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg("evaluate", tmp_path, ["evaluate.model=tiny", override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        evaluate.validate(cfg)
+
+
+def test_model_must_not_be_empty(tmp_path: Path, make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"evaluate\.model"):
+        evaluate.validate(make_cfg("evaluate", tmp_path, ["evaluate.model=''"]))
