@@ -6,9 +6,9 @@ Both runs train the real all-MiniLM-L6-v2 on the same anchor/positive pairs of t
 by the same retrieval evaluator (eval split, 256 tokens, so the comparison is about the models, not the encoder
 settings). Variants:
 
-- recipe: configs/train.yaml as shipped (max_seq_length 128, precision auto = bf16 where the CPU has AMX /
-  AVX512-BF16 else fp32, subject batch sampler);
-- plain:  fp32, the model's own max_seq_length (256), plain random batches;
+- recipe: the train settings of configs/base.yaml as shipped (max_seq_length 128, embeddings + lowest 3 layers
+  frozen, precision auto = bf16 where the CPU has AMX / AVX512-BF16 else fp32, subject batch sampler);
+- plain:  fp32, the model's own max_seq_length (256), every layer trained, plain random batches;
 - recipe-random: the recipe with plain random batches (the effect of the subject sampler).
 
 Prints pairs/s, eval P@10 / MRR@10 / NDCG@10 per variant and the speed-up of the recipe over the plain run.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 VARIANTS = {
     "recipe": [],
-    "plain": ["train.precision=fp32", "train.max_seq_length=null", "train.batch_sampler=random"],
+    "plain": ["train.precision=fp32", "train.max_seq_length=null", "train.batch_sampler=random", "train.freeze_layers=0"],
     "recipe-random": ["train.batch_sampler=random"],
 }
 
@@ -57,11 +57,20 @@ def main() -> None:
         pairs.run(compose("pairs", [f"paths.root_dir={root}", f"pairs.num_train={n_pairs}", "pairs.num_eval=0"]))
         rows = {}
         for name in args.variants.split(","):
-            cfg = compose("train", [
-                f"paths.root_dir={root}", f"run_name={name}", f"trainer.max_steps={args.steps}",
-                f"trainer.per_device_train_batch_size={args.batch_size}", "trainer.eval_strategy=no",
-                "trainer.save_strategy=no", "train.eval_papers=0", "train.test_papers=0", *VARIANTS[name],
-            ])
+            cfg = compose(
+                "train",
+                [
+                    f"paths.root_dir={root}",
+                    f"run_name={name}",
+                    f"trainer.max_steps={args.steps}",
+                    f"trainer.per_device_train_batch_size={args.batch_size}",
+                    "trainer.eval_strategy=no",
+                    "trainer.save_strategy=no",
+                    "train.eval_papers=0",
+                    "train.test_papers=0",
+                    *VARIANTS[name],
+                ],
+            )
             t0 = time.perf_counter()
             result = train.run(cfg)
             wall = time.perf_counter() - t0
@@ -71,9 +80,13 @@ def main() -> None:
             metrics = evaluator(model)
             s = result["summary"]
             rows[name] = {
-                "precision": s["precision"], "max_seq_length": s["max_seq_length"], "batch_sampler": s["batch_sampler"],
-                "pairs_per_s": s["pairs_per_second"], "train_wall_s": round(wall, 1),
-                "P@10": round(metrics["eval_cosine_precision@10"], 4), "MRR@10": round(metrics["eval_cosine_mrr@10"], 4),
+                "precision": s["precision"],
+                "max_seq_length": s["max_seq_length"],
+                "batch_sampler": s["batch_sampler"],
+                "pairs_per_s": s["pairs_per_second"],
+                "train_wall_s": round(wall, 1),
+                "P@10": round(metrics["eval_cosine_precision@10"], 4),
+                "MRR@10": round(metrics["eval_cosine_mrr@10"], 4),
                 "NDCG@10": round(metrics["eval_cosine_ndcg@10"], 4),
             }
             print(name, json.dumps(rows[name]), flush=True)
@@ -81,10 +94,14 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"\n{n_pairs} pairs per variant; CPU bf16 support: {cpu_supports_bf16()}")
-    print(f"{'variant':<15}{'precision':>10}{'seq':>6}{'sampler':>10}{'pairs/s':>10}{'P@10':>8}{'MRR@10':>8}{'NDCG@10':>9}")
+    print(
+        f"{'variant':<15}{'precision':>10}{'seq':>6}{'sampler':>10}{'pairs/s':>10}{'P@10':>8}{'MRR@10':>8}{'NDCG@10':>9}"
+    )
     for name, r in rows.items():
-        print(f"{name:<15}{r['precision']:>10}{r['max_seq_length']:>6}{r['batch_sampler']:>10}{r['pairs_per_s']:>10.2f}"
-              f"{r['P@10']:>8.4f}{r['MRR@10']:>8.4f}{r['NDCG@10']:>9.4f}")
+        print(
+            f"{name:<15}{r['precision']:>10}{r['max_seq_length']:>6}{r['batch_sampler']:>10}{r['pairs_per_s']:>10.2f}"
+            f"{r['P@10']:>8.4f}{r['MRR@10']:>8.4f}{r['NDCG@10']:>9.4f}"
+        )
     if "recipe" in rows and "plain" in rows:
         print(f"speed-up recipe / plain: {rows['recipe']['pairs_per_s'] / rows['plain']['pairs_per_s']:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from arxiv_embeddings.samplers import SubjectBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["trainer.max_steps=3", "trainer.per_device_train_batch_size=8", "trainer.eval_steps=3", "trainer.save_steps=3",
-        "trainer.logging_steps=1", "train.eval_papers=40", "train.test_papers=40", "train.max_seq_length=32"]
+        "trainer.logging_steps=1", "train.eval_papers=40", "train.test_papers=40", "train.max_seq_length=32",
+        "train.freeze_layers=1"]
 
 
 def _root_with_pairs(tmp_path: Path, processed_root: Path, *pair_overrides: str) -> Path:
@@ -160,3 +161,16 @@ def test_ddp_with_two_cpu_processes(tmp_path, processed_root, tiny_model_dir) ->
     summary = read_json(root / "models" / "ddp" / "final" / "train_summary.json")
     assert summary["global_step"] == 4
     assert summary["world_size"] == 2
+
+
+def test_freeze_lower_layers_freezes_embeddings_and_the_lowest_layers(tiny_model_dir) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    backbone = model[0].auto_model
+    assert "1/2 layers frozen" in train.freeze_lower_layers(model, 1)
+    assert not any(p.requires_grad for p in backbone.embeddings.parameters())
+    assert not any(p.requires_grad for p in backbone.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in backbone.encoder.layer[1].parameters())
+    with pytest.raises(ConfigError, match="would freeze all 2 layers"):
+        train.freeze_lower_layers(model, 2)
