@@ -1,9 +1,9 @@
 """Invoke tasks: one per stage (Hydra overrides pass through), the whole pipeline, and project chores.
 
-    uv run inv preprocess --overrides "preprocess.max_per_subject=40"
-    uv run inv pipeline            # every stage in order; unchanged stages are skipped
-    uv run inv pipeline --force    # re-run every stage
-    uv run inv test
+uv run inv preprocess --overrides "preprocess.max_per_subject=40"
+uv run inv pipeline            # every stage in order; unchanged stages are skipped
+uv run inv pipeline --force    # re-run every stage
+uv run inv test
 """
 
 from __future__ import annotations
@@ -26,25 +26,42 @@ def _stage(ctx: Context, stage: str, overrides: str = "", force: bool = False) -
     ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
 
 
-@task(help={"overrides": "Hydra overrides, e.g. 'data=files data.path=papers.parquet'", "force": "run even if unchanged"})
+@task(
+    help={"overrides": "Hydra overrides, e.g. 'data=files data.path=papers.parquet'", "force": "run even if unchanged"}
+)
 def preprocess(ctx: Context, overrides: str = "", force: bool = False) -> None:
     """Normalize, dedupe and split the papers (configs/preprocess.yaml)."""
     _stage(ctx, "preprocess", overrides, force)
 
 
-@task(help={"overrides": "Hydra overrides, e.g. 'pairs=contrastive pairs.num_train=50000'", "force": "run even if unchanged"})
+@task(
+    help={
+        "overrides": "Hydra overrides, e.g. 'pairs=contrastive pairs.num_train=50000'",
+        "force": "run even if unchanged",
+    }
+)
 def pairs(ctx: Context, overrides: str = "", force: bool = False) -> None:
     """Build training pairs from the processed splits (configs/pairs.yaml)."""
     _stage(ctx, "pairs", overrides, force)
 
 
-@task(help={"overrides": "Hydra overrides, e.g. 'loss=cached_mnrl trainer.max_steps=50'", "force": "run even if unchanged"})
+@task(
+    help={
+        "overrides": "Hydra overrides, e.g. 'loss=cached_mnrl trainer.max_steps=50'",
+        "force": "run even if unchanged",
+    }
+)
 def train(ctx: Context, overrides: str = "", force: bool = False) -> None:
     """Fine-tune the model on the pairs (configs/train.yaml)."""
     _stage(ctx, "train", overrides, force)
 
 
-@task(help={"overrides": "Hydra overrides, e.g. 'evaluate.model=sentence-transformers/all-MiniLM-L6-v2'", "force": "run even if unchanged"})
+@task(
+    help={
+        "overrides": "Hydra overrides, e.g. 'evaluate.model=sentence-transformers/all-MiniLM-L6-v2'",
+        "force": "run even if unchanged",
+    }
+)
 def evaluate(ctx: Context, overrides: str = "", force: bool = False) -> None:
     """Score a model on the test split: retrieval, classification, clustering; report + plots (configs/evaluate.yaml)."""
     _stage(ctx, "evaluate", overrides, force)
@@ -63,8 +80,12 @@ def compare(ctx: Context, overrides: str = "") -> None:
     ctx.run(f"{PYTHON} -m arxiv_embeddings.baseline compare {args}", echo=True, pty=not WINDOWS and sys.stdout.isatty())
 
 
-@task(help={"overrides": "Hydra overrides passed to every stage (all stages share one config tree: configs/base.yaml)",
-            "force": "re-run every stage even if unchanged"})
+@task(
+    help={
+        "overrides": "Hydra overrides passed to every stage (all stages share one config tree: configs/base.yaml)",
+        "force": "re-run every stage even if unchanged",
+    }
+)
 def pipeline(ctx: Context, overrides: str = "", force: bool = False) -> None:
     """Run every stage in order, then the comparison table; a stage whose inputs and config are unchanged is skipped."""
     for stage in STAGES:

@@ -28,7 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 VARIANTS = {
     "recipe": [],
-    "plain": ["train.precision=fp32", "train.max_seq_length=null", "train.batch_sampler=random", "train.freeze_layers=0"],
+    "plain": [
+        "train.precision=fp32",
+        "train.max_seq_length=null",
+        "train.batch_sampler=random",
+        "train.freeze_layers=0",
+    ],
     "recipe-random": ["train.batch_sampler=random"],
 }
 

@@ -42,7 +42,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(sample.replace_schema_metadata(None), args.out, compression="zstd", compression_level=19)
     n_subj = len(pc.unique(sample.column("primary_subject")))
-    print(f"wrote {sample.num_rows} papers, {n_subj} primary subjects, {args.out.stat().st_size / 1e6:.1f} MB -> {args.out}")
+    print(
+        f"wrote {sample.num_rows} papers, {n_subj} primary subjects, {args.out.stat().st_size / 1e6:.1f} MB -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,10 +18,21 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from arxiv_embeddings.config import compose  # noqa: E402
-from arxiv_embeddings.data import SAMPLE_PATH  # noqa: E402
+from arxiv_embeddings.config import compose
+from arxiv_embeddings.data import SAMPLE_PATH
 
-SLICE_SUBJECTS = ("cs.CV", "cs.CL", "math.AP", "quant-ph", "astro-ph.GA", "hep-ph", "cs.RO", "math.NA", "q-bio.NC", "econ.EM")
+SLICE_SUBJECTS = (
+    "cs.CV",
+    "cs.CL",
+    "math.AP",
+    "quant-ph",
+    "astro-ph.GA",
+    "hep-ph",
+    "cs.RO",
+    "math.NA",
+    "q-bio.NC",
+    "econ.EM",
+)
 
 
 def root_overrides(root: Path) -> list[str]:

@@ -24,7 +24,9 @@ def test_every_entry_config_composes(name: str, tmp_path: Path) -> None:
     assert cfg.paths.processed_dir == f"{tmp_path}/data/processed"
 
 
-@pytest.mark.parametrize("group", sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in {"hydra", "experiment"}))
+@pytest.mark.parametrize(
+    "group", sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in {"hydra", "experiment"})
+)
 def test_every_group_option_composes(group: str, tmp_path: Path) -> None:
     entry = next(n for n in ENTRY_CONFIGS if group in compose(n, [f"paths.root_dir={tmp_path}"]))
     for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")):

@@ -22,7 +22,9 @@ def root(tmp_path: Path, processed_root: Path) -> Path:
 
 
 def _run(root: Path, *overrides: str) -> dict:
-    return pairs.run(compose("pairs", [f"paths.root_dir={root}", "pairs.num_train=4000", "pairs.num_eval=300", *overrides]))
+    return pairs.run(
+        compose("pairs", [f"paths.root_dir={root}", "pairs.num_train=4000", "pairs.num_eval=300", *overrides])
+    )
 
 
 def _read(root: Path, split: str = "train"):

@@ -31,7 +31,9 @@ def test_stages_skip_when_unchanged_and_rerun_downstream(tmp_path: Path, sample_
     out = inv("preprocess", "--overrides", base)
     assert SKIP not in out and (tmp_path / "data" / "processed" / "train.parquet").exists()
     out = inv("pairs", "--overrides", pair_args)
-    assert SKIP not in out and read_json(tmp_path / "data" / "pairs" / "manifest.json")["files"]["train"]["rows"] == 2000
+    assert (
+        SKIP not in out and read_json(tmp_path / "data" / "pairs" / "manifest.json")["files"]["train"]["rows"] == 2000
+    )
 
     # Nothing changed: both skipped.
     assert SKIP in inv("preprocess", "--overrides", base)
@@ -60,8 +62,18 @@ def test_a_deleted_output_is_rebuilt(tmp_path: Path, sample_slice: Path) -> None
 
 def test_a_bad_override_exits_nonzero_with_the_key(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "arxiv_embeddings.preprocess", f"paths.root_dir={tmp_path}", "preprocess.split.train=0.5"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "arxiv_embeddings.preprocess",
+            f"paths.root_dir={tmp_path}",
+            "preprocess.split.train=0.5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 2
     assert "preprocess.split" in proc.stderr and "sum to 1" in proc.stderr

@@ -13,8 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="arxiv-embeddings utilities: inspect processed data, search papers, serve embeddings.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="arxiv-embeddings utilities: inspect processed data, search papers, serve embeddings.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 
 
@@ -22,7 +25,11 @@ console = Console()
 def _main() -> None:
     """arxiv-embeddings utilities."""
 
-OverrideOpt = Annotated[list[str] | None, typer.Option("--override", "-o", help="Hydra override for the paths, e.g. paths.root_dir=/data/run1")]
+
+OverrideOpt = Annotated[
+    list[str] | None,
+    typer.Option("--override", "-o", help="Hydra override for the paths, e.g. paths.root_dir=/data/run1"),
+]
 
 
 def _processed_dir(overrides: list[str] | None) -> Path:
@@ -53,7 +60,9 @@ def data_info(
     summary.add_column("subjects", justify="right")
     for name in names:
         summary.add_row(name, f"{splits[name]['rows']:,}", str(len(splits[name]["subjects"])))
-    summary.add_row("total", f"{sum(s['rows'] for s in splits.values()):,}", str(manifest["num_subjects"]), style="bold")
+    summary.add_row(
+        "total", f"{sum(s['rows'] for s in splits.values()):,}", str(manifest["num_subjects"]), style="bold"
+    )
     console.print(summary)
 
     totals: dict[str, int] = {}

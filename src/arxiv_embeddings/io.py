@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,23 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+PARQUET_COMPRESSION = "zstd"
+PARQUET_ROW_GROUP_SIZE = 65_536
+
+
 def write_parquet(table: pa.Table, path: str | Path) -> Path:
     """Write a table as zstd parquet without the pandas index metadata (same rows, same bytes)."""
     path = Path(path)
     table = table.replace_schema_metadata(None)
-    pq.write_table(table, path, compression="zstd", row_group_size=65_536)
+    pq.write_table(table, path, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP_SIZE)
+    return path
+
+
+def write_parquet_row_groups(row_groups: Iterable[pa.Table], schema: pa.Schema, path: str | Path) -> Path:
+    """:func:`write_parquet` of a table given one row group at a time (``PARQUET_ROW_GROUP_SIZE`` rows each, the
+    last one shorter): the same bytes, with only one row group in memory instead of the whole table."""
+    path = Path(path)
+    with pq.ParquetWriter(path, schema.remove_metadata(), compression=PARQUET_COMPRESSION) as writer:
+        for table in row_groups:
+            writer.write_table(table.replace_schema_metadata(None), row_group_size=PARQUET_ROW_GROUP_SIZE)
     return path

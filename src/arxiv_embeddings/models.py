@@ -32,7 +32,7 @@ def _from_hf_cache(name: str) -> Path | None:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any miss in the local cache means "not cached"
+    except Exception:
         return None
 
 

@@ -73,7 +73,7 @@ def check_loss_matches_pairs(loss_cfg: DictConfig, pair_type: str) -> None:
 
 
 def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
-    from sentence_transformers import losses
+    from sentence_transformers import losses  # type: ignore[attr-defined]
 
     spec = loss_spec(loss_cfg)
     kwargs = {k: loss_cfg[k] for k in spec.kwargs if loss_cfg.get(k) is not None}
@@ -169,11 +169,15 @@ def freeze_lower_layers(model: Any, n_layers: int) -> str:
     embeddings = getattr(backbone, "embeddings", None)
     layers = getattr(getattr(backbone, "encoder", None), "layer", None)
     if embeddings is None or layers is None:
-        logger.warning(f"train.freeze_layers={n_layers} ignored: {type(backbone).__name__} has no BERT-style "
-                       "embeddings/encoder.layer to freeze.")
+        logger.warning(
+            f"train.freeze_layers={n_layers} ignored: {type(backbone).__name__} has no BERT-style "
+            "embeddings/encoder.layer to freeze."
+        )
         return "all layers trainable"
     if n_layers >= len(layers):
-        raise ConfigError(f"train.freeze_layers={n_layers} would freeze all {len(layers)} layers; use at most {len(layers) - 1}.")
+        raise ConfigError(
+            f"train.freeze_layers={n_layers} would freeze all {len(layers)} layers; use at most {len(layers) - 1}."
+        )
     for module in [embeddings, *layers[:n_layers]]:
         for param in module.parameters():
             param.requires_grad_(False)
@@ -314,7 +318,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         ),
     )
     frozen = freeze_lower_layers(model, int(cfg.train.freeze_layers))
-    logger.info(f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}, {frozen}; pairs: {pair_type}.")
+    logger.info(
+        f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}, {frozen}; pairs: {pair_type}."
+    )
 
     # 2. data
     train_ds = Dataset(pq.read_table(train_file))
@@ -379,7 +385,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "loss": to_plain(cfg.loss),
             "device": device,
             "precision": precision,
-            "max_seq_length": model.max_seq_length, "frozen": frozen,
+            "max_seq_length": model.max_seq_length,
+            "frozen": frozen,
             "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
             "train": train_metrics,
             "eval": eval_metrics,
