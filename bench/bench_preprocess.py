@@ -5,7 +5,7 @@
 Builds a corpus the size of ``nick007x/arxiv-papers`` (2,549,619 rows) by replicating the real papers of
 ``../shared/data/arxiv_corpus.parquet`` (255,055 rows) about 10x, writes it as parquet to a temporary folder under
 /tmp, then runs ``preprocess.run(cfg)`` on it (``data=files data.path=...``) in a fresh subprocess, so the peak RSS
-is the stage's own (interpreter and imports included), read from that child's ``wait4`` resource usage.
+is the stage's own (interpreter and imports included): the child's VmHWM, read from /proc/self/status.
 
 The replicas are made to look like the upstream dump, not like ten copies of one file:
 
@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,7 @@ DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "arxiv_corpus.parquet"
 TARGET_ROWS_PER_S = 50_000
 TARGET_RSS_RATIO = 2.0
 RESULT_MARK = "BENCH_RESULT "
+ROW_GROUP_BYTES = 100 * 10**6
 
 # Hugging Face label names for the commonest codes; any other code gets a generated name in the same format.
 NAMES = {
@@ -66,17 +66,21 @@ def gib(n: float) -> str:
 
 
 # -------------------------------------------------------------------------------------------- the corpus
-def _labels(codes):  # noqa: ANN001, ANN202 - pyarrow types, imported lazily
+def _labels(codes):
     """Arrow array of codes -> "Name (code)" labels, through the dictionary of distinct codes."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    enc = pc.dictionary_encode(codes).combine_chunks() if isinstance(codes, pa.ChunkedArray) else pc.dictionary_encode(codes)
+    enc = (
+        pc.dictionary_encode(codes).combine_chunks()
+        if isinstance(codes, pa.ChunkedArray)
+        else pc.dictionary_encode(codes)
+    )
     names = [f"{NAMES.get(c, 'Subject ' + c)} ({c})" for c in enc.dictionary.to_pylist()]
     return pa.array(names, pa.large_string()).take(enc.indices)
 
 
-def _concat(values, suffix: str):  # noqa: ANN001, ANN202
+def _concat(values, suffix: str):
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -155,58 +159,95 @@ def build_corpus(corpus: Path, rows: int, schema: str, seed: int, out: Path) -> 
         parts.append(part.slice(0, min(n, rows - r * n)))
     table = pa.concat_tables(parts)
     built = time.perf_counter() - t0
-    pq.write_table(table, out)
+    # Row groups of about 100 MB in memory, as `datasets` writes the Hub's parquet files (config.MAX_ROW_GROUP_SIZE).
+    pq.write_table(table, out, row_group_size=max(1, table.num_rows * ROW_GROUP_BYTES // max(1, table.nbytes)))
     written = time.perf_counter() - t0 - built
     del table, parts
     # The input's in-memory size: the table exactly as the stage's loader reads it back.
     readback = pq.read_table(out)
-    figures = {"rows": readback.num_rows, "nbytes": readback.nbytes, "file_bytes": out.stat().st_size,
-               "build_s": built, "write_s": written}
+    figures = {
+        "rows": readback.num_rows,
+        "nbytes": readback.nbytes,
+        "file_bytes": out.stat().st_size,
+        "build_s": built,
+        "write_s": written,
+    }
     del readback
     return figures
 
 
 # ----------------------------------------------------------------------------------------- the measured run
+def _vm_hwm() -> int:
+    """This process's peak resident set size in bytes (VmHWM: the high-water mark of its own address space)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def child(path: str, root: str, overrides: list[str]) -> None:
     """Run the stage (in the fresh subprocess) and print its figures as one JSON line."""
     from arxiv_embeddings import preprocess
     from arxiv_embeddings.config import compose
 
     cfg = compose("preprocess", ["data=files", f"data.path={path}", f"paths.root_dir={root}", *overrides])
-    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    t0 = time.perf_counter()
+    rss_imports = _vm_hwm()
+    (user0, sys0), t0 = _cpu_seconds(), time.perf_counter()
     result = preprocess.run(cfg)
-    seconds = time.perf_counter() - t0
-    out = {"seconds": seconds, "funnel": result["funnel"], "counts": result["counts"], "rss_imports": rss_imports}
+    seconds, (user1, sys1) = time.perf_counter() - t0, _cpu_seconds()
+    out = {
+        "seconds": seconds,
+        "user": user1 - user0,
+        "sys": sys1 - sys0,
+        "funnel": result["funnel"],
+        "counts": result["counts"],
+        "rss_imports": rss_imports,
+        "peak_rss": _vm_hwm(),
+    }
     print(RESULT_MARK + json.dumps(out), flush=True)
 
 
 def measure(path: Path, root: Path, overrides: list[str]) -> dict:
-    """Run :func:`child` in a fresh interpreter; returns its figures plus its peak RSS (bytes) from wait4."""
+    """Run :func:`child` in a fresh interpreter and return its figures.
+
+    The peak RSS is the child's VmHWM, not ``ru_maxrss``: Linux carries the parent's high-water mark into a forked
+    child's ``ru_maxrss`` across exec, so that figure would include the corpus this process built.
+    """
     cmd = [sys.executable, __file__, "--child", str(path), "--root", str(root), "--", *overrides]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
+    load = os.getloadavg()[0]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"The preprocess run failed (exit {proc.returncode}); its log is above.")
-    line = next(x for x in stdout.splitlines() if x.startswith(RESULT_MARK))
+    line = next(x for x in proc.stdout.splitlines() if x.startswith(RESULT_MARK))
     out = json.loads(line[len(RESULT_MARK) :])
-    out.update(peak_rss=usage.ru_maxrss * 1024, wall=wall)  # ru_maxrss is in KiB on Linux
+    out["load"] = load
+    shutil.rmtree(root, ignore_errors=True)
     return out
+
+
+def machine() -> str:
+    cpuinfo, meminfo = Path("/proc/cpuinfo").read_text(), Path("/proc/meminfo").read_text()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "?")
+    mem = next(int(ln.split()[1]) for ln in meminfo.splitlines() if ln.startswith("MemTotal")) / 2**20
+    return f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=2_549_619, help="rows in the synthetic corpus (default: the HF dataset's)")
+    ap.add_argument(
+        "--rows", type=int, default=2_549_619, help="rows in the synthetic corpus (default: the HF dataset's)"
+    )
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="real papers to replicate (normalized schema)")
     ap.add_argument("--schema", choices=("mixed", "hf", "normalized"), default="mixed", help="label format of the rows")
     ap.add_argument("--input", type=Path, help="use this parquet instead of building one (kept afterwards)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of the stage, each in a fresh process (best is kept)")
     ap.add_argument("--tmp-dir", type=Path, default=Path("/tmp"), help="where the temporary folder goes")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (corpus and outputs)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (the corpus)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
@@ -217,6 +258,7 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-preprocess-", dir=args.tmp_dir))
+    runs = []
     try:
         if args.input:
             import pyarrow.parquet as pq
@@ -228,35 +270,49 @@ def main() -> None:
             print(f"input: {path} ({build['rows']:,} rows)")
         else:
             if not args.corpus.exists():
-                raise SystemExit(f"Corpus not found at {args.corpus}; pass --corpus PATH (a parquet in the normalized schema).")
+                raise SystemExit(
+                    f"Corpus not found at {args.corpus}; pass --corpus PATH (a parquet in the normalized schema)."
+                )
             path = work / "papers.parquet"
             build = build_corpus(args.corpus, args.rows, args.schema, args.seed, path)
-            print(f"built {build['rows']:,} rows (schema={args.schema}) from {args.corpus.name} in {build['build_s']:.1f}s, "
-                  f"wrote {gib(build['file_bytes'])} parquet in {build['write_s']:.1f}s")
-        res = measure(path, work / "run", args.overrides)
+            print(
+                f"built {build['rows']:,} rows (schema={args.schema}) from {args.corpus.name} in {build['build_s']:.1f}s, "
+                f"wrote {gib(build['file_bytes'])} parquet in {build['write_s']:.1f}s"
+            )
+        for _ in range(args.repeat):
+            runs.append(measure(path, work / "run", args.overrides))
+            r = runs[-1]
+            print(
+                f"run {len(runs)}: {r['seconds']:.1f}s ({r['funnel']['loaded'] / r['seconds']:,.0f} rows/s), "
+                f"CPU user {r['user']:.1f}s + sys {r['sys']:.1f}s, peak RSS {gib(r['peak_rss'])}, "
+                f"load average {r['load']:.2f}",
+                flush=True,
+            )
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    rows, secs = res["funnel"]["loaded"], res["seconds"]
-    rate, ratio = rows / secs, res["peak_rss"] / build["nbytes"]
-    funnel = ", ".join(f"{k} {v:,}" for k, v in res["funnel"].items())
-    print(f"\nfunnel: {funnel}")
-    print(f"splits: {', '.join(f'{k} {v:,}' for k, v in res['counts'].items())}")
-    print(f"child wall time {res['wall']:.1f}s (interpreter start and imports included); "
-          f"RSS after imports {gib(res['rss_imports'])}")
+    best = min(runs, key=lambda r: r["seconds"])
+    rows, secs = best["funnel"]["loaded"], best["seconds"]
+    peak = max(r["peak_rss"] for r in runs)
+    rate, ratio = rows / secs, peak / build["nbytes"]
+    print(f"\nfunnel: {', '.join(f'{k} {v:,}' for k, v in best['funnel'].items())}")
+    print(f"splits: {', '.join(f'{k} {v:,}' for k, v in best['counts'].items())}")
+    print(f"machine: {machine()}; RSS after imports {gib(best['rss_imports'])}")
     print()
-    print(f"{'figure':<34}{'measured':>16}{'target':>14}   ")
-    print(f"{'rows in -> papers kept':<34}{rows:>9,} -> {res['funnel']['kept']:,}")
-    print(f"{'preprocess.run time':<34}{secs:>15.1f}s")
+    print(f"{'figure':<38}{'measured':>14}{'target':>12}")
+    print(f"{'rows in -> papers kept':<38}{rows:>14,}   -> {best['funnel']['kept']:,}")
+    print(f"{'preprocess.run time (best of ' + str(len(runs)) + ')':<38}{secs:>13.1f}s")
     ok = "PASS" if rate >= TARGET_ROWS_PER_S else "MISS"
-    print(f"{'rows/s':<34}{rate:>16,.0f}{'>= ' + format(TARGET_ROWS_PER_S, ','):>14}   {ok}")
-    print(f"{'input in memory (Arrow nbytes)':<34}{gib(build['nbytes']):>16}   (parquet on disk {gib(build['file_bytes'])})")
-    print(f"{'peak RSS of the run':<34}{gib(res['peak_rss']):>16}")
+    print(f"{'rows/s':<38}{rate:>14,.0f}{'>= ' + format(TARGET_ROWS_PER_S, ','):>12}   {ok}")
+    print(
+        f"{'input in memory (Arrow nbytes)':<38}{gib(build['nbytes']):>14}   (parquet on disk {gib(build['file_bytes'])})"
+    )
+    print(f"{'peak RSS of the run (max of runs)':<38}{gib(peak):>14}")
     ok = "PASS" if ratio <= TARGET_RSS_RATIO else "MISS"
-    print(f"{'peak RSS / input size':<34}{ratio:>15.2f}x{'<= ' + format(TARGET_RSS_RATIO, '.1f') + 'x':>14}   {ok}")
+    print(f"{'peak RSS / input size':<38}{ratio:>13.2f}x{'<= ' + format(TARGET_RSS_RATIO, '.1f') + 'x':>12}   {ok}")
 
 
 if __name__ == "__main__":

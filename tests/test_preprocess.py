@@ -14,11 +14,31 @@ from arxiv_embeddings.data import normalize
 from arxiv_embeddings.io import file_sha256, read_json
 
 FIXTURES = Path(__file__).parent / "fixtures"
-WORDS = "we study a problem and propose a method that works well on many benchmarks with careful analysis".split()
+WORDS = [
+    "we",
+    "study",
+    "a",
+    "problem",
+    "and",
+    "propose",
+    "a",
+    "method",
+    "that",
+    "works",
+    "well",
+    "on",
+    "many",
+    "benchmarks",
+    "with",
+    "careful",
+    "analysis",
+]
 
 
 def _abstract(i: int, n_words: int = 30) -> str:
-    return " ".join(f"{WORDS[(i + k) % len(WORDS)]}{i}" if k == 0 else WORDS[(i * 7 + k) % len(WORDS)] for k in range(n_words))
+    return " ".join(
+        f"{WORDS[(i + k) % len(WORDS)]}{i}" if k == 0 else WORDS[(i * 7 + k) % len(WORDS)] for k in range(n_words)
+    )
 
 
 def _papers(n: int, subjects: tuple[str, ...] = ("cs.LG", "math.AP", "hep-th"), start: int = 0) -> dict[str, list]:
@@ -41,7 +61,8 @@ def _write(tmp_path: Path, data: dict[str, list], name: str = "papers.parquet") 
 
 def _cfg(root: Path, data_path: Path, *extra: str):
     return compose(
-        "preprocess", [f"paths.root_dir={root}", "data=files", f"data.path={data_path}", "preprocess.min_per_subject=2", *extra]
+        "preprocess",
+        [f"paths.root_dir={root}", "data=files", f"data.path={data_path}", "preprocess.min_per_subject=2", *extra],
     )
 
 
@@ -125,7 +146,9 @@ def test_upstream_label_file_end_to_end(tmp_path: Path) -> None:
     assert funnel["dropped_duplicate_id"] == 6  # six papers listed twice
     papers = pa.concat_tables(_read_split(tmp_path, s) for s in preprocess.SPLITS)
     assert all("(" not in s for s in papers.column("primary_subject").to_pylist())
-    for primary, subjects in zip(papers.column("primary_subject").to_pylist(), papers.column("subjects").to_pylist(), strict=True):
+    for primary, subjects in zip(
+        papers.column("primary_subject").to_pylist(), papers.column("subjects").to_pylist(), strict=True
+    ):
         assert subjects[0] == primary
 
 
@@ -212,12 +235,17 @@ def test_manifest_matches_the_files(tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         (["preprocess.min_per_subject=500"], r"min_per_subject=500 removes every paper.*largest subject has \d+"),
-        (["preprocess.split.train=0.98", "preprocess.split.eval=0.01", "preprocess.split.test=0.01"], "Split '(eval|test)' would be empty"),
+        (
+            ["preprocess.split.train=0.98", "preprocess.split.eval=0.01", "preprocess.split.test=0.01"],
+            "Split '(eval|test)' would be empty",
+        ),
         (["preprocess.split.train=0.5"], "must sum to 1"),
         (["data.columns={paper:arxiv_id}"], "renames column"),
     ],
 )
-def test_bad_input_fails_before_writing_and_keeps_previous_output(tmp_path: Path, overrides: list[str], message: str) -> None:
+def test_bad_input_fails_before_writing_and_keeps_previous_output(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
     path = _write(tmp_path, _papers(40))
     preprocess.run(_cfg(tmp_path, path))
     out = tmp_path / "data" / "processed"
@@ -236,7 +264,7 @@ def test_missing_columns_are_named(tmp_path: Path) -> None:
 
 
 def test_missing_input_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.parquet"):
         preprocess.run(_cfg(tmp_path, tmp_path / "nope.parquet"))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,22 +100,20 @@ class SubjectIndex:
 
 
 def jaccard(subjects: pa.ChunkedArray | pa.ListArray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Jaccard overlap of the ``subjects`` lists of papers ``a[k]`` and ``b[k]``, vectorized with sparse rows."""
-    from scipy import sparse
-
+    """Jaccard overlap of the ``subjects`` lists of papers ``a[k]`` and ``b[k]``, vectorized with bitsets: each
+    paper's set of codes is a row of bits (one per distinct code), so the sizes of an intersection and a union are
+    popcounts of an AND and an OR."""
     lists = subjects.combine_chunks() if isinstance(subjects, pa.ChunkedArray) else subjects
     enc = pc.dictionary_encode(pc.list_flatten(lists))
     parents = pc.list_parent_indices(lists).to_numpy()
-    cols = enc.indices.to_numpy(zero_copy_only=False)
-    mat = sparse.csr_matrix(
-        (np.ones(len(cols), dtype=np.float32), (parents, cols)), shape=(len(lists), len(enc.dictionary))
-    )
-    mat.sum_duplicates()
-    mat.data[:] = 1.0
-    sizes = np.asarray(mat.sum(axis=1)).ravel()
-    inter = np.asarray(mat[a].multiply(mat[b]).sum(axis=1)).ravel()
-    union = sizes[a] + sizes[b] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).astype(np.float32)
+    cols = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    bits = np.zeros((len(lists), max(1, -(-len(enc.dictionary) // 64))), dtype=np.uint64)
+    np.bitwise_or.at(bits, (parents, cols // 64), np.uint64(1) << (cols % 64).astype(np.uint64))
+    sizes = np.bitwise_count(bits).sum(axis=1, dtype=np.int64)
+    inter = np.bitwise_count(bits[a] & bits[b]).sum(axis=1, dtype=np.int64)
+    union = (sizes[a] + sizes[b] - inter).astype(np.float32)
+    inter = inter.astype(np.float32)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 @dataclass
@@ -170,11 +169,15 @@ BUILDERS: dict[str, Callable[[pa.Table, SubjectIndex, int, np.random.Generator, 
 
 
 # ------------------------------------------------------------------------------------------ materializing
-def _texts(values: pa.ChunkedArray, rows: np.ndarray) -> pa.DictionaryArray:
-    """Texts of ``rows`` as a dictionary array: the papers' texts once, plus int32 indices (no string copies)."""
-    return pa.DictionaryArray.from_arrays(
-        pa.array(rows.astype(np.int32)), pc.cast(values, pa.large_string()).combine_chunks()
-    )
+def _texts(values: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> pa.DictionaryArray:
+    """Texts of ``rows`` as a dictionary array: the papers' texts once, plus int32 indices (no string copies).
+    Pass the texts as one array (see :func:`_text_values`) to share them between columns."""
+    return pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), _text_values(values))
+
+
+def _text_values(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    values = pc.cast(values, pa.large_string())
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def build_pairs(
@@ -187,9 +190,9 @@ def build_pairs(
         rows.negative = index.other_subject(rows.left, rng)
     names = COLUMNS[pair_type]
     if pair_type == "title_abstract":
-        left_text, right_text = papers.column("title"), papers.column("abstract")
-    else:
-        left_text = right_text = paper_text_array(papers, p.text)
+        left_text, right_text = _text_values(papers.column("title")), _text_values(papers.column("abstract"))
+    else:  # one dictionary shared by the columns: the texts are joined and copied once
+        left_text = right_text = _text_values(paper_text_array(papers, p.text))
     columns: dict[str, pa.Array] = {names[0]: _texts(left_text, rows.left), names[1]: _texts(right_text, rows.right)}
     ids, subjects = papers.column("arxiv_id"), papers.column("primary_subject")
     meta: dict[str, pa.Array] = {}
@@ -211,6 +214,10 @@ def write_pairs(table: pa.Table, path: Path) -> Path:
         table, path, compression="zstd", store_schema=False, row_group_size=1 << 20, dictionary_pagesize_limit=1 << 30
     )
     return path
+
+
+def _write_hashed(table: pa.Table, path: Path) -> str:
+    return file_sha256(write_pairs(table, path))
 
 
 # --------------------------------------------------------------------------------------------- the stage
@@ -254,32 +261,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     p = cfg.pairs
     sources = {split: _split_file(cfg, split) for split, key in PAIR_SPLITS.items() if int(p[key]) > 0}
-    built: dict[str, tuple[pa.Table, pa.Table]] = {}
-    for i, (split, path) in enumerate(sources.items()):
-        papers = pq.read_table(path, columns=["arxiv_id", "title", "abstract", "primary_subject", "subjects"])
-        rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), i]))
-        built[split] = build_pairs(papers, p.type, int(p[PAIR_SPLITS[split]]), rng, p)
-        logger.info(f"{split}: {built[split][0].num_rows:,} {p.type} pairs from {papers.num_rows:,} papers.")
     out_dir = Path(cfg.paths.pairs_dir)
-    manifest: dict[str, Any] = {
-        "stage": "pairs",
-        "type": p.type,
-        "columns": built["train"][0].column_names,
-        "config": to_plain(p),
-        "seed": cfg.seed,
-        "files": {},
-    }
-    with atomic_dir(out_dir) as tmp:
-        for split, (table, meta) in built.items():
-            path = write_pairs(table, tmp / f"{split}.parquet")
-            write_pairs(meta, tmp / f"{split}_meta.parquet")
-            manifest["files"][split] = {
-                "file": path.name,
+    files: dict[str, dict[str, Any]] = {}
+    columns: dict[str, list[str]] = {}
+    # Each file is compressed on one core: a split's files are written while the next split is built.
+    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+        metas = []
+        for i, (split, path) in enumerate(sources.items()):
+            papers = pq.read_table(path, columns=["arxiv_id", "title", "abstract", "primary_subject", "subjects"])
+            rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), i]))
+            table, meta = build_pairs(papers, p.type, int(p[PAIR_SPLITS[split]]), rng, p)
+            logger.info(f"{split}: {table.num_rows:,} {p.type} pairs from {papers.num_rows:,} papers.")
+            files[split] = {
+                "file": f"{split}.parquet",
                 "meta": f"{split}_meta.parquet",
                 "rows": table.num_rows,
-                "source": str(sources[split]),
-                "sha256": file_sha256(path),
+                "source": str(path),
+                "sha256": pool.submit(_write_hashed, table, tmp / f"{split}.parquet"),
             }
+            metas.append(pool.submit(write_pairs, meta, tmp / f"{split}_meta.parquet"))
+            columns[split] = table.column_names
+            del papers, table, meta
+        for future in metas:
+            future.result()  # re-raises a failed write
+        for entry in files.values():
+            entry["sha256"] = entry["sha256"].result()
+        manifest: dict[str, Any] = {
+            "stage": "pairs",
+            "type": p.type,
+            "columns": columns["train"],
+            "config": to_plain(p),
+            "seed": cfg.seed,
+            "files": files,
+        }
         write_json(tmp / MANIFEST, manifest)
     counts = {k: v["rows"] for k, v in manifest["files"].items()}
     logger.success(

@@ -23,8 +23,18 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, to_plain
-from arxiv_embeddings.data import LOADERS, hash_strings, load_raw, normalize_rows, take_rows, unit_interval, word_counts
-from arxiv_embeddings.io import atomic_dir, file_sha256, write_json, write_parquet
+from arxiv_embeddings.data import (
+    LOADERS,
+    RowTaker,
+    hash_strings,
+    load_raw,
+    normalize_columns,
+    take_rows,
+    text_keys,
+    unit_interval,
+    word_counts,
+)
+from arxiv_embeddings.io import PARQUET_ROW_GROUP_SIZE, atomic_dir, file_sha256, write_json, write_parquet_row_groups
 from arxiv_embeddings.stage import StageSpec
 
 SPLITS = ("train", "eval", "test")
@@ -90,7 +100,7 @@ def _dedupe(table: pa.Table, column: str, hashes: np.ndarray, order: np.ndarray)
 
 
 def _unique_mask(
-    values: pa.ChunkedArray, hashes: np.ndarray, order: np.ndarray, rows: np.ndarray | None = None
+    values: pa.ChunkedArray | RowTaker, hashes: np.ndarray, order: np.ndarray, rows: np.ndarray | None = None
 ) -> np.ndarray:
     """:func:`_dedupe` over ``values[rows]`` (all of ``values`` when ``rows`` is None), without copying the values."""
     sort = np.lexsort((order, hashes))
@@ -106,9 +116,16 @@ def _unique_mask(
             dup_at, partners_at = rows[dup], rows[partners]
         else:
             dup_at, partners_at = dup, partners
-        same = pc.equal(take_rows(values, dup_at), take_rows(values, partners_at)).to_numpy(zero_copy_only=False)
+        take = values if isinstance(values, RowTaker) else RowTaker(values)
+        same = pc.equal(take(dup_at), take(partners_at)).to_numpy(zero_copy_only=False)
         keep[dup[~same]] = True
     return keep
+
+
+def _repeated(values: np.ndarray) -> np.ndarray:
+    """Mask of the entries whose value occurs more than once."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return counts[inverse] > 1
 
 
 def _within_group_rank(groups: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -137,6 +154,16 @@ def split_assignment(ids: pa.ChunkedArray | pa.Array, fractions: dict[str, float
 # ------------------------------------------------------------------------------------------------- build
 def build(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict[str, int]]:
     """Load, normalize, filter, dedupe and split. Returns the split tables and the row funnel; writes nothing."""
+    columns, schema, positions, funnel = _plan(cfg)
+    return _take_splits(columns, schema, positions), funnel
+
+
+Plan = tuple[dict[str, pa.ChunkedArray], pa.Schema, dict[str, np.ndarray], dict[str, int]]
+
+
+def _plan(cfg: DictConfig) -> Plan:
+    """:func:`build` up to the split tables: the normalized table's columns and schema, the positions of each
+    split's rows in it (sorted by arxiv_id), and the row funnel."""
     p = cfg.preprocess
     t0 = time.perf_counter()
     raw = load_raw(cfg.data)
@@ -145,8 +172,9 @@ def build(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict[str, int]]:
 
     # The filters below never copy the table: `rows` holds the positions of the rows still in, the small columns the
     # filters need are taken at those positions, and each split is taken from `table` once, at the end.
-    table, valid = normalize_rows(raw, list(p.keep_columns))
-    del raw
+    columns = dict(zip(raw.column_names, raw.columns, strict=True))
+    del raw  # normalize_columns releases each raw column as it goes
+    table, valid = normalize_columns(columns, list(p.keep_columns))
     funnel["dropped_bad_subject"] = int((~valid).sum())
 
     ok = pc.and_(
@@ -158,24 +186,37 @@ def build(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict[str, int]]:
     funnel["dropped_short_text"] = int(valid.sum()) - len(rows)
 
     # Duplicates: keep one row per arxiv_id, then one per exact abstract (the smallest arxiv_id), so the
-    # choice does not depend on the order of the input.
+    # choice does not depend on the order of the input. Only rows that can have a duplicate go through the sorts
+    # and the full hash of the abstract: those sharing an arxiv_id hash, then those sharing a cheap key of the
+    # abstract (equal texts have equal keys, so a row with a key of its own has no duplicate).
+    abstracts = table.column("abstract")
+    take_abstracts = RowTaker(abstracts)
     ids = take_rows(table.column("arxiv_id"), rows)
     id_rank = np.empty(len(rows), dtype=np.int64)
     id_rank[pc.sort_indices(ids).to_numpy()] = np.arange(len(rows))
-    abstract_hash = hash_strings(table.column("abstract"))[rows]
-    id_keep = _dedupe(pa.table({"arxiv_id": ids}), "arxiv_id", hash_strings(ids), abstract_hash.astype(np.int64))
+    id_hash = hash_strings(ids)
+    shared = np.flatnonzero(_repeated(id_hash))
+    id_keep = np.ones(len(rows), dtype=bool)
+    if len(shared):
+        abstract_hash = hash_strings(take_abstracts(rows[shared])).astype(np.int64)
+        id_keep[shared] = _dedupe(pa.table({"arxiv_id": ids.take(shared)}), "arxiv_id", id_hash[shared], abstract_hash)
     funnel["dropped_duplicate_id"] = int((~id_keep).sum())
-    rows, ids, abstract_hash, id_rank = rows[id_keep], ids.filter(id_keep), abstract_hash[id_keep], id_rank[id_keep]
-    abs_keep = _unique_mask(table.column("abstract"), abstract_hash, id_rank, rows)
+    rows, ids, id_rank = rows[id_keep], ids.filter(id_keep), id_rank[id_keep]
+    maybe = np.flatnonzero(_repeated(text_keys(abstracts)[rows]))
+    abs_keep = np.ones(len(rows), dtype=bool)
+    if len(maybe):
+        abstract_hash = hash_strings(take_abstracts(rows[maybe]))
+        abs_keep[maybe] = _unique_mask(take_abstracts, abstract_hash, id_rank[maybe], rows[maybe])
     funnel["dropped_duplicate_abstract"] = int((~abs_keep).sum())
-    rows, ids = rows[abs_keep], ids.filter(abs_keep)
+    rows, ids, id_rank = rows[abs_keep], ids.filter(abs_keep), id_rank[abs_keep]
+    del abstracts, take_abstracts
 
     seeded = hash_strings(ids, key=f"choice-{cfg.seed}")
     if p.max_papers is not None and len(rows) > int(p.max_papers):
         keep = np.zeros(len(rows), dtype=bool)
         keep[np.argpartition(seeded, int(p.max_papers) - 1)[: int(p.max_papers)]] = True
         funnel["dropped_subsample"] = int((~keep).sum())
-        rows, ids, seeded = rows[keep], ids.filter(keep), seeded[keep]
+        rows, ids, id_rank, seeded = rows[keep], ids.filter(keep), id_rank[keep], seeded[keep]
 
     codes, names = _subject_codes(pa.table({"primary_subject": take_rows(table.column("primary_subject"), rows)}))
     counts = np.bincount(codes, minlength=len(names))
@@ -187,12 +228,12 @@ def build(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict[str, int]]:
             f"papers after cleaning. Lower preprocess.min_per_subject (at most {largest}) or use a larger corpus."
         )
     funnel["dropped_rare_subject"] = int((~keep).sum())
-    rows, ids, codes, seeded = rows[keep], ids.filter(keep), codes[keep], seeded[keep]
+    rows, ids, id_rank, codes, seeded = rows[keep], ids.filter(keep), id_rank[keep], codes[keep], seeded[keep]
 
     if p.max_per_subject is not None:
         keep = _within_group_rank(codes, seeded) < int(p.max_per_subject)
         funnel["dropped_subject_cap"] = int((~keep).sum())
-        rows, ids = rows[keep], ids.filter(keep)
+        rows, ids, id_rank = rows[keep], ids.filter(keep), id_rank[keep]
 
     fractions = {s: float(p.split[s]) for s in SPLITS}
     assignment = split_assignment(ids, fractions, str(p.split.salt))
@@ -204,31 +245,34 @@ def build(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict[str, int]]:
                 f"Split '{name}' would be empty ({len(rows)} papers in all, preprocess.split.{name}={fractions[name]}). "
                 "Raise that fraction or use more papers."
             )
-        positions[name] = rows[part][pc.sort_indices(ids.filter(part)).to_numpy()]  # sorted by arxiv_id
+        # Sorted by arxiv_id: the ids are distinct by now, so their ranks order them as a sort of the strings would.
+        positions[name] = rows[part][np.argsort(id_rank[part], kind="stable")]
     funnel["kept"] = len(rows)
-    schema, columns = table.schema, dict(zip(table.column_names, table.columns))
-    del table
-    return _take_splits(columns, schema, positions), funnel
+    return dict(zip(table.column_names, table.columns, strict=True)), table.schema, positions, funnel
 
 
-def _take_splits(columns: dict[str, pa.ChunkedArray], schema: pa.Schema, positions: dict[str, np.ndarray]) -> dict[str, pa.Table]:
-    """Each split's rows of the table ``columns`` holds, one column at a time.
-
-    ``columns`` is emptied as it goes, so a column's source is freed as soon as its rows are taken: the peak is the
-    table plus one column's copy, not the table twice. Each column is made one chunk before its takes, as
-    ``ChunkedArray.take`` would concatenate the chunks again on every call.
-    """
+def _take_splits(
+    columns: dict[str, pa.ChunkedArray], schema: pa.Schema, positions: dict[str, np.ndarray]
+) -> dict[str, pa.Table]:
+    """Each split's rows of the table ``columns`` holds, one column at a time; ``columns`` is emptied as it goes, so
+    a column's source is freed as soon as its rows are taken."""
     taken: dict[str, list[pa.Array]] = {split: [] for split in positions}
     for name in schema.names:
-        values = columns.pop(name).combine_chunks()
+        take = RowTaker(columns.pop(name))
         for split, idx in positions.items():
-            taken[split].append(values.take(pa.array(idx)))
-        del values
+            taken[split].append(take(idx))
+        del take
     return {split: pa.Table.from_arrays(arrays, schema=schema) for split, arrays in taken.items()}
 
 
-def _write_split(part: pa.Table, path: Path) -> tuple[Path, str]:
-    path = write_parquet(part, path)
+def _write_split(takers: list[RowTaker], schema: pa.Schema, rows: np.ndarray, path: Path) -> tuple[Path, str]:
+    """Write the table's ``rows`` (in that order) to ``path`` as :func:`write_parquet` would write them, taking one
+    row group at a time, so the split is never whole in memory. Returns the path and the file's sha256."""
+    row_groups = (
+        pa.Table.from_arrays([take(rows[i : i + PARQUET_ROW_GROUP_SIZE]) for take in takers], schema=schema)
+        for i in range(0, len(rows), PARQUET_ROW_GROUP_SIZE)
+    )
+    path = write_parquet_row_groups(row_groups, schema, path)
     return path, file_sha256(path)
 
 
@@ -242,7 +286,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the stage: returns the output folder, the counts per split and the row funnel."""
     validate(cfg)
     started = time.perf_counter()
-    splits, funnel = build(cfg)
+    columns, schema, positions, funnel = _plan(cfg)
     out_dir = Path(cfg.paths.processed_dir)
     manifest: dict[str, Any] = {
         "stage": "preprocess",
@@ -252,17 +296,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "funnel": funnel,
         "splits": {},
     }
+    takers = [RowTaker(columns[name]) for name in schema.names]
     with atomic_dir(out_dir) as tmp:
         # zstd compression is the slowest step and one file compresses on one core: write the splits side by side.
-        with ThreadPoolExecutor(max_workers=len(splits)) as pool:
-            written = dict(zip(splits, pool.map(lambda item: _write_split(item[1], tmp / f"{item[0]}.parquet"), splits.items())))
-        for name, part in splits.items():
-            path, digest = written[name]
+        with ThreadPoolExecutor(max_workers=len(positions)) as pool:
+            futures = {
+                name: pool.submit(_write_split, takers, schema, rows, tmp / f"{name}.parquet")
+                for name, rows in positions.items()
+            }
+        for name, split_rows in positions.items():
+            path, digest = futures[name].result()
+            primary = take_rows(columns["primary_subject"], split_rows)
             manifest["splits"][name] = {
                 "file": path.name,
-                "rows": part.num_rows,
+                "rows": len(split_rows),
                 "sha256": digest,
-                "subjects": _subject_counts(part),
+                "subjects": _subject_counts(pa.table({"primary_subject": primary})),
             }
         all_subjects = sorted(set().union(*(m["subjects"] for m in manifest["splits"].values())))
         manifest["num_subjects"] = len(all_subjects)
@@ -292,9 +341,9 @@ def _outputs(cfg: DictConfig) -> list[Path]:
 def _inputs(cfg: DictConfig) -> list[Path]:
     if cfg.data.source == "hf":
         return []  # the dataset name and revision are in the config fingerprint
-    from arxiv_embeddings.data import SAMPLE_PATH
-
     import glob
+
+    from arxiv_embeddings.data import SAMPLE_PATH
 
     path = str(cfg.data.path or SAMPLE_PATH)
     return [Path(p) for p in sorted(glob.glob(path))] or [Path(path)]
