@@ -17,7 +17,9 @@ The replicas are made to look like the upstream dump, not like ten copies of one
   rows use the Hugging Face labels (``"Machine Learning (cs.LG)"``) for ``primary_subject`` and ``subjects``, the
   other half bare codes; ``--schema hf`` labels every row and ``--schema normalized`` writes bare codes with
   ``subjects`` as a list (the corpus's own schema);
-- a few rows have a misaligned primary subject (a ``Journal-ref:`` string), as the upstream scraper produces.
+- a few rows have a misaligned primary subject (a ``Journal-ref:`` string), as the upstream scraper produces;
+- with ``--wrapped 1`` every abstract also gets line breaks (arXiv's raw abstracts are wrapped), the worst case for
+  the whitespace pass: every row then goes through the regex instead of being kept as it is.
 
 Prints the build figures, then one table: rows in / kept, seconds, rows/s, input in-memory size (Arrow
 ``table.nbytes``), peak RSS and their ratio, each next to its target (>= 50,000 rows/s, peak RSS <= 2x input).
@@ -88,7 +90,7 @@ def _concat(values, suffix: str):
     return pc.binary_join_element_wise(values, pa.scalar(suffix, pa.large_string()), empty)
 
 
-def build_corpus(corpus: Path, rows: int, schema: str, seed: int, out: Path) -> dict[str, float]:
+def build_corpus(corpus: Path, rows: int, schema: str, seed: int, out: Path, wrapped: float = 0.0) -> dict[str, float]:
     """Write ``rows`` replicated, perturbed papers to ``out`` (parquet). Returns build figures."""
     import numpy as np
     import pyarrow as pa
@@ -144,6 +146,9 @@ def build_corpus(corpus: Path, rows: int, schema: str, seed: int, out: Path) -> 
             rprim, rsubj = prim_label, subj_label
         else:
             rprim, rsubj = primary, subj_plain
+        if wrapped:  # line breaks, as in arXiv's own abstracts: these rows all need their whitespace collapsed
+            wrap = pa.array(rng.random(n) < wrapped)
+            rabs = pc.if_else(wrap, pc.replace_substring(rabs, " ", "\n", max_replacements=12), rabs)
         bad = pa.array(rng.random(n) < 0.001)  # misaligned scraper rows
         rprim = pc.if_else(bad, pa.scalar("Journal-ref: Phys. Rev. D 100, 012345 (2019)", pa.large_string()), rprim)
         part = pa.table(
@@ -244,6 +249,9 @@ def main() -> None:
     )
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="real papers to replicate (normalized schema)")
     ap.add_argument("--schema", choices=("mixed", "hf", "normalized"), default="mixed", help="label format of the rows")
+    ap.add_argument(
+        "--wrapped", type=float, default=0.0, help="share of abstracts given line breaks (the worst case: all dirty)"
+    )
     ap.add_argument("--input", type=Path, help="use this parquet instead of building one (kept afterwards)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of the stage, each in a fresh process (best is kept)")
     ap.add_argument("--tmp-dir", type=Path, default=Path("/tmp"), help="where the temporary folder goes")
@@ -274,9 +282,9 @@ def main() -> None:
                     f"Corpus not found at {args.corpus}; pass --corpus PATH (a parquet in the normalized schema)."
                 )
             path = work / "papers.parquet"
-            build = build_corpus(args.corpus, args.rows, args.schema, args.seed, path)
+            build = build_corpus(args.corpus, args.rows, args.schema, args.seed, path, args.wrapped)
             print(
-                f"built {build['rows']:,} rows (schema={args.schema}) from {args.corpus.name} in {build['build_s']:.1f}s, "
+                f"built {build['rows']:,} rows (schema={args.schema}, wrapped={args.wrapped:g}) from {args.corpus.name} in {build['build_s']:.1f}s, "
                 f"wrote {gib(build['file_bytes'])} parquet in {build['write_s']:.1f}s"
             )
         for _ in range(args.repeat):

@@ -150,10 +150,11 @@ def load_raw(data: DictConfig) -> pa.Table:
 def collapse_whitespace(arr: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     r"""Collapse each run of whitespace to one space and trim both ends.
 
-    The result is exactly ``utf8_trim_whitespace(replace_substring_regex(arr, r"\s+", " "))``, which is what runs
-    on the rows that need it. Rows that cannot change (no control character, no double space, printable ASCII at both
-    ends) are found with NumPy over the UTF-8 bytes and kept as they are, without a copy, so clean text costs one
-    pass over its bytes and shares memory with the input.
+    The result is exactly ``utf8_trim_whitespace(replace_substring_regex(arr, r"\s+", " "))``. RE2's ``\s`` is the
+    ASCII set ``[\t\n\f\r ]``, bytes that never occur inside a multi-byte UTF-8 character, so the runs are collapsed
+    with NumPy over the UTF-8 bytes (several times faster than the regex); the trim is Arrow's own. Rows that cannot
+    change (no control character, no double space, printable ASCII at both ends) are found first and kept as they
+    are, without a copy: clean text costs one pass over its bytes and shares memory with the input.
     """
     arr = pc.cast(arr, pa.large_string())
     if isinstance(arr, pa.ChunkedArray):
@@ -170,15 +171,6 @@ def _collapse_chunks(chunks: list[pa.Array]) -> pa.ChunkedArray:
     while chunks:
         parts.extend(_collapse_blocks(chunks.pop(0), scratch))
     return pa.chunked_array(parts, type=pa.large_string())
-
-
-# Same matches as r"\s+" -> " " (RE2's \s is [\t\n\f\r ]): a run of 2+ whitespace characters, or one that is not a
-# space; a lone space is left alone instead of being replaced by itself, which is several times faster.
-_WHITESPACE_RUN = r"\s\s+|[^\S ]"
-
-
-def _collapse_regex(arr: pa.Array) -> pa.Array:
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(arr, _WHITESPACE_RUN, " "))
 
 
 def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -226,11 +218,62 @@ def _collapse_blocks(arr: pa.Array, scratch: _Scratch | None = None) -> list[pa.
         part = arr.slice(s0, s1 - s0)
         blocks = _row_blocks(offsets[s0 : s1 + 1])
         flagged = np.concatenate([_may_change(offsets[s0 + r0 : s0 + r1 + 1], data, scratch) for r0, r1 in blocks])
-        if flagged.any():
+        if flagged.mean() > 0.5:  # most rows change: collapse them all (the others come out as they are)
+            part = _collapse(part, scratch)
+        elif flagged.any():
             mask = pa.array(flagged)
-            part = pc.replace_with_mask(part, mask, _collapse_regex(part.filter(mask)))
+            part = pc.replace_with_mask(part, mask, _collapse(part.filter(mask), scratch))
         parts.append(part)
     return parts or [arr]
+
+
+def _collapse(arr: pa.Array, scratch: _Scratch) -> pa.Array:
+    r"""Runs of ``[\t\n\f\r ]`` to one space, then Arrow's Unicode trim where a row may need it."""
+    arr = _collapse_runs(arr, scratch)
+    offsets, data = _string_buffers(arr)
+    rows = np.flatnonzero(offsets[1:] > offsets[:-1])
+    first, last = data[offsets[rows]], data[offsets[rows + 1] - 1]
+    ends = (first < 0x21) | (first > 0x7E) | (last < 0x21) | (last > 0x7E)
+    return pc.utf8_trim_whitespace(arr) if ends.any() else arr
+
+
+def _collapse_runs(arr: pa.Array, scratch: _Scratch) -> pa.Array:
+    r"""``replace_substring_regex(arr, r"\s+", " ")`` over the UTF-8 bytes: the whitespace bytes that follow another
+    in the same row are dropped and the rest become spaces, written once into one new buffer."""
+    offsets, data = _string_buffers(arr)
+    lengths = np.diff(offsets)
+    out = np.empty(int(offsets[-1] - offsets[0]), dtype=np.uint8)  # collapsing never lengthens a row
+    pos = 0
+    for r0, r1 in _row_blocks(offsets):
+        lo, hi = int(offsets[r0]), int(offsets[r1])
+        if hi == lo:
+            continue
+        b = data[lo:hi]
+        n = len(b)
+        space = np.equal(b, 0x20, out=scratch("space", n))
+        t = np.subtract(b, 0x09, out=scratch("t", n, np.uint8))  # 0..4 for \t \n \v \f \r, large otherwise
+        tab_to_cr = np.less_equal(t, 4, out=scratch("hit", n))
+        np.logical_and(tab_to_cr, np.not_equal(t, 2, out=scratch("hit2", n)), out=tab_to_cr)  # \v is not \s
+        space |= tab_to_cr
+        drop = scratch("drop", n // 8 * 8 + 16)  # padded to whole 8-byte words for _PrefixCounts
+        drop[0] = False
+        drop[n:] = False
+        np.logical_and(space[1:], space[:-1], out=drop[1:n])
+        start, end = offsets[r0:r1] - lo, offsets[r0 + 1 : r1 + 1] - lo
+        drop[start[end > start]] = False  # a run never continues into the next row
+        before = _PrefixCounts(drop, scratch)
+        lengths[r0:r1] -= before(end) - before(start)
+        spaced = np.left_shift(space.view(np.uint8), 5, out=scratch("bytes", n, np.uint8))  # 0x20 on whitespace
+        np.maximum(b, spaced, out=spaced)  # whitespace bytes are all <= 0x20: they become spaces, others stay
+        kept = spaced[np.logical_not(drop[:n], out=scratch("keep", n))]
+        out[pos : pos + len(kept)] = kept
+        pos += len(kept)
+    new_offsets = np.zeros(len(arr) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if valid is not None else None
+    buffers = [bitmap, pa.py_buffer(new_offsets), pa.py_buffer(out[:pos])]
+    return pa.Array.from_buffers(pa.large_string(), len(arr), buffers, null_count=arr.null_count)
 
 
 def _may_change(offsets: np.ndarray, data: np.ndarray, scratch: _Scratch) -> np.ndarray:
@@ -239,15 +282,17 @@ def _may_change(offsets: np.ndarray, data: np.ndarray, scratch: _Scratch) -> np.
     lo, hi = int(offsets[0]), int(offsets[-1])
     b = data[lo:hi]
     n = len(b)
-    space = np.equal(b, 0x20, out=scratch("space", n))
-    control = np.less(b, 0x20, out=scratch("hit", n))
-    double = np.logical_and(space[:-1], space[1:], out=scratch("hit2", max(n - 1, 0)))
-    flagged = np.zeros(len(offsets) - 1, dtype=bool)
-    for hit in (control, double):
-        if hit.any():
-            flagged[np.searchsorted(offsets, np.flatnonzero(hit) + lo, side="right") - 1] = True
-    rows = np.flatnonzero(offsets[1:] > offsets[:-1])
-    first, last = data[offsets[rows]], data[offsets[rows + 1] - 1]
+    hit = scratch("may_change", n // 8 * 8 + 16)  # padded to whole 8-byte words for _PrefixCounts
+    hit[n:] = False
+    np.less(b, 0x20, out=hit[:n])
+    if n > 1:
+        space = np.equal(b, 0x20, out=scratch("space", n))
+        hit[: n - 1] |= np.logical_and(space[:-1], space[1:], out=scratch("hit2", n - 1))
+    start, end = offsets[:-1] - lo, offsets[1:] - lo
+    before = _PrefixCounts(hit, scratch)
+    flagged = before(end) > before(start)
+    rows = np.flatnonzero(end > start)
+    first, last = b[start[rows]], b[end[rows] - 1]
     flagged[rows] |= (first < 0x21) | (first > 0x7E) | (last < 0x21) | (last > 0x7E)
     return flagged
 
@@ -479,6 +524,26 @@ def take_rows(values: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> pa.Array:
     return RowTaker(values)(rows)
 
 
+def _under_2gib(arr: pa.Array, max_bytes: int = 1 << 30) -> list[pa.Array]:
+    """A large_string array as zero-copy pieces of at most ``max_bytes`` of text, each with its own offsets (string
+    views address their data with int32 offsets, so Arrow will not cast a larger array to string_view)."""
+    offsets, _ = _string_buffers(arr)
+    if offsets[-1] - offsets[0] <= max_bytes:
+        return [arr]
+    data = arr.buffers()[2]
+    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
+    pieces = []
+    for r0, r1 in _row_blocks(offsets, max_bytes):
+        start, end = int(offsets[r0]), int(offsets[r1])
+        rebased = pa.py_buffer(np.ascontiguousarray(offsets[r0 : r1 + 1] - start))
+        bitmap, nulls = None, 0
+        if valid is not None:
+            bitmap, nulls = pa.py_buffer(np.packbits(valid[r0:r1], bitorder="little")), int((~valid[r0:r1]).sum())
+        buffers = [bitmap, rebased, data.slice(start, end - start)]
+        pieces.append(pa.Array.from_buffers(pa.large_string(), r1 - r0, buffers, null_count=nulls))
+    return pieces
+
+
 class RowTaker:
     """``taker(rows)``: ``values.take(rows)`` as one array, for many ``rows`` from the same column.
 
@@ -503,7 +568,7 @@ class RowTaker:
         views: list[np.ndarray] = []
         valid: list[np.ndarray] = []
         self.data: list[pa.Buffer] = []
-        for chunk in values.chunks:
+        for chunk in (piece for c in values.chunks for piece in _under_2gib(c)):
             v = pc.cast(chunk, pa.string_view())
             buffers = v.buffers()
             v32 = np.frombuffer(buffers[1], dtype="<i4").reshape(-1, 4)[v.offset : v.offset + len(v)].copy()
