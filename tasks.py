@@ -73,6 +73,17 @@ def baseline(ctx: Context, overrides: str = "", force: bool = False) -> None:
     _stage(ctx, "baseline", overrides, force)
 
 
+@task(
+    help={
+        "overrides": "Hydra overrides, e.g. 'index.type=ivf index.model=sentence-transformers/all-MiniLM-L6-v2'",
+        "force": "run even if unchanged",
+    }
+)
+def index(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """Embed the papers and build the FAISS search index (configs/index.yaml); not part of `pipeline`."""
+    _stage(ctx, "index", overrides, force)
+
+
 @task(help={"overrides": "Hydra overrides, e.g. 'paths.root_dir=/data/run1'"})
 def compare(ctx: Context, overrides: str = "") -> None:
     """Print and write reports/comparison.md: every run in reports/ side by side."""

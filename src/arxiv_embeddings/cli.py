@@ -84,5 +84,41 @@ def data_info(
         console.print("Funnel: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in funnel.items()))
 
 
+@app.command("search")
+def search(
+    query: Annotated[str | None, typer.Argument(help="Text to search for: keywords, a title, an abstract.")] = None,
+    arxiv_id: Annotated[str | None, typer.Option("--id", help="Papers like this arXiv id (itself left out).")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of papers to show.")] = 10,
+    overrides: OverrideOpt = None,
+) -> None:
+    """Nearest papers to a text, or to an indexed paper (--id), in the index 'uv run inv index' built."""
+    from arxiv_embeddings.config import compose
+    from arxiv_embeddings.index import PaperIndex, index_dir, query_embedder
+
+    if (query is None) == (arxiv_id is None):
+        console.print("[red]Give either a query text or --id ARXIV_ID.[/red]")
+        raise typer.Exit(code=2)
+    cfg = compose("index", overrides or [])
+    try:
+        index = PaperIndex.load(index_dir(cfg))
+        if arxiv_id is not None:
+            paper = index.paper(arxiv_id)
+            title = f"Papers like {arxiv_id} ({paper['primary_subject']}): {paper['title']}"
+            hits = index.search_id(arxiv_id, k)
+        else:
+            title = f"Papers nearest to {query!r}"
+            hits = index.search_text(query_embedder(index, cfg), [str(query)], k)[0]
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(code=1) from None
+    table = Table(title=title, caption=f"{index!r} at {index.path}")
+    for name, justify in (("#", "right"), ("score", "right"), ("arXiv id", "left"), ("subject", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("title")
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.arxiv_id, hit.primary_subject, hit.title)
+    console.print(table)
+
+
 if __name__ == "__main__":
     app()

@@ -35,17 +35,26 @@ by ``search*``, so one instance can serve concurrent requests. Nothing here impo
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import hydra
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from omegaconf import DictConfig
+from loguru import logger
+from omegaconf import DictConfig, OmegaConf
 
-from arxiv_embeddings.io import file_sha256, read_json
+from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
+from arxiv_embeddings.io import atomic_dir, file_sha256, read_json
+from arxiv_embeddings.stage import StageSpec
 
 if TYPE_CHECKING:
     import faiss
@@ -312,6 +321,11 @@ class PaperIndex:
                 return int(row)
         raise UnknownPaperError(arxiv_id, self.path)
 
+    def paper(self, arxiv_id: str) -> dict[str, str]:
+        """Metadata of an indexed paper: ``arxiv_id``, ``title``, ``primary_subject``."""
+        row = self.metadata.slice(self.row_of(arxiv_id), 1).to_pylist()[0]
+        return {c: str(row[c]) for c in METADATA_COLUMNS}
+
     def vector(self, row: int) -> np.ndarray:
         """The stored vector of a row (for IVF-PQ, its compressed approximation)."""
         return np.asarray(self.index.reconstruct(int(row)), dtype=np.float32)
@@ -344,15 +358,604 @@ def check_model(manifest: dict[str, Any], expected_model: str, path: Path | str 
         )
 
 
+def query_embedder(index: PaperIndex, cfg: DictConfig | None = None, device: str | None = None) -> Embedder:
+    """The embedder of the model that built ``index`` (its folder as recorded, else its name resolved through
+    ``cfg``'s paths), with the backend, variant and length it used; checked against the index's fingerprint."""
+    from arxiv_embeddings.embedder import load_embedder
+
+    m = index.manifest
+    location = str(m.get("model_location") or m.get("model"))
+    if not Path(location).is_dir() and cfg is not None:
+        from arxiv_embeddings.evaluate import model_location as locate
+
+        location = locate(cfg, str(m.get("model")))
+    check_model(m, location, index.path or "")
+    return load_embedder(
+        location,
+        backend=str(m.get("backend", "auto")),
+        variant=m.get("variant"),
+        device=device,
+        max_seq_length=m.get("max_seq_length"),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- index types
 def apply_search_params(index: faiss.Index, index_type: str, params: dict[str, Any]) -> None:
     """Set the search-time parameters recorded in the manifest (``ef_search``, ``nprobe``) on a loaded index."""
     import faiss
 
     if index_type == "hnsw" and params.get("ef_search"):
-        faiss.downcast_index(index).hnsw.efSearch = int(params["ef_search"])
+        hnsw: Any = faiss.downcast_index(index)
+        hnsw.hnsw.efSearch = int(params["ef_search"])
     if index_type == "ivf":
         ivf = faiss.extract_index_ivf(index)
         if params.get("nprobe"):
             ivf.nprobe = int(params["nprobe"])
         ivf.make_direct_map()  # reconstruct(i) for search by id
+
+
+# ================================================================================================ building
+# --------------------------------------------------------------------------------------------- validation
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(value: Any, key: str, minimum: int = 1, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    allowed = f"an integer >= {minimum}" + (", or null" if optional else "")
+    require(_is_int(value) and value >= minimum, key, f"got {value!r}; expected {allowed}.")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the ``index`` settings before any work, naming the offending key and the fix."""
+    from arxiv_embeddings.data import TEXT_FIELDS
+    from arxiv_embeddings.embedder import BACKENDS
+    from arxiv_embeddings.preprocess import SPLITS
+
+    check_missing(cfg)
+    ix = cfg.index
+    require(
+        bool(str(ix.model or "").strip()), "index.model", "is empty; pass a run name, a model folder or a Hub name."
+    )
+    require_in("index.backend", ix.backend, BACKENDS)
+    choose("index.type", str(ix.type), INDEX_TYPES)
+    require_in("index.text", ix.text, TEXT_FIELDS)
+    if ix.corpus.path is None:
+        splits = ix.corpus.splits
+        require(
+            OmegaConf.is_list(splits) and len(splits) > 0,
+            "index.corpus.splits",
+            f"got {splits!r}; list the processed splits to index, e.g. [train, eval, test], or set index.corpus.path.",
+        )
+        for split in splits:
+            require_in("index.corpus.splits", split, SPLITS)
+        require(len(set(splits)) == len(splits), "index.corpus.splits", f"got {list(splits)}; name each split once.")
+    else:
+        require(bool(str(ix.corpus.path).strip()), "index.corpus.path", "is empty; give a file or a glob, or null.")
+    _check_int(ix.encode.batch_size, "index.encode.batch_size")
+    _check_int(ix.encode.max_seq_length, "index.encode.max_seq_length", optional=True)
+    _check_int(ix.shard_size, "index.shard_size")
+    _check_int(ix.hnsw.m, "index.hnsw.m", minimum=2)
+    _check_int(ix.hnsw.ef_construction, "index.hnsw.ef_construction")
+    _check_int(ix.hnsw.ef_search, "index.hnsw.ef_search")
+    _check_int(ix.ivf.nlist, "index.ivf.nlist", optional=True)
+    _check_int(ix.ivf.nprobe, "index.ivf.nprobe")
+    _check_int(ix.ivf.pq_m, "index.ivf.pq_m", minimum=0)
+    _check_int(ix.ivf.pq_nbits, "index.ivf.pq_nbits")
+    require(ix.ivf.pq_nbits <= 16, "index.ivf.pq_nbits", f"got {ix.ivf.pq_nbits}; expected 1 to 16 (8 is usual).")
+    _check_int(ix.ivf.refine_k_factor, "index.ivf.refine_k_factor", minimum=0)
+    _check_int(ix.ivf.train_size, "index.ivf.train_size", optional=True)
+    _check_int(ix.eval.queries, "index.eval.queries", minimum=0)
+    _check_int(ix.eval.k, "index.eval.k")
+    r = ix.eval.min_recall
+    require(
+        r is None or (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1),
+        "index.eval.min_recall",
+        f"got {r!r}; expected a number from 0 to 1, or null.",
+    )
+    _check_int(ix.threads, "index.threads", optional=True)
+    name = index_name(cfg)
+    require(
+        bool(name) and name not in {".", ".."} and "/" not in name and "\\" not in name and not name.startswith("."),
+        "index.name",
+        f"got {name!r}; an index name is one folder name (no '/', not starting with '.').",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- index types
+@dataclass(frozen=True)
+class IndexType:
+    """How to make an empty index of one type: ``make(dimension, papers, cfg.index) -> (index, params)``, with
+    ``params`` the resolved settings recorded in the manifest (and re-applied at load)."""
+
+    make: Callable[[int, int, DictConfig], tuple[faiss.Index, dict[str, Any]]]
+    description: str
+
+
+def _make_flat(dim: int, n: int, ix: DictConfig) -> tuple[faiss.Index, dict[str, Any]]:
+    import faiss
+
+    return faiss.IndexFlatIP(dim), {}
+
+
+def _make_hnsw(dim: int, n: int, ix: DictConfig) -> tuple[faiss.Index, dict[str, Any]]:
+    import faiss
+
+    index = faiss.IndexHNSWFlat(dim, int(ix.hnsw.m), faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = int(ix.hnsw.ef_construction)
+    index.hnsw.efSearch = int(ix.hnsw.ef_search)
+    return index, {
+        "m": int(ix.hnsw.m),
+        "ef_construction": int(ix.hnsw.ef_construction),
+        "ef_search": int(ix.hnsw.ef_search),
+    }
+
+
+def auto_nlist(n: int) -> int:
+    """4 * sqrt(n) inverted lists, at most n / 39 (FAISS asks for 39 training points per list), at least 1."""
+    return max(1, min(round(4 * n**0.5), n // 39))
+
+
+def _make_ivf(dim: int, n: int, ix: DictConfig) -> tuple[faiss.Index, dict[str, Any]]:
+    import faiss
+
+    v = ix.ivf
+    nlist = int(v.nlist) if v.nlist else auto_nlist(n)
+    m, nbits, refine = int(v.pq_m), int(v.pq_nbits), int(v.refine_k_factor)
+    if nlist > n:
+        raise ConfigError(f"index.ivf.nlist={nlist} exceeds the {n} papers of the corpus; use null (auto) or <= {n}.")
+    if m:
+        if dim % m:
+            divisors = [d for d in range(1, dim + 1) if dim % d == 0]
+            raise ConfigError(
+                f"index.ivf.pq_m={m} does not divide the model's dimension {dim}; use one of {divisors}, "
+                "or 0 for IVF-Flat."
+            )
+        if n < 2**nbits:
+            raise ConfigError(
+                f"index.ivf.pq_m={m} with pq_nbits={nbits} needs at least {2**nbits} papers to train its "
+                f"{2**nbits} centroids per sub-vector; the corpus has {n}. Use index.ivf.pq_m=0 (IVF-Flat) or a "
+                "smaller index.ivf.pq_nbits."
+            )
+    key = f"IVF{nlist}," + (f"PQ{m}x{nbits}" if m else "Flat") + (",RFlat" if m and refine else "")
+    index = faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)
+    if m and refine:
+        refined: Any = faiss.downcast_index(index)
+        refined.k_factor = float(refine)
+    faiss.extract_index_ivf(index).nprobe = min(int(v.nprobe), nlist)
+    train = min(n, int(v.train_size) if v.train_size else max(10_000, 64 * nlist))
+    params = {
+        "nlist": nlist,
+        "nprobe": min(int(v.nprobe), nlist),
+        "pq_m": m,
+        "pq_nbits": nbits if m else None,
+        "refine_k_factor": refine if m else 0,
+        "train_size": train,
+        "factory": key,
+    }
+    return index, params
+
+
+#: Index types by name (``index.type``).
+INDEX_TYPES: dict[str, IndexType] = {
+    "flat": IndexType(_make_flat, "exact inner-product search over all vectors"),
+    "hnsw": IndexType(_make_hnsw, "HNSW graph over the full vectors"),
+    "ivf": IndexType(_make_ivf, "inverted lists over k-means cells: IVF-Flat, or IVF-PQ with ivf.pq_m > 0"),
+}
+
+
+def make_index(index_type: str, dim: int, n: int, ix: DictConfig) -> tuple[faiss.Index, dict[str, Any]]:
+    """An empty (untrained) index of ``index_type`` for ``n`` vectors of ``dim``, and its resolved parameters."""
+    return choose("index.type", index_type, INDEX_TYPES).make(dim, n, ix)
+
+
+# -------------------------------------------------------------------------------------------------- corpus
+@dataclass
+class Corpus:
+    """The papers to index: their metadata (row i = vector id i), where they come from, and their text."""
+
+    metadata: pa.Table
+    sources: list[dict[str, Any]]
+    #: The whole normalized table for a file corpus; None for processed splits (read in batches instead).
+    table: pa.Table | None = None
+
+    def __len__(self) -> int:
+        return int(self.metadata.num_rows)
+
+    def text_shards(self, size: int) -> Iterator[pa.Table]:
+        """``title`` / ``abstract`` columns of consecutive shards of ``size`` papers (the last one shorter)."""
+        if self.table is not None:
+            text = self.table.select(["title", "abstract"])
+            for start in range(0, text.num_rows, size):
+                yield text.slice(start, size)
+            return
+        pending: list[pa.Table] = []
+        held = 0
+        for source in self.sources:
+            with pq.ParquetFile(source["path"]) as f:
+                for batch in f.iter_batches(batch_size=min(size, 65_536), columns=["title", "abstract"]):
+                    pending.append(pa.Table.from_batches([batch]))
+                    held += batch.num_rows
+                    while held >= size:
+                        joined = pa.concat_tables(pending)
+                        yield joined.slice(0, size)
+                        rest = joined.slice(size)
+                        pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+        if held:
+            yield pa.concat_tables(pending)
+
+
+def load_corpus(cfg: DictConfig) -> Corpus:
+    """The processed splits named in ``index.corpus.splits``, or the file(s) at ``index.corpus.path``."""
+    import glob
+
+    from arxiv_embeddings.data import load_raw, normalize
+    from arxiv_embeddings.preprocess import split_path
+
+    c = cfg.index.corpus
+    if c.path is None:
+        sources, tables = [], []
+        for split in c.splits:
+            path = split_path(cfg, str(split))
+            table = pq.read_table(path, columns=list(METADATA_COLUMNS))
+            sources.append(
+                {"split": str(split), "path": str(path), "sha256": file_sha256(path), "rows": table.num_rows}
+            )
+            tables.append(table)
+        metadata = pa.concat_tables(tables) if tables else pa.table({c: [] for c in METADATA_COLUMNS})
+        corpus = Corpus(metadata=metadata.combine_chunks(), sources=sources)
+        where = f"the processed split(s) {', '.join(map(str, c.splits))} at {cfg.paths.processed_dir}"
+    else:
+        data = OmegaConf.create({"source": "files", "path": str(c.path), "format": c.format, "columns": c.columns})
+        table, dropped = normalize(load_raw(data))
+        if dropped:
+            logger.warning(f"index: dropped {dropped:,} row(s) of {c.path} whose primary subject is not an arXiv code.")
+        paths = sorted(glob.glob(str(c.path))) if any(ch in str(c.path) for ch in "*?[") else [str(c.path)]
+        sources = [{"path": p, "sha256": file_sha256(p)} for p in paths]
+        sources[-1]["rows"] = table.num_rows
+        corpus = Corpus(metadata=table.select(list(METADATA_COLUMNS)).combine_chunks(), sources=sources, table=table)
+        where = f"index.corpus.path={c.path}"
+    if len(corpus) == 0:
+        raise ConfigError(
+            f"The corpus is empty: {where} hold(s) no papers, so there is nothing to index. Point index.corpus at "
+            "papers (run 'uv run inv preprocess', or set index.corpus.path to a file in the data schema)."
+        )
+    return corpus
+
+
+# ------------------------------------------------------------------------------------------------ embedding
+@dataclass
+class Embeddings:
+    """The corpus vectors as shard files (``shard-00000.npy``, ...) in ``folder``, read back memory-mapped."""
+
+    folder: Path
+    shards: list[Path]
+    count: int
+    dimension: int
+    reused: int = 0
+
+    def iter_shards(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, vectors)`` per shard, memory-mapped (only the pages touched are read)."""
+        start = 0
+        for path in self.shards:
+            vectors = np.load(path, mmap_mode="r")
+            yield start, vectors
+            start += vectors.shape[0]
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of sorted row numbers ``rows``, as a float32 array."""
+        out = np.empty((len(rows), self.dimension), dtype=np.float32)
+        for start, vectors in self.iter_shards():
+            lo, hi = np.searchsorted(rows, [start, start + vectors.shape[0]])
+            if hi > lo:
+                out[lo:hi] = vectors[rows[lo:hi] - start]
+        return out
+
+
+def embedding_key(fingerprint: str, embedder: Embedder, corpus: Corpus, text: str, shard_size: int) -> dict[str, Any]:
+    """What the vectors depend on; shards are reused only when all of it matches."""
+    return {
+        "model_fingerprint": fingerprint,
+        "backend": embedder.backend,
+        "variant": embedder.variant,
+        "max_seq_length": int(embedder.max_seq_length),
+        "dimension": int(embedder.dimension),
+        "text": text,
+        "corpus": [s["sha256"] for s in corpus.sources],
+        "count": len(corpus),
+        "shard_size": int(shard_size),
+    }
+
+
+def _valid_shard(path: Path, rows: int, dim: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        logger.warning(f"index: embedding shard {path} is unreadable ({err}); embedding it again.")
+        return False
+    if vectors.shape != (rows, dim) or vectors.dtype != np.float32:
+        logger.warning(f"index: embedding shard {path} has shape {vectors.shape}, expected {(rows, dim)}; redoing it.")
+        return False
+    return True
+
+
+def _save_npy(path: Path, vectors: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename: a shard file is complete or absent."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, vectors)
+    os.replace(tmp, path)
+
+
+def embed_corpus(
+    embedder: Embedder, corpus: Corpus, cache_dir: Path, text: str, shard_size: int, batch_size: int, key: dict
+) -> Embeddings:
+    """Embed the corpus shard by shard into ``cache_dir`` (normalized float32), reusing the shards already there.
+
+    Memory holds one shard's text and vectors at a time. A shard is written with a rename once it is complete, so
+    after a crash the next call with the same ``key`` (recorded in ``cache_dir/key.json``) embeds only the rest.
+    """
+    from tqdm import tqdm
+
+    from arxiv_embeddings.data import paper_text_array
+    from arxiv_embeddings.io import write_json
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key_file = cache_dir / "key.json"
+    if key_file.exists() and read_json(key_file) != key:
+        logger.warning(f"index: embedding cache {cache_dir} was made for other settings; starting it afresh.")
+        shutil.rmtree(cache_dir)
+        cache_dir.mkdir(parents=True)
+    write_json(key_file, key)
+    n, dim = len(corpus), int(embedder.dimension)
+    bounds = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+    paths = [cache_dir / f"shard-{i:05d}.npy" for i in range(len(bounds))]
+    done = [_valid_shard(p, hi - lo, dim) for p, (lo, hi) in zip(paths, bounds, strict=True)]
+    reused = sum(hi - lo for (lo, hi), ok in zip(bounds, done, strict=True) if ok)
+    if reused:
+        logger.info(f"index: reusing {sum(done)} embedding shard(s) ({reused:,} papers) from {cache_dir}.")
+    chunk = batch_size * 16
+    with tqdm(total=n, initial=reused, unit="paper", desc="embedding", dynamic_ncols=True) as bar:
+        for i, shard in enumerate(corpus.text_shards(shard_size)):
+            if done[i]:
+                continue
+            texts = paper_text_array(shard, text).to_pylist()
+            vectors = np.empty((len(texts), dim), dtype=np.float32)
+            for start in range(0, len(texts), chunk):
+                part = embedder.encode(texts[start : start + chunk], batch_size=batch_size, normalize=True)
+                if part.shape != (len(texts[start : start + chunk]), dim):
+                    raise ModelMismatchError(
+                        f"The embedder {embedder.name!r} returned vectors of shape {part.shape}, but declares "
+                        f"dimension {dim}; check the model folder (its pooling and dense layers)."
+                    )
+                vectors[start : start + len(part)] = part
+                bar.update(len(part))
+            _save_npy(paths[i], normalize_rows(vectors))
+    return Embeddings(folder=cache_dir, shards=paths, count=n, dimension=dim, reused=reused)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def exact_neighbours(embeddings: Embeddings, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner-product neighbours of ``queries`` over all shards: ``(scores, ids)``, best first."""
+    nq = queries.shape[0]
+    best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((nq, 0), dtype=np.int64)
+    for start, vectors in embeddings.iter_shards():
+        for lo in range(0, vectors.shape[0], 65_536):
+            block = np.asarray(vectors[lo : lo + 65_536])
+            scores = queries @ block.T
+            ids = np.broadcast_to(np.arange(start + lo, start + lo + block.shape[0]), scores.shape)
+            all_s = np.concatenate([best_s, scores], axis=1)
+            all_i = np.concatenate([best_i, ids], axis=1)
+            keep = min(k, all_s.shape[1])
+            top = np.argpartition(-all_s, keep - 1, axis=1)[:, :keep]
+            best_s = np.take_along_axis(all_s, top, axis=1)
+            best_i = np.take_along_axis(all_i, top, axis=1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray, rows: np.ndarray, k: int) -> float:
+    """Mean share of each query's exact ``k`` nearest (its own row left out) that ``found`` also returns."""
+    total = 0.0
+    for q in range(found.shape[0]):
+        truth = [i for i in exact[q] if i != rows[q] and i >= 0][:k]
+        got = {i for i in found[q] if i != rows[q] and i >= 0}
+        total += len(got.intersection(truth)) / len(truth) if truth else 1.0
+    return total / max(1, found.shape[0])
+
+
+def evaluate_index(index: faiss.Index, embeddings: Embeddings, queries: int, k: int, seed: int) -> dict[str, Any]:
+    """recall@k against exact search for a seeded choice of ``queries`` papers, and queries/s.
+
+    Each query is a paper's own vector; its own row is left out of both result lists, so the figure is that of
+    a query held out of the index (and of search by id).
+    """
+    n = embeddings.count
+    nq = min(int(queries), n)
+    if nq == 0 or n < 2:
+        return {"queries": 0, "k": k}
+    rng = np.random.default_rng([int(seed), 7])
+    rows = np.sort(rng.choice(n, size=nq, replace=False))
+    q = embeddings.rows(rows)
+    _, exact = exact_neighbours(embeddings, q, k + 1)
+    t0 = time.perf_counter()
+    _, found = index.search(q, min(k + 1, n))
+    batch_s = time.perf_counter() - t0
+    single = []
+    for i in range(min(nq, 100)):
+        t0 = time.perf_counter()
+        index.search(q[i : i + 1], min(k + 1, n))
+        single.append(time.perf_counter() - t0)
+    return {
+        "queries": nq,
+        "k": k,
+        f"recall_at_{k}": round(recall_at_k(found, exact, rows, k), 4),
+        "queries_per_s": round(nq / max(batch_s, 1e-9), 1),
+        "ms_per_query_single": round(float(np.median(single)) * 1000, 3),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+def embeddings_dir(cfg: DictConfig, key: dict[str, Any]) -> Path:
+    """Shard folder for one embedding key: ``${paths.indexes_dir}/.embeddings/<hash of the key>``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(cfg.paths.indexes_dir) / ".embeddings" / digest
+
+
+def model_location(cfg: DictConfig) -> str:
+    """The folder (or Hub name) ``index.model`` names: ``${paths.models_dir}/<run>/final`` for a run name."""
+    from arxiv_embeddings.evaluate import model_location as locate
+
+    return locate(cfg, str(cfg.index.model))
+
+
+def build_index(
+    index_type: str, embeddings: Embeddings, ix: DictConfig, seed: int
+) -> tuple[faiss.Index, dict[str, Any]]:
+    """Train (IVF) and fill an index of ``index_type`` from the shards, one shard in memory at a time."""
+    from tqdm import tqdm
+
+    index, params = make_index(index_type, embeddings.dimension, embeddings.count, ix)
+    if not index.is_trained:
+        size = int(params.get("train_size") or embeddings.count)
+        rng = np.random.default_rng([int(seed), 11])
+        rows = np.sort(rng.choice(embeddings.count, size=min(size, embeddings.count), replace=False))
+        logger.info(f"index: training {params.get('factory', index_type)} on {len(rows):,} vectors.")
+        index.train(embeddings.rows(rows))
+    with tqdm(total=embeddings.count, unit="vector", desc=f"adding ({index_type})", dynamic_ncols=True) as bar:
+        for _, vectors in embeddings.iter_shards():
+            for lo in range(0, vectors.shape[0], 65_536):
+                block = np.ascontiguousarray(vectors[lo : lo + 65_536], dtype=np.float32)
+                index.add(block)
+                bar.update(block.shape[0])
+    return index, params
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Embed the corpus, build the index, measure it, and write it (all files at once, or none)."""
+    import faiss
+    import psutil
+
+    from arxiv_embeddings.embedder import load_embedder
+    from arxiv_embeddings.io import write_json, write_parquet
+
+    validate(cfg)
+    started = time.perf_counter()
+    ix = cfg.index
+    if ix.threads:
+        faiss.omp_set_num_threads(int(ix.threads))
+    location = model_location(cfg)  # fails on a missing run or folder before any work
+    corpus = load_corpus(cfg)
+    embedder = load_embedder(
+        location,
+        backend=str(ix.backend),
+        variant=ix.variant,
+        device=ix.encode.device,
+        max_seq_length=ix.encode.max_seq_length,
+    )
+    folder = _model_folder(location)
+    fingerprint = model_fingerprint(folder) if folder is not None else f"name:{location}"
+    key = embedding_key(fingerprint, embedder, corpus, str(ix.text), int(ix.shard_size))
+    cache = embeddings_dir(cfg, key)
+    t0 = time.perf_counter()
+    embeddings = embed_corpus(embedder, corpus, cache, str(ix.text), int(ix.shard_size), int(ix.encode.batch_size), key)
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index, params = build_index(str(ix.type), embeddings, ix, int(cfg.seed))
+    build_s = time.perf_counter() - t0
+    report = evaluate_index(index, embeddings, int(ix.eval.queries), int(ix.eval.k), int(cfg.seed))
+    recall = report.get(f"recall_at_{ix.eval.k}")
+    if recall is not None and ix.eval.min_recall is not None and recall < float(ix.eval.min_recall):
+        knob = {"hnsw": "index.hnsw.ef_search", "ivf": "index.ivf.nprobe (or refine_k_factor for IVF-PQ)"}
+        logger.warning(
+            f"index: recall@{ix.eval.k} {recall:.3f} is below index.eval.min_recall={ix.eval.min_recall}; raise "
+            f"{knob.get(str(ix.type), 'the search parameters')} and rebuild."
+        )
+    out_dir = index_dir(cfg)
+    with atomic_dir(out_dir) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        write_parquet(corpus.metadata, tmp / METADATA_FILE)
+        files = {
+            n: {"sha256": file_sha256(tmp / n), "bytes": (tmp / n).stat().st_size} for n in (INDEX_FILE, METADATA_FILE)
+        }
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": out_dir.name,
+            "model": str(ix.model),
+            "model_location": str(Path(folder).resolve()) if folder is not None else location,
+            "model_fingerprint": fingerprint,
+            "backend": embedder.backend,
+            "variant": embedder.variant,
+            "max_seq_length": int(embedder.max_seq_length),
+            "dimension": embeddings.dimension,
+            "count": len(corpus),
+            "metric": "inner_product (cosine of L2-normalized vectors)",
+            "index_type": str(ix.type),
+            "index_params": params,
+            "text": str(ix.text),
+            "corpus": corpus.sources,
+            "build": {
+                **report,
+                "embed_s": round(embed_s, 2),
+                "reused_papers": embeddings.reused,
+                "build_s": round(build_s, 2),
+                "index_bytes": files[INDEX_FILE]["bytes"],
+                "rss_bytes": psutil.Process().memory_info().rss,
+                "faiss_threads": faiss.omp_get_max_threads(),
+            },
+            "files": files,
+            "config": to_plain(ix),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(tmp / MANIFEST_FILE, manifest)
+    if not ix.keep_embeddings:
+        shutil.rmtree(cache, ignore_errors=True)
+    rec = f"recall@{ix.eval.k} {recall:.3f} vs exact, " if recall is not None else ""
+    qps = report.get("queries_per_s")
+    logger.success(
+        f"index: {ix.type} over {len(corpus):,} papers (dim {embeddings.dimension}, {embedder.backend}/"
+        f"{embedder.variant}), {rec}{qps if qps is not None else '-'} queries/s; wrote {out_dir} in "
+        f"{time.perf_counter() - started:.1f}s."
+    )
+    return {"dir": out_dir, "manifest": manifest, "embeddings": cache}
+
+
+def _inputs(cfg: DictConfig) -> list[Path]:
+    import glob
+
+    c = cfg.index.corpus
+    if c.path is None:
+        files = [Path(cfg.paths.processed_dir) / f"{s}.parquet" for s in c.splits]
+    else:
+        files = [Path(p) for p in sorted(glob.glob(str(c.path)))] or [Path(str(c.path))]
+    try:
+        folder = _model_folder(model_location(cfg))
+    except FileNotFoundError:
+        folder = None
+    return [*([folder] if folder is not None else []), *files]
+
+
+SPEC = StageSpec(
+    name="index",
+    run=run,
+    inputs=_inputs,
+    outputs=lambda cfg: [index_dir(cfg) / n for n in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE)],
+    stamp_dir=index_dir,
+    validate=validate,
+    config_keys=("index", "seed"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="index")
+def main(cfg: DictConfig) -> None:
+    from arxiv_embeddings.stage import cli_main
+
+    cli_main(SPEC, cfg)
+
+
+if __name__ == "__main__":
+    main()
