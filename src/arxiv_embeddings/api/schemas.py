@@ -1,0 +1,155 @@
+"""Request and response bodies of the API. Requests reject unknown fields; limits that depend on the settings
+(texts per request, characters per text, results per search) are checked by :func:`check_texts` and the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from arxiv_embeddings.data import TITLE_ABSTRACT_SEPARATOR
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+class Paper(_Strict):
+    """A paper as the model saw it in training: its title, its abstract, or both (joined by a newline)."""
+
+    title: str | None = Field(default=None, description="The paper's title.")
+    abstract: str | None = Field(default=None, description="The paper's abstract.")
+
+    @model_validator(mode="after")
+    def _some_text(self) -> Paper:
+        if not (self.title or "").strip() and not (self.abstract or "").strip():
+            raise ValueError("a paper needs a non-empty title or abstract (or both)")
+        return self
+
+    def text(self) -> str:
+        parts = [p.strip() for p in (self.title, self.abstract) if p and p.strip()]
+        return TITLE_ABSTRACT_SEPARATOR.join(parts)
+
+
+Text = Annotated[str, Field(min_length=1, description="Non-empty text (at most serve.max_chars characters).")]
+TextOrPaper = Annotated[Text | Paper, Field(description="A text, or a paper {title, abstract}.")]
+
+
+def as_text(item: str | Paper) -> str:
+    return item.text() if isinstance(item, Paper) else item
+
+
+# ------------------------------------------------------------------------------------------------ /embed
+class EmbedRequest(_Strict):
+    """One text or paper, or a list of them."""
+
+    input: TextOrPaper | Annotated[list[TextOrPaper], Field(min_length=1)] = Field(
+        description="A text, a paper {title, abstract}, or a list of texts and papers (at most serve.max_batch).",
+        examples=["Graph neural networks for molecular property prediction", [{"title": "A title", "abstract": "..."}]],
+    )
+    normalize: bool = Field(default=True, description="L2-normalize the embeddings (after any truncation).")
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep only the first `dimensions` values of each embedding (Matryoshka truncation); "
+        "re-normalized when `normalize` is true.",
+    )
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]] = Field(description="One embedding per input, in input order.")
+    model: str
+    dimension: int = Field(description="Length of each embedding (after truncation).")
+    normalized: bool
+
+
+# ---------------------------------------------------------------------------------------- /v1/embeddings
+class OpenAIEmbeddingRequest(_Strict):
+    """The body of OpenAI's ``POST /v1/embeddings`` (token-id inputs are not supported)."""
+
+    input: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        description="A text or a list of texts (at most serve.max_batch)."
+    )
+    model: str = Field(description="Accepted for compatibility; the served model answers whatever is named.")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="`base64`: each embedding as little-endian float32 bytes, base64-encoded."
+    )
+    dimensions: int | None = Field(default=None, ge=1, description="Matryoshka truncation, re-normalized.")
+    user: str | None = Field(default=None, description="Accepted for compatibility; ignored.")
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+# ----------------------------------------------------------------------------------------------- /search
+class SearchRequest(_Strict):
+    """Nearest papers to a text (or paper), or to an indexed paper given by its arXiv id. Give exactly one."""
+
+    text: TextOrPaper | None = Field(default=None, description="A query text, or a paper {title, abstract}.")
+    arxiv_id: str | None = Field(
+        default=None, min_length=1, description="An indexed paper, e.g. 2401.01234 (no version suffix)."
+    )
+    k: int = Field(default=10, ge=1, description="How many papers to return (at most serve.max_k).")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.text is None) == (self.arxiv_id is None):
+            raise ValueError("give exactly one of `text` and `arxiv_id`")
+        if self.arxiv_id is not None and not self.arxiv_id.strip():
+            raise ValueError("`arxiv_id` is empty; give an id such as 2401.01234")
+        return self
+
+
+class SearchHit(BaseModel):
+    arxiv_id: str
+    title: str
+    primary_subject: str
+    score: float = Field(description="Cosine similarity to the query.")
+
+
+class SearchResponse(BaseModel):
+    query: str = Field(description="The query text, or the arXiv id.")
+    results: list[SearchHit]
+    model: str
+    index_size: int
+
+
+# ----------------------------------------------------------------------------------------------- /health
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    dimension: int
+    backend: str
+    variant: str
+    device: str
+    max_seq_length: int
+    version: str
+    index_size: int | None = Field(description="Papers in the search index; null when /search is off.")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+class ErrorDetail(BaseModel):
+    type: str = Field(description="A stable machine-readable kind, e.g. invalid_request, queue_full.")
+    message: str = Field(description="What went wrong and how to fix it.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail

@@ -1,0 +1,219 @@
+"""What the API holds while it runs: the embedder, the micro-batcher, the optional search index and their state.
+
+:meth:`Service.start` loads everything in a background thread, so the server answers ``/health`` (503) while the
+model loads and ``/health`` turns 200 once it is ready (or stays 503 with the reason when loading failed).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from loguru import logger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from arxiv_embeddings.api.batching import MicroBatcher
+from arxiv_embeddings.api.settings import Settings
+
+if TYPE_CHECKING:
+    from arxiv_embeddings.embedder import Embedder
+    from arxiv_embeddings.index import PaperIndex
+
+#: Signature of :func:`arxiv_embeddings.embedder.load_embedder`.
+LoadEmbedder = Callable[..., "Embedder"]
+
+try:
+    VERSION = version("arxiv-embeddings")
+except PackageNotFoundError:  # a source tree that was never installed
+    VERSION = "0+unknown"
+
+
+def latest_trained_model(models_dir: Path) -> Path | None:
+    """The most recently written ``<models_dir>/*/final`` that holds a sentence-transformers model."""
+    if not models_dir.is_dir():
+        return None
+    finals = [p for p in models_dir.glob("*/final") if (p / "modules.json").exists() or (p / "config.json").exists()]
+    return max(finals, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def choose_model(settings: Settings) -> str:
+    """``model_path`` if set; else the last trained model under ``models_dir``; else ``base_model``."""
+    if settings.model_path:
+        return settings.model_path
+    latest = latest_trained_model(settings.models_dir)
+    if latest is not None:
+        logger.info(f"Serving the most recently trained model {latest} (set MODEL_PATH or serve.model_path to choose).")
+        return str(latest)
+    logger.info(f"No trained model under {settings.models_dir}; serving the base model {settings.base_model}.")
+    return settings.base_model
+
+
+class Metrics:
+    """The API's own Prometheus metrics (HTTP counts and latencies come from prometheus-fastapi-instrumentator)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_size = Histogram(
+            "embedding_batch_size",
+            "Texts per model call of the micro-batcher.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "embedding_batch_seconds",
+            "Seconds per model call of the micro-batcher.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.texts = Counter("embedding_texts", "Texts embedded.", registry=registry)
+        self.queue = Gauge("embedding_queue_texts", "Texts waiting for the model.", registry=registry)
+        self.rejected = Counter(
+            "embedding_rejected_requests", "Requests refused with 429 (queue full).", registry=registry
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        self.texts.inc(size)
+
+
+class Service:
+    """Loads the model (and index) once and serves them to the routes."""
+
+    def __init__(self, settings: Settings, load_embedder: LoadEmbedder, metrics: Metrics) -> None:
+        self.settings = settings
+        self._load_embedder = load_embedder
+        self.metrics = metrics
+        self.status = "loading"  # loading | ready | failed | stopping
+        self.error: str | None = None
+        self.model_name: str | None = None
+        self.embedder: Embedder | None = None
+        self.batcher: MicroBatcher | None = None
+        self.index: PaperIndex | None = None
+        self.count_tokens: Callable[[list[str]], int] | None = None
+        self._thread: threading.Thread | None = None
+        metrics.queue.set_function(lambda: self.batcher.queued_texts if self.batcher else 0)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Load in the background; :attr:`status` turns ``ready`` or ``failed``."""
+        self.status, self.error = "loading", None
+        self._thread = threading.Thread(target=self._load_safely, name="model-loader", daemon=True)
+        self._thread.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.status == "ready"
+
+    def _load_safely(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._load()
+        except Exception as err:
+            self.status, self.error = "failed", f"{type(err).__name__}: {err}"
+            logger.opt(exception=err).error(f"Loading the model failed; /health answers 503. {self.error}")
+            return
+        if self.status == "loading":
+            self.status = "ready"
+            index = f", index of {len(self.index):,} papers" if self.index is not None else ", no search index"
+            logger.info(
+                f"Ready in {time.perf_counter() - started:.1f}s: {self.model_name} ({self.embedder.backend}/"  # type: ignore[union-attr]
+                f"{self.embedder.variant}, {self.embedder.dimension}-d, {self.embedder.device}){index}."  # type: ignore[union-attr]
+            )
+
+    def _load(self) -> None:
+        s = self.settings
+        self.model_name = choose_model(s)
+        embedder = self._load_embedder(
+            self.model_name, backend=s.backend, variant=s.variant, device=s.device, max_seq_length=s.max_seq_length
+        )
+        embedder.encode(["warm-up"], batch_size=1)  # first call allocates; keep it out of the first request
+        self.embedder = embedder
+        self.count_tokens = token_counter(embedder)
+        self.index = self._load_index()
+        self.batcher = MicroBatcher(
+            lambda texts: embedder.encode(texts, batch_size=s.batch_size, normalize=False),
+            max_batch_size=s.batch_size,
+            max_wait_s=s.batch_wait_ms / 1000,
+            max_queue=s.queue_size,
+            on_batch=self.metrics.observe_batch,
+        )
+
+    def _load_index(self) -> PaperIndex | None:
+        s = self.settings
+        if not s.search:
+            logger.info("Search is off (serve.search=false).")
+            return None
+        from arxiv_embeddings.index import PaperIndex
+
+        if s.index_path is not None:  # asked for explicitly: failing to load it fails the start-up
+            return PaperIndex.load(s.index_path, expected_model=self.model_name)
+        default = s.default_index_path
+        if default is None or not (default / "manifest.json").exists():
+            logger.info(f"No search index at {default}; /search answers 404 (build one with 'uv run inv index').")
+            return None
+        try:
+            return PaperIndex.load(default, expected_model=self.model_name)
+        except (ValueError, OSError) as err:
+            logger.warning(f"Not using the index at {default}: {err}")
+            return None
+
+    def stop(self) -> None:
+        """Finish the queued texts and stop the worker (within ``shutdown_timeout_s``)."""
+        self.status = "stopping"
+        if self.batcher is not None and not self.batcher.close(timeout=self.settings.shutdown_timeout_s):
+            logger.warning(f"The model worker did not finish within {self.settings.shutdown_timeout_s}s.")
+
+    # ------------------------------------------------------------------------------------------- info
+    def health(self) -> dict[str, Any]:
+        e = self.embedder
+        if e is None:
+            raise RuntimeError("health() called before the model loaded")
+        return {
+            "status": "ok",
+            "model": self.model_name,
+            "dimension": int(e.dimension),
+            "backend": e.backend,
+            "variant": e.variant,
+            "device": str(e.device),
+            "max_seq_length": int(e.max_seq_length),
+            "version": VERSION,
+            "index_size": len(self.index) if self.index is not None else None,
+        }
+
+
+def token_counter(embedder: Embedder) -> Callable[[list[str]], int] | None:
+    """Tokens the model reads for some texts (truncated as it truncates), for OpenAI-style ``usage``; None when
+    the embedder exposes no tokenizer."""
+    limit = int(embedder.max_seq_length)
+    fast = getattr(embedder, "tokenizer", None)  # a `tokenizers.Tokenizer` (ONNX backend)
+    if fast is not None and hasattr(fast, "encode_batch"):
+
+        def count_fast(texts: list[str]) -> int:
+            return sum(min(len(enc.ids), limit) for enc in fast.encode_batch(texts))
+
+        return count_fast
+    model = getattr(embedder, "model", None)
+    hf = getattr(model, "tokenizer", None)  # sentence-transformers' Hugging Face tokenizer (torch backend)
+    if hf is not None:
+
+        def count_hf(texts: list[str]) -> int:
+            ids = hf(texts, truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
+            return int(sum(len(row) for row in ids))
+
+        return count_hf
+    return None
+
+
+def postprocess(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Matryoshka truncation to ``dimensions``, then L2-normalization; a new array (shared rows stay untouched)."""
+    out = np.array(vectors[:, :dimensions] if dimensions else vectors, dtype=np.float32, copy=True)
+    if normalize:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.maximum(norms, 1e-12)
+    return out

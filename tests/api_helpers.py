@@ -1,0 +1,107 @@
+"""Helpers shared by the API tests: settings rooted in a temporary folder, a wrapper that records the real
+embedder's calls, and waiting for readiness."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from arxiv_embeddings.api.settings import ENV_PREFIX, ENV_VARS, Settings
+from arxiv_embeddings.embedder import Embedder, load_embedder
+
+
+def clear_serving_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop environment variables that would override the settings under test."""
+    for name in list(os.environ):
+        if name in ENV_VARS or name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name, raising=False)
+
+
+def make_settings(root: Path, model: Path | str, *overrides: str, **values: Any) -> Settings:
+    """Settings for a test server: the given model, no index unless asked, small limits that tests can reach."""
+    return Settings.load(
+        [
+            f"paths.root_dir={root}",
+            f"serve.model_path={model}",
+            "serve.search=false",
+            "serve.device=cpu",
+            "serve.batch_wait_ms=20",
+            "serve.max_batch=8",
+            "serve.max_chars=500",
+            "serve.max_body_bytes=8192",
+            "serve.max_k=20",
+            *overrides,
+        ],
+        **values,
+    )
+
+
+class RecordingEmbedder:
+    """The real embedder, recording the size of each ``encode`` call. ``gate`` (set by default) holds calls while
+    cleared; ``entered`` is set when a call starts."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.calls: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        self.entered.set()
+        if not self.gate.wait(60):
+            raise TimeoutError("the test never opened the gate")
+        self.calls.append(len(texts))
+        return self.inner.encode(texts, batch_size=batch_size, normalize=normalize)
+
+
+class RecordingLoader:
+    """``load_embedder`` that wraps what it loads in a :class:`RecordingEmbedder` (optionally after ``release``)."""
+
+    def __init__(self, wait_for: threading.Event | None = None) -> None:
+        self.wait_for = wait_for
+        self.embedders: list[RecordingEmbedder] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> RecordingEmbedder:
+        if self.wait_for is not None and not self.wait_for.wait(60):
+            raise TimeoutError("the test never released the loader")
+        embedder = RecordingEmbedder(load_embedder(*args, **kwargs))
+        self.embedders.append(embedder)
+        return embedder
+
+    @property
+    def embedder(self) -> RecordingEmbedder:
+        return self.embedders[-1]
+
+
+def wait_ready(client: Any, timeout: float = 120.0) -> dict[str, Any]:
+    """Poll /health until 200; fail with the last answer otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get("/health")
+        if response.status_code == 200:
+            return response.json()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/health still {response.status_code} after {timeout}s: {response.text}")
+        time.sleep(0.05)
+
+
+def assert_error(response: Any, status: int, type: str | None = None) -> dict[str, str]:
+    """The response is ``status`` with exactly the error shape (and no stack trace)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "message"}, body
+    assert body["error"]["message"] and "Traceback" not in response.text
+    if type is not None:
+        assert body["error"]["type"] == type, body
+    return body["error"]

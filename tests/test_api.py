@@ -1,0 +1,432 @@
+"""The embedding API in process, with the tiny real model: routes, errors, batching, readiness, auth, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from api_helpers import (
+    RecordingLoader,
+    assert_error,
+    clear_serving_env,
+    make_settings,
+    wait_ready,
+)
+from fastapi.testclient import TestClient
+
+from arxiv_embeddings.api import Settings, create_app
+from arxiv_embeddings.api.errors import BodyLimitMiddleware
+from arxiv_embeddings.api.service import choose_model, latest_trained_model
+from arxiv_embeddings.config import ConfigError
+
+TEXTS = [
+    "Graph neural networks for molecular property prediction",
+    "Dark matter halos in dwarf galaxies",
+    "A posteriori error estimates for finite element methods",
+    "Quantum error correction with surface codes",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_serving_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_serving_env(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Any]]:
+    """One running app over the tiny model, its embedder wrapped to record calls."""
+    mp = pytest.MonkeyPatch()
+    clear_serving_env(mp)
+    loader = RecordingLoader()
+    app = create_app(make_settings(tmp_path_factory.mktemp("serve"), tiny_model_dir), load_embedder=loader)
+    with TestClient(app) as client:
+        wait_ready(client)
+        yield client, loader.embedder
+    mp.undo()
+
+
+def _reference(embedder: Any, texts: list[str]) -> np.ndarray:
+    """What the model itself makes of the texts, one call each (no batching)."""
+    return np.vstack([embedder.inner.encode([t], normalize=True) for t in texts])
+
+
+# ------------------------------------------------------------------------------------------------ routes
+def test_health_reports_the_loaded_model(served, tiny_model_dir: Path) -> None:
+    client, embedder = served
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["model"] == str(tiny_model_dir)
+    assert health["dimension"] == embedder.inner.dimension == 32
+    assert health["backend"] == "torch" and health["variant"] == "fp32" and health["device"] == "cpu"
+    assert health["max_seq_length"] == 64 and health["version"] and health["index_size"] is None
+
+
+def test_embed_one_text_matches_the_model(served, tiny_model_dir: Path) -> None:
+    client, embedder = served
+    body = client.post("/embed", json={"input": TEXTS[0]}).json()
+    assert body["model"] == str(tiny_model_dir) and body["dimension"] == 32 and body["normalized"] is True
+    vectors = np.asarray(body["embeddings"], dtype=np.float32)
+    assert vectors.shape == (1, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors, _reference(embedder, TEXTS[:1]), atol=1e-5)
+
+
+def test_embed_texts_and_papers_keep_their_order(served) -> None:
+    client, embedder = served
+    paper = {"title": "Surface codes", "abstract": "We study quantum error correction."}
+    body = client.post("/embed", json={"input": [TEXTS[1], paper, {"abstract": TEXTS[2]}, TEXTS[3]]}).json()
+    expected = _reference(embedder, [TEXTS[1], "Surface codes\nWe study quantum error correction.", TEXTS[2], TEXTS[3]])
+    np.testing.assert_allclose(np.asarray(body["embeddings"]), expected, atol=1e-5)
+
+
+def test_embed_matryoshka_truncation_and_raw_vectors(served) -> None:
+    client, embedder = served
+    raw = embedder.inner.encode(TEXTS[:2], normalize=False)
+    body = client.post("/embed", json={"input": TEXTS[:2], "dimensions": 8}).json()
+    truncated = np.asarray(body["embeddings"])
+    assert body["dimension"] == 8 and truncated.shape == (2, 8)
+    expected = raw[:, :8] / np.linalg.norm(raw[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose(truncated, expected, atol=1e-5)
+    plain = client.post("/embed", json={"input": TEXTS[:2], "normalize": False}).json()
+    assert plain["normalized"] is False
+    np.testing.assert_allclose(np.asarray(plain["embeddings"]), raw, atol=1e-5)
+    error = assert_error(client.post("/embed", json={"input": "x", "dimensions": 33}), 422, "invalid_dimensions")
+    assert "33" in error["message"] and "1 to 32" in error["message"]
+
+
+def test_openai_compatible_embeddings(served, tiny_model_dir: Path) -> None:
+    client, embedder = served
+    floats = client.post("/v1/embeddings", json={"input": TEXTS[:3], "model": "text-embedding-3-small"}).json()
+    assert floats["object"] == "list" and floats["model"] == str(tiny_model_dir)
+    assert [d["index"] for d in floats["data"]] == [0, 1, 2]
+    assert all(d["object"] == "embedding" for d in floats["data"])
+    vectors = np.asarray([d["embedding"] for d in floats["data"]])
+    np.testing.assert_allclose(vectors, _reference(embedder, TEXTS[:3]), atol=1e-5)
+    tokenizer = embedder.inner.model.tokenizer
+    tokens = sum(len(ids) for ids in tokenizer(TEXTS[:3], truncation=True, max_length=64)["input_ids"])
+    assert floats["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+    b64 = client.post(
+        "/v1/embeddings", json={"input": TEXTS[0], "model": "m", "encoding_format": "base64", "dimensions": 16}
+    ).json()
+    decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
+    assert decoded.shape == (16,)
+    raw = embedder.inner.encode(TEXTS[:1], normalize=False)[0, :16]
+    np.testing.assert_allclose(decoded, raw / np.linalg.norm(raw), atol=1e-5)
+
+
+def test_search_without_an_index_explains_why(served) -> None:
+    client, _ = served
+    error = assert_error(client.post("/search", json={"text": "galaxies"}), 404, "search_unavailable")
+    assert "uv run inv index" in error["message"]
+
+
+def test_metrics_count_requests_and_batches(served) -> None:
+    client, _ = served
+    client.post("/embed", json={"input": TEXTS})
+    text = client.get("/metrics").text
+    assert 'http_requests_total{handler="/embed",method="POST",status="2xx"}' in text
+    assert "http_request_duration_seconds_bucket" in text
+    sizes = [line for line in text.splitlines() if line.startswith("embedding_batch_size_count")]
+    assert sizes and float(sizes[0].split()[-1]) >= 1
+    assert "embedding_queue_texts 0.0" in text
+
+
+def test_search_page_is_served(served) -> None:
+    client, _ = served
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="abstract"' in page.text and "search" in page.text
+
+
+# ----------------------------------------------------------------------------------------- bad input
+LONG = "x" * 501
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "kind"),
+    [
+        ("/embed", {"input": ""}, 422, "invalid_request"),
+        ("/embed", {"input": "   \n\t"}, 422, "empty_text"),
+        ("/embed", {"input": ["fine", " "]}, 422, "empty_text"),
+        ("/embed", {"input": 3}, 422, "invalid_request"),
+        ("/embed", {"input": [1, 2]}, 422, "invalid_request"),
+        ("/embed", {"input": []}, 422, "invalid_request"),
+        ("/embed", {"input": {"title": " "}}, 422, "invalid_request"),
+        ("/embed", {"input": {"title": "t", "authors": "x"}}, 422, "invalid_request"),
+        ("/embed", {"input": "a", "colour": "red"}, 422, "invalid_request"),
+        ("/embed", {"input": "a", "normalize": "maybe"}, 422, "invalid_request"),
+        ("/embed", {"input": "a", "dimensions": 0}, 422, "invalid_request"),
+        ("/embed", {}, 422, "invalid_request"),
+        ("/embed", {"input": ["t"] * 9}, 422, "too_many_texts"),
+        ("/embed", {"input": LONG}, 422, "text_too_long"),
+        ("/embed", {"input": {"title": "t", "abstract": LONG}}, 422, "text_too_long"),
+        ("/v1/embeddings", {"input": "a"}, 422, "invalid_request"),
+        ("/v1/embeddings", {"input": [[1, 2, 3]], "model": "m"}, 422, "invalid_request"),
+        ("/v1/embeddings", {"input": "a", "model": "m", "encoding_format": "int8"}, 422, "invalid_request"),
+        ("/v1/embeddings", {"input": ["a"] * 9, "model": "m"}, 422, "too_many_texts"),
+        ("/search", {}, 422, "invalid_request"),
+        ("/search", {"text": "a", "arxiv_id": "2401.01234"}, 422, "invalid_request"),
+        ("/search", {"text": "a", "k": 0}, 422, "invalid_request"),
+        ("/search", {"text": "a", "limit": 3}, 422, "invalid_request"),
+    ],
+)
+def test_bad_input_gets_a_4xx_in_the_error_shape(served, path: str, body: Any, status: int, kind: str) -> None:
+    client, _ = served
+    error = assert_error(client.post(path, json=body), status, kind)
+    assert len(error["message"]) > 10
+
+
+def test_messages_name_the_field_and_the_limit(served) -> None:
+    client, _ = served
+    assert "input.1" in assert_error(client.post("/embed", json={"input": ["ok", " "]}), 422)["message"]
+    too_many = assert_error(client.post("/embed", json={"input": ["t"] * 9}), 422)["message"]
+    assert "9 texts" in too_many and "8" in too_many and "serve.max_batch" in too_many
+    too_long = assert_error(client.post("/embed", json={"input": LONG}), 422)["message"]
+    assert "501" in too_long and "500" in too_long and "serve.max_chars" in too_long
+    unknown = assert_error(client.post("/embed", json={"input": "a", "colour": "red"}), 422)["message"]
+    assert "colour" in unknown
+
+
+def test_malformed_requests(served) -> None:
+    client, _ = served
+    json_header = {"content-type": "application/json"}
+    assert_error(client.post("/embed", content=b'{"input": ', headers=json_header), 400, "invalid_json")
+    assert_error(client.post("/embed", content=b"\xff\xfe not utf-8", headers=json_header), 400, "invalid_json")
+    assert_error(client.post("/embed", content=b'{"input": "\\ud800"}', headers=json_header), 422)
+    assert_error(client.post("/embed", content=b"input=hello", headers={"content-type": "text/plain"}), 422)
+    assert_error(client.post("/embed", content=b'["a", "b"]', headers=json_header), 422)
+    assert_error(client.get("/no-such-route"), 404, "not_found")
+    assert_error(client.get("/embed"), 405, "method_not_allowed")
+
+
+def test_body_over_the_size_limit(served) -> None:
+    client, _ = served
+    big = {"input": ["y" * 1100] * 8}  # 8,900 bytes > 8192
+    error = assert_error(client.post("/embed", json=big), 413, "payload_too_large")
+    assert "8192" in error["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold for a streamed body too
+        yield b'{"input": "'
+        for _ in range(20):
+            yield b"w" * 1000
+        yield b'"}'
+
+    assert_error(client.post("/embed", content=chunks(), headers={"content-type": "application/json"}), 413)
+
+
+def test_invalid_content_length_is_a_400() -> None:
+    """HTTP servers reject it before the app; the guard does too when called directly (ASGI)."""
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not run")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/embed", "headers": [(b"content-length", b"abc")]}
+    asyncio.run(BodyLimitMiddleware(app, max_bytes=1024)(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert b"Content-Length" in sent[1]["body"]
+
+
+# ------------------------------------------------------------------------------------------------ batching
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_rows(served) -> None:
+    client, embedder = served
+    texts = [f"{TEXTS[i % 4]} (variant {i})" for i in range(24)]
+
+    async def fire() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await asyncio.gather(*(http.post("/embed", json={"input": t}) for t in texts))
+
+    before = len(embedder.calls)
+    responses = asyncio.run(fire())
+    calls = embedder.calls[before:]
+    assert all(r.status_code == 200 for r in responses)
+    assert sum(calls) == len(texts)
+    assert len(calls) < len(texts) and max(calls) > 1, calls
+    got = np.vstack([r.json()["embeddings"][0] for r in responses])
+    np.testing.assert_allclose(got, _reference(embedder, texts), atol=1e-5)
+
+
+def test_queue_full_answers_429_with_retry_after(tiny_model_dir: Path, tmp_path: Path) -> None:
+    loader = RecordingLoader()
+    settings = make_settings(tmp_path, tiny_model_dir, "serve.queue_size=4", "serve.max_batch=4", "serve.batch_size=4")
+    app = create_app(settings, load_embedder=loader)
+    with TestClient(app) as client:
+        wait_ready(client)
+        embedder = loader.embedder
+        embedder.gate.clear()
+        embedder.entered.clear()
+        results: dict[str, httpx.Response] = {}
+
+        def post(name: str, texts: list[str]) -> None:
+            results[name] = client.post("/embed", json={"input": texts})
+
+        first = threading.Thread(target=post, args=("first", TEXTS))  # taken by the worker, held in encode
+        first.start()
+        assert embedder.entered.wait(30)
+        second = threading.Thread(target=post, args=("second", TEXTS))  # fills the queue (4 texts)
+        second.start()
+        deadline = time.monotonic() + 30
+        while app.state.service.batcher.queued_texts < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = client.post("/embed", json={"input": "one more"})
+        error = assert_error(refused, 429, "queue_full")
+        assert refused.headers["retry-after"] == "1" and "retry" in error["message"]
+        embedder.gate.set()
+        first.join(30)
+        second.join(30)
+        assert results["first"].status_code == 200 and results["second"].status_code == 200
+        assert "embedding_rejected_requests_total 1.0" in client.get("/metrics").text
+
+
+# ---------------------------------------------------------------------------------------------- readiness
+def test_health_is_503_while_loading_then_200(tiny_model_dir: Path, tmp_path: Path) -> None:
+    release = threading.Event()
+    app = create_app(make_settings(tmp_path, tiny_model_dir), load_embedder=RecordingLoader(wait_for=release))
+    with TestClient(app) as client:
+        loading = client.get("/health")
+        assert_error(loading, 503, "not_ready")
+        assert loading.headers["retry-after"] == "1"
+        assert_error(client.post("/embed", json={"input": "a"}), 503, "not_ready")
+        release.set()
+        assert wait_ready(client)["dimension"] == 32
+        assert client.post("/embed", json={"input": "a"}).status_code == 200
+
+
+def test_failed_load_stays_503_with_the_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    app = create_app(make_settings(tmp_path, missing))
+    with TestClient(app) as client:
+        app.state.service.wait_loaded(60)
+        error = assert_error(client.get("/health"), 503, "model_load_failed")
+        assert str(missing) in error["message"] and "MODEL_PATH" in error["message"]
+        assert_error(client.post("/embed", json={"input": "a"}), 503, "model_load_failed")
+
+
+def test_shutdown_finishes_queued_work_then_refuses(tiny_model_dir: Path, tmp_path: Path) -> None:
+    loader = RecordingLoader()
+    app = create_app(make_settings(tmp_path, tiny_model_dir), load_embedder=loader)
+    with TestClient(app) as client:
+        wait_ready(client)
+        batcher = app.state.service.batcher
+        loader.embedder.gate.clear()
+        future = batcher.submit(["queued before shutdown"])
+        loader.embedder.gate.set()
+    assert future.result(timeout=5).shape == (1, 32)  # the lifespan shutdown drained the queue
+    assert app.state.service.status == "stopping"
+    late = client.post("/embed", json={"input": "after shutdown"})  # no lifespan: the stopped service answers
+    assert_error(late, 503, "shutting_down")
+    assert late.headers["retry-after"] == "1"
+
+
+# --------------------------------------------------------------------------------------------------- auth
+@pytest.mark.parametrize("source", ["value", "file"])
+def test_api_key_protects_every_route_but_health(tiny_model_dir: Path, tmp_path: Path, source: str) -> None:
+    key = "s3cret-key"
+    if source == "value":
+        settings = make_settings(tmp_path, tiny_model_dir, api_key=key)
+    else:
+        (tmp_path / "key.txt").write_text(key + "\n")
+        settings = make_settings(tmp_path, tiny_model_dir, f"serve.api_key_file={tmp_path / 'key.txt'}")
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)  # /health needs no key
+        good = {"Authorization": f"Bearer {key}"}
+        for method, path, body in [
+            ("POST", "/embed", {"input": "a"}),
+            ("POST", "/v1/embeddings", {"input": "a", "model": "m"}),
+            ("POST", "/search", {"text": "a"}),
+            ("GET", "/metrics", None),
+            ("GET", "/docs", None),
+            ("GET", "/openapi.json", None),
+        ]:
+            missing = client.request(method, path, json=body)
+            assert assert_error(missing, 401, "unauthorized")["message"].startswith("Missing API key")
+            assert missing.headers["www-authenticate"] == "Bearer"
+            assert_error(client.request(method, path, json=body, headers={"Authorization": "Bearer wrong"}), 401)
+            assert_error(client.request(method, path, json=body, headers={"Authorization": key}), 401)
+            assert client.request(method, path, json=body, headers=good).status_code in (200, 404), path
+        assert client.post("/embed", json={"input": "a"}, headers=good).status_code == 200
+        assert client.get("/").status_code == 200  # the static page; its calls carry the key
+
+
+def test_auth_off_by_default(served) -> None:
+    client, _ = served
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_unreadable_key_file_fails_at_creation(tiny_model_dir: Path, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, tiny_model_dir, f"serve.api_key_file={tmp_path / 'absent'}")
+    with pytest.raises(ConfigError, match="API key file"):
+        create_app(settings)
+
+
+# ----------------------------------------------------------------------------------------------- settings
+def test_settings_precedence_values_over_env_over_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    base = Settings.load([f"paths.root_dir={tmp_path}"])
+    assert base.port == 8080 and base.batch_size == 32 and base.api_key is None
+    assert base.models_dir == tmp_path / "models" and base.default_index_path == tmp_path / "indexes" / "minilm-sample"
+    monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("MODEL_PATH", "/models/x")
+    monkeypatch.setenv("LOG_JSON", "true")
+    monkeypatch.setenv("SERVE_BATCH_WAIT_MS", "2.5")
+    monkeypatch.setenv("API_KEY", "k")
+    s = Settings.load(["serve.port=7000", "serve.max_k=7"], batch_size=4)
+    assert (s.port, s.model_path, s.log_json, s.batch_wait_ms, s.max_k, s.batch_size) == (
+        9123,
+        "/models/x",
+        True,
+        2.5,
+        7,
+        4,
+    )
+    assert s.resolved_api_key() == "k"
+    assert Settings.load(port=1).port == 1
+
+
+def test_settings_errors_name_key_env_and_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "eighty")
+    with pytest.raises(ConfigError, match=r"serve\.port \(env SERVE_PORT or PORT\)='eighty'"):
+        Settings.load()
+    monkeypatch.delenv("PORT")
+    with pytest.raises(ConfigError, match=r"raise serve\.queue_size or lower serve\.max_batch"):
+        Settings.load(["serve.max_batch=10", "serve.queue_size=5"])
+    with pytest.raises(ConfigError, match=r"serve\.backend"):
+        Settings.load(["serve.backend=tensorflow"])
+    with pytest.raises(ConfigError, match=r"serve\.colour"):
+        Settings.load(colour="red")
+    with pytest.raises(ConfigError, match="api_key_file"):
+        Settings.load(api_key="a", api_key_file="/run/secrets/key")
+
+
+def test_default_model_is_the_latest_trained_else_the_base(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    settings = make_settings(tmp_path, "", "serve.model_path=null")
+    assert settings.model_path is None
+    assert latest_trained_model(models) is None
+    assert choose_model(settings) == settings.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    for i, run in enumerate(["old", "new"]):
+        final = models / run / "final"
+        final.mkdir(parents=True)
+        (final / "modules.json").write_text("[]")
+        os.utime(final, (1_000_000 + i, 1_000_000 + i))
+    (models / "unfinished" / "final").mkdir(parents=True)  # no model files: ignored
+    assert latest_trained_model(models) == models / "new" / "final"
+    assert choose_model(settings) == str(models / "new" / "final")
+    assert choose_model(make_settings(tmp_path, "/explicit/model")) == "/explicit/model"
