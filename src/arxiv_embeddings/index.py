@@ -523,7 +523,10 @@ def _make_ivf(dim: int, n: int, ix: DictConfig) -> tuple[faiss.Index, dict[str, 
     if m and refine:
         refined: Any = faiss.downcast_index(index)
         refined.k_factor = float(refine)
-    faiss.extract_index_ivf(index).nprobe = min(int(v.nprobe), nlist)
+    ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+    ivf.nprobe = min(int(v.nprobe), nlist)
+    if m:
+        ivf.do_polysemous_training = False  # Hamming-filter codes, unused here; slow to train
     train = min(n, int(v.train_size) if v.train_size else max(10_000, 64 * nlist))
     params = {
         "nlist": nlist,
