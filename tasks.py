@@ -75,6 +75,17 @@ def baseline(ctx: Context, overrides: str = "", force: bool = False) -> None:
 
 @task(
     help={
+        "overrides": "Hydra overrides, e.g. 'export.model=sentence-transformers/all-MiniLM-L6-v2 export.quantize=false'",
+        "force": "run even if unchanged",
+    }
+)
+def export(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """ONNX variants of a model with a parity gate and a speed report (configs/export.yaml); not part of `pipeline`."""
+    _stage(ctx, "export", overrides, force)
+
+
+@task(
+    help={
         "overrides": "Hydra overrides, e.g. 'index.type=ivf index.model=sentence-transformers/all-MiniLM-L6-v2'",
         "force": "run even if unchanged",
     }

@@ -1,0 +1,390 @@
+"""Embeddings from an exported ONNX model with onnxruntime and tokenizers only: no torch, no transformers.
+
+    from arxiv_embeddings.onnx_embedder import load_onnx_embedder
+    emb = load_onnx_embedder("models/minilm-sample/final")           # the serving default of export_report.json
+    emb = load_onnx_embedder("models/minilm-sample/final", variant="int8-avx2", max_seq_length=128)
+    vectors = emb.encode(["A title\\nAn abstract ..."])              # float32, (n, dim), L2-normalized
+
+The model folder is a sentence-transformers folder that ``uv run inv export`` has written ONNX variants into
+(``onnx/model.onnx``, ``onnx/model_O3.onnx``, ``onnx/model_quint8_avx2.onnx``, ...). The rest of the pipeline is
+read from the sentence-transformers files beside them: ``tokenizer.json``, ``sentence_bert_config.json`` /
+``tokenizer_config.json`` (most tokens per text, lower-casing), ``modules.json`` (which modules follow the
+transformer) and ``1_Pooling/config.json`` (the pooling modes), so that the vectors match the torch model's.
+Only Transformer -> Pooling -> (Normalize) models are supported; a Dense or other module fails with its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: File of every ONNX variant under ``<model>/onnx/``. ``fp32`` is the plain export; ``O1``-``O4`` are optimum's
+#: graph optimization levels (O4 = fp16, GPU only); ``int8-<arch>`` are dynamically quantized for a CPU family
+#: (optimum's AutoQuantizationConfig: unsigned weights for avx2, signed for the others, as sentence-transformers names them).
+VARIANT_FILES: dict[str, str] = {
+    "fp32": "model.onnx",
+    "O1": "model_O1.onnx",
+    "O2": "model_O2.onnx",
+    "O3": "model_O3.onnx",
+    "O4": "model_O4.onnx",
+    "int8-avx512_vnni": "model_qint8_avx512_vnni.onnx",
+    "int8-avx512": "model_qint8_avx512.onnx",
+    "int8-avx2": "model_quint8_avx2.onnx",
+    "int8-arm64": "model_qint8_arm64.onnx",
+}
+ONNX_DIR = "onnx"
+REPORT_FILE = "export_report.json"
+#: Pooling modes in sentence-transformers' order (the order legacy configs concatenate them in).
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+# Module types (last part of the class path in modules.json) this embedder reproduces.
+_TRANSFORMER, _POOLING, _NORMALIZE = "Transformer", "Pooling", "Normalize"
+
+
+class ExportNotFoundError(FileNotFoundError):
+    """The model folder has no ONNX export (or not the variant asked for)."""
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# ----------------------------------------------------------------------------------------- model layout
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What the sentence-transformers files say about tokenization and pooling."""
+
+    transformer_dir: Path
+    max_seq_length: int
+    do_lower_case: bool
+    pooling_modes: tuple[str, ...]
+    token_dim: int
+    normalize: bool
+
+    @property
+    def dimension(self) -> int:
+        return self.token_dim * len(self.pooling_modes)
+
+
+def _module_kind(type_path: str) -> str:
+    return type_path.rsplit(".", 1)[-1]
+
+
+def _pooling_modes(cfg: dict[str, Any]) -> tuple[str, ...]:
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        modes = tuple(name for key, name in _LEGACY_POOLING_KEYS.items() if cfg.get(key, False)) or ("mean",)
+    else:
+        modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    unknown = [m for m in modes if m not in POOLING_MODES]
+    if unknown:
+        raise ValueError(f"Unknown pooling mode(s) {unknown}; known: {', '.join(POOLING_MODES)}.")
+    return modes
+
+
+def _max_seq_length(transformer_dir: Path) -> int:
+    """sentence-transformers' rule: sentence_bert_config.json's max_seq_length (older models), else the tokenizer's
+    model_max_length capped at the model's max_position_embeddings."""
+    st_cfg_path = transformer_dir / "sentence_bert_config.json"
+    st_cfg = _read_json(st_cfg_path) if st_cfg_path.exists() else {}
+    if st_cfg.get("max_seq_length"):
+        return int(st_cfg["max_seq_length"])
+    tok_cfg_path, hf_cfg_path = transformer_dir / "tokenizer_config.json", transformer_dir / "config.json"
+    tok_cfg = _read_json(tok_cfg_path) if tok_cfg_path.exists() else {}
+    positions = int((_read_json(hf_cfg_path) if hf_cfg_path.exists() else {}).get("max_position_embeddings", 0) or 0)
+    model_max = int(tok_cfg.get("model_max_length") or 0)
+    if model_max <= 0 or model_max > 1_000_000:  # transformers writes a huge number for "no limit"
+        model_max = positions
+    limit = min(model_max, positions) if positions > 0 else model_max
+    return limit if limit > 0 else 512
+
+
+def read_pipeline(model_dir: Path) -> PipelineConfig:
+    """Read modules.json and the module configs of a sentence-transformers folder."""
+    modules_path = model_dir / "modules.json"
+    if not modules_path.exists():
+        raise ExportNotFoundError(
+            f"{model_dir} is not a sentence-transformers model folder (no modules.json); pass the folder that "
+            "'uv run inv train' writes (models/<run>/final) and 'uv run inv export' exported."
+        )
+    modules = _read_json(modules_path)
+    kinds = [_module_kind(str(m.get("type", ""))) for m in modules]
+    if not kinds or kinds[0] != _TRANSFORMER or kinds[1:2] != [_POOLING] or any(k != _NORMALIZE for k in kinds[2:]):
+        raise ValueError(
+            f"{model_dir}: modules {kinds} are not supported by the ONNX embedder, which runs Transformer -> Pooling "
+            "(-> Normalize); use backend='torch' for this model."
+        )
+    transformer_dir = model_dir / str(modules[0].get("path", ""))
+    pooling_cfg = _read_json(model_dir / str(modules[1]["path"]) / "config.json")
+    token_dim = int(pooling_cfg.get("embedding_dimension") or pooling_cfg.get("word_embedding_dimension") or 0)
+    st_cfg_path = transformer_dir / "sentence_bert_config.json"
+    st_cfg = _read_json(st_cfg_path) if st_cfg_path.exists() else {}
+    return PipelineConfig(
+        transformer_dir=transformer_dir,
+        max_seq_length=_max_seq_length(transformer_dir),
+        do_lower_case=bool(st_cfg.get("do_lower_case", False)),
+        pooling_modes=_pooling_modes(pooling_cfg),
+        token_dim=token_dim,
+        normalize=_NORMALIZE in kinds[2:],
+    )
+
+
+def _pool(modes: tuple[str, ...], tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """sentence-transformers' Pooling (padded inputs, right padding) in NumPy."""
+    tokens = tokens.astype(np.float32, copy=False)
+    m = mask.astype(np.float32)[:, :, None]
+    lengths = np.maximum(m.sum(axis=1), 1e-9)
+    out = []
+    for mode in modes:
+        if mode == "cls":
+            out.append(tokens[np.arange(len(tokens)), mask.argmax(axis=1)])
+        elif mode == "max":
+            out.append(np.where(m > 0, tokens, -np.inf).max(axis=1))
+        elif mode == "mean":
+            out.append((tokens * m).sum(axis=1) / lengths)
+        elif mode == "mean_sqrt_len_tokens":
+            out.append((tokens * m).sum(axis=1) / np.sqrt(lengths))
+        elif mode == "weightedmean":
+            w = m * np.arange(1, tokens.shape[1] + 1, dtype=np.float32)[None, :, None]
+            out.append((tokens * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9))
+        elif mode == "lasttoken":
+            last = mask.shape[1] - 1 - np.flip(mask, axis=1).argmax(axis=1)
+            out.append(tokens[np.arange(len(tokens)), last] * (mask.max(axis=1) > 0)[:, None])
+    return np.concatenate(out, axis=1) if len(out) > 1 else out[0]
+
+
+def _normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+# -------------------------------------------------------------------------------------------- embedder
+class OnnxEmbedder:
+    """One ONNX variant of a sentence-transformers model in an onnxruntime session (satisfies ``Embedder``)."""
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        onnx_path: str | os.PathLike[str],
+        variant: str,
+        max_seq_length: int | None = None,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.name = str(model_dir)
+        self.variant = variant
+        self.onnx_path = Path(onnx_path)
+        model_path = Path(model_dir)
+        self.pipeline = read_pipeline(model_path)
+        tokenizer_path = self.pipeline.transformer_dir / "tokenizer.json"
+        if not tokenizer_path.exists():
+            raise ExportNotFoundError(
+                f"{tokenizer_path} not found: the ONNX embedder needs a fast tokenizer file; re-save the model with "
+                "sentence-transformers (SentenceTransformer(...).save(folder)) to write it."
+            )
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        pad_token, pad_type_id = "[PAD]", 0
+        tok_cfg_path = self.pipeline.transformer_dir / "tokenizer_config.json"
+        if tok_cfg_path.exists():
+            tok_cfg = _read_json(tok_cfg_path)
+            pad = tok_cfg.get("pad_token")
+            pad_token = str(pad.get("content") if isinstance(pad, dict) else pad or pad_token)
+            pad_type_id = int(tok_cfg.get("pad_token_type_id", 0) or 0)
+        pad_id = self.tokenizer.token_to_id(pad_token)
+        self.tokenizer.enable_padding(
+            pad_id=0 if pad_id is None else pad_id, pad_token=pad_token, pad_type_id=pad_type_id
+        )
+        self.max_seq_length = int(max_seq_length or self.pipeline.max_seq_length)
+
+        options = ort.SessionOptions()
+        self.threads = int(threads or usable_cpus())
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if providers is None:
+            # O4 is fp16 for a GPU; everything else runs on the CPU unless told otherwise.
+            gpu = variant == "O4" and "CUDAExecutionProvider" in ort.get_available_providers()
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=providers)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+        self.dimension = self.pipeline.dimension
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if int(value) < 2:
+            raise ValueError(f"max_seq_length must be >= 2 (room for the special tokens), got {value}.")
+        self._max_seq_length = int(value)
+        self.tokenizer.enable_truncation(max_length=self._max_seq_length)
+
+    def _prepare(self, texts: list[str]) -> list[str]:
+        return [t.lower() for t in texts] if self.pipeline.do_lower_case else list(texts)
+
+    def token_counts(self, texts: list[str]) -> np.ndarray:
+        """Tokens per text after truncation (special tokens included), as the model sees them."""
+        encodings = self.tokenizer.encode_batch(self._prepare(texts))
+        return np.array([sum(e.attention_mask) for e in encodings], dtype=np.int64)
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        tokens = self.session.run([self._output], {k: v for k, v in feed.items() if k in self._inputs})[0]
+        return _pool(self.pipeline.pooling_modes, np.asarray(tokens), mask)
+
+    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        """Embeddings of ``texts`` as float32 ``(len(texts), dimension)``; L2-normalized when ``normalize`` (the
+        model's own Normalize module, when it has one, applies either way, as in sentence-transformers)."""
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of texts, not a single string; wrap it: encode([text]).")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return out
+        prepared = self._prepare(texts)
+        order = np.argsort([-len(t) for t in prepared], kind="stable")  # similar lengths per batch: less padding
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._run([prepared[i] for i in rows])
+        return _normalize(out) if normalize or self.pipeline.normalize else out
+
+    def __repr__(self) -> str:
+        return (
+            f"OnnxEmbedder(name={self.name!r}, variant={self.variant!r}, file={self.onnx_path.name!r}, "
+            f"dimension={self.dimension}, max_seq_length={self.max_seq_length}, threads={self.threads})"
+        )
+
+
+# ------------------------------------------------------------------------------------------- variants
+def variant_file(variant: str) -> str:
+    """File name (under ``onnx/``) of a variant name, failing with the list of known names."""
+    try:
+        return VARIANT_FILES[variant]
+    except KeyError:
+        raise ValueError(f"Unknown ONNX variant {variant!r}; known variants: {', '.join(VARIANT_FILES)}.") from None
+
+
+def exported_variants(model_dir: str | os.PathLike[str]) -> list[str]:
+    """Variant names whose file is present under ``<model_dir>/onnx/``."""
+    onnx_dir = Path(model_dir) / ONNX_DIR
+    return [name for name, file in VARIANT_FILES.items() if (onnx_dir / file).exists()]
+
+
+def read_report(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The export report of a model folder, or None when it has none."""
+    path = Path(model_dir) / REPORT_FILE
+    return _read_json(path) if path.exists() else None
+
+
+def serving_default(model_dir: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """``(backend, variant)`` the export marked as the serving default (e.g. ``("onnx", "int8-avx2")`` or
+    ``("torch", "bf16")``), or None for a folder without an export report."""
+    report = read_report(model_dir)
+    if not report or not report.get("serving_default"):
+        return None
+    default = report["serving_default"]
+    return str(default["backend"]), str(default["variant"])
+
+
+def _default_variant(model_dir: Path) -> str:
+    report = read_report(model_dir)
+    if report is None:
+        if (model_dir / ONNX_DIR / VARIANT_FILES["fp32"]).exists():
+            return "fp32"
+        raise ExportNotFoundError(
+            f"{model_dir} has no ONNX export ({REPORT_FILE} and {ONNX_DIR}/{VARIANT_FILES['fp32']} are missing); run "
+            f"'uv run inv export --overrides \"export.model={model_dir}\"' first."
+        )
+    default = report.get("serving_default") or {}
+    if default.get("backend") == "onnx":
+        return str(default["variant"])
+    # The fastest variant overall may be torch (e.g. bf16 on a CPU with AMX); the ONNX backend then takes the
+    # fastest ONNX variant that passed parity.
+    onnx_default = report.get("onnx_default")
+    if not onnx_default:
+        raise ExportNotFoundError(f"{model_dir / REPORT_FILE} names no ONNX variant; re-run 'uv run inv export'.")
+    return str(onnx_default)
+
+
+def load_onnx_embedder(
+    model_dir: str | os.PathLike[str],
+    variant: str | None = None,
+    max_seq_length: int | None = None,
+    **kw: Any,
+) -> OnnxEmbedder:
+    """An :class:`OnnxEmbedder` for one exported variant of a model folder.
+
+    ``variant``: a name of :data:`VARIANT_FILES` (``fp32``, ``O3``, ``int8-avx2``, ...); None = the serving default
+    recorded in ``export_report.json`` (its fastest ONNX variant when the overall default is a torch one; ``fp32``
+    for a folder with ``onnx/model.onnx`` but no report). ``max_seq_length``: None = the model's own. ``kw``:
+    ``threads`` (onnxruntime intra-op threads; default = usable cores) and ``providers`` (onnxruntime execution
+    providers; default CPU, CUDA first for O4 when available).
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ExportNotFoundError(
+            f"Model folder not found: {path}. Pass a model folder (models/<run>/final) that 'uv run inv export' "
+            "has exported."
+        )
+    unknown = set(kw) - {"threads", "providers", "device"}
+    if unknown:
+        raise TypeError(f"load_onnx_embedder() got unknown option(s) {sorted(unknown)}; known: threads, providers.")
+    device = kw.pop("device", None)
+    if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda"):
+        raise ValueError(f"device={device!r} is not available to the ONNX backend; use 'cpu' or 'cuda'.")
+    if device is not None and str(device).startswith("cuda") and kw.get("providers") is None:
+        kw["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    name = variant or _default_variant(path)
+    file = path / ONNX_DIR / variant_file(name)
+    if not file.exists():
+        present = exported_variants(path)
+        raise ExportNotFoundError(
+            f"ONNX variant {name!r} was not exported for {path} (no {file}); exported variants: "
+            f"{', '.join(present) or 'none'}. Export it with 'uv run inv export' (export.optimization_levels, "
+            "export.quantize)."
+        )
+    return OnnxEmbedder(path, file, name, max_seq_length=max_seq_length, **kw)
+
+
+def int8_variant(arch: str) -> str:
+    """Variant name of the int8 quantization for a CPU family (``avx2`` -> ``int8-avx2``)."""
+    name = f"int8-{arch}"
+    variant_file(name)
+    return name
