@@ -1,0 +1,125 @@
+"""W&B tracking: a short training through the train image's entry point with logger=wandb, offline, writes a run
+folder whose config, metric history and summary the test reads back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from arxiv_embeddings import pairs
+from arxiv_embeddings.config import compose
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+
+pytestmark = pytest.mark.slow
+
+
+def read_wandb_records(path: Path) -> list[dict]:
+    """The records of a .wandb transaction log as dicts.
+
+    The file is a 7-byte header (``:W&B``, magic, version) followed by LevelDB-log framed records (32 KiB blocks;
+    each chunk: crc32c, length, type FULL/FIRST/MIDDLE/LAST), each a protobuf ``Record``.
+    """
+    from google.protobuf.json_format import MessageToDict
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B transaction log"
+    block, pos, records, pending = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room left in the block for a header: padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending += chunk
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(MessageToDict(record))
+            pending = b""
+    return records
+
+
+def test_offline_wandb_run_has_config_metrics_and_summary(
+    tmp_path: Path, processed_root: Path, tiny_model_dir: Path
+) -> None:
+    shutil.copytree(processed_root / "data" / "processed", tmp_path / "data" / "processed")
+    pairs.run(compose("pairs", [f"paths.root_dir={tmp_path}", "pairs.num_train=64", "pairs.num_eval=16"]))
+    overrides = [
+        f"paths.root_dir={tmp_path}",
+        f"model.name={tiny_model_dir}",
+        "run_name=tracked",
+        "logger=wandb",
+        "logger.project=arxiv-embeddings-test",
+        "logger.tags=[ops,test]",
+        f"trainer.max_steps={STEPS}",
+        "trainer.per_device_train_batch_size=8",
+        "trainer.logging_steps=1",
+        "trainer.eval_steps=2",
+        "trainer.save_steps=2",
+        "train.eval_papers=40",
+        "train.test_papers=40",
+        "train.max_seq_length=32",
+        "train.freeze_layers=1",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"WANDB_MODE": "offline", "NPROC_PER_NODE": "1", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    # The train image's entry point, as `docker run <image> <overrides>` and Vertex AI run it.
+    proc = subprocess.run(
+        [sys.executable, "-m", "arxiv_embeddings.launch", *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (tmp_path / "models" / "tracked" / "final" / "train_summary.json").exists()
+
+    # Offline, the run folder's transaction log holds everything `wandb sync` uploads later.
+    (run_dir,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")
+    (log,) = run_dir.glob("run-*.wandb")
+    records = read_wandb_records(log)
+
+    run = next(r["run"] for r in records if "run" in r)
+    assert run["project"] == "arxiv-embeddings-test" and run["tags"] == ["ops", "test"]
+    assert run["displayName"] == "tracked"
+
+    config = {k: v for r in records if "config" in r for k, v in _items(r["config"]["update"]).items()}
+    assert config["max_steps"] == STEPS and config["run_name"] == "tracked"
+    assert config["per_device_train_batch_size"] == 8 and config["seed"] == 42
+
+    history = [_items(r["history"]["item"]) for r in records if "history" in r]
+    train_rows = [h for h in history if "train/loss" in h]
+    assert [h["train/global_step"] for h in train_rows] == list(range(1, STEPS + 1))
+    assert all(isinstance(h["train/loss"], float) and h["train/loss"] > 0 for h in train_rows)
+    eval_rows = [h for h in history if "eval/cosine_precision@10" in h]
+    assert [h["train/global_step"] for h in eval_rows] == [2, 4]
+    assert all(0.0 <= h["eval/cosine_precision@10"] <= 1.0 for h in eval_rows)
+
+    summary = {k: v for r in records if "summary" in r for k, v in _items(r["summary"]["update"]).items()}
+    assert summary["train/global_step"] == STEPS and summary["train_loss"] > 0
+    assert any("exit" in r for r in records)  # the run was finished, not cut off
+    assert (run_dir / "files" / "output.log").exists()
+
+
+def _items(items: list[dict]) -> dict:
+    """``{key: value}`` of a record's items (``key`` or a one-part ``nestedKey``, JSON-encoded values)."""
+    out = {}
+    for item in items:
+        key = item.get("key") or "/".join(item["nestedKey"])
+        out[key] = json.loads(item["valueJson"])
+    return out
