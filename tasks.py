@@ -119,6 +119,37 @@ def pipeline(ctx: Context, overrides: str = "", force: bool = False) -> None:
 
 @task(
     help={
+        "host": "interface to listen on (default serve.host)",
+        "port": "port (default serve.port, or $PORT)",
+        "overrides": "Hydra overrides, e.g. 'serve.model_path=models/my-run/final serve.backend=onnx'",
+    }
+)
+def serve(ctx: Context, host: str = "", port: int = 0, overrides: str = "") -> None:
+    """Serve the embedding API with uvicorn (configs/serve.yaml; env MODEL_PATH, PORT, API_KEY... override it)."""
+    args = shlex.split(overrides) + ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port else [])
+    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.api", *map(shlex.quote, args)])
+    ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
+@task(
+    help={
+        "url": "base URL of the running API",
+        "concurrency": "clients, each with one request in flight",
+        "duration": "seconds",
+        "route": "/embed, /v1/embeddings or /search",
+    }
+)
+def loadtest(
+    ctx: Context, url: str = "http://127.0.0.1:8080", concurrency: int = 32, duration: float = 30, route: str = "/embed"
+) -> None:
+    """Load-test a running API: requests/s, p50/p95/p99 latency, errors (API_KEY from the environment)."""
+    args = ["--url", url, "--concurrency", str(concurrency), "--duration", str(duration), "--route", route]
+    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.api.loadtest", *map(shlex.quote, args)])
+    ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
+@task(
+    help={
         "overrides": "Hydra overrides: vertex.* shape the job, the rest are the train stage's (container args)",
         "dry_run": "print the CustomJob spec and the gcloud command instead of submitting",
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -74,6 +75,7 @@ def setup_server_logging(level: str, json_logs: bool) -> None:
             format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> <cyan>{name}</cyan> | {message}",
         )
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
+    logging.captureWarnings(True)  # library warnings become log records too (one JSON object per line)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         std = logging.getLogger(name)
         std.handlers = [_InterceptHandler()]
@@ -104,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.error(f"Cannot start the server: {err}")
         sys.exit(2)
     logger.info(f"Serving on http://{settings.host}:{settings.port} (docs at /docs, metrics at /metrics).")
+    # uvicorn handles SIGTERM/SIGINT itself, then re-raises the signal to the handler it found; with this one in
+    # place the process exits with status 0 after a graceful shutdown instead of dying by the signal.
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: received.append(signum))
     uvicorn.run(
         app,
         host=settings.host,
@@ -114,3 +121,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         proxy_headers=True,
         forwarded_allow_ips="*",
     )
+    if received:
+        logger.info(f"Stopped on {signal.Signals(received[0]).name} after a graceful shutdown.")

@@ -1,0 +1,98 @@
+"""The container command, for real: ``python -m arxiv_embeddings.api`` on ``$PORT`` with JSON logs, the load-test
+CLI against it, and a graceful exit on SIGTERM with requests in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from arxiv_embeddings.api.settings import ENV_PREFIX, ENV_VARS
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_server_process_serves_load_and_exits_cleanly_on_sigterm(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS and not k.upper().startswith(ENV_PREFIX)}
+    env.pop("WANDB_MODE", None)  # transformers prints a plain line when it is set; a server does not set it
+    env.update(PORT=str(port), LOG_JSON="1", MODEL_PATH=str(tiny_model_dir), HOST="127.0.0.1")
+    cmd = [sys.executable, "-m", "arxiv_embeddings.api", f"paths.root_dir={tmp_path}", "serve.search=false"]
+    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"server exited early: {server.communicate()[0]}"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in time"
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/health").json()["model"] == str(tiny_model_dir)
+
+        load = subprocess.run(
+            [sys.executable, "-m", "arxiv_embeddings.api.loadtest", "--url", url, "--duration", "2", "--json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert load.returncode == 0, load.stdout + load.stderr
+        summary = json.loads(load.stdout.strip().splitlines()[-1])
+        assert summary["requests"] > 0 and summary["errors"] == 0
+        assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+
+        # Requests in flight when SIGTERM arrives finish; none gets a 5xx.
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(base_url=url, timeout=30) as http:
+                while not stop.is_set():
+                    try:
+                        statuses.append(http.post("/embed", json={"input": ["some text"] * 8}).status_code)
+                    except httpx.HTTPError:
+                        return  # the server stopped accepting connections
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        while len(statuses) < 8:
+            time.sleep(0.01)
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, output
+    assert statuses and all(s == 200 for s in statuses), statuses
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert records and all({"severity", "message", "time"} <= set(r) for r in records)
+    messages = " ".join(r["message"] for r in records)
+    assert "Ready in" in messages and "Shutting down" in messages
+    assert not [line for line in output.splitlines() if line.strip() and not line.startswith("{")], output
