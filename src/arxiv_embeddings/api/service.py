@@ -190,14 +190,14 @@ class Service:
 def token_counter(embedder: Embedder) -> Callable[[list[str]], int] | None:
     """Tokens the model reads for some texts (truncated as it truncates), for OpenAI-style ``usage``; None when
     the embedder exposes no tokenizer."""
+    counts = getattr(embedder, "token_counts", None)  # the ONNX backend counts as it tokenizes
+    if callable(counts):
+
+        def count_own(texts: list[str]) -> int:
+            return int(np.sum(counts(texts)))
+
+        return count_own
     limit = int(embedder.max_seq_length)
-    fast = getattr(embedder, "tokenizer", None)  # a `tokenizers.Tokenizer` (ONNX backend)
-    if fast is not None and hasattr(fast, "encode_batch"):
-
-        def count_fast(texts: list[str]) -> int:
-            return sum(min(len(enc.ids), limit) for enc in fast.encode_batch(texts))
-
-        return count_fast
     model = getattr(embedder, "model", None)
     hf = getattr(model, "tokenizer", None)  # sentence-transformers' Hugging Face tokenizer (torch backend)
     if hf is not None:
