@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,10 +35,22 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
 def check_missing(cfg: DictConfig) -> None:
     """Fail if any required value (``???``) was left unset, naming every such key."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
     if missing:
         keys = ", ".join(missing)
         raise ConfigError(f"Required config value(s) not set: {keys}. Pass them as overrides, e.g. '{missing[0]}=...'.")
+
+
+def _missing_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    """Dotted keys whose value is ``???``, found without resolving interpolations (``OmegaConf.missing_keys``
+    raises instead when another value interpolates a missing one, e.g. ``gs://${paths.bucket}``)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        name = f"{prefix}{key}" if isinstance(node, dict) else f"{prefix.rstrip('.')}[{key}]"
+        if value == "???":
+            yield name
+        else:
+            yield from _missing_keys(value, f"{name}.")
 
 
 def choose(key: str, value: str, registry: Mapping[str, T]) -> T:

@@ -1,4 +1,24 @@
-"""File helpers shared by the stages: atomic writes, content hashes, JSON."""
+"""File helpers shared by the stages: artifact paths (local or in a bucket), atomic writes, content hashes, JSON.
+
+Artifact paths come from the ``paths`` config group. With ``paths=local`` they are plain :class:`pathlib.Path`
+objects and every helper here behaves exactly as a local-only version would. With ``paths=gcs`` they are
+``gs://bucket/...`` URLs: :func:`artifact_path` turns them into :class:`upath.UPath` objects backed by gcsfs, which
+offer the same pathlib operations (``/``, ``name``, ``parent``, ``with_name``, ``exists``, ``is_file``, ``glob``,
+``read_text``, ``open``...), so a stage builds, checks and lists its paths with one code path. What pathlib cannot
+do on a bucket goes through the helpers below: :func:`read_parquet`, :func:`read_json`, :func:`write_json`,
+:func:`atomic_dir`, :func:`tree_sha256`.
+
+Atomicity in a bucket. GCS has objects, not folders, and no rename. A single object is written in one upload and
+appears only once the upload is complete, so :func:`atomic_write_text` / :func:`write_json` stay all-or-nothing.
+:func:`atomic_dir` for a ``gs://`` target yields a local staging folder (under ``$TMPDIR``) that the stage fills
+with ordinary local file code; on success the files are uploaded to a temporary prefix beside the target
+(``.<name>.tmp-<id>/``), then copied into place object by object on the server side (no second upload; a
+``manifest.json`` last), objects of the old version that the new one lacks are deleted, and the temporary prefix
+is removed. A failure while the stage runs or while uploading leaves the target exactly as it was. A failure during
+the final server-side copies can leave a mix of old and new objects; the stage's stamp is written only after
+``atomic_dir`` returns and records the hashes of the outputs, so the next run sees the mismatch and runs the stage
+again.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +26,83 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 _CHUNK = 8 * 1024 * 1024
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+# -------------------------------------------------------------------------------------------- artifact paths
+def is_remote(path: str | os.PathLike[str] | UPath) -> bool:
+    """True for a URL with a protocol other than ``file://`` (``gs://bucket/...``, ``memory://...``)."""
+    match = _URL.match(str(path))
+    return bool(match) and match.group(1).lower() != "file"  # type: ignore[union-attr]
+
+
+def _storage_options(protocol: str) -> dict[str, Any]:
+    """Options for the file system of ``protocol``.
+
+    With ``STORAGE_EMULATOR_HOST`` set (a local GCS emulator, as in the tests), gs:// uses gcsfs's plain
+    GCSFileSystem without credentials: the extended one that gcsfs picks by default also calls the Storage Control
+    gRPC API to learn each bucket's layout, which emulators do not serve (each call would retry for 30 s).
+    """
+    if protocol in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        import fsspec
+        from gcsfs.core import GCSFileSystem
+
+        for name in ("gs", "gcs"):
+            fsspec.register_implementation(name, GCSFileSystem, clobber=True)
+        return {"token": "anon"}
+    return {}
+
+
+def artifact_path(path: str | os.PathLike[str] | UPath) -> Path:
+    """The path of an artifact: a :class:`pathlib.Path` for a local path (unchanged behaviour), a
+    :class:`upath.UPath` for a URL such as ``gs://bucket/prefix/data/processed``.
+
+    Typed as ``Path`` because a UPath offers the pathlib operations the stages use; calls outside pathlib
+    (``open()``, ``os.replace``, pyarrow's readers) must go through this module's helpers.
+    """
+    if isinstance(path, Path):
+        return path
+    text = str(path)
+    if not is_remote(text):
+        return Path(text[len("file://") :] if text.startswith("file://") else text)
+    from upath import UPath
+
+    if isinstance(path, UPath):
+        return cast(Path, path)
+    protocol = _URL.match(text).group(1).lower()  # type: ignore[union-attr]
+    return cast(Path, UPath(text, **_storage_options(protocol)))
+
+
+def _remote(path: str | os.PathLike[str] | UPath) -> UPath:
+    return cast("UPath", artifact_path(path))
+
+
+def exists(path: str | os.PathLike[str] | UPath) -> bool:
+    """Whether a file or folder (a non-empty prefix in a bucket) exists."""
+    return artifact_path(path).exists()
+
+
+def read_parquet(path: str | os.PathLike[str] | UPath, columns: list[str] | None = None) -> pa.Table:
+    """``pq.read_table(path, columns=columns)``, for a local path or a bucket URL."""
+    if not is_remote(path):
+        return pq.read_table(path, columns=columns)
+    remote = _remote(path)
+    return pq.read_table(remote.path, columns=columns, filesystem=remote.fs)
 
 
 def _umask() -> int:
@@ -27,14 +114,46 @@ def _umask() -> int:
 def file_sha256(path: str | Path) -> str:
     """Return the sha256 hex digest of a file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(path, "rb") if not is_remote(path) else _remote(path).open("rb") as fh:
         while block := fh.read(_CHUNK):
             digest.update(block)
     return digest.hexdigest()
 
 
+def _object_hash(fs: Any, info: dict[str, Any]) -> str:
+    """Content hash of an object from its metadata (GCS keeps an MD5 of every object uploaded in one piece, a
+    CRC32C of all), so checking a stage's inputs and outputs in a bucket downloads nothing. Streams the bytes
+    where the store keeps neither."""
+    if info.get("md5Hash"):
+        return f"md5:{info['md5Hash']}"
+    if info.get("crc32c"):
+        return f"crc32c:{info['crc32c']}:{info.get('size')}"
+    digest = hashlib.sha256()
+    with fs.open(info["name"], "rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remote_tree_sha256(path: UPath) -> str:
+    fs, root = path.fs, path.path.rstrip("/")
+    if fs.isfile(root):
+        return _object_hash(fs, fs.info(root))
+    digest = hashlib.sha256()
+    for name, info in sorted(fs.find(root, detail=True).items()):
+        digest.update(name[len(root) :].lstrip("/").encode())
+        digest.update(_object_hash(fs, info).encode())
+    return digest.hexdigest()
+
+
 def tree_sha256(path: str | Path) -> str:
-    """Hash a file, or every file below a folder (names and bytes), in a stable order."""
+    """Hash a file, or every file below a folder (names and bytes), in a stable order.
+
+    In a bucket the bytes are represented by each object's stored checksum (see :func:`_object_hash`), so a hash
+    is stable for unchanged objects but differs from the hash of the same bytes on local disk.
+    """
+    if is_remote(path):
+        return _remote_tree_sha256(_remote(path))
     path = Path(path)
     if path.is_file():
         return file_sha256(path)
@@ -50,8 +169,13 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder that replaces ``target`` only if the block succeeds.
 
     The temporary folder lives beside ``target`` (same file system, so the final rename is atomic).
-    On an exception it is removed and ``target`` is left exactly as it was.
+    On an exception it is removed and ``target`` is left exactly as it was. For a bucket URL the folder is a local
+    staging folder, published as described in the module docstring.
     """
+    if is_remote(target):
+        with _atomic_remote_dir(_remote(target)) as local:
+            yield local
+        return
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -68,8 +192,44 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _atomic_remote_dir(target: UPath) -> Iterator[Path]:
+    fs, root = target.fs, target.path.rstrip("/")
+    local = Path(tempfile.mkdtemp(prefix=f"{target.name}.staging-"))
+    try:
+        yield local
+        files = sorted((p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()), key=_publish_order)
+        staging = f"{root.rsplit('/', 1)[0]}/.{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            if files:
+                fs.put([str(local / f) for f in files], [f"{staging}/{f}" for f in files])
+                # Into place with server-side copies (concurrent), manifests in a last batch.
+                last = [f for f in files if _publish_order(f)[0]]
+                for batch in ([f for f in files if f not in last], last):
+                    if batch:
+                        fs.copy([f"{staging}/{f}" for f in batch], [f"{root}/{f}" for f in batch])
+            new = set(files)
+            old = [n for n in (fs.find(root) if fs.exists(root) else []) if n[len(root) :].lstrip("/") not in new]
+            if old:
+                fs.rm(old)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(staging, recursive=True)
+            fs.invalidate_cache(root)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _publish_order(name: str) -> tuple[bool, str]:
+    return (name.rsplit("/", 1)[-1] == "manifest.json", name)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to ``path`` through a temporary file and a rename."""
+    """Write text to ``path`` through a temporary file and a rename (in a bucket: one upload, atomic by itself)."""
+    if is_remote(path):
+        remote = artifact_path(path)
+        remote.write_text(text, encoding="utf-8")
+        return remote
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
@@ -91,6 +251,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
+    if is_remote(path):
+        return json.loads(artifact_path(path).read_text(encoding="utf-8"))
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text_array
-from arxiv_embeddings.io import atomic_dir, file_sha256, write_json
+from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, read_parquet, write_json
 from arxiv_embeddings.stage import StageSpec
 
 MANIFEST = "manifest.json"
@@ -261,14 +261,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     p = cfg.pairs
     sources = {split: _split_file(cfg, split) for split, key in PAIR_SPLITS.items() if int(p[key]) > 0}
-    out_dir = Path(cfg.paths.pairs_dir)
+    out_dir = artifact_path(cfg.paths.pairs_dir)
     files: dict[str, dict[str, Any]] = {}
     columns: dict[str, list[str]] = {}
     # Each file is compressed on one core: a split's files are written while the next split is built.
     with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
         metas = []
         for i, (split, path) in enumerate(sources.items()):
-            papers = pq.read_table(path, columns=["arxiv_id", "title", "abstract", "primary_subject", "subjects"])
+            papers = read_parquet(path, columns=["arxiv_id", "title", "abstract", "primary_subject", "subjects"])
             rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), i]))
             table, meta = build_pairs(papers, p.type, int(p[PAIR_SPLITS[split]]), rng, p)
             logger.info(f"{split}: {table.num_rows:,} {p.type} pairs from {papers.num_rows:,} papers.")
@@ -305,7 +305,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def pairs_path(cfg: DictConfig, split: str) -> Path:
     """Path of a pair file, with an error naming the command that makes it when it is missing."""
-    path = Path(cfg.paths.pairs_dir) / f"{split}.parquet"
+    path = artifact_path(cfg.paths.pairs_dir) / f"{split}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"Pairs not found at {path}; run 'uv run inv pairs' first.")
     return path
@@ -314,9 +314,11 @@ def pairs_path(cfg: DictConfig, split: str) -> Path:
 SPEC = StageSpec(
     name="pairs",
     run=run,
-    inputs=lambda cfg: [Path(cfg.paths.processed_dir) / f"{s}.parquet" for s in PAIR_SPLITS],
-    outputs=lambda cfg: sorted(p for p in Path(cfg.paths.pairs_dir).glob("*") if not p.name.startswith(".")),
-    stamp_dir=lambda cfg: Path(cfg.paths.pairs_dir),
+    inputs=lambda cfg: [artifact_path(cfg.paths.processed_dir) / f"{s}.parquet" for s in PAIR_SPLITS],
+    outputs=lambda cfg: sorted(
+        (p for p in artifact_path(cfg.paths.pairs_dir).glob("*") if not p.name.startswith(".")), key=str
+    ),
+    stamp_dir=lambda cfg: artifact_path(cfg.paths.pairs_dir),
     validate=validate,
     config_keys=("pairs", "seed"),
 )

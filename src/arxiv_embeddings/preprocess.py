@@ -5,7 +5,8 @@
 Everything is vectorized over Arrow columns and NumPy arrays (no Python loop over rows), so the full
 2.5M-paper dataset goes through in bounded memory. A paper's split is a function of a salted hash of its
 ``arxiv_id`` alone, so it never changes when papers are added, and duplicates are removed before splitting,
-so no paper or abstract can land in two splits. Outputs appear all at once, or not at all.
+so no paper or abstract can land in two splits. Outputs appear all at once, or not at all, on local disk or in a
+bucket (``paths=gcs``: the splits are written locally, then published; see :mod:`arxiv_embeddings.io`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from arxiv_embeddings.data import (
     unit_interval,
     word_counts,
 )
-from arxiv_embeddings.io import PARQUET_ROW_GROUP_SIZE, atomic_dir, file_sha256, write_json, write_parquet_row_groups
+from arxiv_embeddings.io import (
+    PARQUET_ROW_GROUP_SIZE,
+    artifact_path,
+    atomic_dir,
+    file_sha256,
+    write_json,
+    write_parquet_row_groups,
+)
 from arxiv_embeddings.stage import StageSpec
 
 SPLITS = ("train", "eval", "test")
@@ -287,7 +295,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     started = time.perf_counter()
     columns, schema, positions, funnel = _plan(cfg)
-    out_dir = Path(cfg.paths.processed_dir)
+    out_dir = artifact_path(cfg.paths.processed_dir)
     manifest: dict[str, Any] = {
         "stage": "preprocess",
         "source": to_plain(cfg.data),
@@ -327,14 +335,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def split_path(cfg: DictConfig, split: str) -> Path:
     """Path of a processed split, with an error naming the command that makes it when it is missing."""
-    path = Path(cfg.paths.processed_dir) / f"{split}.parquet"
+    path = artifact_path(cfg.paths.processed_dir) / f"{split}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"Processed data not found at {path}; run 'uv run inv preprocess' first.")
     return path
 
 
 def _outputs(cfg: DictConfig) -> list[Path]:
-    d = Path(cfg.paths.processed_dir)
+    d = artifact_path(cfg.paths.processed_dir)
     return [d / f"{s}.parquet" for s in SPLITS] + [d / MANIFEST]
 
 
@@ -354,7 +362,7 @@ SPEC = StageSpec(
     run=run,
     inputs=_inputs,
     outputs=_outputs,
-    stamp_dir=lambda cfg: Path(cfg.paths.processed_dir),
+    stamp_dir=lambda cfg: artifact_path(cfg.paths.processed_dir),
     validate=validate,
     config_keys=("data", "preprocess", "seed"),
 )

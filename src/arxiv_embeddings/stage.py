@@ -5,6 +5,8 @@ fingerprint of the stage's resolved config and of the bytes of its inputs, and t
 run of the stage is skipped when the fingerprint is the same and the outputs are still there, unchanged. Because a
 stage's inputs are the previous stage's outputs, changing one config value re-runs that stage and, through the
 changed bytes, only the stages downstream of it.
+
+Paths may be local or in a bucket (``paths=gcs``): inputs, outputs and stamps go through :mod:`arxiv_embeddings.io`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import to_plain
-from arxiv_embeddings.io import read_json, tree_sha256, write_json
+from arxiv_embeddings.io import exists, read_json, tree_sha256, write_json
 
 # Keys that do not change what a stage produces.
 _IGNORED_KEYS = ("force", "hydra", "logging", "task_name")
@@ -49,7 +51,7 @@ def fingerprint(cfg: DictConfig, inputs: Sequence[Path], keys: Sequence[str] | N
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode())
     for path in sorted(map(str, inputs)):
         digest.update(path.encode())
-        digest.update(tree_sha256(path).encode() if Path(path).exists() else b"<missing>")
+        digest.update(tree_sha256(path).encode() if exists(path) else b"<missing>")
     return digest.hexdigest()
 
 
@@ -60,7 +62,7 @@ def stamp_path(spec: StageSpec, cfg: DictConfig) -> Path:
 def is_up_to_date(spec: StageSpec, cfg: DictConfig) -> bool:
     """True when the last successful run had the same fingerprint and its outputs are intact."""
     path = stamp_path(spec, cfg)
-    if not path.exists():
+    if not exists(path):
         return False
     try:
         stamp = read_json(path)
@@ -69,7 +71,7 @@ def is_up_to_date(spec: StageSpec, cfg: DictConfig) -> bool:
     if stamp.get("fingerprint") != fingerprint(cfg, spec.inputs(cfg), spec.config_keys):
         return False
     outputs = stamp.get("outputs", {})
-    return bool(outputs) and all(Path(p).exists() and tree_sha256(p) == h for p, h in outputs.items())
+    return bool(outputs) and all(exists(p) and tree_sha256(p) == h for p, h in outputs.items())
 
 
 def execute(spec: StageSpec, cfg: DictConfig, force: bool = False) -> dict[str, Any] | None:

@@ -1,0 +1,198 @@
+"""Artifacts in a bucket (paths=gcs): preprocess -> pairs against a real GCS emulator started here, byte for byte
+the same as on local disk, with the skip/re-run stamps and the publish-or-keep-the-old-version guarantee."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from arxiv_embeddings import pairs, preprocess
+from arxiv_embeddings.config import compose
+from arxiv_embeddings.io import artifact_path, atomic_dir, exists, read_json, read_parquet, tree_sha256, write_json
+from arxiv_embeddings.stage import execute
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "test-bucket"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[object]:
+    """A GCS emulator (PyPI gcp-storage-emulator) with an empty bucket; yields gcsfs pointed at it."""
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(exe), "start", "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    host = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{host}/storage/v1/b", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("the GCS emulator did not start") from None
+            time.sleep(0.2)
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    from gcsfs.core import GCSFileSystem
+
+    GCSFileSystem.clear_instance_cache()
+    try:
+        yield artifact_path(f"gs://{BUCKET}").fs  # type: ignore[attr-defined]
+    finally:
+        GCSFileSystem.clear_instance_cache()
+        if old is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = old
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _objects(fs, prefix: str) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    return {name[len(prefix) + 1 :]: fs.cat(name) for name in sorted(fs.find(prefix))}
+
+
+def test_artifact_paths_are_pathlib_locally_and_upath_in_a_bucket(tmp_path: Path) -> None:
+    local = artifact_path(str(tmp_path / "data"))
+    assert type(local) is type(tmp_path)  # a plain pathlib path: local behaviour is unchanged
+    assert artifact_path(f"file://{tmp_path}") == tmp_path
+    cfg = compose("pairs", ["paths=gcs", f"paths.bucket={BUCKET}", "paths.prefix=exp/1"])
+    assert cfg.paths.processed_dir == f"gs://{BUCKET}/exp/1/data/processed"
+    assert not str(cfg.paths.log_dir).startswith("gs://")  # Hydra's run folders stay on the machine
+    remote = artifact_path(cfg.paths.processed_dir) / "train.parquet"
+    assert str(remote) == f"gs://{BUCKET}/exp/1/data/processed/train.parquet"
+    assert remote.name == "train.parquet" and str(remote.parent) == cfg.paths.processed_dir
+
+
+def test_paths_gcs_needs_a_bucket() -> None:
+    from arxiv_embeddings.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"not set: paths\.bucket"):
+        preprocess.validate(compose("preprocess", ["paths=gcs"]))
+
+
+@pytest.mark.slow
+def test_preprocess_then_pairs_in_a_bucket_match_local_disk(
+    gcs, tmp_path: Path, processed_root: Path, slice_overrides: list[str]
+) -> None:
+    fs = gcs
+    prefix = f"{BUCKET}/round-trip"
+    remote = ["paths=gcs", f"paths.bucket={BUCKET}", "paths.prefix=round-trip", f"paths.log_dir={tmp_path}/logs"]
+    pair_args = ["pairs.num_train=500", "pairs.num_eval=50"]
+
+    assert execute(preprocess.SPEC, compose("preprocess", [*remote, *slice_overrides])) is not None
+    processed = _objects(fs, f"{prefix}/data/processed")
+    assert set(processed) == {
+        "train.parquet",
+        "eval.parquet",
+        "test.parquet",
+        "manifest.json",
+        ".stage-preprocess.json",
+    }
+    # The same bytes as the local run of the same config (the session's processed_root).
+    local_processed = processed_root / "data" / "processed"
+    for name in ("train.parquet", "eval.parquet", "test.parquet"):
+        assert processed[name] == (local_processed / name).read_bytes(), name
+    # Nothing of the publishing is left behind: no staging prefix in the bucket.
+    assert [n for n in fs.find(prefix) if ".tmp-" in n] == []
+
+    assert execute(pairs.SPEC, compose("pairs", [*remote, *pair_args])) is not None
+    local_root = tmp_path / "local"
+    shutil.copytree(local_processed, local_root / "data" / "processed")
+    pairs.run(compose("pairs", [f"paths.root_dir={local_root}", *pair_args]))
+    remote_pairs = _objects(fs, f"{prefix}/data/pairs")
+    for name in ("train.parquet", "train_meta.parquet", "eval.parquet", "eval_meta.parquet"):
+        assert remote_pairs[name] == (local_root / "data" / "pairs" / name).read_bytes(), name
+    manifest = read_json(f"gs://{prefix}/data/pairs/manifest.json")
+    assert manifest["files"]["train"]["rows"] == 500
+    assert manifest["files"]["train"]["source"] == f"gs://{prefix}/data/processed/train.parquet"
+    assert read_parquet(f"gs://{prefix}/data/pairs/train.parquet", columns=["anchor"]).num_rows == 500
+
+    # Unchanged: both skipped, from the stamps and the objects' checksums in the bucket.
+    assert execute(preprocess.SPEC, compose("preprocess", [*remote, *slice_overrides])) is None
+    assert execute(pairs.SPEC, compose("pairs", [*remote, *pair_args])) is None
+    # A changed pairs value re-runs pairs only; a deleted output re-runs its stage.
+    assert execute(preprocess.SPEC, compose("preprocess", [*remote, *slice_overrides])) is None
+    assert execute(pairs.SPEC, compose("pairs", [*remote, "pairs.num_train=300", "pairs.num_eval=50"])) is not None
+    assert read_json(f"gs://{prefix}/data/pairs/manifest.json")["files"]["train"]["rows"] == 300
+    fs.rm(f"{prefix}/data/processed/test.parquet")
+    assert execute(preprocess.SPEC, compose("preprocess", [*remote, *slice_overrides])) is not None
+    assert fs.cat(f"{prefix}/data/processed/test.parquet") == (local_processed / "test.parquet").read_bytes()
+
+
+@pytest.mark.slow
+def test_inv_preprocess_with_paths_gcs(gcs, tmp_path: Path, sample_slice: Path) -> None:
+    """The command line: Hydra's run folder (and its log) on local disk, the artifacts in the bucket."""
+    overrides = (
+        f"paths=gcs paths.bucket={BUCKET} paths.prefix=cli data=files data.path={sample_slice} "
+        "preprocess.min_per_subject=10"
+    )
+    env = {**os.environ, "ARXIV_EMBEDDINGS_LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "preprocess", "--overrides", overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"written to gs://{BUCKET}/cli/data/processed" in proc.stderr
+    assert gcs.exists(f"{BUCKET}/cli/data/processed/train.parquet")  # type: ignore[attr-defined]
+    assert list((tmp_path / "logs" / "preprocess").glob("*/preprocess.log"))
+
+
+@pytest.mark.slow
+def test_atomic_dir_in_a_bucket_publishes_all_or_keeps_the_old_version(gcs) -> None:
+    fs = gcs
+    target = f"gs://{BUCKET}/atomic/out"
+    with atomic_dir(target) as tmp:
+        assert isinstance(tmp, Path) and tmp.is_dir()  # the stage writes with local file code
+        (tmp / "a.txt").write_text("one")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("two")
+        write_json(tmp / "manifest.json", {"v": 1})
+    staged = tmp
+    assert not staged.exists()  # the local staging folder is removed
+    before = _objects(fs, f"{BUCKET}/atomic/out")
+    assert before == {"a.txt": b"one", "sub/b.txt": b"two", "manifest.json": b'{\n  "v": 1\n}\n'}
+    digest = tree_sha256(target)
+
+    with pytest.raises(RuntimeError, match="stage failed"), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half-written")
+        raise RuntimeError("stage failed")
+    assert _objects(fs, f"{BUCKET}/atomic/out") == before and tree_sha256(target) == digest
+    assert [n for n in fs.find(f"{BUCKET}/atomic") if ".tmp-" in n] == []
+
+    # A new version replaces the old one entirely: changed files, a new file, and the dropped file gone.
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("three")
+        (tmp / "c.txt").write_text("four")
+        write_json(tmp / "manifest.json", {"v": 2})
+    assert _objects(fs, f"{BUCKET}/atomic/out") == {
+        "a.txt": b"three",
+        "c.txt": b"four",
+        "manifest.json": b'{\n  "v": 2\n}\n',
+    }
+    assert tree_sha256(target) != digest and exists(target) and not exists(f"{target}/sub/b.txt")
