@@ -19,7 +19,7 @@ from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.embedder import TorchEmbedder, load_embedder
 from arxiv_embeddings.io import tree_sha256
-from arxiv_embeddings.models import ModelNotFoundError
+from arxiv_embeddings.models import ModelNotFoundError, resolve_model
 from arxiv_embeddings.onnx_embedder import (
     VARIANT_FILES,
     ExportNotFoundError,
@@ -89,6 +89,14 @@ def test_every_variant_is_written_where_sentence_transformers_loads_it_and_passe
         assert entry["parity"]["passed"] and entry["parity"]["mean_cosine"] >= 0.99
         assert abs(entry["parity"]["p10_diff"]) <= 0.01
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".") and p.name != ".stage-export.json"]
+    # int8: the weight MatMuls are quantized, the attention (activation x activation) ones stay fp32.
+    import onnx
+
+    attention = export.activation_matmuls(model_dir / "onnx" / "model.onnx")
+    assert len(attention) == 2 * 2  # two per layer: scores and weighted values
+    int8 = onnx.load(str(model_dir / "onnx" / VARIANT_FILES[f"int8-{arch}"])).graph.node
+    assert sorted(n.name for n in int8 if n.op_type == "MatMul") == sorted(attention)
+    assert sum(n.op_type == "MatMulInteger" for n in int8) == 6 * 2  # q, k, v, out, ffn in, ffn out per layer
 
     # The layout is the one sentence-transformers' own ONNX backend reads.
     from sentence_transformers import SentenceTransformer
@@ -333,6 +341,12 @@ def test_quantization_arch_detection_and_hub_names(project: Path, processed_root
     assert (
         target == project / "models" / "all-MiniLM-L6-v2" / "final" and hub == "sentence-transformers/all-MiniLM-L6-v2"
     )
+    # Its stage inputs are the files of its local source, the same before and after it is saved under models/.
+    source = Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
+    inputs = export.SPEC.inputs(cfg)
+    assert source / "model.safetensors" in inputs and inputs[-1].name == "test.parquet"
+    assert all(p.is_relative_to(source) for p in inputs[:-1])
+    assert [p.parent.name for p in export.SPEC.outputs(cfg)[:-1]] == ["onnx"] * len(export.planned_variants(cfg))
 
 
 @pytest.mark.slow
