@@ -196,3 +196,45 @@ def test_atomic_dir_in_a_bucket_publishes_all_or_keeps_the_old_version(gcs) -> N
         "manifest.json": b'{\n  "v": 2\n}\n',
     }
     assert tree_sha256(target) != digest and exists(target) and not exists(f"{target}/sub/b.txt")
+
+
+@pytest.mark.slow
+def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
+    gcs, tmp_path: Path, processed_root: Path, tiny_model_dir: Path
+) -> None:
+    """What a Vertex AI job does: pairs in the bucket -> train -> the final model in the bucket."""
+    from arxiv_embeddings import train
+
+    fs = gcs
+    prefix = f"{BUCKET}/vertex-like"
+    fs.put(str(processed_root / "data" / "processed"), f"{prefix}/data/processed", recursive=True)
+    remote = ["paths=gcs", f"paths.bucket={BUCKET}", "paths.prefix=vertex-like", f"paths.log_dir={tmp_path}/logs"]
+    pairs.run(compose("pairs", [*remote, "pairs.num_train=64", "pairs.num_eval=16"]))
+    fast = [
+        f"model.name={tiny_model_dir}",
+        "run_name=t",
+        "trainer.max_steps=2",
+        "trainer.per_device_train_batch_size=8",
+        "trainer.eval_steps=2",
+        "trainer.save_steps=2",
+        "train.eval_papers=40",
+        "train.test_papers=40",
+        "train.max_seq_length=32",
+        "train.freeze_layers=1",
+    ]
+    cfg = compose("train", [*remote, *fast])
+    result = execute(train.SPEC, cfg)
+    assert result is not None and str(result["model"]) == f"gs://{prefix}/models/t/final"
+    saved = set(_objects(fs, f"{prefix}/models/t/final"))
+    assert {"modules.json", "config_sentence_transformers.json", "train_summary.json", "train_config.yaml"} <= saved
+    assert read_json(f"gs://{prefix}/models/t/final/train_summary.json")["global_step"] == 2
+    assert fs.exists(f"{prefix}/models/t/.stage-train.json")
+    # The trainer's checkpoints stay on the machine's disk.
+    assert (tmp_path / "logs" / "checkpoints" / "t" / "checkpoint-2").is_dir()
+    # The model downloaded from the bucket loads and embeds.
+    from sentence_transformers import SentenceTransformer
+
+    local = tmp_path / "downloaded"
+    fs.get(f"{prefix}/models/t/final", str(local), recursive=True)
+    assert SentenceTransformer(str(local), device="cpu").encode(["a title"]).shape == (1, 32)
+    assert execute(train.SPEC, compose("train", [*remote, *fast])) is None  # unchanged: skipped

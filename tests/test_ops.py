@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -467,53 +468,85 @@ def _has(venv: Path, module: str) -> bool:
     return subprocess.run([str(venv / "bin" / "python"), "-c", code], check=False, timeout=60).returncode == 0
 
 
+def _get(url: str, data: dict | None = None) -> tuple[int, dict]:
+    body = json.dumps(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
 @pytest.mark.slow
-def test_api_image_install_is_torch_free_and_its_entry_point_serves(tmp_path: Path) -> None:
+def test_api_image_install_is_torch_free_and_serves_an_onnx_export(
+    tmp_path: Path, processed_root: Path, tiny_model_dir: Path
+) -> None:
+    from arxiv_embeddings import export
+    from arxiv_embeddings.config import compose
+
+    model = tmp_path / "models" / "tiny" / "final"
+    shutil.copytree(tiny_model_dir, model)
+    export.run(
+        compose(
+            "export",
+            [
+                f"paths.root_dir={tmp_path}",
+                f"paths.processed_dir={processed_root / 'data' / 'processed'}",
+                "run_name=tiny",
+                "export.optimization_levels=[]",
+                "export.throughput.texts=8",
+                "export.throughput.batch_size=8",
+                "export.throughput.seq_lengths=[32]",
+                "export.throughput.repeats=1",
+            ],
+        )
+    )
     venv = tmp_path / "api-venv"
     _sync_like_the_image("api.dockerfile", venv)
     for module in ("onnxruntime", "tokenizers", "fastapi", "faiss", "uvicorn"):
         assert _has(venv, module), module
     for module in ("torch", "transformers", "sentence_transformers", "pytest", "wandb"):
         assert not _has(venv, module), f"{module} must not be in the serving install"
+
     port = _free_port()
     env = {
         **os.environ,
         "PORT": str(port),
         "HOST": "127.0.0.1",
-        "BACKEND": "onnx",
-        "MODEL_PATH": str(tmp_path / "no-model"),
+        "BACKEND": "onnx",  # as the image sets it
+        "VARIANT": "fp32",
+        "MODEL_PATH": str(model),
         "ARXIV_EMBEDDINGS_ROOT": str(tmp_path),
     }
     server = subprocess.Popen(
-        [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.api"],
+        [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.api"],  # the image's entry point
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    texts = ["Graph neural networks for molecules", "Dark matter in dwarf galaxies"]
     try:
-        status = None
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and server.poll() is None:
+        status, deadline = 0, time.monotonic() + 180
+        while status != 200 and time.monotonic() < deadline and server.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                    status = resp.status
-            except urllib.error.HTTPError as err:
-                status = err.code
-                if status == 503:
-                    body = json.loads(err.read())
-                    break
+                status, _ = _get(f"http://127.0.0.1:{port}/health")
             except OSError:
-                time.sleep(0.5)
-                continue
-            break
-        # The process listens on $PORT and answers /health: 503 here, because the model folder does not exist.
-        assert status == 503, server.stdout.read() if server.poll() is not None else f"status {status}"
-        assert "no-model" in json.dumps(body)
+                status = 0
+            time.sleep(0.5)
+        assert status == 200, f"/health never became ready (last status {status})"
+        status, body = _get(f"http://127.0.0.1:{port}/embed", {"input": texts})
+        assert status == 200, body
     finally:
         server.terminate()
-        out, _ = server.communicate(timeout=30)
+        out, _ = server.communicate(timeout=60)
+    assert body["dimension"] == 32 and len(body["embeddings"]) == 2
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(tiny_model_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    assert np.allclose(np.array(body["embeddings"]), reference, atol=1e-4)
     # SIGTERM (what Cloud Run sends) is a graceful shutdown; uvicorn then re-raises the signal.
     assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in out, out[-3000:]
 

@@ -18,13 +18,12 @@ from typing import Any
 
 import hydra
 import numpy as np
-import pyarrow.parquet as pq
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require_in, to_plain
 from arxiv_embeddings.data import paper_text
-from arxiv_embeddings.io import atomic_dir, read_json, write_json
+from arxiv_embeddings.io import artifact_path, atomic_dir, is_remote, read_json, read_parquet, write_json
 from arxiv_embeddings.stage import StageSpec, fingerprint
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -99,7 +98,7 @@ def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, n
 
     if n_papers <= 0:
         return None
-    papers = pq.read_table(split_path(cfg, split)).to_pandas()
+    papers = read_parquet(split_path(cfg, split)).to_pandas()
     rng = np.random.default_rng(int(cfg.seed))
     papers = papers.iloc[np.sort(rng.permutation(len(papers))[: min(n_papers, len(papers))])].reset_index(drop=True)
     is_query = rng.random(len(papers)) < 0.25
@@ -272,7 +271,16 @@ def _checkpoint_to_resume(cfg: DictConfig, ckpt_dir: Path, fp: str) -> str | Non
 
 
 def model_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.models_dir) / str(cfg.run_name)
+    return artifact_path(cfg.paths.models_dir) / str(cfg.run_name)
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where the trainer keeps its checkpoints: beside the model, or on local disk
+    (``${paths.log_dir}/checkpoints/<run_name>``) when the models are in a bucket, since the trainer writes plain
+    files. Resuming then works on the same machine; the final model is published to the bucket."""
+    if is_remote(cfg.paths.models_dir):
+        return Path(cfg.paths.log_dir) / "checkpoints" / str(cfg.run_name)
+    return model_dir(cfg) / "checkpoints"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -323,9 +331,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     )
 
     # 2. data
-    train_ds = Dataset(pq.read_table(train_file))
+    train_ds = Dataset(read_parquet(train_file))
     eval_file = train_file.with_name("eval.parquet")
-    eval_ds = Dataset(pq.read_table(eval_file)) if eval_file.exists() else None
+    eval_ds = Dataset(read_parquet(eval_file)) if eval_file.exists() else None
 
     # 3. loss
     loss = build_loss(model, cfg.loss)
@@ -335,7 +343,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     # 5. arguments, with resume from an interrupted run of the same config
     out = model_dir(cfg)
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = checkpoint_dir(cfg)
     fp = fingerprint(cfg, [train_file], SPEC.config_keys)
     resume_from = _checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
     if rank0:
@@ -353,7 +361,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         callbacks=list(callbacks) or None,
     )
     if cfg.train.batch_sampler == "subject":
-        meta = pq.read_table(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
+        meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
         trainer.train_subjects = meta.column("a_subject").to_numpy(zero_copy_only=False)
     try:
         output = trainer.train(resume_from_checkpoint=resume_from)
@@ -408,7 +416,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    d = Path(cfg.paths.pairs_dir)
+    d = artifact_path(cfg.paths.pairs_dir)
     files = [d / "train.parquet", d / "eval.parquet", d / "train_meta.parquet", d / "manifest.json"]
     model_path = Path(str(cfg.model.name))
     return files + ([model_path] if model_path.exists() else [])
