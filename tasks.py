@@ -188,7 +188,7 @@ def test(ctx: Context, args: str = "") -> None:
 def lint(ctx: Context) -> None:
     """Every hook of .pre-commit-config.yaml over the whole tree: ruff, ruff format, mypy, YAML/TOML syntax, large
     files, hadolint, the GitHub workflows (schema + actionlint). CI runs this."""
-    ctx.run(f"{PYTHON} -m pre_commit run --all-files --show-diff-on-failure", echo=True)
+    ctx.run(f"{PYTHON} -m pre_commit run --all-files", echo=True)
 
 
 @task
