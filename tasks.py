@@ -4,6 +4,7 @@ uv run inv preprocess --overrides "preprocess.max_per_subject=40"
 uv run inv pipeline            # every stage in order; unchanged stages are skipped
 uv run inv pipeline --force    # re-run every stage
 uv run inv test
+uv run inv docs                # the documentation site, strict (docs-serve: live preview)
 uv run inv lint                # the pre-commit hooks over the whole tree (what CI runs)
 uv run inv vertex-train --dry-run --overrides "paths=gcs paths.bucket=my-bucket"
 """
@@ -182,6 +183,26 @@ def docker_build(ctx: Context, image: str = "all", tag: str = "latest") -> None:
 def test(ctx: Context, args: str = "") -> None:
     """Run the test suite."""
     ctx.run(f"{PYTHON} -m pytest {args}", echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
+# Material's notice about MkDocs 2 is printed on every build; the site does not depend on it.
+DOCS_ENV = {"NO_MKDOCS_2_WARNING": "1"}
+
+
+@task(help={"site_dir": "build into this folder instead of site/"})
+def docs(ctx: Context, site_dir: str = "") -> None:
+    """Build the documentation site strictly (mkdocs.yml): a broken link, include or reference fails the build."""
+    dest = f" --site-dir {shlex.quote(site_dir)}" if site_dir else ""
+    ctx.run(
+        f"{PYTHON} -m mkdocs build --strict{dest}", echo=True, env=DOCS_ENV, pty=not WINDOWS and sys.stdout.isatty()
+    )
+
+
+@task(help={"addr": "host:port to serve on"})
+def docs_serve(ctx: Context, addr: str = "127.0.0.1:8000") -> None:
+    """Serve the documentation site with live reload (pages, configs, reports and bench/README.md are watched)."""
+    cmd = f"{PYTHON} -m mkdocs serve --dev-addr {shlex.quote(addr)}"
+    ctx.run(cmd, echo=True, env=DOCS_ENV, pty=not WINDOWS and sys.stdout.isatty())
 
 
 @task
