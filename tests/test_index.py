@@ -26,6 +26,7 @@ from arxiv_embeddings.index import (
     UnknownPaperError,
 )
 from arxiv_embeddings.io import read_json
+from arxiv_embeddings.models import load_model
 from arxiv_embeddings.stage import execute
 
 SPLITS = ("train", "eval", "test")
@@ -238,9 +239,16 @@ def test_loading_with_another_model_or_dimension_fails(
 ) -> None:
     with pytest.raises(ModelMismatchError, match="other-bert"):
         PaperIndex.load(flat["dir"], expected_model=str(other_model_dir))
-    # The same files elsewhere are the same model.
+    # The same weights elsewhere are the same model: copied, or saved again with an ONNX export beside them.
     copy = shutil.copytree(tiny_model_dir, tmp_path / "moved")
     index = PaperIndex.load(flat["dir"], expected_model=str(copy))
+    resaved = tmp_path / "resaved"
+    load_model(tiny_model_dir, device="cpu").save(str(resaved))
+    (resaved / "onnx").mkdir()
+    (resaved / "onnx" / "model.onnx").write_bytes(b"exported")
+    (resaved / "export_report.json").write_text("{}")
+    assert ix.model_fingerprint(resaved) == index.manifest["model_fingerprint"]
+    PaperIndex.load(flat["dir"], expected_model=str(resaved))
     other = load_embedder(other_model_dir, backend="torch", device="cpu")
     with pytest.raises(ModelMismatchError, match="dimension 16") as err:
         index.search_text(other, ["a query"], k=3)

@@ -10,9 +10,15 @@ Settings live in ``configs/base.yaml`` (section ``index:``). The stage writes ``
 
 - ``index.faiss``: the FAISS index over L2-normalized embeddings, inner product (= cosine similarity);
 - ``metadata.parquet``: ``arxiv_id``, ``title``, ``primary_subject``; row ``i`` is vector id ``i``;
-- ``manifest.json``: the model (name, folder, fingerprint of its files), backend, variant, dimension, count,
-  index type and parameters, the corpus files, the build report (recall@10 against exact search, queries/s) and
-  the sha256 of the two files above.
+- ``manifest.json``: the model (name, folder, fingerprint of its weights), backend, variant, dimension, count,
+  index type and parameters, the corpus files, the build report (recall@10 against exact search, queries/s,
+  index bytes, RSS) and the sha256 of the two files above.
+
+The corpus is embedded in shards of ``index.shard_size`` papers written to ``${paths.indexes_dir}/.embeddings/<key>``
+as they finish (one shard in memory at a time, with a progress bar); the key covers the model's weights, the
+backend, variant, length, text and the corpus bytes, so a build that crashed resumes from its last shard, and
+another index type over the same vectors re-uses them all. The index is built in a temporary folder that replaces
+the previous one only when everything succeeded.
 
 Python API (used by the search CLI and the web service)::
 
@@ -69,6 +75,7 @@ METADATA_COLUMNS = ("arxiv_id", "title", "primary_subject")
 #: Files of a model folder left out of its fingerprint: what exporting or documenting the model adds beside the
 #: weights without changing the embeddings it makes.
 FINGERPRINT_SKIP = ("onnx", "export_report.json", "README.md")
+_BUFFERS = ("position_ids", "token_type_ids")
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -128,20 +135,49 @@ def index_dir(cfg: DictConfig) -> Path:
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """sha256 over the files of a model folder (relative names and bytes), leaving out hidden files and what
-    :data:`FINGERPRINT_SKIP` names (ONNX exports, reports, the model card), so a model keeps its fingerprint when it
-    is exported or documented, wherever the folder is."""
+    """sha256 of a model's weights: every tensor (module folder, name, dtype, shape, bytes) of the folder's
+    ``*.safetensors`` files, so the same weights saved again, copied or moved keep their fingerprint, and the
+    ONNX files and reports an export adds beside them (:data:`FINGERPRINT_SKIP`) do not change it. A folder without
+    safetensors falls back to the bytes of all its files (names included), hidden files and
+    :data:`FINGERPRINT_SKIP` left out."""
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"Model folder not found: {root}.")
+
+    def kept(p: Path) -> bool:
+        rel = p.relative_to(root)
+        return p.is_file() and rel.parts[0] not in FINGERPRINT_SKIP and not any(x.startswith(".") for x in rel.parts)
+
     digest = hashlib.sha256()
-    for child in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = child.relative_to(root)
-        if rel.parts[0] in FINGERPRINT_SKIP or any(part.startswith(".") for part in rel.parts):
-            continue
-        digest.update(rel.as_posix().encode())
+    weights = sorted(p for p in root.rglob("*.safetensors") if kept(p))
+    if weights:
+        digest.update(b"safetensors-v1")
+        for file in weights:
+            digest.update(file.parent.relative_to(root).as_posix().encode())
+            for name, dtype, shape, sha in _safetensors_tensors(file):
+                digest.update(f"{name}|{dtype}|{shape}|{sha}".encode())
+        return digest.hexdigest()
+    for child in sorted(p for p in root.rglob("*") if kept(p)):
+        digest.update(child.relative_to(root).as_posix().encode())
         digest.update(file_sha256(child).encode())
     return digest.hexdigest()
+
+
+def _safetensors_tensors(file: Path) -> list[tuple[str, str, list[int], str]]:
+    """(name, dtype, shape, sha256 of the bytes) of each tensor of a safetensors file, by name."""
+    with open(file, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        base = 8 + size
+        out = []
+        # position_ids / token_type_ids are constant buffers that some versions save and others do not.
+        names = [k for k in header if k != "__metadata__" and not k.endswith(_BUFFERS)]
+        for name in sorted(names):
+            info = header[name]
+            lo, hi = info["data_offsets"]
+            fh.seek(base + lo)
+            out.append((name, info["dtype"], list(info["shape"]), hashlib.sha256(fh.read(hi - lo)).hexdigest()))
+    return out
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
@@ -353,7 +389,7 @@ def check_model(manifest: dict[str, Any], expected_model: str, path: Path | str 
     if not same:
         raise ModelMismatchError(
             f"The index at {path} was built with model {built!r} (folder {manifest.get('model_location')}), not "
-            f"with {got}: their files differ, so their vectors are not comparable. Use that model, or rebuild the "
+            f"with {got}: their weights differ, so their vectors are not comparable. Use that model, or rebuild the "
             f"index with 'uv run inv index --overrides index.model={expected_model}'."
         )
 
@@ -446,6 +482,7 @@ def validate(cfg: DictConfig) -> None:
     require(ix.ivf.pq_nbits <= 16, "index.ivf.pq_nbits", f"got {ix.ivf.pq_nbits}; expected 1 to 16 (8 is usual).")
     _check_int(ix.ivf.refine_k_factor, "index.ivf.refine_k_factor", minimum=0)
     _check_int(ix.ivf.train_size, "index.ivf.train_size", optional=True)
+    _check_int(ix.ivf.kmeans_iterations, "index.ivf.kmeans_iterations")
     _check_int(ix.eval.queries, "index.eval.queries", minimum=0)
     _check_int(ix.eval.k, "index.eval.k")
     r = ix.eval.min_recall
@@ -525,8 +562,10 @@ def _make_ivf(dim: int, n: int, ix: DictConfig) -> tuple[faiss.Index, dict[str, 
         refined.k_factor = float(refine)
     ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
     ivf.nprobe = min(int(v.nprobe), nlist)
+    ivf.cp.niter = int(v.kmeans_iterations)
     if m:
         ivf.do_polysemous_training = False  # Hamming-filter codes, unused here; slow to train
+        ivf.pq.cp.niter = int(v.kmeans_iterations)
     train = min(n, int(v.train_size) if v.train_size else max(10_000, 64 * nlist))
     params = {
         "nlist": nlist,
@@ -535,6 +574,7 @@ def _make_ivf(dim: int, n: int, ix: DictConfig) -> tuple[faiss.Index, dict[str, 
         "pq_nbits": nbits if m else None,
         "refine_k_factor": refine if m else 0,
         "train_size": train,
+        "kmeans_iterations": int(v.kmeans_iterations),
         "factory": key,
     }
     return index, params
