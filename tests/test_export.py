@@ -177,6 +177,7 @@ def _break_o1(original):
     return build
 
 
+@pytest.mark.slow
 def test_parity_gate_fails_a_broken_export_naming_both_numbers_and_keeps_the_previous_export(
     exported: dict, project: Path, processed_root: Path, make_cfg, model_dir: Path, monkeypatch
 ) -> None:
