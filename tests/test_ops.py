@@ -117,7 +117,7 @@ def test_experiment_overrides_reach_the_container() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (PROJECT, r"paths\.pairs_dir: is '\./data/pairs', on the job's own disk.*paths=gcs paths\.bucket="),
+        (PROJECT, r"paths\.processed_dir: is '\./data/processed', on the job's own disk.*paths=gcs paths\.bucket="),
         ([*PROJECT, *GCS, "vertex.accelerator_type=null"], r"vertex\.accelerator_type: .*needs a GPU type"),
         ([*PROJECT, *GCS, "vertex.accelerator_count=0"], r"vertex\.accelerator_count: is 0 but"),
         ([*PROJECT, *GCS, "vertex.replica_count=0"], r"vertex\.replica_count"),
@@ -333,18 +333,6 @@ def test_wandb_key_from_secret_manager_only_when_not_in_the_environment() -> Non
         launch.child_env({"WANDB_API_KEY_SECRET": "wandb"}, session=sm)
 
 
-@pytest.mark.slow
-def test_launch_runs_the_train_stage_under_torchrun_with_the_overrides() -> None:
-    """Two processes through the image's entry point; Hydra's --cfg job prints each one's composed config."""
-    proc = _run(
-        [sys.executable, "-m", "arxiv_embeddings.launch", "--cfg", "job", "trainer.max_steps=7", "run_name=launched"],
-        env={"NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "torch.distributed.run --nproc-per-node=2 --standalone -m arxiv_embeddings.train" in proc.stderr
-    assert proc.stdout.count("run_name: launched") == 2 and proc.stdout.count("max_steps: 7") == 2
-
-
 # ---------------------------------------------------------------------------------------------- Cloud Build
 def _cloudbuild() -> dict:
     return yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
@@ -557,18 +545,21 @@ def test_train_image_install_and_entry_point(tmp_path: Path) -> None:
     _sync_like_the_image("train.dockerfile", venv)
     assert _has(venv, "torch") and _has(venv, "sentence_transformers") and _has(venv, "accelerate")
     assert not _has(venv, "pytest") and not _has(venv, "dvc")
+    # The image's entry point with two GPUs' worth of processes: torchrun starts two train stages, and Hydra's
+    # --cfg job makes each print the config it composed from the arguments.
     proc = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.launch", "--cfg", "job", "trainer.max_steps=3"],
         cwd=REPO,
-        env={**os.environ, "NPROC_PER_NODE": "1"},
+        env={**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"{venv}/bin/python -m arxiv_embeddings.train --cfg job trainer.max_steps=3" in proc.stderr
-    assert "max_steps: 3" in proc.stdout and "task_name: train" in proc.stdout
+    launched = f"{venv}/bin/python -m torch.distributed.run --nproc-per-node=2 --standalone -m arxiv_embeddings.train"
+    assert f"{launched} --cfg job trainer.max_steps=3" in proc.stderr
+    assert proc.stdout.count("max_steps: 3") == 2 and proc.stdout.count("task_name: train") == 2
 
 
 # ----------------------------------------------------------------------------------- workflows and hooks

@@ -129,7 +129,7 @@ def validate(cfg: DictConfig) -> None:
             "vertex.wandb_secret",
             f"got {v.wandb_secret!r}; use projects/<project>/secrets/<name>/versions/latest.",
         )
-    for key in ("pairs_dir", "models_dir"):
+    for key in ("processed_dir", "pairs_dir", "models_dir"):
         location = str(cfg.paths[key])
         require(
             location.startswith("gs://"),
