@@ -80,6 +80,24 @@ def test_matryoshka_wrapper_trains(tmp_path, processed_root, tiny_model_dir) -> 
     assert "MatryoshkaLoss" in (Path(result["model"]) / "README.md").read_text()
 
 
+def test_an_export_beside_the_model_keeps_the_run_up_to_date(tmp_path, processed_root, tiny_model_dir) -> None:
+    from arxiv_embeddings.stage import execute, is_up_to_date
+
+    root = _root_with_pairs(tmp_path, processed_root)
+    cfg = _train_cfg(root, tiny_model_dir)
+    final = Path(execute(train.SPEC, cfg)["model"])
+    assert is_up_to_date(train.SPEC, cfg)
+    # What `inv export` adds next to the model: ONNX files and its report.
+    (final / "onnx").mkdir()
+    (final / "onnx" / "model.onnx").write_bytes(b"onnx graph")
+    (final / "export_report.json").write_text("{}")
+    assert is_up_to_date(train.SPEC, cfg)
+    # A change to the model's own files does make it stale.
+    with (final / "config.json").open("a") as f:
+        f.write(" ")
+    assert not is_up_to_date(train.SPEC, cfg)
+
+
 def test_loss_and_pair_type_must_agree(tmp_path, processed_root, tiny_model_dir) -> None:
     root = _root_with_pairs(tmp_path, processed_root, "pairs=graded")
     with pytest.raises(

@@ -71,11 +71,12 @@ class TorchEmbedder:
         if precision != "fp32":
             self.model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
         self.variant = precision
-        dim = self.model.get_sentence_embedding_dimension()
+        # get_embedding_dimension is the name from sentence-transformers 5.7 on; older releases have only the long one.
+        dim = getattr(self.model, "get_embedding_dimension", self.model.get_sentence_embedding_dimension)()
         if dim is None:
             raise ValueError(f"{self.name} does not declare an embedding dimension.")
         self.dimension = int(dim)
-        self.max_seq_length = int(self.model.max_seq_length)
+        self.max_seq_length = int(self.model.max_seq_length or 0)
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         if not texts:

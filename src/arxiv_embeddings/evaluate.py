@@ -35,7 +35,7 @@ from arxiv_embeddings.metrics import (
     label_retrieval,
     paired_retrieval,
 )
-from arxiv_embeddings.models import ModelNotFoundError
+from arxiv_embeddings.models import ModelNotFoundError, model_files
 from arxiv_embeddings.preprocess import split_path
 from arxiv_embeddings.stage import StageSpec
 
@@ -547,7 +547,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _inputs(cfg: DictConfig) -> list[Path]:
     processed = Path(cfg.paths.processed_dir)
     model_dir = local_model_dir(cfg)
-    return [*([model_dir] if model_dir is not None else []), processed / "test.parquet", processed / "train.parquet"]
+    return [
+        *(model_files(model_dir) if model_dir is not None else []),
+        processed / "test.parquet",
+        processed / "train.parquet",
+    ]
 
 
 SPEC = StageSpec(

@@ -48,7 +48,7 @@ from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, requ
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text
 from arxiv_embeddings.evaluate import check_int, model_location, read_sample
 from arxiv_embeddings.io import atomic_dir, file_sha256, write_json
-from arxiv_embeddings.models import ModelNotFoundError, cpu_supports_bf16, resolve_model
+from arxiv_embeddings.models import ModelNotFoundError, cpu_supports_bf16, model_files, resolve_model
 from arxiv_embeddings.onnx_embedder import (
     ONNX_DIR,
     REPORT_FILE,
@@ -237,19 +237,6 @@ def model_target(cfg: DictConfig) -> tuple[Path, str | None]:
     if (target / "modules.json").exists():
         return target, None
     return target, value
-
-
-def model_files(directory: Path) -> list[Path]:
-    """The model's own files: everything in the folder but the export's outputs (``onnx/``, the report) and hidden
-    files. A stage that hashes a model folder should hash these, so that an export does not look like a new model."""
-    if not directory.is_dir():
-        return []
-    skip = {ONNX_DIR, REPORT_FILE}
-    return sorted(
-        p
-        for p in directory.rglob("*")
-        if p.is_file() and not any(part in skip or part.startswith(".") for part in p.relative_to(directory).parts)
-    )
 
 
 def _spec_model_dir(cfg: DictConfig) -> Path | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -21,6 +21,22 @@ def _bundled_minilm() -> Path:
 
 # Hub names whose weights are also available from an installed package (identical files, no network).
 BUNDLED: dict[str, Callable[[], Path]] = {"sentence-transformers/all-MiniLM-L6-v2": _bundled_minilm}
+
+
+def model_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The model's own files: everything in the folder but an export's outputs (``onnx/``, ``export_report.json``)
+    and hidden files. A stage that hashes a model folder hashes these, so an export does not look like a new model."""
+    from arxiv_embeddings.onnx_embedder import ONNX_DIR, REPORT_FILE  # torch-free, no heavy imports
+
+    root: Any = directory if hasattr(directory, "rglob") else Path(directory)  # a local Path or a bucket's UPath
+    if not root.is_dir():
+        return []
+    skip = {ONNX_DIR, REPORT_FILE}
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part in skip or part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 class ModelNotFoundError(FileNotFoundError):

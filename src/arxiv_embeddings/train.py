@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require_in, to_plain
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.io import artifact_path, atomic_dir, is_remote, read_json, read_parquet, write_json
+from arxiv_embeddings.models import model_files
 from arxiv_embeddings.stage import StageSpec, fingerprint
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -419,14 +420,15 @@ def _inputs(cfg: DictConfig) -> list[Path]:
     d = artifact_path(cfg.paths.pairs_dir)
     files = [d / "train.parquet", d / "eval.parquet", d / "train_meta.parquet", d / "manifest.json"]
     model_path = Path(str(cfg.model.name))
-    return files + ([model_path] if model_path.exists() else [])
+    return files + (model_files(model_path) if model_path.is_dir() else [])
 
 
 SPEC = StageSpec(
     name="train",
     run=run,
     inputs=_inputs,
-    outputs=lambda cfg: [model_dir(cfg) / "final"],
+    # The model's own files: an export beside them (onnx/, export_report.json) does not make the run look stale.
+    outputs=lambda cfg: model_files(model_dir(cfg) / "final"),
     stamp_dir=model_dir,
     validate=validate,
     config_keys=("model", "loss", "trainer", "train", "logger", "seed", "run_name"),
