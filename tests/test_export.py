@@ -213,6 +213,19 @@ def test_parity_figures_and_gate() -> None:
     assert export.parity(ref, ref, labels, ref_p10 + 0.01, 0.99, 0.01)["passed"]
 
 
+def test_auto_backend_follows_the_serving_default(exported: dict, model_dir: Path, tmp_path: Path) -> None:
+    from arxiv_embeddings.onnx_embedder import serving_default
+
+    backend, variant = serving_default(model_dir) or ("", "")
+    emb = load_embedder(model_dir, backend="auto", device="cpu")
+    assert (emb.backend, emb.variant) == (backend, variant)
+    # Without an export, auto is torch fp32.
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("onnx", "export_report.json"))
+    plain = load_embedder(bare, backend="auto", device="cpu")
+    assert (plain.backend, plain.variant) == ("torch", "fp32")
+
+
 def test_onnx_embedder_matches_the_torch_model(exported: dict, model_dir: Path, texts: list[str]) -> None:
     torch_emb = TorchEmbedder(model_dir, device="cpu")
     reference = torch_emb.encode(texts)

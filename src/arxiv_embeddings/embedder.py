@@ -16,7 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-#: Backends :func:`load_embedder` knows. ``auto`` = the serving default recorded by the export, else torch.
+#: Backends :func:`load_embedder` knows. ``auto`` = the serving default recorded by the export (ONNX variant or torch
+#: precision), else torch fp32.
 BACKENDS = ("auto", "torch", "onnx")
 
 
@@ -104,7 +105,8 @@ def load_embedder(
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
-        backend = "onnx" if _has_onnx_export(name_or_path) else "torch"
+        backend, default_variant = _serving_default(name_or_path)
+        variant = variant or default_variant
     if backend == "onnx":
         from arxiv_embeddings.onnx_embedder import load_onnx_embedder  # onnxruntime + tokenizers, no torch
 
@@ -112,5 +114,11 @@ def load_embedder(
     return TorchEmbedder(name_or_path, device=device, precision=variant or "fp32", max_seq_length=max_seq_length)
 
 
-def _has_onnx_export(name_or_path: str | os.PathLike[str]) -> bool:
-    return (Path(name_or_path) / "export_report.json").exists()
+def _serving_default(name_or_path: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """The backend and variant the export marked as the serving default; torch (fp32) without an export."""
+    from arxiv_embeddings.onnx_embedder import serving_default
+
+    if not Path(name_or_path).is_dir():
+        return "torch", None
+    default = serving_default(name_or_path)
+    return (default[0], default[1]) if default else ("torch", None)
