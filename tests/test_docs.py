@@ -270,7 +270,8 @@ def test_results_section_says_not_yet_run_until_the_reports_exist(tmp_path: Path
     assert hook._run_dirs(tmp_path) == ["reports/cpu-budget/minilm-cpu-budget"]
     page = hook._report_page("reports/cpu-budget/minilm-cpu-budget")
     assert '--8<-- "reports/cpu-budget/minilm-cpu-budget/report.md"' in page
-    assert "(../../../evaluation.md)" in page
+    assert "(../../../evaluation.md)" in page and "(metrics.json)" in page
+    assert "metrics.json" not in hook._report_page("reports/x", has_metrics=False)
 
 
 def test_readme_results_table_matches_the_comparison() -> None:

@@ -45,16 +45,16 @@ def _run_dirs(root: Path, under: str = REPORTS) -> list[str]:
     return sorted(p.parent.relative_to(root).as_posix() for p in base.rglob(REPORT_FILE))
 
 
-def _report_page(run_dir: str) -> str:
+def _report_page(run_dir: str, has_metrics: bool = True) -> str:
     """The page of the run report in ``run_dir``: the report itself, included, and where it came from."""
     home = posixpath.relpath("evaluation.md", run_dir)
+    metrics = " the figures are in [`metrics.json`](metrics.json) beside it." if has_metrics else ""
     return (
         f"<!-- Generated at build time by docs/hooks/reports.py from {run_dir}/{REPORT_FILE}. -->\n"
         f'--8<-- "{run_dir}/{REPORT_FILE}"\n\n'
         "---\n\n"
-        f"This page is `{run_dir}/{REPORT_FILE}` as the evaluation wrote it; the figures are in "
-        f"[`metrics.json`](metrics.json) beside it. The command that produced it is on "
-        f"[Evaluation and results]({home}).\n"
+        f"This page is `{run_dir}/{REPORT_FILE}` as the evaluation wrote it;{metrics} The command that produced it is "
+        f"on [Evaluation and results]({home}).\n"
     )
 
 
@@ -70,7 +70,8 @@ def on_files(files: Files, *, config: MkDocsConfig) -> Files:
     for run_dir in _run_dirs(root):
         uri = f"{run_dir}/index.md"
         if files.get_file_from_path(uri) is None:
-            files.append(File.generated(config, uri, content=_report_page(run_dir)))
+            page = _report_page(run_dir, has_metrics=(root / run_dir / "metrics.json").is_file())
+            files.append(File.generated(config, uri, content=page))
     return files
 
 
