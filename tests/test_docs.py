@@ -158,6 +158,8 @@ def test_every_page_of_the_nav_is_built_with_its_title_and_no_unresolved_include
         for error in ("Snippet at path", "could not be found", "could not be located"):
             assert error not in text, f"{src}: {error}"
         assert len(text.split()) > 30, f"{src} is nearly empty"
+        # Docstrings' reST roles are rendered as code, not shown raw.
+        assert not re.search(r":(func|class|meth|mod|attr|exc):\s*`?\w", text), f"{src}: a raw reST role"
 
 
 @pytest.mark.slow

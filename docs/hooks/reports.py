@@ -10,6 +10,8 @@
   no report. Results are never written into the pages themselves.
 - ``<details>`` blocks (the reports fold long tables into them) get ``markdown="1"``, so md_in_html renders the
   Markdown inside them.
+- The package's docstrings use a few reStructuredText habits that Markdown does not know: cross-reference roles
+  (``:func:`name```) become code spans, and a paragraph ending in ``::`` before a literal block ends in ``:``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ REPORT_FILE = "report.md"
 COMPARISON_FILE = "comparison.md"
 _PLACEHOLDER = re.compile(r"^<!--\s*reports:\s*(?P<dir>[-\w./]+?)\s*-->[ \t]*$", re.MULTILINE)
 _DETAILS = re.compile(r"<details(?![^>]*\bmarkdown=)")
+_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const|ref):`~?([^`]+)`")
+_LITERAL_INTRO = re.compile(r"^(\S.*[^:\s])::$")
 
 
 def _root(config: MkDocsConfig) -> Path:
@@ -102,20 +106,30 @@ def on_page_markdown(markdown: str, *, page: Page, config: MkDocsConfig, files: 
     return _PLACEHOLDER.sub(lambda m: _results(root, page.file.src_uri, m.group("dir").strip("/")), markdown)
 
 
-class _DetailsMarkdown(Preprocessor):
-    """``<details>`` -> ``<details markdown="1">``, after the snippets are in (their priority is 32)."""
+class _Cleanup(Preprocessor):
+    """``<details>`` -> ``<details markdown="1">``, reST roles -> code spans, ``text::`` -> ``text:``; after the
+    snippets are in (their priority is 32)."""
 
     def run(self, lines: list[str]) -> list[str]:
-        return [_DETAILS.sub('<details markdown="1"', line) if "<details" in line else line for line in lines]
+        out = []
+        for line in lines:
+            if "<details" in line:
+                line = _DETAILS.sub('<details markdown="1"', line)
+            if ":`" in line:
+                line = _ROLE.sub(r"`\1`", line)
+            if line.endswith("::"):
+                line = _LITERAL_INTRO.sub(r"\1:", line)
+            out.append(line)
+        return out
 
 
-class _DetailsExtension(Extension):
+class _CleanupExtension(Extension):
     def extendMarkdown(self, md: Markdown) -> None:
-        md.preprocessors.register(_DetailsMarkdown(md), "details_markdown", 31)
+        md.preprocessors.register(_Cleanup(md), "arxiv_docs_cleanup", 31)
 
 
 def on_config(config: MkDocsConfig, **_: Any) -> MkDocsConfig:
     if "md_in_html" not in config.markdown_extensions:
         config.markdown_extensions.append("md_in_html")
-    config.markdown_extensions.append(_DetailsExtension())  # type: ignore[arg-type]
+    config.markdown_extensions.append(_CleanupExtension())  # type: ignore[arg-type]
     return config
