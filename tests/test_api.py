@@ -430,3 +430,28 @@ def test_default_model_is_the_latest_trained_else_the_base(tmp_path: Path) -> No
     assert latest_trained_model(models) == models / "new" / "final"
     assert choose_model(settings) == str(models / "new" / "final")
     assert choose_model(make_settings(tmp_path, "/explicit/model")) == "/explicit/model"
+
+
+def test_model_threads_are_set_in_the_worker_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from arxiv_embeddings.api.service import model_threads
+
+    assert model_threads(3) == 3
+    assert model_threads(None) == max(1, len(os.sched_getaffinity(0)) - 1)
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    loader = RecordingLoader()
+    app = create_app(make_settings(tmp_path, tiny_model_dir, "serve.threads=3"), load_embedder=loader)
+    with TestClient(app) as client:
+        wait_ready(client)
+        inner_encode = loader.embedder.inner.encode
+
+        def spy(texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+            seen.append(torch.get_num_threads())  # in the worker thread
+            return inner_encode(texts, batch_size=batch_size, normalize=normalize)
+
+        loader.embedder.inner.encode = spy
+        assert client.post("/embed", json={"input": "a"}).status_code == 200
+    assert seen == [3]  # not a default anywhere: the worker set it
+    assert torch.get_num_threads() == before  # the process's other threads keep their setting

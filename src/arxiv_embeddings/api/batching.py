@@ -50,7 +50,7 @@ class MicroBatcher:
     """Gathers texts of concurrent callers into model calls of at most ``max_batch_size`` texts.
 
     A job larger than ``max_batch_size`` is encoded alone (in one call). ``max_queue`` bounds the texts waiting
-    (not counting the batch being encoded).
+    (not counting the batch being encoded). ``on_start`` runs once in the worker thread before any batch.
     """
 
     def __init__(
@@ -61,6 +61,7 @@ class MicroBatcher:
         max_queue: int,
         on_batch: BatchHook | None = None,
         name: str = "embed-batcher",
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError(
@@ -72,6 +73,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._on_start = on_start
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # texts in self._jobs
         self._cond = threading.Condition()
@@ -139,6 +141,11 @@ class MicroBatcher:
         return batch
 
     def _run(self) -> None:
+        if self._on_start is not None:  # per-thread set-up, e.g. the model's thread count
+            try:
+                self._on_start()
+            except Exception as err:
+                logger.warning(f"Worker set-up failed: {err}")
         while (batch := self._next_batch()) is not None:
             # A caller that went away (cancelled future) is skipped before its texts reach the model.
             live = [job for job in batch if job.future.set_running_or_notify_cancel()]

@@ -32,14 +32,18 @@ class LoadResult:
 
     requests: int
     errors: int
+    #: The sending window (``duration``); requests still in flight at its end finish but do not count in the rate.
     seconds: float
     concurrency: int
     latencies_ms: list[float] = field(repr=False)
     error_kinds: dict[str, int] = field(default_factory=dict)
+    #: Successful requests that finished inside the window.
+    in_window: int = 0
 
     @property
     def requests_per_s(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+        """Successful requests finished inside the window, per second of the window."""
+        return self.in_window / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -61,7 +65,7 @@ class LoadResult:
     def line(self) -> str:
         s = self.summary()
         return (
-            f"{s['requests']:,} requests in {s['seconds']}s from {s['concurrency']} clients: "
+            f"{s['requests']:,} requests from {s['concurrency']} clients in a {s['seconds']}s window: "
             f"{s['requests_per_s']:.1f} req/s, latency p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, "
             f"p99 {s['p99_ms']} ms, max {s['max_ms']} ms, errors {s['errors']}"
             + (f" {s['error_kinds']}" if s["error_kinds"] else "")
@@ -107,35 +111,40 @@ async def run_load(
     latencies: list[float] = []
     kinds: Counter[str] = Counter()
     counter = 0
+    in_window = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits) as client:
         started = time.perf_counter()
         stop_at = started + duration
 
         async def worker() -> None:
-            nonlocal counter
+            nonlocal counter, in_window
             while time.perf_counter() < stop_at:
                 body = bodies[counter % len(bodies)]
                 counter += 1
                 t0 = time.perf_counter()
+                ok = False
                 try:
                     response = await client.post(route, content=body)
                     await response.aread()
-                    if response.status_code != 200:
+                    ok = response.status_code == 200
+                    if not ok:
                         kinds[str(response.status_code)] += 1
                 except httpx.HTTPError as err:
                     kinds[type(err).__name__] += 1
-                latencies.append((time.perf_counter() - t0) * 1000)
+                done = time.perf_counter()
+                latencies.append((done - t0) * 1000)
+                in_window += ok and done <= stop_at
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
     return LoadResult(
         requests=len(latencies),
         errors=sum(kinds.values()),
-        seconds=elapsed,
+        seconds=duration,
         concurrency=concurrency,
         latencies_ms=latencies,
         error_kinds=dict(kinds),
+        in_window=in_window,
     )
 
 

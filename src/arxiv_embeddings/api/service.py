@@ -6,6 +6,7 @@ model loads and ``/health`` turns 200 once it is ready (or stays 503 with the re
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,18 @@ try:
     VERSION = version("arxiv-embeddings")
 except PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
+
+
+def model_threads(configured: int | None) -> int:
+    """Intra-op threads of the model: ``configured``, else the usable cores but one (at least one), so that one
+    core stays free for HTTP, JSON and the event loop."""
+    if configured:
+        return configured
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def latest_trained_model(models_dir: Path) -> Path | None:
@@ -129,19 +142,33 @@ class Service:
     def _load(self) -> None:
         s = self.settings
         self.model_name = choose_model(s)
+        threads = model_threads(s.threads)
         embedder = self._load_embedder(
-            self.model_name, backend=s.backend, variant=s.variant, device=s.device, max_seq_length=s.max_seq_length
+            self.model_name,
+            backend=s.backend,
+            variant=s.variant,
+            device=s.device,
+            max_seq_length=s.max_seq_length,
+            threads=threads,  # onnxruntime's intra-op threads; torch's are set in the worker thread below
         )
         embedder.encode(["warm-up"], batch_size=1)  # first call allocates; keep it out of the first request
         self.embedder = embedder
         self.count_tokens = token_counter(embedder)
         self.index = self._load_index()
+
+        def worker_setup() -> None:
+            if embedder.backend == "torch":
+                import torch
+
+                torch.set_num_threads(threads)  # applies to the calling thread: the worker, not the whole process
+
         self.batcher = MicroBatcher(
-            lambda texts: embedder.encode(texts, batch_size=s.batch_size, normalize=False),
+            lambda texts: embedder.encode(texts, batch_size=s.encode_batch_size, normalize=False),
             max_batch_size=s.batch_size,
             max_wait_s=s.batch_wait_ms / 1000,
             max_queue=s.queue_size,
             on_batch=self.metrics.observe_batch,
+            on_start=worker_setup,
         )
 
     def _load_index(self) -> PaperIndex | None:

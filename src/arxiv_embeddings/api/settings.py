@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     index_path: Path | None
     default_index_path: Path | None
     batch_size: int = Field(ge=1)
+    encode_batch_size: int = Field(ge=1)
+    threads: int | None = Field(ge=1)
     batch_wait_ms: float = Field(ge=0)
     queue_size: int = Field(ge=1)
     max_batch: int = Field(ge=1)
