@@ -93,9 +93,15 @@ def test_search_by_id(client: TestClient, index: PaperIndex) -> None:
 
 
 def test_index_of_another_model_fails_the_start_up(index_path: Path, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # The same architecture with other weights: the index's model fingerprint covers the tensors.
+    import torch
+    from sentence_transformers import SentenceTransformer
+
     other = tmp_path / "other-model"
-    shutil.copytree(tiny_model_dir, other)
-    (other / "extra.txt").write_text("changes the model fingerprint")
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save(str(other))
     settings_ = make_settings(tmp_path, other, "serve.search=true", f"serve.index_path={index_path}")
     application = create_app(settings_)
     with TestClient(application) as c:
