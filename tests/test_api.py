@@ -124,6 +124,18 @@ def test_openai_compatible_embeddings(served, tiny_model_dir: Path) -> None:
     np.testing.assert_allclose(decoded, raw / np.linalg.norm(raw), atol=1e-5)
 
 
+def test_concurrent_openai_requests_never_fail(served) -> None:
+    """Token counting runs beside the model thread; concurrent requests must not share a tokenizer (500s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, _ = served
+    body = {"input": [t * 3 for t in TEXTS], "model": "m"}
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: client.post("/v1/embeddings", json=body), range(48)))
+    assert [r.status_code for r in responses] == [200] * 48
+    assert len({r.json()["usage"]["prompt_tokens"] for r in responses}) == 1
+
+
 def test_search_without_an_index_explains_why(served) -> None:
     client, _ = served
     error = assert_error(client.post("/search", json={"text": "galaxies"}), 404, "search_unavailable")
@@ -438,7 +450,7 @@ def test_model_threads_are_set_in_the_worker_only(tiny_model_dir: Path, tmp_path
     from arxiv_embeddings.api.service import model_threads
 
     assert model_threads(3) == 3
-    assert model_threads(None) == max(1, len(os.sched_getaffinity(0)) - 1)
+    assert model_threads(None) == len(os.sched_getaffinity(0))
     before = torch.get_num_threads()
     seen: list[int] = []
     loader = RecordingLoader()

@@ -26,6 +26,8 @@ Environment variables override the config: MODEL_PATH, INDEX_PATH, PORT, HOST, A
 LOG_LEVEL, BACKEND, VARIANT, DEVICE, and SERVE_<KEY> for any key of serve:.
 """
 
+# The standard library's level for each loguru level (uvicorn logs through the standard library; 5 = its TRACE).
+_STD_LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 # Cloud Logging reads `severity`; loguru's level names map onto its values.
 _SEVERITY = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "SUCCESS": "NOTICE", "WARNING": "WARNING"}
 
@@ -74,7 +76,8 @@ def setup_server_logging(level: str, json_logs: bool) -> None:
             level=level,
             format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> <cyan>{name}</cyan> | {message}",
         )
-    logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
+    # Not level 0: uvicorn wraps the app in a per-message logger when its loggers are at TRACE.
+    logging.basicConfig(handlers=[_InterceptHandler()], level=_STD_LEVELS.get(level, 20), force=True)
     logging.captureWarnings(True)  # library warnings become log records too (one JSON object per line)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         std = logging.getLogger(name)
@@ -116,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        log_level=_STD_LEVELS.get(settings.log_level, 20),
         access_log=settings.access_log,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
         proxy_headers=True,

@@ -6,6 +6,7 @@ model loads and ``/health`` turns 200 once it is ready (or stays 503 with the re
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -35,15 +36,14 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 
 def model_threads(configured: int | None) -> int:
-    """Intra-op threads of the model: ``configured``, else the usable cores but one (at least one), so that one
-    core stays free for HTTP, JSON and the event loop."""
+    """Intra-op threads of the model: ``configured``, else every usable core (HTTP and JSON take a few percent of
+    one core; the model thread runs the rest)."""
     if configured:
         return configured
     try:
-        cores = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+        return max(1, os.cpu_count() or 1)
 
 
 def latest_trained_model(models_dir: Path) -> Path | None:
@@ -217,20 +217,26 @@ class Service:
 def token_counter(embedder: Embedder) -> Callable[[list[str]], int] | None:
     """Tokens the model reads for some texts (truncated as it truncates), for OpenAI-style ``usage``; None when
     the embedder exposes no tokenizer."""
+    # Counting runs in its own threads while the model thread encodes. A Rust tokenizer must not be used from two
+    # threads at once (it fails with "Already borrowed"), so counting uses a private copy, one call at a time.
+    lock = threading.Lock()
     counts = getattr(embedder, "token_counts", None)  # the ONNX backend counts as it tokenizes
     if callable(counts):
 
         def count_own(texts: list[str]) -> int:
-            return int(np.sum(counts(texts)))
+            with lock:
+                return int(np.sum(counts(texts)))
 
         return count_own
     limit = int(embedder.max_seq_length)
     model = getattr(embedder, "model", None)
     hf = getattr(model, "tokenizer", None)  # sentence-transformers' Hugging Face tokenizer (torch backend)
     if hf is not None:
+        own = copy.deepcopy(hf)
 
         def count_hf(texts: list[str]) -> int:
-            ids = hf(texts, truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
+            with lock:
+                ids = own(texts, truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
             return int(sum(len(row) for row in ids))
 
         return count_hf
