@@ -50,6 +50,17 @@ def pairs(ctx: Context, overrides: str = "", force: bool = False) -> None:
 
 @task(
     help={
+        "overrides": "Hydra overrides, e.g. 'label.scorer=llm' or 'label.source=csv label.csv.path=scored.csv'",
+        "force": "run even if unchanged",
+    }
+)
+def label(ctx: Context, overrides: str = "", force: bool = False) -> None:
+    """Teacher-scored graded pairs (a scorer or a CSV) where train reads pairs (configs/label.yaml); not in `pipeline`."""
+    _stage(ctx, "label", overrides, force)
+
+
+@task(
+    help={
         "overrides": "Hydra overrides, e.g. 'loss=cached_mnrl trainer.max_steps=50'",
         "force": "run even if unchanged",
     }
