@@ -390,3 +390,19 @@ def test_search_cli_prints_the_nearest_papers(flat: dict[str, Any], root: Path, 
     missing = runner.invoke(app, ["search", "anything", "-o", f"paths.root_dir={root / 'none'}"])
     assert missing.exit_code == 1 and "uv run inv index" in missing.output
     assert runner.invoke(app, ["search", *where]).exit_code == 2
+
+
+def test_similar_cli_lists_papers_like_an_indexed_one_without_it(flat: dict[str, Any], root: Path) -> None:
+    where = ["-o", f"paths.root_dir={root}", "-o", "index.name=tiny-flat"]
+    index = PaperIndex.load(flat["dir"])
+    paper = index.metadata.slice(7, 1).to_pylist()[0]
+    result = runner.invoke(app, ["similar", paper["arxiv_id"], "-k", "5", *where])
+    assert result.exit_code == 0, result.output
+    assert f"Papers like {paper['arxiv_id']}" in result.output
+    assert result.output.count(paper["arxiv_id"]) == 1  # in the title only
+    hits = index.search_id(paper["arxiv_id"], k=5)
+    assert len(hits) == 5
+    for hit in hits:
+        assert hit.arxiv_id in result.output
+    unknown = runner.invoke(app, ["similar", "0000.00000", *where])
+    assert unknown.exit_code == 1 and "0000.00000" in unknown.output

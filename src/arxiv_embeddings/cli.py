@@ -120,5 +120,15 @@ def search(
     console.print(table)
 
 
+@app.command("similar")
+def similar(
+    arxiv_id: Annotated[str, typer.Argument(help="arXiv id of an indexed paper, e.g. 2401.01234.")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of papers to show.")] = 10,
+    overrides: OverrideOpt = None,
+) -> None:
+    """Papers like this one: the nearest papers to an indexed paper, itself left out (same as 'search --id')."""
+    search(query=None, arxiv_id=arxiv_id, k=k, overrides=overrides)
+
+
 if __name__ == "__main__":
     app()
