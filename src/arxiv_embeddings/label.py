@@ -310,7 +310,7 @@ Paper A
 
 Paper B
 {paper_b}"""
-RETRY_STATUSES = frozenset({408, 409, 425, 429})
+RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
 _NUMBER = r"(-?\d+(?:\.\d+)?|-?\.\d+)"
 _SCORE = re.compile(_NUMBER + r"\s*(?:(%)|/\s*" + _NUMBER + r")?")
 _LABELLED = re.compile(r"(?:score|rating|relatedness)\W{0,3}\s*" + _NUMBER + r"\s*(?:(%)|/\s*" + _NUMBER + r")?", re.I)
