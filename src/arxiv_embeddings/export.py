@@ -227,6 +227,13 @@ def model_target(cfg: DictConfig) -> tuple[Path, str | None]:
     path = Path(location).expanduser()
     if path.exists():
         resolve_model(path)  # fails on a folder that is not a sentence-transformers model
+        from arxiv_embeddings.lora import is_adapter_dir
+
+        if is_adapter_dir(path):
+            raise ConfigError(
+                f"export.model: {path} holds a LoRA adapter, not full weights, and ONNX needs the merged model. Export "
+                "the merged model that training writes to models/<run>/final (model.lora.merge=true, the default)."
+            )
         if not os.access(path, os.W_OK):
             raise ConfigError(
                 f"export.model: {path} is read-only, so the ONNX files cannot be written next to the model; copy "

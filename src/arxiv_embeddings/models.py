@@ -85,16 +85,55 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     return text
 
 
+#: Pooling of the token embeddings for a plain Hugging Face model (``model.pooling``), by sentence-transformers name.
+POOLING = ("mean", "cls", "max", "lasttoken")
+
+
+def is_sentence_transformer(source: str) -> bool:
+    """True when ``source`` (a folder or Hub name) is a sentence-transformers model (it has ``modules.json``)."""
+    if Path(source).is_dir():
+        return (Path(source) / "modules.json").is_file()
+    from sentence_transformers.util import is_sentence_transformer_model
+
+    return bool(is_sentence_transformer_model(source))
+
+
+def encoder_from_plain_model(
+    source: str, device: str | None, max_seq_length: int | None, pooling: str = "mean", **kwargs: object
+) -> SentenceTransformer:
+    """A sentence-transformer around a plain Hugging Face model (encoder or decoder-only, e.g. Qwen2.5): its base
+    model (``AutoModel``: no LM head) -> ``pooling`` over the last hidden state (``mean``: masked mean, padding left
+    out) -> L2 normalization. A tokenizer without a padding token pads with its end-of-text token."""
+    from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
+
+    if pooling not in POOLING:
+        raise ValueError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLING)}.")
+    word = models.Transformer(source, max_seq_length=max_seq_length)
+    tokenizer = word.tokenizer
+    if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling)
+    return SentenceTransformer(modules=[word, pool, models.Normalize()], device=device, **kwargs)  # type: ignore[arg-type]
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | None = None,
     max_seq_length: int | None = None,
+    pooling: str = "mean",
     **kwargs: object,
 ) -> SentenceTransformer:
-    """Load a SentenceTransformer from :func:`resolve_model`'s answer, with an optional ``max_seq_length``."""
+    """Load a SentenceTransformer from :func:`resolve_model`'s answer, with an optional ``max_seq_length``.
+
+    A plain Hugging Face model (no ``modules.json``, e.g. ``Qwen/Qwen2.5-0.5B``) becomes an encoder with
+    ``pooling`` (:func:`encoder_from_plain_model`). A folder saved with a LoRA adapter (:mod:`arxiv_embeddings.lora`)
+    loads its base model and applies the adapter (needs peft).
+    """
     from sentence_transformers import SentenceTransformer
 
     source = resolve_model(name_or_path)
+    if not is_sentence_transformer(source):
+        return encoder_from_plain_model(source, device, max_seq_length, pooling, **kwargs)
     model = SentenceTransformer(source, device=device, **kwargs)  # type: ignore[arg-type]
     if max_seq_length:
         model.max_seq_length = int(max_seq_length)

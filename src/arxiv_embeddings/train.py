@@ -21,14 +21,14 @@ import numpy as np
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
-from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require_in, to_plain
+from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.io import artifact_path, atomic_dir, is_remote, read_json, read_parquet, write_json
 from arxiv_embeddings.models import model_files
 from arxiv_embeddings.stage import StageSpec, fingerprint
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-BATCH_SAMPLERS = ("subject", "no_duplicates", "random")
+BATCH_SAMPLERS = ("subject", "category", "no_duplicates", "random")
 
 
 # ------------------------------------------------------------------------------------------------- losses
@@ -44,6 +44,9 @@ class LossSpec:
 IN_BATCH = ("anchor_positive", "title_abstract")
 LOSSES: dict[str, LossSpec] = {
     "MultipleNegativesRankingLoss": LossSpec("MultipleNegativesRankingLoss", IN_BATCH, ("scale",)),
+    # InfoNCE with in-batch negatives is MultipleNegativesRankingLoss with scale = 1 / temperature; `directions`
+    # [query_to_doc, doc_to_query] with partition_mode per_direction is the symmetric (title <-> abstract) form.
+    "InfoNCE": LossSpec("MultipleNegativesRankingLoss", IN_BATCH, ("temperature", "directions", "partition_mode")),
     "CachedMultipleNegativesRankingLoss": LossSpec(
         "CachedMultipleNegativesRankingLoss", IN_BATCH, ("scale", "mini_batch_size")
     ),
@@ -76,9 +79,16 @@ def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
     from sentence_transformers import losses  # type: ignore[attr-defined]
 
     spec = loss_spec(loss_cfg)
-    kwargs = {k: loss_cfg[k] for k in spec.kwargs if loss_cfg.get(k) is not None}
+    kwargs = {k: to_plain(loss_cfg[k]) for k in spec.kwargs if loss_cfg.get(k) is not None}
     if "margin" in kwargs:
         kwargs["margin"] = float(kwargs["margin"])
+    if "temperature" in kwargs:
+        temperature = kwargs.pop("temperature")
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
+            raise ConfigError(f"loss.temperature={temperature!r}: the InfoNCE temperature must be a number > 0.")
+        kwargs["scale"] = 1.0 / float(temperature)
+    if "directions" in kwargs:
+        kwargs["directions"] = tuple(kwargs["directions"])
     loss = getattr(losses, spec.cls)(model, **kwargs)
     if loss_cfg.name == "MatryoshkaLoss":
         dims = [int(d) for d in loss_cfg.dims]
@@ -129,18 +139,67 @@ def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, n
     )
 
 
+def title_abstract_evaluator(cfg: DictConfig, split: str, n_papers: int, name: str) -> Any | None:
+    """Title -> abstract retrieval on ``n_papers`` papers of ``split``: each title is a query, the papers'
+    abstracts the corpus, relevant = its own abstract. Returns None when ``n_papers`` is 0."""
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+
+    from arxiv_embeddings.preprocess import split_path
+
+    if n_papers <= 0:
+        return None
+    papers = read_parquet(split_path(cfg, split), columns=["arxiv_id", "title", "abstract"]).to_pandas()
+    rng = np.random.default_rng(int(cfg.seed))
+    papers = papers.iloc[np.sort(rng.permutation(len(papers))[: min(n_papers, len(papers))])]
+    ids = papers.arxiv_id.astype(str).tolist()
+    return InformationRetrievalEvaluator(
+        dict(zip(ids, papers.title, strict=True)),
+        dict(zip(ids, papers.abstract, strict=True)),
+        {pid: {pid} for pid in ids},
+        name=name,
+        precision_recall_at_k=[1, 5, 10],
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        map_at_k=[100],
+        accuracy_at_k=[1, 10],
+        batch_size=int(cfg.trainer.per_device_eval_batch_size),
+        show_progress_bar=False,
+    )
+
+
+def task_evaluator(cfg: DictConfig, pair_type: str, split: str, n_papers: int, text: str, name: str) -> Any | None:
+    """The evaluator of what the pairs teach: title -> abstract retrieval for ``title_abstract`` pairs, subject
+    retrieval for the others."""
+    if pair_type == "title_abstract":
+        return title_abstract_evaluator(cfg, split, n_papers, name)
+    return retrieval_evaluator(cfg, split, n_papers, text, name)
+
+
 # ------------------------------------------------------------------------------------------------ trainer
 def _trainer_class() -> type:
     from sentence_transformers import SentenceTransformerTrainer
 
     class ArxivTrainer(SentenceTransformerTrainer):  # type: ignore[misc]
-        """The library's trainer, with the subject-aware batch sampler for the training set."""
+        """The library's trainer, with the subject-aware or category-aware batch sampler for the training set, and
+        LoRA checkpoints that load as sentence-transformers (for resuming)."""
 
         train_subjects: np.ndarray | None = None
+        # CategoryBatchSampler keyword arguments (subjects, keys, hard_fraction, distinct_subjects), or None.
+        category_batches: dict[str, Any] | None = None
 
         def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):  # type: ignore[no-untyped-def]
-            from arxiv_embeddings.samplers import SubjectBatchSampler
+            from arxiv_embeddings.samplers import CategoryBatchSampler, SubjectBatchSampler
 
+            if self.category_batches is not None and dataset is self.train_dataset:
+                return CategoryBatchSampler(
+                    dataset,
+                    batch_size,
+                    drop_last,
+                    valid_label_columns=valid_label_columns,
+                    generator=generator,
+                    seed=self.args.seed,
+                    **self.category_batches,
+                )
             if self.train_subjects is not None and dataset is self.train_dataset:
                 return SubjectBatchSampler(
                     dataset,
@@ -152,6 +211,12 @@ def _trainer_class() -> type:
                     seed=self.args.seed,
                 )
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+
+        def _save(self, output_dir: str | None = None, state_dict=None) -> None:  # type: ignore[no-untyped-def]
+            from arxiv_embeddings.lora import complete_adapter_folder
+
+            super()._save(output_dir, state_dict)
+            complete_adapter_folder(self.model, str(output_dir if output_dir is not None else self.args.output_dir))
 
     return ArxivTrainer
 
@@ -184,6 +249,59 @@ def freeze_lower_layers(model: Any, n_layers: int) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"embeddings + {n_layers}/{len(layers)} layers frozen ({trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters trained)"
+
+
+def category_batches(cfg: DictConfig, train_file: Path, pair_type: str) -> dict[str, Any]:
+    """Arguments of :class:`~arxiv_embeddings.samplers.CategoryBatchSampler` for the train pairs: the anchors'
+    subjects, the conflict keys (the paper ids and the texts of every column, so no paper and no identical title or
+    abstract twice in a batch), and for same-subject pairs (``anchor_positive``) the subject as a key too."""
+    from arxiv_embeddings.samplers import conflict_keys
+
+    meta = read_parquet(train_file.with_name("train_meta.parquet"))
+    pairs = read_parquet(train_file)
+    ids = [meta.column(c).to_numpy(zero_copy_only=False) for c in ("a_id", "b_id", "neg_id") if c in meta.column_names]
+    text_columns = [c for c in pairs.column_names if c not in ("label", "score")]
+    texts = [pairs.column(c).to_numpy(zero_copy_only=False) for c in text_columns]
+    return {
+        "subjects": meta.column("a_subject").to_numpy(zero_copy_only=False),
+        "keys": conflict_keys(ids, texts),
+        "hard_fraction": float(cfg.train.category_batches.hard_fraction),
+        "distinct_subjects": pair_type == "anchor_positive",
+    }
+
+
+def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) -> dict[str, Any]:
+    """The LoRA part of saving a trained model. With ``model.lora.merge``: save the adapter to ``out/adapter``, then
+    merge the adapters into the backbone in place (the caller saves the merged model to ``final/``) and check that
+    the merged model embeds a few training texts as the adapter model did. Returns what the summary records."""
+    from arxiv_embeddings.lora import merge_lora, save_adapter
+
+    lora = cfg.model.lora
+    merge = bool(lora.get("merge", True))
+    info: dict[str, Any] = {
+        "r": int(lora.r),
+        "alpha": float(lora.alpha),
+        "dropout": float(lora.get("dropout", 0.0)),
+        "target_modules": to_plain(lora.target_modules),
+        "merged": merge,
+        "adapter": str(out / ("adapter" if merge else "final")),
+    }
+    if not merge:
+        return info
+    with atomic_dir(out / "adapter") as tmp:
+        save_adapter(model, tmp, base)
+        (tmp / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    probe = [str(t) for t in train_ds[train_ds.column_names[0]][:16]]
+    before = model.encode(probe, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+    info["merged_layers"] = merge_lora(model)
+    after = model.encode(probe, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+    info["merge_max_abs_diff"] = float(np.abs(before - after).max())
+    if info["merge_max_abs_diff"] > 1e-3:
+        logger.warning(
+            f"The merged model's embeddings differ from the adapter model's by up to {info['merge_max_abs_diff']:.2e}; "
+            f"the adapter in {out / 'adapter'} is the reference."
+        )
+    return info
 
 
 def resolve_precision(cfg: DictConfig, device: str) -> str:
@@ -227,6 +345,7 @@ def _training_args(cfg: DictConfig, out_dir: Path, precision: str, device: str, 
         "no_duplicates": BatchSamplers.NO_DUPLICATES,
         "random": BatchSamplers.BATCH_SAMPLER,
         "subject": BatchSamplers.NO_DUPLICATES,
+        "category": BatchSamplers.NO_DUPLICATES,
     }[str(cfg.train.batch_sampler)]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return SentenceTransformerTrainingArguments(
@@ -292,6 +411,23 @@ def validate(cfg: DictConfig) -> None:
     loss_spec(cfg.loss)
     if cfg.loss.name == "MatryoshkaLoss" and not cfg.loss.get("dims"):
         raise ConfigError("loss.dims: MatryoshkaLoss needs a list of dimensions, e.g. loss.dims=[384,256,128,64].")
+    validate_model(cfg)
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """The backbone options: ``model.pooling``, ``model.lora`` and the category batches."""
+    from arxiv_embeddings.lora import validate_lora
+    from arxiv_embeddings.models import POOLING
+
+    require_in("model.pooling", cfg.model.get("pooling", "mean"), POOLING)
+    validate_lora(cfg.model.get("lora"))
+    if cfg.train.batch_sampler == "category":
+        hard = cfg.train.get("category_batches", {}).get("hard_fraction")
+        require(
+            isinstance(hard, (int, float)) and not isinstance(hard, bool) and 0 <= hard <= 1,
+            "train.category_batches.hard_fraction",
+            f"got {hard!r}; the share of a batch from one archive, in [0, 1].",
+        )
 
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -325,8 +461,19 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             license="apache-2.0",
             model_name=f"{Path(base).name} fine-tuned on arXiv ({cfg.run_name})",
         ),
+        pooling=str(cfg.model.get("pooling", "mean")),
     )
-    frozen = freeze_lower_layers(model, int(cfg.train.freeze_layers))
+    lora = cfg.model.get("lora")
+    if lora:
+        from arxiv_embeddings.lora import add_lora
+
+        if int(cfg.train.freeze_layers):
+            logger.info(
+                f"train.freeze_layers={cfg.train.freeze_layers} not applied: with model.lora only the adapters train."
+            )
+        frozen = add_lora(model, lora)
+    else:
+        frozen = freeze_lower_layers(model, int(cfg.train.freeze_layers))
     logger.info(
         f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}, {frozen}; pairs: {pair_type}."
     )
@@ -340,7 +487,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     loss = build_loss(model, cfg.loss)
 
     # 4. evaluator (eval split only)
-    evaluator = retrieval_evaluator(cfg, "eval", int(cfg.train.eval_papers), text, "eval")
+    evaluator = task_evaluator(cfg, pair_type, "eval", int(cfg.train.eval_papers), text, "eval")
 
     # 5. arguments, with resume from an interrupted run of the same config
     out = model_dir(cfg)
@@ -364,6 +511,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if cfg.train.batch_sampler == "subject":
         meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
         trainer.train_subjects = meta.column("a_subject").to_numpy(zero_copy_only=False)
+    elif cfg.train.batch_sampler == "category":
+        trainer.category_batches = category_batches(cfg, train_file, pair_type)
     try:
         output = trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
@@ -377,14 +526,23 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         return {"rank": int(os.environ.get("RANK", "0")), "train": train_metrics}
 
     # 7. test evaluation (once, after training)
-    test_evaluator = retrieval_evaluator(cfg, "test", int(cfg.train.test_papers), text, "test")
+    test_evaluator = task_evaluator(cfg, pair_type, "test", int(cfg.train.test_papers), text, "test")
     test_metrics = test_evaluator(model) if test_evaluator is not None else {}
     eval_metrics = evaluator(model) if evaluator is not None else {}
 
-    # 8. save the final model with its card and config, atomically
+    # 8. save the final model with its card and config, atomically; with LoRA the adapter (in adapter/), and the
+    #    merged model in final/ (model.lora.merge, the default) or the adapter itself there
     final = out / "final"
+    lora_info: dict[str, Any] | None = None
+    if lora:
+        lora_info = save_lora(model, out, cfg, base, train_ds)
     with atomic_dir(final) as tmp:
-        model.save(str(tmp))
+        if lora_info is None or lora_info["merged"]:
+            model.save(str(tmp))
+        else:
+            from arxiv_embeddings.lora import save_adapter
+
+            save_adapter(model, tmp, base)
         (tmp / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         summary = {
             "run_name": cfg.run_name,
@@ -396,6 +554,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "precision": precision,
             "max_seq_length": model.max_seq_length,
             "frozen": frozen,
+            "lora": lora_info,
             "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
             "train": train_metrics,
             "eval": eval_metrics,
@@ -428,7 +587,11 @@ SPEC = StageSpec(
     run=run,
     inputs=_inputs,
     # The model's own files: an export beside them (onnx/, export_report.json) does not make the run look stale.
-    outputs=lambda cfg: model_files(model_dir(cfg) / "final"),
+    # With a merged LoRA model, its adapter (adapter/) too.
+    outputs=lambda cfg: (
+        model_files(model_dir(cfg) / "final")
+        + (model_files(model_dir(cfg) / "adapter") if cfg.model.get("lora") else [])
+    ),
     stamp_dir=model_dir,
     validate=validate,
     config_keys=("model", "loss", "trainer", "train", "logger", "seed", "run_name"),
