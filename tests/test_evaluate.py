@@ -87,8 +87,11 @@ def test_metrics_describe_the_test_split(tiny_result: dict, processed_root: Path
     assert sr["precision@10"] == pytest.approx(weighted)
 
     ta = m["title_abstract"]
-    assert set(ta) == {"num_queries", "corpus_size", "recall@1", "recall@10", "mrr@10"}
+    ranks = {f"{m}@{k}" for m in ("recall", "precision") for k in (1, 10)}
+    assert set(ta) == {"num_queries", "corpus_size", "mrr@10", "search", *ranks}
+    assert ta["search"] == "faiss-flat"  # a FAISS index of the abstracts
     assert ta["num_queries"] == ta["corpus_size"] == test.num_rows
+    assert ta["precision@10"] == pytest.approx(ta["recall@10"] / 10)  # one relevant abstract per title
     # Even a random tiny BERT puts a title near its own abstract (shared words) far more often than chance (1/n).
     assert ta["recall@1"] > 5 / test.num_rows
     assert ta["recall@1"] <= ta["mrr@10"] <= ta["recall@10"]

@@ -29,11 +29,13 @@ from arxiv_embeddings.io import atomic_dir, file_sha256, write_json
 from arxiv_embeddings.metrics import (
     Matrix,
     RankingCutoffs,
+    RetrievalResult,
     classification_metrics,
     clustering_metrics,
     is_sparse,
     label_retrieval,
     paired_retrieval,
+    ranking_metrics,
 )
 from arxiv_embeddings.models import ModelNotFoundError, model_files
 from arxiv_embeddings.preprocess import split_path
@@ -67,6 +69,8 @@ METRICS_KEYS = (
 )
 PRECISIONS = ("fp32", "fp16", "bf16", "auto")
 MAP_METHODS = ("pca", "tsne")
+#: FAISS index types for the title -> abstract search (``evaluate.title_abstract.index``).
+TITLE_ABSTRACT_INDEXES = ("flat", "hnsw")
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -110,6 +114,11 @@ def validate_evaluation(cfg: DictConfig) -> None:
     check_int(e.retrieval.max_scores, "evaluate.retrieval.max_scores")
     _positive_ints(cfg, "evaluate.title_abstract.recall_at")
     _positive_ints(cfg, "evaluate.title_abstract.mrr_at")
+    ta = e.title_abstract
+    require_in("evaluate.title_abstract.index", ta.get("index", "flat"), TITLE_ABSTRACT_INDEXES)
+    if ta.get("index") == "hnsw":
+        for key in ("m", "ef_construction", "ef_search"):
+            check_int(ta.hnsw.get(key), f"evaluate.title_abstract.hnsw.{key}")
     check_int(e.classification.max_train_papers, "evaluate.classification.max_train_papers", optional=True)
     C = e.classification.C
     require(isinstance(C, (int, float)) and C > 0, "evaluate.classification.C", f"got {C!r}; must be a number > 0.")
@@ -384,6 +393,53 @@ def _retrieval_device(features: Features) -> str:
     return device if device.startswith(("cuda", "cpu")) else "cpu"
 
 
+def faiss_paired_retrieval(
+    queries: np.ndarray, corpus: np.ndarray, cutoffs: RankingCutoffs, index_type: str, hnsw: Any = None
+) -> tuple[RetrievalResult, dict[str, Any]]:
+    """:func:`~arxiv_embeddings.metrics.paired_retrieval` through a FAISS index of the corpus (inner product of the
+    L2-normalized rows): query ``i`` has one relevant row, ``i``. ``index_type`` is ``flat`` (exact) or ``hnsw``
+    (built as the index stage builds it, with ``hnsw.m``, ``ef_construction`` and ``ef_search``). Returns the
+    result and a description of the index."""
+    from arxiv_embeddings.index import make_index
+
+    n, dim = queries.shape
+    ix = OmegaConf.create({"hnsw": to_plain(hnsw) if hnsw is not None else {}})
+    index, params = make_index(index_type, int(dim), int(corpus.shape[0]), ix)
+    index.add(np.ascontiguousarray(corpus, dtype=np.float32))
+    k = min(cutoffs.max_k, int(corpus.shape[0]))
+    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    hits = found == np.arange(n)[:, None]
+    result = RetrievalResult(ranking_metrics(hits, np.ones(n), cutoffs), np.arange(n), int(corpus.shape[0]))
+    return result, {"search": f"faiss-{index_type}", **({"index_params": params} if params else {})}
+
+
+def title_abstract_retrieval(features: Features, cfg: DictConfig, device: str = "cpu") -> dict[str, Any]:
+    """Title -> abstract retrieval: each test title against the test abstracts (one relevant: its own), searched in
+    a FAISS index of the abstracts (``evaluate.title_abstract.index``); sparse TF-IDF rows are searched exactly.
+    Returns the ``title_abstract`` section of metrics.json: recall@k, precision@k, MRR@k and how it searched."""
+    e = cfg.evaluate
+    ks = tuple(e.title_abstract.recall_at)
+    cutoffs = RankingCutoffs(
+        precision_recall_at=ks, accuracy_at=(), mrr_at=tuple(e.title_abstract.mrr_at), ndcg_at=(), map_at=()
+    )
+    if is_sparse(features.abstracts) or is_sparse(features.titles):
+        result = paired_retrieval(
+            features.titles, features.abstracts, cutoffs=cutoffs, max_scores=int(e.retrieval.max_scores), device=device
+        )
+        info: dict[str, Any] = {"search": "exact (sparse dot products)"}
+    else:
+        titles, abstracts = (np.asarray(_dense(x), dtype=np.float32) for x in (features.titles, features.abstracts))
+        index_type = str(e.title_abstract.get("index", "flat"))
+        result, info = faiss_paired_retrieval(titles, abstracts, cutoffs, index_type, e.title_abstract.get("hnsw"))
+    return {"num_queries": result.num_queries, "corpus_size": result.corpus_size, **result.summary(), **info}
+
+
+def _dense(x: Matrix) -> np.ndarray:
+    import torch
+
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
 def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]:
     """Every metric of the evaluation, from vectors. Returns the metric sections of metrics.json and their timing."""
     from sklearn.linear_model import LogisticRegression
@@ -404,21 +460,7 @@ def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]
         **subj.summary(),
         "per_subject": {s: {per_key: v, "queries": int(counts[s])} for s, v in subj.by_group(per_key, labels).items()},
     }
-    ta_cut = RankingCutoffs(
-        precision_recall_at=tuple(e.title_abstract.recall_at),
-        accuracy_at=(),
-        mrr_at=tuple(e.title_abstract.mrr_at),
-        ndcg_at=(),
-        map_at=(),
-    )
-    ta = paired_retrieval(
-        features.titles, features.abstracts, cutoffs=ta_cut, max_scores=int(e.retrieval.max_scores), device=device
-    )
-    title_abstract = {
-        "num_queries": ta.num_queries,
-        "corpus_size": ta.corpus_size,
-        **{k: v for k, v in ta.summary().items() if not k.startswith("precision@")},
-    }
+    title_abstract = title_abstract_retrieval(features, cfg, device)
     timing["retrieval_s"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()

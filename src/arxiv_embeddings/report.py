@@ -25,6 +25,8 @@ COMPARE_COLUMNS = (
     ("NDCG@10", "subject_retrieval", "ndcg@10"),
     ("MAP@100", "subject_retrieval", "map@100"),
     ("Title→abstract R@1", "title_abstract", "recall@1"),
+    ("Title→abstract R@10", "title_abstract", "recall@10"),
+    ("Title→abstract MRR@10", "title_abstract", "mrr@10"),
     ("Accuracy", "classification", "accuracy"),
     ("Macro-F1", "classification", "macro_f1"),
     ("V-measure", "clustering", "v_measure"),
@@ -204,7 +206,8 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, Path]) -> str:
         "",
         "## Title → abstract retrieval",
         "",
-        f"Query: a paper's title; corpus: the {ta['corpus_size']:,} test abstracts; exactly one relevant abstract.",
+        f"Query: a paper's title; corpus: the {ta['corpus_size']:,} test abstracts; exactly one relevant abstract"
+        + (f" (searched with {ta['search']})." if ta.get("search") else "."),
         "",
         _table(["metric", "value"], [[k, v] for k, v in ta.items() if isinstance(v, float)]),
         "",
@@ -323,8 +326,9 @@ def compare(reports_dir: str | Path) -> str:
         [
             "# Comparison of evaluated runs",
             "",
-            "Subject retrieval (P@10, MRR@10, NDCG@10, MAP@100) on the test split; title→abstract recall@1; logistic "
-            "regression accuracy and macro-F1; k-means V-measure and adjusted mutual information (AMI). Best of each column in bold.",
+            "Subject retrieval (P@10, MRR@10, NDCG@10, MAP@100) on the test split; title→abstract recall@1, recall@10 "
+            "and MRR@10; logistic regression accuracy and macro-F1; k-means V-measure and adjusted mutual information "
+            "(AMI). Best of each column in bold.",
             "",
             *notes,
             *([""] if notes else []),
