@@ -5,8 +5,9 @@ objects and every helper here behaves exactly as a local-only version would. Wit
 ``gs://bucket/...`` URLs: :func:`artifact_path` turns them into :class:`upath.UPath` objects backed by gcsfs, which
 offer the same pathlib operations (``/``, ``name``, ``parent``, ``with_name``, ``exists``, ``is_file``, ``glob``,
 ``read_text``, ``open``...), so a stage builds, checks and lists its paths with one code path. What pathlib cannot
-do on a bucket goes through the helpers below: :func:`read_parquet`, :func:`read_json`, :func:`write_json`,
-:func:`atomic_dir`, :func:`tree_sha256`.
+do on a bucket goes through the helpers below: :func:`read_parquet`, :func:`parquet_file`, :func:`read_json`,
+:func:`write_json`, :func:`atomic_dir`, :func:`publish_dir`, :func:`tree_sha256`, and :func:`local_copy` for code
+that reads only local files (a sentence-transformers model folder, an ONNX export).
 
 Atomicity in a bucket. GCS has objects, not folders, and no rename. A single object is written in one upload and
 appears only once the upload is complete, so :func:`atomic_write_text` / :func:`write_json` stay all-or-nothing.
@@ -139,8 +140,13 @@ def _remote_tree_sha256(path: UPath) -> str:
     fs, root = path.fs, path.path.rstrip("/")
     if fs.isfile(root):
         return _object_hash(fs, fs.info(root))
+    return _listing_sha256(fs, root, fs.find(root, detail=True))
+
+
+def _listing_sha256(fs: Any, root: str, listing: dict[str, dict[str, Any]]) -> str:
+    """:func:`tree_sha256` of a bucket folder from its listing (``fs.find(root, detail=True)``)."""
     digest = hashlib.sha256()
-    for name, info in sorted(fs.find(root, detail=True).items()):
+    for name, info in sorted(listing.items()):
         digest.update(name[len(root) :].lstrip("/").encode())
         digest.update(_object_hash(fs, info).encode())
     return digest.hexdigest()
@@ -194,30 +200,141 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _atomic_remote_dir(target: UPath) -> Iterator[Path]:
-    fs, root = target.fs, target.path.rstrip("/")
     local = Path(tempfile.mkdtemp(prefix=f"{target.name}.staging-"))
     try:
         yield local
-        files = sorted((p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()), key=_publish_order)
-        staging = f"{root.rsplit('/', 1)[0]}/.{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-        try:
-            if files:
-                fs.put([str(local / f) for f in files], [f"{staging}/{f}" for f in files])
-                # Into place with server-side copies (concurrent), manifests in a last batch.
-                last = [f for f in files if _publish_order(f)[0]]
-                for batch in ([f for f in files if f not in last], last):
-                    if batch:
-                        fs.copy([f"{staging}/{f}" for f in batch], [f"{root}/{f}" for f in batch])
-            new = set(files)
-            old = [n for n in (fs.find(root) if fs.exists(root) else []) if n[len(root) :].lstrip("/") not in new]
-            if old:
-                fs.rm(old)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(staging, recursive=True)
-            fs.invalidate_cache(root)
+        _publish_remote(local, target)
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+def _publish_remote(local: Path, target: UPath) -> None:
+    """Replace the bucket folder ``target`` with the files of the local folder ``local`` (module docstring)."""
+    fs, root = target.fs, target.path.rstrip("/")
+    files = sorted((p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()), key=_publish_order)
+    staging = f"{root.rsplit('/', 1)[0]}/.{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        if files:
+            fs.put([str(local / f) for f in files], [f"{staging}/{f}" for f in files])
+            # Into place with server-side copies (concurrent), manifests in a last batch.
+            last = [f for f in files if _publish_order(f)[0]]
+            for batch in ([f for f in files if f not in last], last):
+                if batch:
+                    fs.copy([f"{staging}/{f}" for f in batch], [f"{root}/{f}" for f in batch])
+        new = set(files)
+        old = [n for n in (fs.find(root) if fs.exists(root) else []) if n[len(root) :].lstrip("/") not in new]
+        if old:
+            fs.rm(old)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(staging, recursive=True)
+        fs.invalidate_cache(root)
+
+
+def publish_dir(source: str | Path, target: str | Path) -> Path:
+    """Replace the folder ``target`` (local, or in a bucket) with a copy of the local folder ``source``, all at once
+    as :func:`atomic_dir` does; ``source`` is left as it is. Returns ``target`` as an artifact path."""
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"Nothing to publish: {source} is not a folder.")
+    if is_remote(target):
+        remote = _remote(target)
+        _publish_remote(source, remote)
+        return cast(Path, remote)
+    with atomic_dir(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return Path(target)
+
+
+_HASH_DIR = re.compile(r"^[0-9a-f]{16}$")
+
+
+def local_copy(path: str | os.PathLike[str] | UPath, cache_dir: str | os.PathLike[str]) -> Path:
+    """A folder on local disk with the files of the folder ``path``, for code that reads only local files (a
+    sentence-transformers model, an ONNX export).
+
+    A local ``path`` is returned as it is. A bucket folder is downloaded once per content into
+    ``<cache_dir>/<bucket-and-path>/<content hash>/``: the hash is :func:`tree_sha256`'s, taken from one listing of
+    the objects' stored checksums, so finding a copy up to date downloads nothing. The download goes to a temporary
+    folder renamed into place, so a copy is complete or absent; copies of older versions of the same folder are
+    removed. Raises :class:`FileNotFoundError` when there is nothing at ``path``.
+    """
+    if not is_remote(path):
+        return artifact_path(path)
+    if is_remote(cache_dir):
+        raise ValueError(f"The cache folder for copies of bucket files must be on local disk, got {cache_dir}.")
+    remote = _remote(path)
+    fs, root = remote.fs, remote.path.rstrip("/")
+    listing = fs.find(root, detail=True)
+    if not listing:
+        raise FileNotFoundError(f"Nothing at {remote}.")
+    digest = _listing_sha256(fs, root, listing)[:16]
+    parent = Path(cache_dir).expanduser() / re.sub(r"[^A-Za-z0-9._-]+", "--", f"{remote.protocol}/{root}")
+    target = parent / digest
+    if target.is_dir():
+        return target
+    _download(fs, root, sorted(listing), target)
+    for old in parent.iterdir():
+        if old.is_dir() and old != target and _HASH_DIR.match(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _download(fs: Any, root: str, names: list[str], target: Path) -> None:
+    """Download the objects ``names`` below ``root`` into a temporary folder renamed to ``target`` (which must not
+    exist; if another process creates it meanwhile, its copy is kept)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=target.parent))
+    try:
+        fs.get(names, [str(tmp / n[len(root) :].lstrip("/")) for n in names])
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process put the same folder there first
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_dir(source: str | os.PathLike[str] | UPath, target: str | Path) -> Path:
+    """Copy the bucket folder ``source`` to the new local folder ``target``, complete or not at all. Raises
+    :class:`FileExistsError` when ``target`` exists, :class:`FileNotFoundError` when there is nothing at ``source``."""
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(f"Not downloading {source} over the existing {target}.")
+    remote = _remote(source)
+    fs, root = remote.fs, remote.path.rstrip("/")
+    names = sorted(fs.find(root))
+    if not names:
+        raise FileNotFoundError(f"Nothing at {remote}.")
+    _download(fs, root, names, target)
+    return target
+
+
+def remove_tree(path: str | os.PathLike[str] | UPath) -> None:
+    """Delete a file or a folder with everything below it, local or in a bucket; nothing there is not an error."""
+    if not is_remote(path):
+        local = artifact_path(path)
+        if local.is_dir():
+            shutil.rmtree(local)
+        else:
+            local.unlink(missing_ok=True)
+        return
+    remote = _remote(path)
+    with contextlib.suppress(FileNotFoundError):
+        remote.fs.rm(remote.path.rstrip("/"), recursive=True)
+    remote.fs.invalidate_cache(remote.path.rstrip("/"))
+
+
+@contextlib.contextmanager
+def parquet_file(path: str | os.PathLike[str] | UPath) -> Iterator[pq.ParquetFile]:
+    """``pq.ParquetFile`` of a local path or a bucket URL (read in row groups or batches, not all at once)."""
+    if not is_remote(path):
+        with pq.ParquetFile(path) as f:
+            yield f
+        return
+    with _remote(path).open("rb") as fh, pq.ParquetFile(fh) as f:
+        yield f
 
 
 def _publish_order(name: str) -> tuple[bool, str]:

@@ -43,6 +43,29 @@ class ModelNotFoundError(FileNotFoundError):
     """The model path or name does not lead to a sentence-transformers model."""
 
 
+def fetch_model(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str]) -> str:
+    """What to load a model from on this machine: for a model folder in a bucket (``gs://...``), its local copy
+    (sentence-transformers and ONNX Runtime read local files), downloaded once per content into ``cache_dir`` (see
+    :func:`arxiv_embeddings.io.local_copy`); anything else unchanged.
+
+    Raises :class:`ModelNotFoundError` naming the URL when the bucket holds no model there.
+    """
+    from arxiv_embeddings.io import artifact_path, is_remote, local_copy
+
+    text = str(name_or_path)
+    if not is_remote(text):
+        return text
+    remote = artifact_path(text.rstrip("/"))
+    if not any((remote / name).exists() for name in ("modules.json", "config.json")):
+        raise ModelNotFoundError(
+            f"No sentence-transformers model at {remote}: expected a folder with modules.json, such as the one "
+            "'uv run inv train --overrides \"paths=gcs paths.bucket=...\"' writes under models/<run>/final."
+        )
+    copy = local_copy(remote, cache_dir)
+    logger.debug(f"Model {remote} read from its local copy {copy}.")
+    return str(copy)
+
+
 def _from_hf_cache(name: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
