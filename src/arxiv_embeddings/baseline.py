@@ -2,11 +2,13 @@
 
     uv run inv baseline                                   # reports/tfidf and reports/zero-shot
     uv run inv baseline --overrides "baseline.runs=[tfidf]"
+    OPENAI_API_KEY=... uv run inv baseline --overrides "baseline.runs=[hosted_api]"   # reports/hosted-api
     python -m arxiv_embeddings.baseline compare           # reports/comparison.md from every reports/<run>/
 
 TF-IDF: a ``TfidfVectorizer`` fit on the train split; retrieval is the cosine similarity of the (L2-normalized)
 TF-IDF rows and the classifier a logistic regression on them. Zero-shot: the sentence-transformers model before
-fine-tuning (``sentence-transformers/all-MiniLM-L6-v2`` by default). Both go through
+fine-tuning (``sentence-transformers/all-MiniLM-L6-v2`` by default). Hosted API (off by default): the vectors of an
+OpenAI-compatible embeddings endpoint (:mod:`arxiv_embeddings.hosted`, cached on disk). All go through
 :func:`arxiv_embeddings.evaluate.evaluate_features`, so their ``metrics.json`` have the schema of a trained
 model's and :func:`compare` can put every run side by side.
 """
@@ -44,7 +46,7 @@ from arxiv_embeddings.evaluate import (
 from arxiv_embeddings.report import compare
 from arxiv_embeddings.stage import StageSpec
 
-RUNS = ("tfidf", "zero_shot")
+RUNS = ("tfidf", "zero_shot", "hosted_api")
 STOP_WORDS = ("english",)
 
 __all__ = ["RUNS", "SPEC", "compare", "run", "tfidf_features", "validate"]
@@ -62,11 +64,13 @@ def validate(cfg: DictConfig) -> None:
         require_in("baseline.runs", name, RUNS)
     for key in RUNS:
         check_report_name(str(b[key].name), f"baseline.{key}.name")
-    require(
-        b.tfidf.name != b.zero_shot.name,
-        "baseline.zero_shot.name",
-        f"{b.zero_shot.name!r} is also baseline.tfidf.name.",
-    )
+    names = [str(b[key].name) for key in RUNS]
+    for i, key in enumerate(RUNS):
+        require(
+            names[i] not in names[:i],
+            f"baseline.{key}.name",
+            f"{names[i]!r} is also the name of another baseline; each needs its own report folder.",
+        )
     t = b.tfidf
     check_int(t.max_fit_papers, "baseline.tfidf.max_fit_papers", optional=True)
     check_int(t.max_features, "baseline.tfidf.max_features", optional=True)
@@ -82,6 +86,29 @@ def validate(cfg: DictConfig) -> None:
     require(
         bool(str(b.zero_shot.model).strip()), "baseline.zero_shot.model", "is empty; pass a Hub name or a model folder."
     )
+    if "hosted_api" in runs:
+        validate_hosted(b.hosted_api)
+
+
+def validate_hosted(h: DictConfig) -> None:
+    """Check ``baseline.hosted_api`` (when the run is selected)."""
+    require(
+        str(h.base_url).startswith(("http://", "https://")),
+        "baseline.hosted_api.base_url",
+        f"got {h.base_url!r}; an http(s) URL such as https://api.openai.com/v1.",
+    )
+    require(bool(str(h.model).strip()), "baseline.hosted_api.model", "is empty; name the embedding model.")
+    check_int(h.dimensions, "baseline.hosted_api.dimensions", optional=True)
+    check_int(h.batch_size, "baseline.hosted_api.batch_size")
+    check_int(h.max_retries, "baseline.hosted_api.max_retries", minimum=0)
+    for key in ("backoff_s", "max_backoff_s", "timeout_s"):
+        value = h[key]
+        require(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+            f"baseline.hosted_api.{key}",
+            f"got {value!r}; a number of seconds > 0.",
+        )
+    require(bool(str(h.cache or "").strip()), "baseline.hosted_api.cache", "is empty; a file path for the cache.")
 
 
 # ------------------------------------------------------------------------------------------------- tf-idf
@@ -132,7 +159,61 @@ def run_zero_shot(cfg: DictConfig, data: EvalData) -> dict[str, Any]:
     return evaluate_model(cfg, str(z.model), str(z.name), data)
 
 
-RUNNERS = {"tfidf": run_tfidf, "zero_shot": run_zero_shot}
+def hosted_embedder(h: DictConfig) -> Any:
+    """The :class:`~arxiv_embeddings.hosted.HostedEmbedder` of ``baseline.hosted_api``."""
+    from arxiv_embeddings.hosted import HostedEmbedder
+
+    return HostedEmbedder(
+        str(h.base_url),
+        str(h.model),
+        cache=str(h.cache),
+        api_key_env=h.api_key_env,
+        dimensions=h.dimensions,
+        batch_size=int(h.batch_size),
+        max_retries=int(h.max_retries),
+        backoff_s=float(h.backoff_s),
+        max_backoff_s=float(h.max_backoff_s),
+        timeout_s=float(h.timeout_s),
+    )
+
+
+def hosted_features(embedder: Any, data: EvalData, cfg: DictConfig) -> Features:
+    """The test titles, abstracts and papers and the classifier's train papers, embedded by ``embedder``."""
+    text = str(cfg.evaluate.text)
+    titles = embedder.encode(paper_text(data.test, "title"))
+    abstracts = embedder.encode(paper_text(data.test, "abstract"))
+    papers = {"title": titles, "abstract": abstracts}.get(text)
+    if papers is None:
+        papers = embedder.encode(paper_text(data.test, text))
+    train = embedder.encode(paper_text(data.train, text))
+    info = {
+        "kind": "hosted-api",
+        "endpoint": embedder.url,
+        "dim": int(embedder.dimension),
+        "device": "remote",
+        "requests": embedder.requests,
+        "texts_requested": embedder.texts_requested,
+        "texts_cached": embedder.texts_cached,
+    }
+    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train, info=info)
+
+
+def run_hosted_api(cfg: DictConfig, data: EvalData) -> dict[str, Any]:
+    """The hosted embedding API's report folder and metrics."""
+    h = cfg.baseline.hosted_api
+    t0 = time.perf_counter()
+    embedder = hosted_embedder(h)
+    features = hosted_features(embedder, data, cfg)
+    logger.info(
+        f"hosted API {h.model}: {embedder.texts_requested:,} texts requested in {embedder.requests:,} requests, "
+        f"{embedder.texts_cached:,} from the cache {h.cache}."
+    )
+    timing = {"encode_s": round(time.perf_counter() - t0, 3)}
+    extra = {"baseline": {"hosted_api": {k: v for k, v in to_plain(h).items() if k != "cache"}}}
+    return evaluate_features(str(h.name), str(h.model), features, data, cfg, extra_config=extra, timing=timing)
+
+
+RUNNERS = {"tfidf": run_tfidf, "zero_shot": run_zero_shot, "hosted_api": run_hosted_api}
 
 
 # --------------------------------------------------------------------------------------------------- run

@@ -1,0 +1,216 @@
+"""Embeddings from a hosted, OpenAI-compatible API (``POST {base_url}/embeddings``), cached on disk.
+
+    embedder = HostedEmbedder("https://api.openai.com/v1", "text-embedding-3-small", api_key_env="OPENAI_API_KEY",
+                              cache="logs/cache/hosted-embeddings.sqlite")
+    vectors = embedder.encode(["A title", "An abstract ..."])     # float32 (n, dim), L2-normalized
+
+The ``hosted_api`` baseline (``baseline.runs=[hosted_api]``, off by default) scores such a model with the evaluation
+every other run goes through. The request is ``{"model", "input": [texts], "encoding_format": "float"}`` (plus
+``dimensions`` when set); the answer's ``data[i].embedding`` is the vector of ``input[data[i].index]``.
+
+Every vector received is written to a SQLite cache keyed by a hash of (endpoint, model, dimensions, text) as soon as
+its request succeeds, so a re-run (after a crash, or with more papers) requests only texts it has not seen, and an
+unchanged re-run makes no request at all (and needs no key). A 429, 408 or 5xx answer, a timeout or a connection
+error is retried after what the server's ``Retry-After`` asks, else ``backoff_s * 2**attempt`` (at most
+``max_backoff_s``); another 4xx fails at once with the server's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from arxiv_embeddings.config import ConfigError
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class HostedAPIError(RuntimeError):
+    """The embedding API refused a request, or its answer is not an embeddings response."""
+
+
+class EmbeddingCache:
+    """float32 vectors by key in a SQLite file (one table; each batch committed at once)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, dim INTEGER, vector BLOB)")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:  # commits, or rolls back on an error
+                yield db
+        finally:
+            db.close()
+
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        with self._connect() as db:
+            for lo in range(0, len(keys), 500):
+                chunk = list(keys[lo : lo + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, dim, blob in db.execute(
+                    f"SELECT key, dim, vector FROM embeddings WHERE key IN ({marks})",  # placeholders only
+                    chunk,
+                ):
+                    vector = np.frombuffer(blob, dtype=np.float32)
+                    if vector.shape == (dim,):
+                        found[key] = vector
+        return found
+
+    def put(self, items: dict[str, np.ndarray]) -> None:
+        rows = [(k, int(v.shape[0]), np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()]
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO embeddings (key, dim, vector) VALUES (?, ?, ?)", rows)
+
+    def __len__(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+
+
+class HostedEmbedder:
+    """Texts -> vectors through an OpenAI-compatible ``/embeddings`` endpoint, with a disk cache.
+
+    Attributes ``requests``, ``texts_requested`` and ``texts_cached`` count this instance's work.
+    """
+
+    backend = "hosted"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        cache: str | os.PathLike[str],
+        api_key_env: str | None = "OPENAI_API_KEY",
+        dimensions: int | None = None,
+        batch_size: int = 128,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        timeout_s: float = 60.0,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"hosted API base_url={base_url!r}: expected an http(s) URL such as https://api.openai.com/v1."
+            )
+        self.url = base_url.rstrip("/") + "/embeddings"
+        self.name = self.variant = model
+        self.api_key_env = api_key_env
+        self.dimensions = dimensions
+        self.batch_size = int(batch_size)
+        self.max_retries = int(max_retries)
+        self.backoff_s, self.max_backoff_s, self.timeout_s = float(backoff_s), float(max_backoff_s), float(timeout_s)
+        self.cache = EmbeddingCache(cache)
+        self.device = "remote"
+        self.dimension = int(dimensions) if dimensions else 0
+        self.requests = self.texts_requested = self.texts_cached = 0
+
+    def key(self, text: str) -> str:
+        return hashlib.sha256(json.dumps([self.url, self.name, self.dimensions, text]).encode()).hexdigest()
+
+    def _headers(self) -> dict[str, str]:
+        if not self.api_key_env:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(
+                f"The hosted embedding API key is read from ${self.api_key_env}, which is not set: export it, or set "
+                "api_key_env=null for a server without authentication."
+            )
+        return {"Authorization": f"Bearer {key}"}
+
+    def _post(self, client: Any, batch: list[str]) -> list[np.ndarray]:
+        import httpx
+
+        body: dict[str, Any] = {"model": self.name, "input": batch, "encoding_format": "float"}
+        if self.dimensions:
+            body["dimensions"] = int(self.dimensions)
+        for attempt in range(self.max_retries + 1):
+            wait = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+            try:
+                self.requests += 1
+                response = client.post(self.url, json=body, headers=self._headers())
+            except (httpx.TimeoutException, httpx.TransportError) as err:
+                problem = f"{type(err).__name__}: {err}"
+            else:
+                if response.status_code == 200:
+                    return self._parse(response, len(batch))
+                if response.status_code not in RETRY_STATUS:
+                    raise HostedAPIError(
+                        f"{self.url} answered {response.status_code} for model {self.name!r}: {_message(response)}"
+                    )
+                problem = f"HTTP {response.status_code}: {_message(response)}"
+                retry_after = response.headers.get("retry-after")
+                if retry_after is not None:
+                    with suppress(ValueError):  # an HTTP date instead of seconds: keep the backoff
+                        wait = min(self.max_backoff_s, max(0.0, float(retry_after)))
+            if attempt == self.max_retries:
+                raise HostedAPIError(f"{self.url}: giving up after {attempt + 1} attempts; last error: {problem}.")
+            logger.warning(f"Embedding request failed ({problem}); retrying in {wait:.1f}s.")
+            time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _parse(self, response: Any, n: int) -> list[np.ndarray]:
+        try:
+            data = response.json()["data"]
+            vectors: list[np.ndarray | None] = [None] * n
+            for item in data:
+                vectors[int(item["index"])] = np.asarray(item["embedding"], dtype=np.float32)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise HostedAPIError(f"{self.url}: not an embeddings response ({type(err).__name__}: {err}).") from err
+        if any(v is None for v in vectors) or len({v.shape for v in vectors if v is not None}) != 1:
+            raise HostedAPIError(f"{self.url}: the answer does not hold one vector of one size per input text.")
+        return [v for v in vectors if v is not None]
+
+    def encode(self, texts: list[str], batch_size: int | None = None, normalize: bool = True) -> np.ndarray:
+        """Vectors of ``texts`` as float32 ``(len(texts), dim)``, from the cache where it has them."""
+        import httpx
+        from tqdm import tqdm
+
+        keys = [self.key(t) for t in texts]
+        found = self.cache.get(list(dict.fromkeys(keys)))
+        missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in found))
+        self.texts_cached += len(texts) - sum(1 for k in keys if k not in found)
+        if missing:
+            size = int(batch_size or self.batch_size)
+            with httpx.Client(timeout=self.timeout_s) as client:
+                for lo in tqdm(range(0, len(missing), size), desc=f"embedding via {self.name}", unit="request"):
+                    batch = missing[lo : lo + size]
+                    got = {self.key(t): v for t, v in zip(batch, self._post(client, batch), strict=True)}
+                    self.cache.put(got)
+                    found.update(got)
+                    self.texts_requested += len(batch)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+        self.dimension = int(vectors.shape[1])
+        if normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+
+def _message(response: Any) -> str:
+    """The error message of an OpenAI-style error body, else the start of the body."""
+    try:
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    except ValueError:
+        pass
+    return response.text[:300]
