@@ -238,3 +238,88 @@ def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
     fs.get(f"{prefix}/models/t/final", str(local), recursive=True)
     assert SentenceTransformer(str(local), device="cpu").encode(["a title"]).shape == (1, 32)
     assert execute(train.SPEC, compose("train", [*remote, *fast])) is None  # unchanged: skipped
+
+
+# ------------------------------------------------------------------ evaluate, baseline, compare, export, index
+STAGES = "stages"
+EVAL = [
+    "run_name=tiny",
+    "evaluate.encode.device=cpu",
+    "evaluate.encode.max_seq_length=64",
+    "evaluate.classification.max_train_papers=200",
+]
+SECTIONS = ("num_subjects", "subject_retrieval", "title_abstract", "classification", "clustering")
+
+
+def _remote(prefix: str, tmp_path: Path) -> list[str]:
+    return [
+        "paths=gcs",
+        f"paths.bucket={BUCKET}",
+        f"paths.prefix={prefix}",
+        f"paths.log_dir={tmp_path}/logs",
+        f"paths.cache_dir={tmp_path}/cache",
+    ]
+
+
+@pytest.fixture(scope="module")
+def stage_bucket(gcs, processed_root: Path, tiny_model_dir: Path) -> str:
+    """The bucket prefix ``stages`` with the processed splits and the tiny model as the final model of run 'tiny'."""
+    fs = gcs
+    fs.put(str(processed_root / "data" / "processed"), f"{BUCKET}/{STAGES}/data/processed", recursive=True)
+    fs.put(str(tiny_model_dir), f"{BUCKET}/{STAGES}/models/tiny/final", recursive=True)
+    return f"{BUCKET}/{STAGES}"
+
+
+@pytest.mark.slow
+def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
+    gcs, stage_bucket: str, tmp_path: Path, processed_root: Path, tiny_model_dir: Path, make_cfg
+) -> None:
+    from arxiv_embeddings import baseline, evaluate
+    from arxiv_embeddings.report import compare
+
+    fs, prefix = gcs, stage_bucket
+    remote = _remote(STAGES, tmp_path)
+    base_args = ["baseline.runs=[tfidf,zero_shot]", f"baseline.zero_shot.model=gs://{prefix}/models/tiny/final"]
+
+    assert execute(evaluate.SPEC, compose("evaluate", [*remote, *EVAL])) is not None
+    report = _objects(fs, f"{prefix}/reports/tiny")
+    assert {"metrics.json", "report.md", ".stage-evaluate.json"} <= set(report)
+    assert {"plots/per_subject_precision.png", "plots/confusion_matrix.png", "plots/embedding_map.png"} <= set(report)
+    metrics = read_json(f"gs://{prefix}/reports/tiny/metrics.json")
+    assert metrics["features"]["model_path"] == f"gs://{prefix}/models/tiny/final"
+    assert metrics["data"]["test"]["path"] == f"gs://{prefix}/data/processed/test.parquet"
+    # The model was copied to the local cache once, keyed by the bucket folder's content.
+    copies = [p for p in (tmp_path / "cache").glob("*/*") if p.is_dir()]
+    assert len(copies) == 1 and (copies[0] / "modules.json").is_file()
+    copied_at = copies[0].stat().st_mtime_ns
+
+    # The same run on local disk: the same numbers.
+    local = tmp_path / "local"
+    shutil.copytree(tiny_model_dir, local / "models" / "tiny" / "final")
+    local_args = [f"paths.processed_dir={processed_root / 'data' / 'processed'}", *EVAL]
+    local_metrics = evaluate.run(make_cfg("evaluate", local, local_args))["metrics"]
+    for key in SECTIONS:
+        assert metrics[key] == local_metrics[key], key
+    assert metrics["data"]["test"]["sha256"] == local_metrics["data"]["test"]["sha256"]
+
+    # Unchanged: skipped, from the stamp and the checksums in the bucket; the model is not downloaded again.
+    assert execute(evaluate.SPEC, compose("evaluate", [*remote, *EVAL])) is None
+    assert evaluate.model_source(compose("evaluate", [*remote, *EVAL])) == str(copies[0])
+    assert [p for p in (tmp_path / "cache").glob("*/*") if p.is_dir()] == copies
+    assert copies[0].stat().st_mtime_ns == copied_at
+
+    # Baselines in the bucket: TF-IDF as on local disk; the zero-shot run of the same model as its evaluation.
+    assert execute(baseline.SPEC, compose("baseline", [*remote, *EVAL, *base_args])) is not None
+    assert fs.exists(f"{prefix}/reports/.stage-baseline.json")
+    zero_shot = read_json(f"gs://{prefix}/reports/zero-shot/metrics.json")
+    tfidf = read_json(f"gs://{prefix}/reports/tfidf/metrics.json")
+    local_tfidf = baseline.run(make_cfg("baseline", local, [*local_args, "baseline.runs=[tfidf]"]))["runs"]["tfidf"]
+    for key in SECTIONS:
+        assert zero_shot[key] == metrics[key], key
+        assert tfidf[key] == local_tfidf["metrics"][key], key
+    assert execute(baseline.SPEC, compose("baseline", [*remote, *EVAL, *base_args])) is None
+
+    # compare over the bucket's reports folder.
+    text = compare(f"gs://{prefix}/reports")
+    assert fs.cat(f"{prefix}/reports/comparison.md").decode() == text
+    assert all(f"`{run}`" in text for run in ("tiny", "tfidf", "zero-shot"))

@@ -43,6 +43,7 @@ from arxiv_embeddings.evaluate import (
     summary_line,
     validate_evaluation,
 )
+from arxiv_embeddings.io import artifact_path
 from arxiv_embeddings.report import compare
 from arxiv_embeddings.stage import StageSpec
 
@@ -236,7 +237,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    processed = Path(cfg.paths.processed_dir)
+    processed = artifact_path(cfg.paths.processed_dir)
     paths = [processed / "test.parquet", processed / "train.parquet"]
     if "zero_shot" in cfg.baseline.runs:
         model_dir = local_model_dir(cfg, str(cfg.baseline.zero_shot.model))
@@ -254,7 +255,7 @@ SPEC = StageSpec(
     run=run,
     inputs=_inputs,
     outputs=_outputs,
-    stamp_dir=lambda cfg: Path(cfg.paths.reports_dir),
+    stamp_dir=lambda cfg: artifact_path(cfg.paths.reports_dir),
     validate=validate,
     config_keys=("evaluate", "baseline", "seed"),
 )

@@ -7,6 +7,9 @@ Four views of the same test embeddings: subject retrieval (each test paper again
 relevant = same primary subject), title -> abstract retrieval, a logistic-regression probe fit on (a seeded
 sample of) the train split, and k-means clustering. The scoring functions take vectors, not a model, so the
 TF-IDF baseline goes through exactly the same code (see :mod:`arxiv_embeddings.baseline`).
+
+With ``paths=gcs`` the splits are read from the bucket, a run's model is copied from the bucket to
+``${paths.cache_dir}`` (once per content) to be loaded, and the report folder is published to the bucket.
 """
 
 from __future__ import annotations
@@ -19,13 +22,12 @@ from typing import TYPE_CHECKING, Any
 import hydra
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text
-from arxiv_embeddings.io import atomic_dir, file_sha256, write_json
+from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, read_parquet, write_json
 from arxiv_embeddings.metrics import (
     Matrix,
     RankingCutoffs,
@@ -37,7 +39,7 @@ from arxiv_embeddings.metrics import (
     paired_retrieval,
     ranking_metrics,
 )
-from arxiv_embeddings.models import ModelNotFoundError, model_files
+from arxiv_embeddings.models import ModelNotFoundError, fetch_model, model_files
 from arxiv_embeddings.preprocess import split_path
 from arxiv_embeddings.stage import StageSpec
 
@@ -168,14 +170,20 @@ def report_name(cfg: DictConfig, model: str | None = None) -> str:
     return parts[-1]
 
 
+def as_path(location: str) -> Path:
+    """A model location as a path: a bucket URL as an artifact path, a local one with ``~`` expanded."""
+    return artifact_path(location) if is_remote(location) else Path(location).expanduser()
+
+
 def model_location(cfg: DictConfig, model: str | None = None) -> str:
-    """Where the model comes from: ``${paths.models_dir}/<run>/final`` for a run name, else the path or Hub name.
+    """Where the model comes from: ``${paths.models_dir}/<run>/final`` for a run name (a ``gs://`` URL with
+    ``paths=gcs``), else the path, bucket URL or Hub name.
 
     Raises :class:`ModelNotFoundError` for a run name without a trained model.
     """
     value = str(model if model is not None else cfg.evaluate.model).strip()
     if _is_run_name(value):
-        run_dir = Path(cfg.paths.models_dir) / value / "final"
+        run_dir = artifact_path(cfg.paths.models_dir) / value / "final"
         if run_dir.exists():
             return str(run_dir)
         if Path(value).is_dir():
@@ -189,24 +197,26 @@ def model_location(cfg: DictConfig, model: str | None = None) -> str:
 
 
 def model_source(cfg: DictConfig, model: str | None = None) -> str:
-    """The folder (or Hub name) the model will be loaded from; fails fast on a missing run or path."""
+    """The local folder (or Hub name) the model will be loaded from; fails fast on a missing run or path. A model
+    in a bucket is copied to ``${paths.cache_dir}`` first (once per content)."""
     from arxiv_embeddings.models import resolve_model
 
-    return resolve_model(model_location(cfg, model))
+    return resolve_model(fetch_model(model_location(cfg, model), cfg.paths.cache_dir))
 
 
 def local_model_dir(cfg: DictConfig, model: str | None = None) -> Path | None:
-    """The model folder when the model is on local disk (a stage input), else None. Never raises."""
+    """The model folder, on local disk or in a bucket, when the model is one (a stage input), else None (a Hub
+    name). Never raises."""
     try:
-        location = Path(model_location(cfg, model)).expanduser()
+        location = as_path(model_location(cfg, model))
     except ModelNotFoundError:
-        return Path(cfg.paths.models_dir) / str(model or cfg.evaluate.model) / "final"
+        return artifact_path(cfg.paths.models_dir) / str(model or cfg.evaluate.model) / "final"
     return location if location.exists() else None
 
 
 def report_dir(cfg: DictConfig, name: str | None = None) -> Path:
-    """``${paths.reports_dir}/<name>`` (default: :func:`report_name`)."""
-    return Path(cfg.paths.reports_dir) / (name or report_name(cfg))
+    """``${paths.reports_dir}/<name>`` (default: :func:`report_name`); a bucket URL with ``paths=gcs``."""
+    return artifact_path(cfg.paths.reports_dir) / (name or report_name(cfg))
 
 
 def report_files(directory: Path) -> list[Path]:
@@ -253,7 +263,7 @@ COLUMNS = ["arxiv_id", "title", "abstract", "primary_subject"]
 
 def read_sample(path: Path, cap: int | None, seed: int, stream: str) -> tuple[pa.Table, int]:
     """A seeded random choice of at most ``cap`` papers of a processed split, and the split's size."""
-    table = pq.read_table(path, columns=COLUMNS)
+    table = read_parquet(path, columns=COLUMNS)
     rows = sample_rows(table.num_rows, cap, seed, stream)
     return (table.take(pa.array(rows)) if len(rows) < table.num_rows else table), table.num_rows
 
@@ -324,6 +334,7 @@ def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTra
     from arxiv_embeddings.models import default_device, load_model
 
     enc = cfg.evaluate.encode
+    remote = model_location(cfg, model)
     location = model_source(cfg, model)
     device = str(enc.device or default_device())
     try:
@@ -341,7 +352,7 @@ def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTra
     st.to(dtype)
     info = {
         "kind": "sentence-transformers",
-        "model_path": location,
+        "model_path": remote if is_remote(remote) else location,
         "device": device,
         "precision": str(dtype).removeprefix("torch."),
         "max_seq_length": int(st.max_seq_length or 0),
@@ -587,7 +598,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    processed = Path(cfg.paths.processed_dir)
+    processed = artifact_path(cfg.paths.processed_dir)
     model_dir = local_model_dir(cfg)
     return [
         *(model_files(model_dir) if model_dir is not None else []),

@@ -14,7 +14,7 @@ import numpy as np
 from loguru import logger
 from omegaconf import DictConfig
 
-from arxiv_embeddings.io import atomic_write_text
+from arxiv_embeddings.io import artifact_path, atomic_write_text
 from arxiv_embeddings.metrics import Matrix, is_sparse
 
 COMPARISON_FILE = "comparison.md"
@@ -250,9 +250,10 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, Path]) -> str:
 
 # ------------------------------------------------------------------------------------------------ compare
 def load_reports(reports_dir: str | Path) -> list[dict[str, Any]]:
-    """Every ``<reports_dir>/<run>/metrics.json`` (unreadable ones are skipped with a warning), sorted by run."""
+    """Every ``<reports_dir>/<run>/metrics.json`` (unreadable ones are skipped with a warning), sorted by run.
+    ``reports_dir`` may be a bucket URL (``paths=gcs``)."""
     out = []
-    for path in sorted(Path(reports_dir).glob("*/metrics.json")):
+    for path in sorted(artifact_path(reports_dir).glob("*/metrics.json"), key=str):
         if path.parent.name.startswith("."):
             continue
         try:
@@ -301,11 +302,12 @@ def comparison_table(reports: list[dict[str, Any]]) -> str:
 
 
 def compare(reports_dir: str | Path) -> str:
-    """Side-by-side table of every run under ``reports_dir``: printed, and written to ``reports_dir/comparison.md``.
+    """Side-by-side table of every run under ``reports_dir`` (a folder or a bucket URL): printed, and written to
+    ``reports_dir/comparison.md``.
 
     Returns the Markdown. Raises :class:`FileNotFoundError` when there is no report to compare.
     """
-    reports_dir = Path(reports_dir)
+    reports_dir = artifact_path(reports_dir)
     reports = load_reports(reports_dir)
     if not reports:
         raise FileNotFoundError(
