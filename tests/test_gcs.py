@@ -323,3 +323,92 @@ def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
     text = compare(f"gs://{prefix}/reports")
     assert fs.cat(f"{prefix}/reports/comparison.md").decode() == text
     assert all(f"`{run}`" in text for run in ("tiny", "tfidf", "zero-shot"))
+
+
+def test_missing_models_in_a_bucket_name_the_url_and_the_command(gcs, stage_bucket: str, tmp_path: Path) -> None:
+    from arxiv_embeddings import evaluate, export, index
+    from arxiv_embeddings.models import ModelNotFoundError, fetch_model
+
+    remote = _remote(STAGES, tmp_path)
+    expected = rf"gs://{stage_bucket}/models/nope/final.*uv run inv train"
+    with pytest.raises(ModelNotFoundError, match=expected):
+        evaluate.run(compose("evaluate", [*remote, *EVAL, "evaluate.model=nope"]))
+    with pytest.raises(ModelNotFoundError, match=expected):
+        export.run(compose("export", [*remote, "export.model=nope", "export.quantize=false"]))
+    with pytest.raises(ModelNotFoundError, match=expected):
+        index.run(compose("index", [*remote, "index.model=nope"]))
+    url = f"gs://{stage_bucket}/models/other/final"
+    with pytest.raises(ModelNotFoundError, match=rf"No sentence-transformers model at {url}.*uv run inv train"):
+        fetch_model(url, tmp_path / "cache")
+    with pytest.raises(ModelNotFoundError, match=rf"{url}.*uv run inv train"):
+        evaluate.run(compose("evaluate", [*remote, *EVAL, f"evaluate.model={url}"]))
+    assert not gcs.exists(f"{stage_bucket}/reports/other")  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_path: Path, make_cfg) -> None:
+    import numpy as np
+
+    from arxiv_embeddings import export, index
+    from arxiv_embeddings.io import local_copy
+
+    fs, prefix = gcs, stage_bucket
+    remote = _remote(STAGES, tmp_path)
+    model = f"{prefix}/models/tiny/final"
+    model_before = _objects(fs, model)
+    export_args = [
+        "run_name=tiny",
+        "export.optimization_levels=[]",
+        "export.quantize=false",
+        "export.parity.max_papers=40",
+        "export.throughput.texts=8",
+        "export.throughput.batch_size=8",
+        "export.throughput.seq_lengths=[32]",
+        "export.throughput.repeats=1",
+        "export.throughput.torch=[fp32]",
+    ]
+    result = execute(export.SPEC, compose("export", [*remote, *export_args]))
+    assert result is not None and str(result["dir"]) == f"gs://{model}"
+    after = _objects(fs, model)
+    assert {k: v for k, v in after.items() if k in model_before} == model_before  # the model's own files untouched
+    assert set(after) - set(model_before) == {"onnx/model.onnx", "onnx/.stage-export.json", "export_report.json"}
+    report = read_json(f"gs://{model}/export_report.json")
+    assert report["model"] == f"gs://{model}" and report["variants"]["onnx-fp32"]["parity"]["passed"]
+    assert [n for n in fs.find(prefix) if ".tmp-" in n] == []
+    assert execute(export.SPEC, compose("export", [*remote, *export_args])) is None  # unchanged: skipped
+
+    # The index embeds with the ONNX export read from the bucket (through the model's local copy).
+    index_args = [
+        "index.model=tiny",
+        "index.backend=onnx",
+        "index.type=flat",
+        "index.encode.device=cpu",
+        "index.shard_size=256",
+        "index.eval.queries=50",
+        "index.threads=1",
+    ]
+    result = execute(index.SPEC, compose("index", [*remote, *index_args]))
+    assert result is not None and str(result["dir"]) == f"gs://{prefix}/indexes/tiny"
+    assert set(_objects(fs, f"{prefix}/indexes")) == {
+        "tiny/index.faiss",
+        "tiny/metadata.parquet",
+        "tiny/manifest.json",
+        "tiny/.stage-index.json",
+    }
+    manifest = read_json(f"gs://{prefix}/indexes/tiny/manifest.json")
+    assert manifest["model_location"] == f"gs://{model}" and manifest["backend"] == "onnx"
+    # The embedding shards (the resume cache) stay on local disk, under paths.cache_dir.
+    assert Path(result["embeddings"]).is_relative_to(tmp_path / "cache" / "embeddings")
+    assert list(Path(result["embeddings"]).glob("shard-*.npy"))
+    assert execute(index.SPEC, compose("index", [*remote, *index_args])) is None  # unchanged: skipped
+
+    # The same build on local disk, from a local copy of the exported model: the same papers and vectors.
+    local_model = local_copy(f"gs://{model}", tmp_path / "copy")
+    local_args = [f"paths.processed_dir={local_copy(f'gs://{prefix}/data/processed', tmp_path / 'copy')}"]
+    local = index.run(make_cfg("index", tmp_path / "local", [*local_args, *index_args, f"index.model={local_model}"]))
+    built = index.PaperIndex.load(local_copy(f"gs://{prefix}/indexes/tiny", tmp_path / "copy"), verify=True)
+    reference = index.PaperIndex.load(local["dir"])
+    assert built.metadata.equals(reference.metadata) and len(built) > 500
+    np.testing.assert_allclose(
+        built.index.reconstruct_n(0, len(built)), reference.index.reconstruct_n(0, len(built)), atol=1e-5
+    )

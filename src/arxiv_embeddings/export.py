@@ -21,6 +21,9 @@ Parity gate: every ONNX variant must reach mean cosine >= ``export.parity.min_co
 ``export.parity.max_p10_diff`` of torch's, or the export fails naming both numbers, and the previous export (the
 ``onnx`` folder and the report) is left as it was. A Hub name is first saved under ``${paths.models_dir}/<name>/final``
 (an installed model package is read-only), so the export has a folder to live in.
+
+A model in a bucket (``paths=gcs``, or a ``gs://`` folder) is copied to ``${paths.cache_dir}`` (once per content),
+exported and measured there, and the ``onnx`` folder and the report are published next to the model in the bucket.
 """
 
 from __future__ import annotations
@@ -46,9 +49,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text
-from arxiv_embeddings.evaluate import check_int, model_location, read_sample
-from arxiv_embeddings.io import atomic_dir, file_sha256, write_json
-from arxiv_embeddings.models import ModelNotFoundError, cpu_supports_bf16, model_files, resolve_model
+from arxiv_embeddings.evaluate import as_path, check_int, model_location, read_sample
+from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, write_json
+from arxiv_embeddings.models import ModelNotFoundError, cpu_supports_bf16, fetch_model, model_files, resolve_model
 from arxiv_embeddings.onnx_embedder import (
     ONNX_DIR,
     REPORT_FILE,
@@ -213,7 +216,7 @@ def planned_variants(cfg: DictConfig) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ model folder
 def _hub_folder(cfg: DictConfig, name: str) -> Path:
-    return Path(cfg.paths.models_dir) / name.rstrip("/").split("/")[-1] / "final"
+    return artifact_path(cfg.paths.models_dir) / name.rstrip("/").split("/")[-1] / "final"
 
 
 def model_target(cfg: DictConfig) -> tuple[Path, str | None]:
@@ -224,7 +227,14 @@ def model_target(cfg: DictConfig) -> tuple[Path, str | None]:
     """
     value = str(cfg.export.model).strip()
     location = model_location(cfg, value)
-    path = Path(location).expanduser()
+    path = as_path(location)
+    if is_remote(location):
+        if not (path / "modules.json").exists():
+            raise ModelNotFoundError(
+                f"export.model: no sentence-transformers model at {path} (no modules.json); train one there with "
+                "'uv run inv train' (with the same paths overrides), or pass a run name, a model folder or a Hub name."
+            )
+        return path, None
     if path.exists():
         resolve_model(path)  # fails on a folder that is not a sentence-transformers model
         from arxiv_embeddings.lora import is_adapter_dir
@@ -537,10 +547,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     texts, labels, bench_texts, data_info = load_texts(cfg)
     if hub_name is not None:
         save_hub_model(hub_name, model_dir)
+    # The files the export reads: the model folder itself, or for one in a bucket its local copy. What the export
+    # writes goes to model_dir either way (onnx/ through atomic_dir's staging folder, the report as one object).
+    source = Path(fetch_model(str(model_dir), cfg.paths.cache_dir))
     x, p, t = cfg.export, cfg.export.parity, cfg.export.throughput
     arch = quantization_arch(cfg)
     threads = int(t.threads or usable_cpus())
-    limit = _position_limit(model_dir)
+    limit = _position_limit(source)
     lengths = [int(n) for n in t.seq_lengths]
     if limit is not None and any(n > limit for n in lengths):
         raise ConfigError(
@@ -554,7 +567,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        reference = TorchEmbedder(model_dir, device="cpu", precision="fp32", max_seq_length=p.max_seq_length)
+        reference = TorchEmbedder(source, device="cpu", precision="fp32", max_seq_length=p.max_seq_length)
         parity_len = int(reference.max_seq_length)
         bs = int(p.batch_size)
         logger.info(f"Torch fp32 reference: {len(texts)} test papers at {parity_len} tokens.")
@@ -580,15 +593,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         add(REFERENCE, "torch", "fp32", None, parity(ref_vectors, ref_vectors, labels, *thresholds))
         embedders[REFERENCE] = reference
         if "bf16" in t.torch:
-            bf16 = TorchEmbedder(model_dir, device="cpu", precision="bf16", max_seq_length=parity_len)
+            bf16 = TorchEmbedder(source, device="cpu", precision="bf16", max_seq_length=parity_len)
             add("torch-bf16", "torch", "bf16", None, parity(ref_vectors, bf16.encode(texts, bs), labels, *thresholds))
             embedders["torch-bf16"] = bf16
 
         with atomic_dir(model_dir / ONNX_DIR) as stage_dir:
-            files = build_onnx(model_dir, stage_dir, [str(v) for v in x.optimization_levels], arch)
+            files = build_onnx(source, stage_dir, [str(v) for v in x.optimization_levels], arch)
             failures = []
             for variant, file in files.items():
-                emb = OnnxEmbedder(model_dir, file, variant, max_seq_length=parity_len, threads=threads)
+                emb = OnnxEmbedder(source, file, variant, max_seq_length=parity_len, threads=threads)
                 name = f"onnx-{variant}"
                 figures = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
                 add(name, "onnx", variant, file, figures)
@@ -725,10 +738,10 @@ def _outputs(cfg: DictConfig) -> list[Path]:
 def _inputs(cfg: DictConfig) -> list[Path]:
     """The model's own files (for a Hub name, those of its local source, the same before and after it is saved
     under models/) and the test split."""
-    processed = Path(cfg.paths.processed_dir) / "test.parquet"
+    processed = artifact_path(cfg.paths.processed_dir) / "test.parquet"
     value = str(cfg.export.model).strip()
     try:
-        path = Path(model_location(cfg, value)).expanduser()
+        path = as_path(model_location(cfg, value))
     except ModelNotFoundError:
         return [processed]
     if not path.exists():
@@ -745,7 +758,7 @@ SPEC = StageSpec(
     inputs=_inputs,
     outputs=_outputs,
     # Inside onnx/, so the stamp is neither an input (the model files) nor one of the hashed outputs.
-    stamp_dir=lambda cfg: (_spec_model_dir(cfg) or Path(cfg.paths.models_dir)) / ONNX_DIR,
+    stamp_dir=lambda cfg: (_spec_model_dir(cfg) or artifact_path(cfg.paths.models_dir)) / ONNX_DIR,
     validate=validate,
     config_keys=("export", "seed"),
 )

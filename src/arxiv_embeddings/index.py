@@ -20,6 +20,10 @@ backend, variant, length, text and the corpus bytes, so a build that crashed res
 another index type over the same vectors re-uses them all. The index is built in a temporary folder that replaces
 the previous one only when everything succeeded.
 
+With ``paths=gcs`` the corpus is read from the bucket, a model in the bucket is copied to ``${paths.cache_dir}``
+(once per content) to be loaded, and the index folder is published to the bucket; the embedding shards stay on local
+disk (see :func:`embeddings_dir`).
+
 Python API (used by the search CLI and the web service)::
 
     from arxiv_embeddings.index import PaperIndex, index_dir
@@ -59,7 +63,7 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
-from arxiv_embeddings.io import atomic_dir, file_sha256, read_json
+from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, parquet_file, read_json, read_parquet
 from arxiv_embeddings.stage import StageSpec
 
 if TYPE_CHECKING:
@@ -130,8 +134,8 @@ def index_name(cfg: DictConfig) -> str:
 
 
 def index_dir(cfg: DictConfig) -> Path:
-    """Where the index of this config lives: ``${paths.indexes_dir}/<index name>``."""
-    return Path(cfg.paths.indexes_dir) / index_name(cfg)
+    """Where the index of this config lives: ``${paths.indexes_dir}/<index name>`` (a bucket URL with ``paths=gcs``)."""
+    return artifact_path(cfg.paths.indexes_dir) / index_name(cfg)
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -616,7 +620,7 @@ class Corpus:
         pending: list[pa.Table] = []
         held = 0
         for source in self.sources:
-            with pq.ParquetFile(source["path"]) as f:
+            with parquet_file(source["path"]) as f:
                 for batch in f.iter_batches(batch_size=min(size, 65_536), columns=["title", "abstract"]):
                     pending.append(pa.Table.from_batches([batch]))
                     held += batch.num_rows
@@ -641,7 +645,7 @@ def load_corpus(cfg: DictConfig) -> Corpus:
         sources, tables = [], []
         for split in c.splits:
             path = split_path(cfg, str(split))
-            table = pq.read_table(path, columns=list(METADATA_COLUMNS))
+            table = read_parquet(path, columns=list(METADATA_COLUMNS))
             sources.append(
                 {"split": str(split), "path": str(path), "sha256": file_sha256(path), "rows": table.num_rows}
             )
@@ -844,13 +848,22 @@ def evaluate_index(index: faiss.Index, embeddings: Embeddings, queries: int, k: 
 
 # ---------------------------------------------------------------------------------------------- the stage
 def embeddings_dir(cfg: DictConfig, key: dict[str, Any]) -> Path:
-    """Shard folder for one embedding key: ``${paths.indexes_dir}/.embeddings/<hash of the key>``."""
+    """Shard folder for one embedding key: ``${paths.indexes_dir}/.embeddings/<hash of the key>``.
+
+    With the indexes in a bucket, the shards go to ``${paths.cache_dir}/embeddings/<hash>`` on local disk instead:
+    they are written one at a time as the embedding goes, and read back memory-mapped (several passes for
+    training, adding and measuring the index), which a bucket cannot do. The cost is that a build interrupted on one
+    machine resumes only on the same machine; on another one it embeds the corpus again.
+    """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    if is_remote(cfg.paths.indexes_dir):
+        return Path(cfg.paths.cache_dir) / "embeddings" / digest
     return Path(cfg.paths.indexes_dir) / ".embeddings" / digest
 
 
 def model_location(cfg: DictConfig) -> str:
-    """The folder (or Hub name) ``index.model`` names: ``${paths.models_dir}/<run>/final`` for a run name."""
+    """The folder (or Hub name) ``index.model`` names: ``${paths.models_dir}/<run>/final`` for a run name (a
+    ``gs://`` URL with ``paths=gcs``)."""
     from arxiv_embeddings.evaluate import model_location as locate
 
     return locate(cfg, str(cfg.index.model))
@@ -891,16 +904,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ix = cfg.index
     if ix.threads:
         faiss.omp_set_num_threads(int(ix.threads))
+    from arxiv_embeddings.models import fetch_model
+
     location = model_location(cfg)  # fails on a missing run or folder before any work
+    local = fetch_model(location, cfg.paths.cache_dir)  # a model in a bucket: its local copy
     corpus = load_corpus(cfg)
     embedder = load_embedder(
-        location,
+        local,
         backend=str(ix.backend),
         variant=ix.variant,
         device=ix.encode.device,
         max_seq_length=ix.encode.max_seq_length,
     )
-    folder = _model_folder(location)
+    folder = _model_folder(local)
     fingerprint = model_fingerprint(folder) if folder is not None else f"name:{location}"
     key = embedding_key(fingerprint, embedder, corpus, str(ix.text), int(ix.shard_size))
     cache = embeddings_dir(cfg, key)
@@ -929,7 +945,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "schema_version": SCHEMA_VERSION,
             "name": out_dir.name,
             "model": str(ix.model),
-            "model_location": str(Path(folder).resolve()) if folder is not None else location,
+            "model_location": location if is_remote(location) or folder is None else str(Path(folder).resolve()),
             "model_fingerprint": fingerprint,
             "backend": embedder.backend,
             "variant": embedder.variant,
@@ -972,13 +988,14 @@ def _inputs(cfg: DictConfig) -> list[Path]:
 
     c = cfg.index.corpus
     if c.path is None:
-        files = [Path(cfg.paths.processed_dir) / f"{s}.parquet" for s in c.splits]
+        files = [artifact_path(cfg.paths.processed_dir) / f"{s}.parquet" for s in c.splits]
     else:
         files = [Path(p) for p in sorted(glob.glob(str(c.path)))] or [Path(str(c.path))]
     try:
-        folder = _model_folder(model_location(cfg))
+        location = model_location(cfg)
     except FileNotFoundError:
-        folder = None
+        return files
+    folder = artifact_path(location) if is_remote(location) else _model_folder(location)
     return [*([folder] if folder is not None else []), *files]
 
 
