@@ -1,5 +1,7 @@
-"""Artifacts in a bucket (paths=gcs): preprocess -> pairs against a real GCS emulator started here, byte for byte
-the same as on local disk, with the skip/re-run stamps and the publish-or-keep-the-old-version guarantee."""
+"""Artifacts in a bucket (paths=gcs), against a real GCS emulator started here: preprocess -> pairs byte for byte the
+same as on local disk, train, evaluate / baseline / compare with the same metrics as on local disk, export and index
+of a model in the bucket, checkpoints copied to the bucket and resumed on a new machine; with the skip/re-run stamps
+and the publish-or-keep-the-old-version guarantee."""
 
 from __future__ import annotations
 
@@ -229,7 +231,7 @@ def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
     assert {"modules.json", "config_sentence_transformers.json", "train_summary.json", "train_config.yaml"} <= saved
     assert read_json(f"gs://{prefix}/models/t/final/train_summary.json")["global_step"] == 2
     assert fs.exists(f"{prefix}/models/t/.stage-train.json")
-    # The trainer's checkpoints stay on the machine's disk.
+    # The trainer's checkpoints are written on the machine's disk (and copied to the bucket, see below).
     assert (tmp_path / "logs" / "checkpoints" / "t" / "checkpoint-2").is_dir()
     # The model downloaded from the bucket loads and embeds.
     from sentence_transformers import SentenceTransformer
@@ -412,3 +414,90 @@ def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_p
     np.testing.assert_allclose(
         built.index.reconstruct_n(0, len(built)), reference.index.reconstruct_n(0, len(built)), atol=1e-5
     )
+
+
+# ------------------------------------------------------------------------------------- checkpoints in a bucket
+def test_checkpoint_sync_applies_to_a_bucket_only(tmp_path: Path) -> None:
+    from arxiv_embeddings import train
+    from arxiv_embeddings.config import ConfigError
+
+    remote = compose("train", ["paths=gcs", f"paths.bucket={BUCKET}", "run_name=r"])
+    assert str(train.remote_checkpoint_dir(remote)) == f"gs://{BUCKET}/arxiv-embeddings/models/r/checkpoints"
+    assert train.remote_checkpoint_dir(compose("train", [f"paths.root_dir={tmp_path}"])) is None
+    off = compose("train", ["paths=gcs", f"paths.bucket={BUCKET}", "train.checkpoint_sync=false"])
+    assert train.remote_checkpoint_dir(off) is None
+    with pytest.raises(ConfigError, match=r"train\.checkpoint_sync: got 'yes'"):
+        train.validate(compose("train", ["train.checkpoint_sync=yes"]))
+
+
+@pytest.mark.slow
+def test_checkpoints_are_copied_to_the_bucket_and_a_new_machine_resumes_from_them(
+    gcs, tmp_path: Path, processed_root: Path, tiny_model_dir: Path
+) -> None:
+    """A SPOT VM: the run is killed after its step-2 checkpoint, the next VM has an empty disk and resumes."""
+    from transformers import TrainerCallback
+
+    from arxiv_embeddings import train
+
+    fs = gcs
+    prefix = f"{BUCKET}/spot"
+    fs.put(str(processed_root / "data" / "processed"), f"{prefix}/data/processed", recursive=True)
+    remote = _remote("spot", tmp_path)
+    pairs.run(compose("pairs", [*remote, "pairs.num_train=64", "pairs.num_eval=16"]))
+    args = [
+        *remote,
+        f"model.name={tiny_model_dir}",
+        "run_name=t",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+        "trainer.eval_steps=100",
+        "trainer.save_total_limit=1",
+        "trainer.per_device_train_batch_size=8",
+        "train.eval_papers=0",
+        "train.test_papers=0",
+        "train.max_seq_length=32",
+        "train.freeze_layers=1",
+    ]
+
+    class Preempted(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == 3:
+                raise KeyboardInterrupt("the VM is gone after the step-2 checkpoint")
+
+    with pytest.raises(KeyboardInterrupt):
+        train.run(compose("train", args), callbacks=[Preempted()])
+    local = tmp_path / "logs" / "checkpoints" / "t"
+    remote_ckpts = f"{prefix}/models/t/checkpoints"
+    uploaded = _objects(fs, f"{remote_ckpts}/checkpoint-2")
+    assert {"trainer_state.json", "optimizer.pt", "modules.json"} <= set(uploaded)
+    assert uploaded == {
+        p.relative_to(local / "checkpoint-2").as_posix(): p.read_bytes()
+        for p in (local / "checkpoint-2").rglob("*")
+        if p.is_file()
+    }
+    marker = read_json(f"gs://{remote_ckpts}/run.json")
+    assert marker["checkpoints"] == ["checkpoint-2"] and marker["completed"] is False
+    assert not fs.exists(f"{prefix}/models/t/final")
+
+    shutil.rmtree(tmp_path / "logs")  # the next VM starts with an empty disk
+    seen: list[int] = []
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(state.global_step)
+
+    result = train.run(compose("train", args), callbacks=[Record()])
+    assert seen[0] == 2  # picked up after the downloaded checkpoint, not from step 0
+    assert result["summary"]["global_step"] == 4
+    assert fs.exists(f"{prefix}/models/t/final/modules.json")
+    # The newest save_total_limit checkpoints are kept in the bucket, and the run is marked finished there.
+    assert {n.rsplit("/", 1)[-1] for n in fs.ls(remote_ckpts)} == {"checkpoint-4", "run.json"}
+    marker = read_json(f"gs://{remote_ckpts}/run.json")
+    assert marker["checkpoints"] == ["checkpoint-4"] and marker["completed"] is True
+
+    # Another config starts afresh: the finished run's checkpoints are moved aside in the bucket, not resumed.
+    train.run(compose("train", [*args, "trainer.max_steps=2"]))
+    stale = [n for n in fs.ls(f"{prefix}/models/t") if ".old-" in n]
+    assert len(stale) == 1 and fs.exists(f"{stale[0]}/checkpoint-4/trainer_state.json")
+    marker = read_json(f"gs://{remote_ckpts}/run.json")
+    assert marker["checkpoints"] == ["checkpoint-2"] and marker["completed"] is True

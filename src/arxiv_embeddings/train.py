@@ -5,6 +5,11 @@
 The recipe follows the library's own examples: model -> data -> loss -> evaluator -> args -> trainer -> train ->
 test evaluation -> save the final model (with its model card and the resolved config beside it). The evaluator
 during training reads the **eval** split only; the test split is touched once, after training.
+
+With the models in a bucket (``paths=gcs``) the trainer writes its checkpoints to local disk
+(:func:`checkpoint_dir`), and with ``train.checkpoint_sync`` each one is also copied to
+``<models_dir>/<run>/checkpoints/`` in the bucket (:class:`CheckpointSync`), so that a run on a machine that can
+vanish (a SPOT / preemptible VM) resumes on the next one from its last checkpoint (:func:`download_checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -23,7 +28,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
 from arxiv_embeddings.data import paper_text
-from arxiv_embeddings.io import artifact_path, atomic_dir, is_remote, read_json, read_parquet, write_json
+from arxiv_embeddings.io import (
+    artifact_path,
+    atomic_dir,
+    download_dir,
+    exists,
+    is_remote,
+    publish_dir,
+    read_json,
+    read_parquet,
+    remove_tree,
+    write_json,
+)
 from arxiv_embeddings.models import model_files
 from arxiv_embeddings.stage import StageSpec, fingerprint
 
@@ -397,15 +413,109 @@ def model_dir(cfg: DictConfig) -> Path:
 def checkpoint_dir(cfg: DictConfig) -> Path:
     """Where the trainer keeps its checkpoints: beside the model, or on local disk
     (``${paths.log_dir}/checkpoints/<run_name>``) when the models are in a bucket, since the trainer writes plain
-    files. Resuming then works on the same machine; the final model is published to the bucket."""
+    files. The final model is published to the bucket, and with ``train.checkpoint_sync`` each checkpoint is copied
+    there too (:func:`remote_checkpoint_dir`), so a run resumes on another machine."""
     if is_remote(cfg.paths.models_dir):
         return Path(cfg.paths.log_dir) / "checkpoints" / str(cfg.run_name)
     return model_dir(cfg) / "checkpoints"
 
 
+# ------------------------------------------------------------------------------- checkpoints in a bucket
+def remote_checkpoint_dir(cfg: DictConfig) -> Path | None:
+    """Where checkpoints are copied in the bucket, ``<models_dir>/<run_name>/checkpoints``; None when the models
+    are on local disk (the checkpoints are there already) or ``train.checkpoint_sync`` is false."""
+    if not is_remote(cfg.paths.models_dir) or not cfg.train.checkpoint_sync:
+        return None
+    return model_dir(cfg) / "checkpoints"
+
+
+def _step(name: str) -> int:
+    return int(name.rsplit("-", 1)[-1])
+
+
+def upload_checkpoint(local: Path, remote_dir: Path, fp: str, keep: int | None) -> list[str]:
+    """Publish the checkpoint folder ``local`` to ``remote_dir/<its name>``, record it in ``remote_dir/run.json``,
+    then delete the remote checkpoints beyond the newest ``keep`` (the trainer's ``save_total_limit``; None = keep
+    all). Returns the checkpoints kept. A checkpoint enters run.json only once its upload is complete, so a resume
+    never picks a half-uploaded one."""
+    started = time.perf_counter()
+    publish_dir(local, remote_dir / local.name)
+    marker = remote_dir / "run.json"
+    info = read_json(marker) if exists(marker) else {}
+    listed = info.get("checkpoints", []) if info.get("fingerprint") == fp else []
+    names = sorted({*listed, local.name}, key=_step)
+    kept = names[-keep:] if keep else names
+    write_json(marker, {"fingerprint": fp, "completed": False, "checkpoints": kept})
+    for name in names:
+        if name not in kept:
+            remove_tree(remote_dir / name)
+    dropped = [n for n in names if n not in kept]
+    logger.info(
+        f"Checkpoint {local.name} copied to {remote_dir / local.name} in {time.perf_counter() - started:.1f}s"
+        + (f"; removed {', '.join(dropped)} there (trainer.save_total_limit={keep})." if dropped else ".")
+    )
+    return kept
+
+
+def download_checkpoint(cfg: DictConfig, ckpt_dir: Path, remote_dir: Path, fp: str) -> Path | None:
+    """With ``train.resume=auto`` and no checkpoint in ``ckpt_dir`` (a new machine, e.g. after a preemption): the
+    last checkpoint that an interrupted run of the same config copied to the bucket, downloaded into ``ckpt_dir``
+    (with its run.json, so the usual resume picks it up). None when there is nothing to resume."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if str(cfg.train.resume) != "auto" or (ckpt_dir.is_dir() and get_last_checkpoint(str(ckpt_dir)) is not None):
+        return None
+    marker = remote_dir / "run.json"
+    info = read_json(marker) if exists(marker) else {}
+    if info.get("fingerprint") != fp or info.get("completed") or not info.get("checkpoints"):
+        return None
+    name = info["checkpoints"][-1]
+    target = ckpt_dir / name
+    remove_tree(target)  # a partial folder of a crashed download (downloads are renamed into place, but be sure)
+    started = time.perf_counter()
+    download_dir(remote_dir / name, target)
+    write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": False})
+    logger.info(f"Downloaded checkpoint {remote_dir / name} to {target} in {time.perf_counter() - started:.1f}s.")
+    return target
+
+
+def _set_aside_remote_checkpoints(remote_dir: Path) -> None:
+    """Move the checkpoints of a finished run or of another config out of the way (server-side), as is done on
+    local disk, so that they never mix with the new run's."""
+    if not exists(remote_dir):
+        return
+    stale = remote_dir.with_name(f"{remote_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    fs, root, to = cast(Any, remote_dir).fs, cast(Any, remote_dir).path.rstrip("/"), cast(Any, stale).path
+    # Server-side copies, then deletes (fs.mv first tries an API that not every store or emulator offers).
+    names = sorted(fs.find(root))
+    fs.copy(names, [f"{to}/{n[len(root) :].lstrip('/')}" for n in names])
+    fs.rm(names)
+    fs.invalidate_cache(root)
+    logger.info(f"Previous checkpoints in the bucket moved to {stale}.")
+
+
+def _checkpoint_sync_callback(local_dir: Path, remote_dir: Path, fp: str, keep: int | None) -> Any:
+    from transformers import TrainerCallback
+
+    class CheckpointSync(TrainerCallback):  # type: ignore[misc]
+        """Copies each checkpoint the trainer saves to the bucket (on the main process only)."""
+
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.is_world_process_zero:
+                upload_checkpoint(local_dir / f"checkpoint-{state.global_step}", remote_dir, fp, keep)
+            return control
+
+    return CheckpointSync()
+
+
 def validate(cfg: DictConfig) -> None:
     check_missing(cfg)
     require_in("train.precision", cfg.train.precision, PRECISIONS)
+    require(
+        isinstance(cfg.train.get("checkpoint_sync"), bool),
+        "train.checkpoint_sync",
+        f"got {cfg.train.get('checkpoint_sync')!r}; expected true or false.",
+    )
     require_in("train.batch_sampler", cfg.train.batch_sampler, BATCH_SAMPLERS)
     require_in("logger.name", cfg.logger.name, ("none", "wandb"))
     loss_spec(cfg.loss)
@@ -493,9 +603,23 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     out = model_dir(cfg)
     ckpt_dir = checkpoint_dir(cfg)
     fp = fingerprint(cfg, [train_file], SPEC.config_keys)
+    remote_ckpts = remote_checkpoint_dir(cfg)
+    if rank0 and remote_ckpts is not None:
+        download_checkpoint(cfg, ckpt_dir, remote_ckpts, fp)
     resume_from = _checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
     if rank0:
         write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": False})
+    if rank0 and remote_ckpts is not None:
+        info = read_json(remote_ckpts / "run.json") if exists(remote_ckpts / "run.json") else {}
+        continuing = resume_from is not None and info.get("fingerprint") == fp and not info.get("completed")
+        if not continuing:
+            _set_aside_remote_checkpoints(remote_ckpts)
+        write_json(
+            remote_ckpts / "run.json",
+            {"fingerprint": fp, "completed": False, "checkpoints": info.get("checkpoints", []) if continuing else []},
+        )
+        limit = cfg.trainer.get("save_total_limit")
+        callbacks = [*callbacks, _checkpoint_sync_callback(ckpt_dir, remote_ckpts, fp, int(limit) if limit else None)]
     args = _training_args(cfg, ckpt_dir, precision, device, has_eval=eval_ds is not None or evaluator is not None)
 
     # 6. trainer
@@ -566,6 +690,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         }
         write_json(tmp / "train_summary.json", summary)
     write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": True})
+    if remote_ckpts is not None:
+        info = read_json(remote_ckpts / "run.json") if exists(remote_ckpts / "run.json") else {}
+        write_json(remote_ckpts / "run.json", {**info, "fingerprint": fp, "completed": True})
     p10 = test_metrics.get("test_cosine_precision@10")
     logger.success(
         f"train: {trainer.state.global_step} steps, {summary['pairs_per_second']} pairs/s ({precision} on {device}); "
