@@ -35,12 +35,16 @@ def test_server_process_serves_load_and_exits_cleanly_on_sigterm(tiny_model_dir:
     env.pop("WANDB_MODE", None)  # transformers prints a plain line when it is set; a server does not set it
     env.update(PORT=str(port), LOG_JSON="1", MODEL_PATH=str(tiny_model_dir), HOST="127.0.0.1")
     cmd = [sys.executable, "-m", "arxiv_embeddings.api", f"paths.root_dir={tmp_path}", "serve.search=false"]
-    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The log goes to a file, not a pipe: an undrained pipe fills (64 KiB: a few hundred access-log lines) and then
+    # blocks the server's next write, so requests would hang for reasons of the test's own making.
+    log_path = tmp_path / "server.log"
+    log_file = log_path.open("w")
+    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert server.poll() is None, f"server exited early: {server.communicate()[0]}"
+            assert server.poll() is None, f"server exited early: {log_path.read_text()}"
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
@@ -78,17 +82,21 @@ def test_server_process_serves_load_and_exits_cleanly_on_sigterm(tiny_model_dir:
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 60
         while len(statuses) < 8:
+            assert time.monotonic() < deadline and any(t.is_alive() for t in threads), statuses
             time.sleep(0.01)
         server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=60)
+        server.wait(timeout=60)
         stop.set()
         for t in threads:
             t.join(30)
     finally:
         if server.poll() is None:
             server.kill()
-            server.communicate()
+            server.wait()
+        log_file.close()
+    output = log_path.read_text()
     assert server.returncode == 0, output
     assert statuses and all(s == 200 for s in statuses), statuses
     records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
