@@ -203,7 +203,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of the sustained service run (a)")
     parser.add_argument("--naive-duration", type=float, default=None, help="seconds per naive run (default 30)")
     parser.add_argument("--limit-duration", type=float, default=None, help="seconds of the in-process run (20)")
-    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before each measured run")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of load before each measured run (default 30, at most --duration): the allocator's caches "
+        "for the many padded shapes fill during the first minute or two (see bench/README.md)",
+    )
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx"))
@@ -241,6 +247,8 @@ def main() -> None:
     args.batch_size = args.batch_size or serve_defaults.batch_size
     args.encode_batch_size = args.encode_batch_size or serve_defaults.encode_batch_size
     args.threads = args.threads or serve_defaults.threads
+    if args.warmup is None:
+        args.warmup = min(30.0, args.duration)
     naive_duration = args.naive_duration if args.naive_duration is not None else min(30.0, args.duration)
     limit_duration = args.limit_duration if args.limit_duration is not None else min(20.0, args.duration)
 
@@ -369,6 +377,11 @@ def main() -> None:
         f"(a) server RSS: start {start_mb:.0f} MiB, end {end_mb:.0f} MiB, peak {peak_mb:.0f} MiB "
         f"({len(rss)} samples over {rss[-1][0]:.0f}s; end - start {end_mb - start_mb:+.0f} MiB)"
     )
+    mid_mb = next(r for t, r in rss if t >= rss[-1][0] / 2) / 2**20
+    trace = ", ".join(
+        f"{t:.0f}s {r / 2**20:.0f}" for t, r in rss[:: max(1, len(rss) // 8)] + ([rss[-1]] if len(rss) % 8 else [])
+    )
+    print(f"(a) RSS over the run (MiB): {trace}; second half {end_mb - mid_mb:+.0f} MiB")
     print(f"mean micro-batch of (a): {batch:.1f} texts")
     print(
         f"texts per CPU-second of the serving process: (a) {per_cpu['a']:.2f}, (b) {per_cpu['threadpool']:.2f} "

@@ -467,3 +467,14 @@ def test_model_threads_are_set_in_the_worker_only(tiny_model_dir: Path, tmp_path
         assert client.post("/embed", json={"input": "a"}).status_code == 200
     assert seen == [3]  # not a default anywhere: the worker set it
     assert torch.get_num_threads() == before  # the process's other threads keep their setting
+
+
+def test_memory_trimmer_runs_at_most_once_per_interval() -> None:
+    from arxiv_embeddings.api.service import MemoryTrimmer
+
+    assert MemoryTrimmer(None).maybe_trim() is False
+    trimmer = MemoryTrimmer(0.05)
+    assert trimmer.maybe_trim() is False  # the interval starts now
+    time.sleep(0.06)
+    assert trimmer.maybe_trim() is (trimmer._trim is not None)  # glibc: trimmed; elsewhere nothing to call
+    assert trimmer.maybe_trim() is False

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     api_key_file: Path | None
     retry_after_s: int = Field(ge=1)
     shutdown_timeout_s: float = Field(ge=0)
+    trim_interval_s: float | None = Field(gt=0)
     log_json: bool
     log_level: str
     access_log: bool
