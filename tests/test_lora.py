@@ -144,6 +144,52 @@ def test_lora_trains_the_adapter_only_and_saves_adapter_and_merged_model(lora_ru
 
 
 @pytest.mark.slow
+def test_stages_accept_the_saved_adapter_and_merged_model(lora_run: dict, make_cfg) -> None:
+    """evaluate scores the merged model (the run name) and the adapter folder alike; index builds over the adapter
+    folder; export refuses the adapter and names the merged model."""
+    from arxiv_embeddings import export
+    from arxiv_embeddings import index as ix
+
+    root = lora_run["root"]
+    adapter = root / "models" / "qwen" / "adapter"
+    caps = [
+        "evaluate.max_test_papers=40",
+        "evaluate.classification.max_train_papers=40",
+        "evaluate.plots.max_points=40",
+    ]
+    merged = evaluate.run(make_cfg("evaluate", root, ["evaluate.model=qwen", *caps]))["metrics"]
+    with_adapter = evaluate.run(
+        make_cfg("evaluate", root, [f"evaluate.model={adapter}", "evaluate.report_name=qwen-adapter", *caps])
+    )["metrics"]
+    assert merged["title_abstract"]["search"] == "faiss-flat"
+    assert merged["title_abstract"]["mrr@10"] == pytest.approx(with_adapter["title_abstract"]["mrr@10"], abs=1e-6)
+    assert merged["subject_retrieval"]["ndcg@10"] == pytest.approx(
+        with_adapter["subject_retrieval"]["ndcg@10"], abs=1e-6
+    )
+
+    built = ix.run(
+        make_cfg(
+            "index",
+            root,
+            [
+                f"index.model={adapter}",
+                "index.backend=torch",
+                "index.type=flat",
+                "index.corpus.splits=[test]",
+                "index.threads=1",
+            ],
+        )
+    )
+    import pyarrow.parquet as pq
+
+    test_papers = pq.read_metadata(root / "data" / "processed" / "test.parquet").num_rows
+    assert built["manifest"]["count"] == test_papers and built["manifest"]["dimension"] == 32
+
+    with pytest.raises(ConfigError, match=r"holds a LoRA adapter.*models/<run>/final"):
+        export.model_target(make_cfg("export", root, [f"export.model={adapter}"]))
+
+
+@pytest.mark.slow
 def test_lora_checkpoints_resume(tmp_path: Path, processed_root: Path, tiny_qwen_dir: Path) -> None:
     from transformers import TrainerCallback
 
