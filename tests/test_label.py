@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from http_helpers import send_json
 
 from arxiv_embeddings import label, train
 from arxiv_embeddings.config import ConfigError, compose
@@ -257,7 +258,7 @@ class FakeLLM:
         prompt = body["messages"][-1]["content"]
         titles = re.findall(r"^Title: (.*)$", prompt, re.M)
         if len(titles) != 2:
-            return self.send(h, 400, {"error": {"message": "expected two papers in the prompt"}})
+            return send_json(h, 400, {"error": {"message": "expected two papers in the prompt"}})
         with self.lock:
             self.log.append(
                 {"title": titles[0], "prompt": prompt, "time": time.monotonic(), "auth": h.headers.get("Authorization")}
@@ -270,10 +271,10 @@ class FakeLLM:
             if action == "answer":
                 self.answered += 1
         if h.path != "/v1/chat/completions":
-            return self.send(h, 404, {"error": {"message": "not found"}})
+            return send_json(h, 404, {"error": {"message": "not found"}})
         if action == "timeout":
             time.sleep(1.0)  # the client has given up by then: not counted as in flight
-            return self.send(h, 200, {"choices": [{"message": {"content": "0.5"}}]})
+            return send_json(h, 200, {"choices": [{"message": {"content": "0.5"}}]})
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -286,28 +287,17 @@ class FakeLLM:
 
     def answer(self, h: BaseHTTPRequestHandler, action: str, titles: list[str]) -> None:
         if action == "429":
-            return self.send(h, 429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"})
+            return send_json(h, 429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"})
         if action in ("500", "503", "401"):
-            return self.send(h, int(action), {"error": {"message": action}})
+            return send_json(h, int(action), {"error": {"message": action}})
         score = pair_score(*titles)
         content = "I cannot judge these." if action == "garbage" else self.format(titles[0], score)
-        self.send(h, 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
+        send_json(h, 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
 
     @staticmethod
     def format(title: str, score: float) -> str:
         style = sum(map(ord, title)) % 4
         return [f"{score}", f"Score: {score}", json.dumps({"score": score}), f"{score * 10:g}/10"][style]
-
-    @staticmethod
-    def send(h: BaseHTTPRequestHandler, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(obj).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
 
     def requests_for(self, title: str) -> list[dict[str, Any]]:
         return [r for r in self.log if r["title"] == title]

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from http_helpers import send_json
 
 from arxiv_embeddings import baseline, evaluate, pairs, train
 from arxiv_embeddings.config import ConfigError, compose
@@ -353,25 +354,15 @@ class FakeEmbeddings(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path != "/v1/embeddings":
-            return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return send_json(self, 404, {"error": {"message": f"no route {self.path}"}})
         if self.headers.get("Authorization") != f"Bearer {type(self).token}":
-            return self._send(401, {"error": {"message": "Incorrect API key provided"}})
+            return send_json(self, 401, {"error": {"message": "Incorrect API key provided"}})
         if type(self).fail_next:
             type(self).fail_next -= 1
-            return self._send(429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": "0"})
+            return send_json(self, 429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": "0"})
         type(self).calls.append(len(body["input"]))
         dim = int(body.get("dimensions") or 64)
         data = []
@@ -380,7 +371,7 @@ class FakeEmbeddings(BaseHTTPRequestHandler):
             for word in re.findall(r"\w+", text.lower()):
                 vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % dim] += 1.0
             data.append({"object": "embedding", "index": i, "embedding": vector.tolist()})
-        self._send(200, {"object": "list", "data": data[::-1], "model": body["model"]})  # any order, by index
+        send_json(self, 200, {"object": "list", "data": data[::-1], "model": body["model"]})  # any order, by index
 
 
 @pytest.fixture()

@@ -119,8 +119,6 @@ def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
 def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, name: str) -> Any | None:
     """Subject retrieval on ``n_papers`` papers of ``split``: a quarter are queries, the rest the corpus,
     relevant = same primary subject. Returns None when ``n_papers`` is 0."""
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator
-
     from arxiv_embeddings.preprocess import split_path
 
     if n_papers <= 0:
@@ -140,26 +138,12 @@ def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, n
         if is_query[i] and by_subject.get(subject):
             queries[pid] = texts[i]
             relevant[pid] = by_subject[subject]
-    return InformationRetrievalEvaluator(
-        queries,
-        corpus,
-        relevant,
-        name=name,
-        precision_recall_at_k=[1, 5, 10],
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        map_at_k=[100],
-        accuracy_at_k=[1, 10],
-        batch_size=int(cfg.trainer.per_device_eval_batch_size),
-        show_progress_bar=False,
-    )
+    return _ir_evaluator(cfg, queries, corpus, relevant, name)
 
 
 def title_abstract_evaluator(cfg: DictConfig, split: str, n_papers: int, name: str) -> Any | None:
     """Title -> abstract retrieval on ``n_papers`` papers of ``split``: each title is a query, the papers'
     abstracts the corpus, relevant = its own abstract. Returns None when ``n_papers`` is 0."""
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator
-
     from arxiv_embeddings.preprocess import split_path
 
     if n_papers <= 0:
@@ -168,10 +152,25 @@ def title_abstract_evaluator(cfg: DictConfig, split: str, n_papers: int, name: s
     rng = np.random.default_rng(int(cfg.seed))
     papers = papers.iloc[np.sort(rng.permutation(len(papers))[: min(n_papers, len(papers))])]
     ids = papers.arxiv_id.astype(str).tolist()
+    titles = dict(zip(ids, papers.title, strict=True))
+    abstracts = dict(zip(ids, papers.abstract, strict=True))
+    return _ir_evaluator(cfg, titles, abstracts, {pid: {pid} for pid in ids}, name)
+
+
+def _ir_evaluator(
+    cfg: DictConfig,
+    queries: dict[str, str],
+    corpus: dict[str, str],
+    relevant: dict[str, set[str]],
+    name: str,
+) -> Any:
+    """The library's retrieval evaluator with the cut-offs every evaluation during training reports."""
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+
     return InformationRetrievalEvaluator(
-        dict(zip(ids, papers.title, strict=True)),
-        dict(zip(ids, papers.abstract, strict=True)),
-        {pid: {pid} for pid in ids},
+        queries,
+        corpus,
+        relevant,
         name=name,
         precision_recall_at_k=[1, 5, 10],
         mrr_at_k=[10],
