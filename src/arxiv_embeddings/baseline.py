@@ -34,6 +34,7 @@ from arxiv_embeddings.evaluate import (
     check_report_name,
     evaluate_features,
     evaluate_model,
+    features_from,
     load_data,
     local_model_dir,
     model_source,
@@ -133,14 +134,14 @@ def tfidf_features(data: EvalData, cfg: DictConfig) -> Features:
         vectorizer.fit(paper_text(fit_table, text))
     except ValueError as err:  # e.g. max_df / min_df leave no term
         raise ConfigError(f"baseline.tfidf: the vectorizer could not be fit ({err}); loosen min_df / max_df.") from err
-    titles = vectorizer.transform(paper_text(data.test, "title"))
-    abstracts = vectorizer.transform(paper_text(data.test, "abstract"))
-    papers = {"title": titles, "abstract": abstracts}.get(text)
-    if papers is None:
-        papers = vectorizer.transform(paper_text(data.test, text))
-    train = vectorizer.transform(paper_text(data.train, text))
-    info = {"kind": "tfidf", "dim": len(vectorizer.vocabulary_), "fit_papers": fit_table.num_rows, "device": "cpu"}
-    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train, info=info)
+    features = features_from(lambda texts, _what: vectorizer.transform(texts), data, text)
+    features.info = {
+        "kind": "tfidf",
+        "dim": len(vectorizer.vocabulary_),
+        "fit_papers": fit_table.num_rows,
+        "device": "cpu",
+    }
+    return features
 
 
 def run_tfidf(cfg: DictConfig, data: EvalData) -> dict[str, Any]:
@@ -180,14 +181,8 @@ def hosted_embedder(h: DictConfig) -> Any:
 
 def hosted_features(embedder: Any, data: EvalData, cfg: DictConfig) -> Features:
     """The test titles, abstracts and papers and the classifier's train papers, embedded by ``embedder``."""
-    text = str(cfg.evaluate.text)
-    titles = embedder.encode(paper_text(data.test, "title"))
-    abstracts = embedder.encode(paper_text(data.test, "abstract"))
-    papers = {"title": titles, "abstract": abstracts}.get(text)
-    if papers is None:
-        papers = embedder.encode(paper_text(data.test, text))
-    train = embedder.encode(paper_text(data.train, text))
-    info = {
+    features = features_from(lambda texts, _what: embedder.encode(texts), data, str(cfg.evaluate.text))
+    features.info = {  # after encoding: how many texts came from the cache
         "kind": "hosted-api",
         "endpoint": embedder.url,
         "dim": int(embedder.dimension),
@@ -196,7 +191,7 @@ def hosted_features(embedder: Any, data: EvalData, cfg: DictConfig) -> Features:
         "texts_requested": embedder.texts_requested,
         "texts_cached": embedder.texts_cached,
     }
-    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train, info=info)
+    return features
 
 
 def run_hosted_api(cfg: DictConfig, data: EvalData) -> dict[str, Any]:

@@ -43,9 +43,11 @@ class Embedder(Protocol):
         ...
 
 
-def _normalize(vectors: np.ndarray) -> np.ndarray:
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Float32 copy of ``vectors`` with unit L2 norm per row (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 class TorchEmbedder:
@@ -86,7 +88,7 @@ class TorchEmbedder:
             texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, normalize_embeddings=False
         )
         vectors = np.asarray(vectors, dtype=np.float32)
-        return _normalize(vectors) if normalize else vectors
+        return normalize_rows(vectors) if normalize else vectors
 
 
 def load_embedder(

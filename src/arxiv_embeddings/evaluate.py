@@ -15,6 +15,7 @@ With ``paths=gcs`` the splits are read from the bucket, a run's model is copied 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -375,16 +376,23 @@ def encode_texts(model: SentenceTransformer, texts: list[str], batch_size: int, 
     return np.asarray(emb, dtype=np.float32)
 
 
-def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig) -> Features:
-    """Embed the test papers, titles and abstracts, and the classifier's train papers (no text encoded twice)."""
-    text, bs = str(cfg.evaluate.text), int(cfg.evaluate.encode.batch_size)
-    titles = encode_texts(model, paper_text(data.test, "title"), bs, "test titles")
-    abstracts = encode_texts(model, paper_text(data.test, "abstract"), bs, "test abstracts")
+def features_from(encode: Callable[[list[str], str], Matrix], data: EvalData, text: str) -> Features:
+    """The test papers (``text``), titles and abstracts, and the classifier's train papers, as ``encode(texts,
+    what)`` turns them into vectors; no text is encoded twice (papers reuse the titles or abstracts when ``text`` is
+    one of them)."""
+    titles = encode(paper_text(data.test, "title"), "test titles")
+    abstracts = encode(paper_text(data.test, "abstract"), "test abstracts")
     papers = {"title": titles, "abstract": abstracts}.get(text)
     if papers is None:
-        papers = encode_texts(model, paper_text(data.test, text), bs, f"test papers ({text})")
-    train = encode_texts(model, paper_text(data.train, text), bs, f"train papers ({text}) for the classifier")
+        papers = encode(paper_text(data.test, text), f"test papers ({text})")
+    train = encode(paper_text(data.train, text), f"train papers ({text}) for the classifier")
     return Features(papers=papers, titles=titles, abstracts=abstracts, train=train)
+
+
+def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig) -> Features:
+    """Embed the test papers, titles and abstracts, and the classifier's train papers (no text encoded twice)."""
+    bs = int(cfg.evaluate.encode.batch_size)
+    return features_from(lambda texts, what: encode_texts(model, texts, bs, what), data, str(cfg.evaluate.text))
 
 
 # ------------------------------------------------------------------------------------------------ scoring

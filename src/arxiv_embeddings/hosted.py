@@ -31,6 +31,7 @@ import numpy as np
 from loguru import logger
 
 from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.embedder import normalize_rows
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -200,7 +201,7 @@ class HostedEmbedder:
         vectors = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
         self.dimension = int(vectors.shape[1])
         if normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            vectors = normalize_rows(vectors)
         return vectors
 
 

@@ -63,6 +63,7 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
+from arxiv_embeddings.embedder import normalize_rows
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, parquet_file, read_json, read_parquet
 from arxiv_embeddings.stage import StageSpec
 
@@ -182,13 +183,6 @@ def _safetensors_tensors(file: Path) -> list[tuple[str, str, list[int], str]]:
             fh.seek(base + lo)
             out.append((name, info["dtype"], list(info["shape"]), hashlib.sha256(fh.read(hi - lo)).hexdigest()))
     return out
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """Float32 copy of ``vectors`` with unit L2 norm per row (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 def _model_folder(name_or_path: str) -> Path | None:

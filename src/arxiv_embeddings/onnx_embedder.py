@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from arxiv_embeddings.embedder import normalize_rows
+
 #: File of every ONNX variant under ``<model>/onnx/``. ``fp32`` is the plain export; ``O1``-``O4`` are optimum's
 #: graph optimization levels (O4 = fp16, GPU only); ``int8-<arch>`` are dynamically quantized for a CPU family
 #: (optimum's AutoQuantizationConfig: unsigned weights for avx2, signed for the others, as sentence-transformers names them).
@@ -174,11 +176,6 @@ def _pool(modes: tuple[str, ...], tokens: np.ndarray, mask: np.ndarray) -> np.nd
     return np.concatenate(out, axis=1) if len(out) > 1 else out[0]
 
 
-def _normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-
-
 # -------------------------------------------------------------------------------------------- embedder
 class OnnxEmbedder:
     """One ONNX variant of a sentence-transformers model in an onnxruntime session (satisfies ``Embedder``)."""
@@ -283,7 +280,7 @@ class OnnxEmbedder:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             out[rows] = self._run([prepared[i] for i in rows])
-        return _normalize(out) if normalize or self.pipeline.normalize else out
+        return normalize_rows(out) if normalize or self.pipeline.normalize else out
 
     def __repr__(self) -> str:
         return (

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from arxiv_embeddings.api.batching import MicroBatcher
 from arxiv_embeddings.api.settings import Settings
+from arxiv_embeddings.embedder import normalize_rows
 
 if TYPE_CHECKING:
     from arxiv_embeddings.embedder import Embedder
@@ -282,7 +283,4 @@ def token_counter(embedder: Embedder) -> Callable[[list[str]], int] | None:
 def postprocess(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
     """Matryoshka truncation to ``dimensions``, then L2-normalization; a new array (shared rows stay untouched)."""
     out = np.array(vectors[:, :dimensions] if dimensions else vectors, dtype=np.float32, copy=True)
-    if normalize:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.maximum(norms, 1e-12)
-    return out
+    return normalize_rows(out) if normalize else out
