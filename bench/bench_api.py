@@ -7,8 +7,10 @@ One run, one model (the real sentence-transformers/all-MiniLM-L6-v2, loaded offl
 the same real abstracts (title, newline, abstract of the embedded sample), ``--clients`` concurrent clients that
 each keep one request in flight, one abstract per request:
 
-- (c) limit: the backend's own batched encode in this process, ``--clients`` texts per call (what the service
-  could reach with no HTTP, JSON or queueing at all), timed before and after the servers; the better run counts;
+- (c) limit: the backend's own batched encode in this process, with no HTTP, JSON or queueing at all, two ways,
+  each timed before and after the servers: one call of ``--clients`` texts on every core, and the service's own
+  layout (its workers in parallel threads, each encoding its share of ``--clients`` texts per call with its own
+  replica of the model and its intra-op threads); the best of the four runs is the limit;
 - (a) service: ``python -m arxiv_embeddings.api`` in its own process, driven by the async httpx load generator of
   ``arxiv_embeddings.api.loadtest`` for ``--duration`` seconds after a warm-up; its resident memory is sampled
   through the run (start, end, peak) and its mean batch size read from ``/metrics``;
@@ -175,14 +177,42 @@ def drive(server: Server, texts: list[str], clients: int, duration: float, warmu
 
 
 def limit(embedder: Any, texts: list[str], clients: int, batch_size: int, seconds: float) -> tuple[float, float]:
-    """(c): texts/s of the backend's batched encode in process, ``clients`` texts per call, for ``seconds``; and
-    texts per CPU-second of this process."""
+    """(c), one call: texts/s of the backend's batched encode in this thread, ``clients`` texts per call, for
+    ``seconds``; and texts per CPU-second of this process."""
     done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         chunk = [texts[(done + i) % len(texts)] for i in range(clients)]
         embedder.encode(chunk, batch_size=batch_size)
         done += len(chunk)
     return done / (time.perf_counter() - start), done / (time.process_time() - cpu)
+
+
+def limit_parallel(
+    replicas: list[Any], texts: list[str], clients: int, batch_size: int, threads: int, seconds: float
+) -> tuple[float, float]:
+    """(c), the service's layout: one thread per replica (``threads`` intra-op threads each), each encoding
+    ``clients / len(replicas)`` texts per call, for ``seconds``; texts/s and texts per CPU-second of this process."""
+    share = max(1, clients // len(replicas))
+    counts = [0] * len(replicas)
+    start, cpu = time.perf_counter(), time.process_time()
+
+    def work(k: int) -> None:
+        if replicas[k].backend == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+        offset = k * len(texts) // len(replicas)
+        while time.perf_counter() - start < seconds:
+            chunk = [texts[(offset + counts[k] + i) % len(texts)] for i in range(share)]
+            replicas[k].encode(chunk, batch_size=batch_size)
+            counts[k] += len(chunk)
+
+    pool = [threading.Thread(target=work, args=(k,)) for k in range(len(replicas))]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - start), sum(counts) / (time.process_time() - cpu)
 
 
 def mean_batch(url: str) -> float | None:
@@ -219,6 +249,7 @@ def main() -> None:
         "--encode-batch-size", type=int, default=None, help="serve.encode_batch_size, also the limit's (configs)"
     )
     parser.add_argument("--threads", type=int, default=None, help="serve.threads, also the limit's (configs)")
+    parser.add_argument("--workers", type=int, default=None, help="serve.workers, also the limit's (configs)")
     parser.add_argument(
         "--naive-threads", type=int, default=None, help="torch threads of the naive servers (default: torch's own)"
     )
@@ -247,6 +278,7 @@ def main() -> None:
     args.batch_size = args.batch_size or serve_defaults.batch_size
     args.encode_batch_size = args.encode_batch_size or serve_defaults.encode_batch_size
     args.threads = args.threads or serve_defaults.threads
+    args.workers = args.workers or serve_defaults.workers
     if args.warmup is None:
         args.warmup = min(30.0, args.duration)
     naive_duration = args.naive_duration if args.naive_duration is not None else min(30.0, args.duration)
@@ -261,21 +293,37 @@ def main() -> None:
         f"niceness {os.nice(0)}; {_load()}"
     )
 
-    from arxiv_embeddings.api.service import model_threads
+    from arxiv_embeddings.api.service import cpu_layout
     from arxiv_embeddings.embedder import load_embedder
+    from arxiv_embeddings.onnx_embedder import usable_cpus
 
-    threads = model_threads(args.threads)
-    embedder = load_embedder(args.model, backend=args.backend, variant=args.variant, device="cpu", threads=threads)
+    threads, workers = cpu_layout(args.threads, args.workers)
+    cores = usable_cpus()
+    # (c1): one call on every core; (c2): the service's layout (``workers`` replicas with ``threads`` each).
+    embedder = load_embedder(args.model, backend=args.backend, variant=args.variant, device="cpu", threads=cores)
     if embedder.backend == "torch":
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cores)
+    layout = load_embedder(args.model, backend=args.backend, variant=args.variant, device="cpu", threads=threads)
+    replicas = [layout] + [layout.replica() for _ in range(workers - 1)]
     embedder.encode(texts[: args.clients], batch_size=args.encode_batch_size)  # warm-up
-    info = f"{embedder.backend}/{embedder.variant}, {embedder.max_seq_length} tokens, {threads} thread(s)"
-    print(f"(c) in-process batched encode ({info}), {limit_duration:g}s, before the servers ...", flush=True)
+    limit_parallel(replicas, texts, args.clients, args.encode_batch_size, threads, 2.0)  # warm-up
+    info = f"{embedder.backend}/{embedder.variant}, {embedder.max_seq_length} tokens"
+    one_call = f"one call of {args.clients} texts, {cores} thread(s)"
+    parallel = f"{workers} worker(s) x {threads} thread(s), {max(1, args.clients // workers)} texts per call"
+
+    def measure_limits(when: str) -> list[tuple[float, float]]:
+        print(f"(c) in-process batched encode ({info}), {limit_duration:g}s each way, {when} the servers ...")
+        runs = [
+            limit(embedder, texts, args.clients, args.encode_batch_size, limit_duration),
+            limit_parallel(replicas, texts, args.clients, args.encode_batch_size, threads, limit_duration),
+        ]
+        print(f"    {one_call}: {runs[0][0]:.1f} texts/s; {parallel}: {runs[1][0]:.1f} texts/s; {_load()}", flush=True)
+        return runs
+
     per_cpu: dict[str, float] = {}
-    limits = [limit(embedder, texts, args.clients, args.encode_batch_size, limit_duration)]
-    print(f"    {limits[0][0]:.1f} texts/s; {_load()}")
+    limits = measure_limits("before")
 
     env = {k: v for k, v in os.environ.items() if k not in ("PORT", "MODEL_PATH", "API_KEY", "INDEX_PATH")}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -292,6 +340,7 @@ def main() -> None:
             f"serve.batch_size={args.batch_size}",
             f"serve.encode_batch_size={args.encode_batch_size}",
             f"serve.threads={threads}",
+            f"serve.workers={workers}",
             "serve.access_log=false",
             "serve.log_level=WARNING",
             *([f"serve.variant={args.variant}"] if args.variant else []),
@@ -332,9 +381,7 @@ def main() -> None:
                 server_b.stop()
             print(f"    {naive[mode].line()}; {_load()}")
 
-    print(f"(c) in-process batched encode, {limit_duration:g}s, after the servers ...", flush=True)
-    limits.append(limit(embedder, texts, args.clients, args.encode_batch_size, limit_duration))
-    print(f"    {limits[1][0]:.1f} texts/s; {_load()}")
+    limits += measure_limits("after")
 
     rss = server.rss
     start_mb, end_mb, peak_mb = rss[0][1] / 2**20, rss[-1][1] / 2**20, max(r for _, r in rss) / 2**20
@@ -353,9 +400,8 @@ def main() -> None:
     print()
     head = f"{'':<38} {'texts/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs (c)':>10}"
     print(head + f" {'texts/CPU-s':>11}")
-    print(
-        row("(c) in-process batched encode (best)", c, None, "c") + f"   (runs: {limits[0][0]:.1f}, {limits[1][0]:.1f})"
-    )
+    runs = ", ".join(f"{r[0]:.1f}" for r in limits)
+    print(row("(c) in-process batched encode (best)", c, None, "c") + f"   (runs: {runs})")
     print(row("(a) service (micro-batching)", a, service, "a"))
     print(row("(b) naive server, def route (threads)", b, naive["threadpool"], "threadpool"))
     if "serial" in naive:

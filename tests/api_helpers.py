@@ -31,6 +31,7 @@ def make_settings(root: Path, model: Path | str, *overrides: str, **values: Any)
             f"serve.model_path={model}",
             "serve.search=false",
             "serve.device=cpu",
+            "serve.workers=1",
             "serve.batch_wait_ms=20",
             "serve.max_batch=8",
             "serve.max_chars=500",
@@ -55,6 +56,12 @@ class RecordingEmbedder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def replica(self) -> RecordingEmbedder:
+        """A replica of the real embedder for another worker, recording into the same list, held by the same gate."""
+        twin = RecordingEmbedder(self.inner.replica())  # type: ignore[attr-defined]
+        twin.calls, twin.gate, twin.entered = self.calls, self.gate, self.entered
+        return twin
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         self.entered.set()

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -444,19 +445,26 @@ def test_default_model_is_the_latest_trained_else_the_base(tmp_path: Path) -> No
     assert choose_model(make_settings(tmp_path, "/explicit/model")) == "/explicit/model"
 
 
+def test_cpu_layout_fills_the_cores() -> None:
+    from arxiv_embeddings.api.service import cpu_layout
+
+    assert cpu_layout(None, None, cores=8) == (1, 8)  # one single-threaded worker per core
+    assert cpu_layout(2, None, cores=8) == (2, 4) and cpu_layout(3, None, cores=2) == (3, 1)
+    assert cpu_layout(None, 2, cores=8) == (4, 2) and cpu_layout(None, 16, cores=8) == (1, 16)
+    assert cpu_layout(2, 3, cores=8) == (2, 3)
+    assert cpu_layout(None, None) == (1, len(os.sched_getaffinity(0)))
+
+
 def test_model_threads_are_set_in_the_worker_only(tiny_model_dir: Path, tmp_path: Path) -> None:
     import torch
 
-    from arxiv_embeddings.api.service import model_threads
-
-    assert model_threads(3) == 3
-    assert model_threads(None) == len(os.sched_getaffinity(0))
     before = torch.get_num_threads()
     seen: list[int] = []
     loader = RecordingLoader()
     app = create_app(make_settings(tmp_path, tiny_model_dir, "serve.threads=3"), load_embedder=loader)
     with TestClient(app) as client:
         wait_ready(client)
+        assert client.get("/health").json()["threads"] == 3
         inner_encode = loader.embedder.inner.encode
 
         def spy(texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
@@ -467,6 +475,30 @@ def test_model_threads_are_set_in_the_worker_only(tiny_model_dir: Path, tmp_path
         assert client.post("/embed", json={"input": "a"}).status_code == 200
     assert seen == [3]  # not a default anywhere: the worker set it
     assert torch.get_num_threads() == before  # the process's other threads keep their setting
+
+
+def test_several_workers_share_the_weights_and_each_caller_gets_its_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
+    loader = RecordingLoader()
+    settings = make_settings(tmp_path, tiny_model_dir, "serve.workers=2", "serve.threads=1", "serve.batch_size=4")
+    app = create_app(settings, load_embedder=loader)
+    texts = [f"paper {i} on {'graphs' if i % 2 else 'galaxies'} " * (1 + i % 5) for i in range(24)]
+    with TestClient(app) as client:
+        wait_ready(client)
+        health = client.get("/health").json()
+        assert (health["workers"], health["threads"]) == (2, 1)
+        service = app.state.service
+        assert service.batcher.workers == 2
+        before = len(loader.embedder.calls)  # the warm-up call at load
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            rows = list(pool.map(lambda t: client.post("/embed", json={"input": t}).json()["embeddings"][0], texts))
+    embedder = loader.embedder
+    np.testing.assert_allclose(np.array(rows), _reference(embedder, texts), atol=1e-5)
+    calls = embedder.calls[before:]
+    assert sum(calls) == len(texts) and max(calls) <= 4 and len(calls) < len(texts)
+    replica = embedder.inner.replica()
+    for mine, theirs in zip(embedder.inner.model.parameters(), replica.model.parameters(), strict=True):
+        assert mine.data_ptr() == theirs.data_ptr()  # one copy of the weights
+    assert replica.model.tokenizer is not embedder.inner.model.tokenizer
 
 
 def test_memory_trimmer_runs_at_most_once_per_interval() -> None:

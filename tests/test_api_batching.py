@@ -138,3 +138,43 @@ def test_close_drains_the_queue_then_refuses_new_work() -> None:
 def test_invalid_limits() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         MicroBatcher(Encoder(), max_batch_size=0, max_wait_s=0, max_queue=1)
+
+
+def test_idle_workers_share_what_is_waiting() -> None:
+    a, b = Encoder(), Encoder()
+    a.gate.clear(), b.gate.clear()  # calls block until the test opens them
+    batcher = MicroBatcher([a, b], max_batch_size=32, max_wait_s=0.3, max_queue=100)
+    assert batcher.workers == 2
+    futures = [batcher.submit([f"t{i}"]) for i in range(16)]  # all within the wait: one queue of 16 texts
+    assert a.entered.wait(5) and b.entered.wait(5)  # both workers took work ...
+    assert batcher.queued_texts == 0  # ... and nothing is left waiting
+    a.gate.set(), b.gate.set()
+    for i, future in enumerate(futures):
+        np.testing.assert_array_equal(future.result(5), expected([f"t{i}"]))
+    # Two idle workers: the first takes half of what waits, the second the rest; one worker alone would take 16.
+    assert sorted(len(batch) for batch in a.batches + b.batches) == [8, 8]
+    assert batcher.close(5)
+
+
+def test_workers_encode_at_the_same_time() -> None:
+    a, b = Encoder(), Encoder()
+    a.gate.clear(), b.gate.clear()
+    batcher = MicroBatcher([a, b], max_batch_size=8, max_wait_s=0, max_queue=100)
+    first = batcher.submit(["first"])
+    deadline = time.monotonic() + 5
+    while not (a.entered.is_set() or b.entered.is_set()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    busy, free = (a, b) if a.entered.is_set() else (b, a)
+    second = batcher.submit(["second"])
+    assert free.entered.wait(5)  # the other worker took it while the first call is still running
+    free.gate.set()
+    np.testing.assert_array_equal(second.result(5), expected(["second"]))
+    assert not first.done()  # still held in the busy worker
+    busy.gate.set()
+    np.testing.assert_array_equal(first.result(5), expected(["first"]))
+    assert batcher.close(5)
+
+
+def test_needs_an_encoder() -> None:
+    with pytest.raises(ValueError, match="at least one encoder"):
+        MicroBatcher([], max_batch_size=1, max_wait_s=0, max_queue=1)

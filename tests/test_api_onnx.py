@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,24 @@ def test_onnx_backend_serves_the_same_vectors_as_torch(
         usage = client.post("/v1/embeddings", json={"input": TEXTS, "model": "m"}).json()["usage"]
         onnx = app.state.service.embedder
         assert usage["prompt_tokens"] == int(onnx.token_counts(TEXTS).sum()) > len(TEXTS)
+
+
+def test_onnx_workers_share_the_session_with_their_own_tokenizers(
+    onnx_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_serving_env(monkeypatch)
+    settings = make_settings(tmp_path, onnx_model, "serve.backend=onnx", "serve.workers=2", "serve.batch_size=2")
+    texts = [f"{TEXTS[i % 2]} (variant {i})" for i in range(12)]
+    app = create_app(settings)
+    with TestClient(app) as client:
+        health = wait_ready(client)
+        assert (health["backend"], health["workers"], health["threads"]) == ("onnx", 2, 1)
+        onnx = app.state.service.embedder
+        assert onnx.session.get_session_options().intra_op_num_threads == 1
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            rows = list(pool.map(lambda t: client.post("/embed", json={"input": t}).json()["embeddings"][0], texts))
+    np.testing.assert_allclose(np.asarray(rows), onnx.encode(texts), atol=1e-5)
+    twin = onnx.replica()
+    assert twin.session is onnx.session and twin.tokenizer is not onnx.tokenizer
+    assert twin.max_seq_length == onnx.max_seq_length
+    assert [e.ids for e in twin.tokenizer.encode_batch(texts)] == [e.ids for e in onnx.tokenizer.encode_batch(texts)]

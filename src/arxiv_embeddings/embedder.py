@@ -90,6 +90,17 @@ class TorchEmbedder:
         vectors = np.asarray(vectors, dtype=np.float32)
         return normalize_rows(vectors) if normalize else vectors
 
+    def replica(self) -> TorchEmbedder:
+        """A copy to encode from another thread at the same time: the same weight tensors (no memory for a second
+        copy of them), its own modules and tokenizer (a fast tokenizer must not be used by two threads at once)."""
+        import copy
+        import itertools
+
+        shared = {id(t): t for t in itertools.chain(self.model.parameters(), self.model.buffers())}
+        clone = copy.copy(self)
+        clone.model = copy.deepcopy(self.model, memo=shared)
+        return clone
+
 
 def load_embedder(
     name_or_path: str | os.PathLike[str],

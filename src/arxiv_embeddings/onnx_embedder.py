@@ -15,6 +15,7 @@ Only Transformer -> Pooling -> (Normalize) models are supported; a Dense or othe
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -281,6 +282,15 @@ class OnnxEmbedder:
             rows = order[start : start + batch_size]
             out[rows] = self._run([prepared[i] for i in rows])
         return normalize_rows(out) if normalize or self.pipeline.normalize else out
+
+    def replica(self) -> OnnxEmbedder:
+        """A copy to encode from another thread at the same time: the same onnxruntime session (its ``run`` may be
+        called from several threads), its own tokenizer (a Rust tokenizer must not be used by two threads at once)."""
+        from tokenizers import Tokenizer
+
+        clone = copy.copy(self)
+        clone.tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        return clone
 
     def __repr__(self) -> str:
         return (

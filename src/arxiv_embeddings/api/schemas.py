@@ -139,6 +139,8 @@ class HealthResponse(BaseModel):
     variant: str
     device: str
     max_seq_length: int
+    workers: int = Field(description="Model worker threads, each encoding its own micro-batches.")
+    threads: int = Field(description="Intra-op threads of each worker (on a CPU).")
     version: str
     index_size: int | None = Field(description="Papers in the search index; null when /search is off.")
 

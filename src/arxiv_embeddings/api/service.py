@@ -7,7 +7,6 @@ model loads and ``/health`` turns 200 once it is ready (or stays 503 with the re
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from arxiv_embeddings.api.batching import MicroBatcher
 from arxiv_embeddings.api.settings import Settings
 from arxiv_embeddings.embedder import normalize_rows
+from arxiv_embeddings.onnx_embedder import usable_cpus
 
 if TYPE_CHECKING:
     from arxiv_embeddings.embedder import Embedder
@@ -37,15 +37,19 @@ except PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 
 
-def model_threads(configured: int | None) -> int:
-    """Intra-op threads of the model: ``configured``, else every usable core (HTTP and JSON take a few percent of
-    one core; the model thread runs the rest)."""
-    if configured:
-        return configured
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+def cpu_layout(threads: int | None, workers: int | None, cores: int | None = None) -> tuple[int, int]:
+    """(intra-op threads per worker, workers) on a CPU of ``cores`` usable cores (default: this process's).
+
+    Neither set: one thread per worker, one worker per core. One set: the other fills the cores. Both: as given.
+    """
+    cores = cores or usable_cpus()
+    if threads and workers:
+        return threads, workers
+    if threads:
+        return threads, max(1, cores // threads)
+    if workers:
+        return max(1, cores // workers), workers
+    return 1, cores
 
 
 def latest_trained_model(models_dir: Path) -> Path | None:
@@ -139,6 +143,8 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.index: PaperIndex | None = None
         self.count_tokens: Callable[[list[str]], int] | None = None
+        self.workers = 0  # model worker threads, once loaded
+        self.threads = 0  # intra-op threads of each
         self._thread: threading.Thread | None = None
         metrics.queue.set_function(lambda: self.batcher.queued_texts if self.batcher else 0)
 
@@ -165,24 +171,37 @@ class Service:
         if self.status == "loading":
             self.status = "ready"
             index = f", index of {len(self.index):,} papers" if self.index is not None else ", no search index"
+            e = self.embedder
+            assert e is not None
             logger.info(
-                f"Ready in {time.perf_counter() - started:.1f}s: {self.model_name} ({self.embedder.backend}/"  # type: ignore[union-attr]
-                f"{self.embedder.variant}, {self.embedder.dimension}-d, {self.embedder.device}){index}."  # type: ignore[union-attr]
+                f"Ready in {time.perf_counter() - started:.1f}s: {self.model_name} ({e.backend}/{e.variant}, "
+                f"{e.dimension}-d, {e.device}, {self.workers} worker(s) x {self.threads} thread(s)){index}."
             )
 
     def _load(self) -> None:
         s = self.settings
         self.model_name = choose_model(s)
-        threads = model_threads(s.threads)
+        threads, workers = cpu_layout(s.threads, s.workers)
         embedder = self._load_embedder(
             self.model_name,
             backend=s.backend,
             variant=s.variant,
             device=s.device,
             max_seq_length=s.max_seq_length,
-            threads=threads,  # onnxruntime's intra-op threads; torch's are set in the worker thread below
+            threads=threads,  # onnxruntime's intra-op threads; torch's are set in each worker thread below
         )
         embedder.encode(["warm-up"], batch_size=1)  # first call allocates; keep it out of the first request
+        if str(embedder.device) != "cpu" and s.workers is None:
+            workers = 1  # one GPU: one worker keeps it busy with whole batches
+        # Each worker encodes with its own copy of the tokenizer and modules around the same weights.
+        encoders = [embedder]
+        for _ in range(workers - 1):
+            replica = getattr(embedder, "replica", None)
+            if replica is None:
+                logger.warning(f"{type(embedder).__name__} cannot be shared between threads; serving with 1 worker.")
+                break
+            encoders.append(replica())
+        self.workers, self.threads = len(encoders), threads
         self.embedder = embedder
         self.count_tokens = token_counter(embedder)
         self.index = self._load_index()
@@ -191,7 +210,7 @@ class Service:
             if embedder.backend == "torch":
                 import torch
 
-                torch.set_num_threads(threads)  # applies to the calling thread: the worker, not the whole process
+                torch.set_num_threads(threads)  # applies to the calling thread: each worker, not the whole process
 
         trimmer = MemoryTrimmer(s.trim_interval_s)
 
@@ -199,8 +218,11 @@ class Service:
             self.metrics.observe_batch(size, seconds)
             trimmer.maybe_trim()
 
+        def encoder(e: Embedder) -> Callable[[list[str]], np.ndarray]:
+            return lambda texts: e.encode(texts, batch_size=s.encode_batch_size, normalize=False)
+
         self.batcher = MicroBatcher(
-            lambda texts: embedder.encode(texts, batch_size=s.encode_batch_size, normalize=False),
+            [encoder(e) for e in encoders],
             max_batch_size=s.batch_size,
             max_wait_s=s.batch_wait_ms / 1000,
             max_queue=s.queue_size,
@@ -246,6 +268,8 @@ class Service:
             "variant": e.variant,
             "device": str(e.device),
             "max_seq_length": int(e.max_seq_length),
+            "workers": self.workers,
+            "threads": self.threads,
             "version": VERSION,
             "index_size": len(self.index) if self.index is not None else None,
         }

@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(ge=1)
     encode_batch_size: int = Field(ge=1)
     threads: int | None = Field(ge=1)
+    workers: int | None = Field(ge=1)
     batch_wait_ms: float = Field(ge=0)
     queue_size: int = Field(ge=1)
     max_batch: int = Field(ge=1)
