@@ -53,7 +53,10 @@ def test_load_counts_requests_errors_and_latencies(server: str) -> None:
     assert result.in_window <= result.requests - result.errors
     assert {s["path"] for s in seen} == {"/v1/embeddings"} and {s["auth"] for s in seen} == {"Bearer k"}
     assert {s["body"]["input"] for s in seen} == set(texts) and all(s["body"]["model"] for s in seen)
-    assert result.summary()["error_kinds"] == {"429": len(seen) // 4}
+    summary = result.summary()
+    assert summary["error_kinds"] == {"429": len(seen) // 4}
+    assert 0 < result.client_cpu_s < 5  # its own CPU time over a half-second run (plus set-up)
+    assert summary["client_cpu_ms_per_request"] == round(1000 * result.client_cpu_s / result.requests, 2)
 
 
 def test_unreachable_server_counts_connection_errors() -> None:

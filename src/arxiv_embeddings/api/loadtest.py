@@ -40,6 +40,8 @@ class LoadResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     #: Successful requests that finished inside the window.
     in_window: int = 0
+    #: CPU seconds the load generator itself spent (this process), to judge what it took from a server beside it.
+    client_cpu_s: float = 0.0
 
     @property
     def requests_per_s(self) -> float:
@@ -61,6 +63,7 @@ class LoadResult:
             "p95_ms": round(self.percentile(95), 1),
             "p99_ms": round(self.percentile(99), 1),
             "max_ms": round(max(self.latencies_ms, default=float("nan")), 1),
+            "client_cpu_ms_per_request": round(1000 * self.client_cpu_s / self.requests, 2) if self.requests else None,
         }
 
     def line(self) -> str:
@@ -70,6 +73,7 @@ class LoadResult:
             f"{s['requests_per_s']:.1f} req/s, latency p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, "
             f"p99 {s['p99_ms']} ms, max {s['max_ms']} ms, errors {s['errors']}"
             + (f" {s['error_kinds']}" if s["error_kinds"] else "")
+            + f"; load generator CPU {s['client_cpu_ms_per_request']} ms/request"
         )
 
 
@@ -118,6 +122,7 @@ async def run_load(
     # aiohttp spends several times less CPU per request (bench/README.md, section API).
     connector = aiohttp.TCPConnector(limit=concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
+    cpu_started = time.process_time()
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=client_timeout) as client:
         started = time.perf_counter()
         stop_at = started + duration
@@ -150,6 +155,7 @@ async def run_load(
         latencies_ms=latencies,
         error_kinds=dict(kinds),
         in_window=in_window,
+        client_cpu_s=time.process_time() - cpu_started,
     )
 
 
