@@ -434,10 +434,12 @@ def test_default_model_is_the_latest_trained_else_the_base(tmp_path: Path) -> No
     assert settings.model_path is None
     assert latest_trained_model(models) is None
     assert choose_model(settings) == settings.base_model == "sentence-transformers/all-MiniLM-L6-v2"
-    for i, run in enumerate(["old", "new"]):
+    for i, run in enumerate(["old", "new", "all-MiniLM-L6-v2"]):
         final = models / run / "final"
         final.mkdir(parents=True)
         (final / "modules.json").write_text("[]")
+        if run != "all-MiniLM-L6-v2":  # the newest: a base model saved there by `inv export`, never trained
+            (final / "train_summary.json").write_text("{}")
         os.utime(final, (1_000_000 + i, 1_000_000 + i))
     (models / "unfinished" / "final").mkdir(parents=True)  # no model files: ignored
     assert latest_trained_model(models) == models / "new" / "final"

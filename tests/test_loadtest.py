@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from http_helpers import send_json
@@ -16,10 +17,10 @@ from arxiv_embeddings.api.loadtest import run_load
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the API
-    seen: list[dict] = []
+    seen: ClassVar[list[dict]] = []
     lock = threading.Lock()
 
-    def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.lock:
             self.seen.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})

@@ -53,10 +53,11 @@ def cpu_layout(threads: int | None, workers: int | None, cores: int | None = Non
 
 
 def latest_trained_model(models_dir: Path) -> Path | None:
-    """The most recently written ``<models_dir>/*/final`` that holds a sentence-transformers model."""
+    """The most recently written ``<models_dir>/*/final`` that the train stage finished (it writes
+    ``train_summary.json`` last). A base model that ``inv export`` saved there from the Hub is not a trained one."""
     if not models_dir.is_dir():
         return None
-    finals = [p for p in models_dir.glob("*/final") if (p / "modules.json").exists() or (p / "config.json").exists()]
+    finals = [p for p in models_dir.glob("*/final") if (p / "train_summary.json").exists()]
     return max(finals, key=lambda p: p.stat().st_mtime, default=None)
 
 
