@@ -11,7 +11,7 @@ each keep one request in flight, one abstract per request:
   each timed before and after the servers: one call of ``--clients`` texts on every core, and the service's own
   layout (its workers in parallel threads, each encoding its share of ``--clients`` texts per call with its own
   replica of the model and its intra-op threads); the best of the four runs is the limit;
-- (a) service: ``python -m arxiv_embeddings.api`` in its own process, driven by the async httpx load generator of
+- (a) service: ``python -m arxiv_embeddings.api`` in its own process, driven by the async (aiohttp) load generator of
   ``arxiv_embeddings.api.loadtest`` for ``--duration`` seconds after a warm-up; its resident memory is sampled
   through the run (start, end, peak) and its mean batch size read from ``/metrics``;
 - (b) naive: a FastAPI server that encodes each request on its own, as blocking code is usually written (a plain
@@ -314,7 +314,9 @@ def main() -> None:
     parallel = f"{workers} worker(s) x {threads} thread(s), {max(1, args.clients // workers)} texts per call"
 
     def measure_limits(when: str) -> list[tuple[float, float]]:
-        print(f"(c) in-process batched encode ({info}), {limit_duration:g}s each way, {when} the servers ...")
+        print(
+            f"(c) in-process batched encode ({info}), {limit_duration:g}s each way, {when} the servers ...", flush=True
+        )
         runs = [
             limit(embedder, texts, args.clients, args.encode_batch_size, limit_duration),
             limit_parallel(replicas, texts, args.clients, args.encode_batch_size, threads, limit_duration),

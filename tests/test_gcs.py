@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,6 +201,24 @@ def test_atomic_dir_in_a_bucket_publishes_all_or_keeps_the_old_version(gcs) -> N
     assert tree_sha256(target) != digest and exists(target) and not exists(f"{target}/sub/b.txt")
 
 
+def _remote(prefix: str, tmp_path: Path) -> list[str]:
+    return [
+        "paths=gcs",
+        f"paths.bucket={BUCKET}",
+        f"paths.prefix={prefix}",
+        f"paths.log_dir={tmp_path}/logs",
+        f"paths.cache_dir={tmp_path}/cache",
+    ]
+
+
+def _bucket_with_pairs(fs: Any, processed_root: Path, prefix: str, tmp_path: Path) -> list[str]:
+    """The processed splits copied to gs://BUCKET/<prefix> and small pair files built there; its overrides."""
+    fs.put(str(processed_root / "data" / "processed"), f"{BUCKET}/{prefix}/data/processed", recursive=True)
+    remote = _remote(prefix, tmp_path)
+    pairs.run(compose("pairs", [*remote, "pairs.num_train=64", "pairs.num_eval=16"]))
+    return remote
+
+
 @pytest.mark.slow
 def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
     gcs, tmp_path: Path, processed_root: Path, tiny_model_dir: Path
@@ -209,9 +228,7 @@ def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
 
     fs = gcs
     prefix = f"{BUCKET}/vertex-like"
-    fs.put(str(processed_root / "data" / "processed"), f"{prefix}/data/processed", recursive=True)
-    remote = ["paths=gcs", f"paths.bucket={BUCKET}", "paths.prefix=vertex-like", f"paths.log_dir={tmp_path}/logs"]
-    pairs.run(compose("pairs", [*remote, "pairs.num_train=64", "pairs.num_eval=16"]))
+    remote = _bucket_with_pairs(fs, processed_root, "vertex-like", tmp_path)
     fast = [
         f"model.name={tiny_model_dir}",
         "run_name=t",
@@ -251,16 +268,6 @@ EVAL = [
     "evaluate.classification.max_train_papers=200",
 ]
 SECTIONS = ("num_subjects", "subject_retrieval", "title_abstract", "classification", "clustering")
-
-
-def _remote(prefix: str, tmp_path: Path) -> list[str]:
-    return [
-        "paths=gcs",
-        f"paths.bucket={BUCKET}",
-        f"paths.prefix={prefix}",
-        f"paths.log_dir={tmp_path}/logs",
-        f"paths.cache_dir={tmp_path}/cache",
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -441,9 +448,7 @@ def test_checkpoints_are_copied_to_the_bucket_and_a_new_machine_resumes_from_the
 
     fs = gcs
     prefix = f"{BUCKET}/spot"
-    fs.put(str(processed_root / "data" / "processed"), f"{prefix}/data/processed", recursive=True)
-    remote = _remote("spot", tmp_path)
-    pairs.run(compose("pairs", [*remote, "pairs.num_train=64", "pairs.num_eval=16"]))
+    remote = _bucket_with_pairs(fs, processed_root, "spot", tmp_path)
     args = [
         *remote,
         f"model.name={tiny_model_dir}",

@@ -4,7 +4,8 @@
     python -m arxiv_embeddings.api.loadtest --url http://127.0.0.1:8080 --route /v1/embeddings
 
 Each request embeds one real abstract of the embedded sample (a different one each time). Reports requests/s,
-texts/s, latency percentiles (p50/p95/p99, max) and errors by status; exits 1 if any request failed.
+texts/s, latency percentiles (p50/p95/p99, max), errors by status and the load generator's own CPU time per request;
+exits 1 if any request failed.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ async def run_load(
     counter = 0
     in_window = 0
     target = f"{url.rstrip('/')}{route}"
-    # aiohttp rather than httpx: the load generator usually shares the machine with the server it measures, and
-    # aiohttp spends several times less CPU per request (bench/README.md, section API).
+    # aiohttp, a light client: the load generator usually shares the machine with the server it measures, so the
+    # CPU it spends per request (reported in the result) is taken from the server.
     connector = aiohttp.TCPConnector(limit=concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     cpu_started = time.process_time()
