@@ -3,6 +3,7 @@
 uv run inv preprocess --overrides "preprocess.max_per_subject=40"
 uv run inv pipeline            # every stage in order; unchanged stages are skipped
 uv run inv pipeline --force    # re-run every stage
+uv run inv publish             # copy finished reports/ into the published results/ (README and docs show those)
 uv run inv test
 uv run inv docs                # the documentation site, strict (docs-serve: live preview)
 uv run inv lint                # the pre-commit hooks over the whole tree (what CI runs)
@@ -114,6 +115,22 @@ def compare(ctx: Context, overrides: str = "") -> None:
     """Print and write reports/comparison.md: every run in reports/ side by side."""
     args = " ".join(map(shlex.quote, shlex.split(overrides)))
     ctx.run(f"{PYTHON} -m arxiv_embeddings.baseline compare {args}", echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
+@task(
+    help={
+        "source": "the reports folder the stages wrote (default reports/)",
+        "dest": "the published results folder (default results/)",
+        "runs": "comma-separated run names to publish (default: every run under source)",
+    }
+)
+def publish(ctx: Context, source: str = "reports", dest: str = "results", runs: str = "") -> None:
+    """Copy finished run reports into results/ (committed; what README and docs show) and rebuild its comparison."""
+    args = ["--source", source, "--dest", dest] + [
+        a for r in runs.split(",") if r.strip() for a in ("--run", r.strip())
+    ]
+    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.cli", "publish", *map(shlex.quote, args)])
+    ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
 
 
 @task(

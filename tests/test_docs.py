@@ -28,7 +28,7 @@ SECTION_MARK = re.compile(r"--8<--\s*\[(?P<kind>start|end):(?P<name>[\w-]+)\]")
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _hook() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docs_reports_hook", DOCS / "hooks" / "reports.py")
+    spec = importlib.util.spec_from_file_location("docs_reports_hook", DOCS / "hooks" / "results.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -97,9 +97,9 @@ def snippet_text(target: str) -> str:
 
 
 def comparison_rows() -> dict[str, list[str]]:
-    """Run -> its cells, from reports/comparison.md."""
+    """Run -> its cells, from results/comparison.md."""
     rows = {}
-    for line in (REPO / "reports" / "comparison.md").read_text().splitlines():
+    for line in (REPO / "results" / "comparison.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("| `"):
             rows[cells[0].strip("`")] = cells
@@ -154,7 +154,7 @@ def test_every_page_of_the_nav_is_built_with_its_title_and_no_unresolved_include
         text = visible_text(page)
         # Include syntax outside code (where pages may show it on purpose) is an include that was not resolved.
         assert "--8<--" not in visible_text(page, code=False), f"an include was left unresolved in {src}"
-        assert "<!-- reports:" not in page, f"a results placeholder was left in {src}"
+        assert "<!-- results:" not in page, f"a results placeholder was left in {src}"
         for error in ("Snippet at path", "could not be found", "could not be located"):
             assert error not in text, f"{src}: {error}"
         assert len(text.split()) > 30, f"{src} is nearly empty"
@@ -192,21 +192,21 @@ def test_results_and_plots_come_from_the_reports(site: Path) -> None:
         for run, cells in rows.items():
             assert all(cell.strip("*`") in text for cell in cells[3:]), f"{src}: figures of {run} missing"
     for run in rows:
-        page = (site / "reports" / run / "index.html").read_text(encoding="utf-8")
-        report = (REPO / "reports" / run / "report.md").read_text(encoding="utf-8")
+        page = (site / "results" / run / "index.html").read_text(encoding="utf-8")
+        report = (REPO / "results" / run / "report.md").read_text(encoding="utf-8")
         first_row = next(line for line in report.splitlines() if line.startswith("| accuracy@1"))
         assert first_row.split("|")[2].strip() in visible_text(page)
         images = re.findall(r'<img[^>]+src="([^"]+)"', page)
-        assert len(images) == len(list((REPO / "reports" / run / "plots").glob("*.png"))) >= 3
+        assert len(images) == len(list((REPO / "results" / run / "plots").glob("*.png"))) >= 3
         for src in images:
-            built = (site / "reports" / run / src).resolve()
-            assert built.read_bytes() == (REPO / "reports" / run / src).read_bytes(), src
+            built = (site / "results" / run / src).resolve()
+            assert built.read_bytes() == (REPO / "results" / run / src).read_bytes(), src
         assert "<details" in page and "<table>" in page.split("<details", 1)[1].split("</details>", 1)[0]
     evaluation = visible_text((site / "evaluation" / "index.html").read_text(encoding="utf-8"))
-    if (REPO / "reports" / "cpu-budget").is_dir():
+    if (REPO / "results" / "cpu-budget").is_dir():
         assert "Not yet run" not in evaluation
     else:
-        assert "Not yet run" in evaluation and "reports/cpu-budget/" in evaluation
+        assert "Not yet run" in evaluation and "results/cpu-budget/" in evaluation
 
 
 @pytest.mark.slow
@@ -259,27 +259,27 @@ def test_home_page_screenshot_in_headless_chromium(site: Path, tmp_path: Path, r
 def test_results_section_says_not_yet_run_until_the_reports_exist(tmp_path: Path) -> None:
     hook = _hook()
     missing = hook._results(tmp_path, "evaluation.md", "cpu-budget")
-    assert "Not yet run" in missing and "reports/cpu-budget/" in missing and "8<" not in missing
+    assert "Not yet run" in missing and "results/cpu-budget/" in missing and "8<" not in missing
 
-    run_dir = tmp_path / "reports" / "cpu-budget" / "minilm-cpu-budget"
+    run_dir = tmp_path / "results" / "cpu-budget" / "minilm-cpu-budget"
     run_dir.mkdir(parents=True)
     (run_dir / "report.md").write_text("# Evaluation: minilm-cpu-budget\n")
     (run_dir.parent / "comparison.md").write_text("# Comparison\n\n| Run |\n|---|\n| `x` |\n")
     present = hook._results(tmp_path, "evaluation.md", "cpu-budget")
     assert "Not yet run" not in present
-    assert '--8<-- "reports/cpu-budget/comparison.md:2:"' in present
-    assert "(reports/cpu-budget/minilm-cpu-budget/index.md)" in present
-    assert hook._run_dirs(tmp_path) == ["reports/cpu-budget/minilm-cpu-budget"]
-    page = hook._report_page("reports/cpu-budget/minilm-cpu-budget")
-    assert '--8<-- "reports/cpu-budget/minilm-cpu-budget/report.md"' in page
+    assert '--8<-- "results/cpu-budget/comparison.md:2:"' in present
+    assert "(results/cpu-budget/minilm-cpu-budget/index.md)" in present
+    assert hook._run_dirs(tmp_path) == ["results/cpu-budget/minilm-cpu-budget"]
+    page = hook._report_page("results/cpu-budget/minilm-cpu-budget")
+    assert '--8<-- "results/cpu-budget/minilm-cpu-budget/report.md"' in page
     assert "(../../../evaluation.md)" in page and "(metrics.json)" in page
-    assert "metrics.json" not in hook._report_page("reports/x", has_metrics=False)
+    assert "metrics.json" not in hook._report_page("results/x", has_metrics=False)
 
 
 def test_readme_results_table_matches_the_comparison() -> None:
     rows = comparison_rows()
     header = next(
-        line for line in (REPO / "reports" / "comparison.md").read_text().splitlines() if line.startswith("| Run")
+        line for line in (REPO / "results" / "comparison.md").read_text().splitlines() if line.startswith("| Run")
     )
     columns = [c.strip() for c in header.strip().strip("|").split("|")]
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -289,11 +289,11 @@ def test_readme_results_table_matches_the_comparison() -> None:
     table = [line for line in lines if line.startswith("| ") and "`" in line.split("|")[1]]
     readme_header = next(line for line in lines if line.startswith("| run"))
     readme_columns = [c.strip() for c in readme_header.strip().strip("|").split("|")]
-    assert len(table) == len(rows), "the README's results table should list every run of reports/comparison.md"
+    assert len(table) == len(rows), "the README's results table should list every run of results/comparison.md"
     for line in table:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         run = re.search(r"`([^`]+)`", cells[0]).group(1)  # type: ignore[union-attr]
-        assert run in rows, f"README run {run} is not in reports/comparison.md"
+        assert run in rows, f"README run {run} is not in results/comparison.md"
         for name, cell in zip(readme_columns[1:], cells[1:], strict=True):
             source = rows[run][columns.index(name)]
             # Three decimals, rounded either way at a tie (0.9215 may show as 0.921 or 0.922).

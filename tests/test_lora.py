@@ -93,7 +93,9 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, processed_root: Path, tin
     root = _root_with_pairs(
         tmp_path_factory.mktemp("lora"), processed_root, "pairs=title_abstract", "pairs.num_train=96"
     )
-    return {"root": root, **train.run(_lora_cfg(root, tiny_qwen_dir))}
+    # bf16 on every CPU: what precision=auto picks on a CPU with AMX / AVX512-BF16. The saved and the in-memory
+    # model must still embed alike in fp32 afterwards (the trainer's autocast wrapper is dropped after training).
+    return {"root": root, **train.run(_lora_cfg(root, tiny_qwen_dir, "train.precision=bf16"))}
 
 
 def _encode(model, texts: list[str] = TEXTS) -> np.ndarray:
@@ -117,6 +119,7 @@ def test_lora_trains_the_adapter_only_and_saves_adapter_and_merged_model(lora_ru
     from sentence_transformers import SentenceTransformer
 
     summary = lora_run["summary"]
+    assert summary["precision"] == "bf16"
     assert summary["global_step"] == 3 and np.isfinite(summary["train"]["train_loss"])
     assert summary["batch_sampler"] == "category" and summary["loss"]["name"] == "InfoNCE"
     assert re.match(r"LoRA r=4 alpha=8 on 14 layers \(0\.\d+M of \d+\.\dM parameters trained\)", summary["frozen"])

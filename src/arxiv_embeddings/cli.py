@@ -130,5 +130,30 @@ def similar(
     search(query=None, arxiv_id=arxiv_id, k=k, overrides=overrides)
 
 
+@app.command("publish")
+def publish(
+    source: Annotated[Path, typer.Option(help="The reports folder the stages wrote (paths.reports_dir).")] = Path(
+        "reports"
+    ),
+    dest: Annotated[
+        Path, typer.Option(help="The published results folder (committed; shown by README and docs).")
+    ] = Path("results"),
+    runs: Annotated[
+        list[str] | None, typer.Option("--run", help="Publish only this run (repeatable); default: every run.")
+    ] = None,
+) -> None:
+    """Copy finished run reports into the published results folder and rebuild its comparison.md."""
+    from arxiv_embeddings.logging_utils import setup_logging
+    from arxiv_embeddings.publish import publish as publish_reports
+
+    setup_logging()
+    try:
+        published = publish_reports(source, dest, runs)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(code=1) from None
+    console.print(f"Published {', '.join(published)} to {dest}.")
+
+
 if __name__ == "__main__":
     app()

@@ -319,6 +319,13 @@ def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) 
     return info
 
 
+def _without_autocast(model: Any) -> Any:
+    """``model`` with the mixed-precision (autocast) forward wrapper that accelerate adds during training removed."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_fp32_wrapper=False)
+
+
 def resolve_precision(cfg: DictConfig, device: str) -> str:
     from arxiv_embeddings.models import best_precision
 
@@ -645,6 +652,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "train.max_seq_length."
         ) from err
     train_metrics = dict(output.metrics)
+    # With bf16/fp16 training, accelerate wraps the model's forward in autocast (on a CPU with AMX, bf16 is chosen
+    # automatically). The saved model has no such wrapper, so drop it: the test evaluation and the LoRA merge check
+    # below then see the model as `inv evaluate` and the API run it (fp32), whatever precision trained it.
+    model = _without_autocast(model)
     if not rank0:
         return {"rank": int(os.environ.get("RANK", "0")), "train": train_metrics}
 

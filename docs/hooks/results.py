@@ -1,11 +1,12 @@
-"""MkDocs hook: publish what the pipeline wrote under ``reports/`` as part of the site, with nothing copied by hand.
+"""MkDocs hook: publish the committed results under ``results/`` (what ``inv publish`` copied there from a run's
+``results/``) as part of the site, with nothing copied by hand.
 
-- Every file under ``reports/`` other than Markdown (plots, ``metrics.json``) is served at its own path, e.g.
-  ``reports/minilm-sample/plots/confusion_matrix.png``.
-- Every run report ``reports/<dir>/report.md`` gets a page at ``reports/<dir>/`` (unless ``docs/`` has one there)
+- Every file under ``results/`` other than Markdown (plots, ``metrics.json``) is served at its own path, e.g.
+  ``results/minilm-sample/plots/confusion_matrix.png``.
+- Every run report ``results/<dir>/report.md`` gets a page at ``results/<dir>/`` (unless ``docs/`` has one there)
   that includes the report with pymdownx.snippets. The page sits in the report's folder, so the report's relative
   image links (``plots/*.png``) resolve to the files above.
-- A line ``<!-- reports: <dir> -->`` in a page becomes the results of ``reports/<dir>/`` at build time: its
+- A line ``<!-- results: <dir> -->`` in a page becomes the results of ``results/<dir>/`` at build time: its
   ``comparison.md`` (without its title) and links to its run reports, or a "not yet run" note when the folder holds
   no report. Results are never written into the pages themselves.
 - ``<details>`` blocks (the reports fold long tables into them) get ``markdown="1"``, so md_in_html renders the
@@ -27,10 +28,10 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
-REPORTS = "reports"
+REPORTS = "results"
 REPORT_FILE = "report.md"
 COMPARISON_FILE = "comparison.md"
-_PLACEHOLDER = re.compile(r"^<!--\s*reports:\s*(?P<dir>[-\w./]+?)\s*-->[ \t]*$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"^<!--\s*results:\s*(?P<dir>[-\w./]+?)\s*-->[ \t]*$", re.MULTILINE)
 _DETAILS = re.compile(r"<details(?![^>]*\bmarkdown=)")
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const|ref):`~?([^`]+)`")
 _LITERAL_INTRO = re.compile(r"^(\S.*[^:\s])::$")
@@ -54,7 +55,7 @@ def _report_page(run_dir: str, has_metrics: bool = True) -> str:
     home = posixpath.relpath("evaluation.md", run_dir)
     metrics = " the figures are in [`metrics.json`](metrics.json) beside it." if has_metrics else ""
     return (
-        f"<!-- Generated at build time by docs/hooks/reports.py from {run_dir}/{REPORT_FILE}. -->\n"
+        f"<!-- Generated at build time by docs/hooks/results.py from {run_dir}/{REPORT_FILE}. -->\n"
         f'--8<-- "{run_dir}/{REPORT_FILE}"\n\n'
         "---\n\n"
         f"This page is `{run_dir}/{REPORT_FILE}` as the evaluation wrote it;{metrics} The command that produced it is "
@@ -80,7 +81,7 @@ def on_files(files: Files, *, config: MkDocsConfig) -> Files:
 
 
 def _results(root: Path, page_uri: str, reports_dir: str) -> str:
-    """Markdown for a ``<!-- reports: ... -->`` line: the comparison and the run reports, or "not yet run"."""
+    """Markdown for a ``<!-- results: ... -->`` line: the comparison and the run reports, or "not yet run"."""
     folder = f"{REPORTS}/{reports_dir}"
     comparison = root / folder / COMPARISON_FILE
     runs = _run_dirs(root, folder)
