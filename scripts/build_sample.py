@@ -2,6 +2,14 @@
 
     uv run python scripts/build_sample.py --corpus ../shared/data/arxiv_corpus.parquet
 
+and the fresh papers of the generalization check (resources/arxiv_fresh.parquet): papers of the same corpus that
+are not in the sample (neither their id nor their abstract), 15 per primary subject, for the subjects with at least
+15 such papers:
+
+    uv run python scripts/build_sample.py --corpus ../shared/data/arxiv_corpus.parquet --per-subject 15 \
+        --min-per-subject 15 --seed 2026 --exclude src/arxiv_embeddings/resources/arxiv_sample.parquet \
+        --out src/arxiv_embeddings/resources/arxiv_fresh.parquet
+
 Stratified by primary subject: up to ``--per-subject`` papers of every primary subject, chosen at random with a
 fixed seed, so every field of the corpus is represented and the large ones (cs.CV, cs.CL) do not drown the rest.
 """
@@ -26,9 +34,21 @@ def main() -> None:
     parser.add_argument("--per-subject", type=int, default=60)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--exclude", type=Path, help="leave out the papers of this parquet (same id or abstract)")
+    parser.add_argument("--min-per-subject", type=int, default=1, help="leave out subjects with fewer papers left")
     args = parser.parse_args()
 
     table = pq.read_table(args.corpus, columns=COLUMNS)
+    if args.exclude is not None:
+        other = pq.read_table(args.exclude, columns=["arxiv_id", "abstract"])
+        seen = pc.or_(
+            pc.is_in(table.column("arxiv_id"), value_set=other.column("arxiv_id")),
+            pc.is_in(table.column("abstract"), value_set=other.column("abstract")),
+        )
+        table = table.filter(pc.invert(seen))
+    counts = pc.value_counts(table.column("primary_subject"))
+    enough = [c["values"].as_py() for c in counts if c["counts"].as_py() >= args.min_per_subject]
+    table = table.filter(pc.is_in(table.column("primary_subject"), value_set=pa.array(enough)))
     rng = np.random.default_rng(args.seed)
     subjects = table.column("primary_subject").to_numpy(zero_copy_only=False).astype(str)
     order = np.lexsort((rng.random(len(subjects)), subjects))  # random order within each subject

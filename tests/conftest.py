@@ -35,8 +35,30 @@ SLICE_SUBJECTS = (
 )
 
 
+#: The fresh papers of the generalization check for the tests (set by the session fixture ``fresh_slice``).
+FRESH_SLICE: list[Path] = []
+
+
+def fresh_overrides() -> list[str]:
+    """``evaluate.fresh.path`` of the tests: the shipped fresh papers of the slice's subjects (fast to encode)."""
+    return [f"evaluate.fresh.path={FRESH_SLICE[0]}"] if FRESH_SLICE else []
+
+
 def root_overrides(root: Path) -> list[str]:
-    return [f"paths.root_dir={root}"]
+    return [f"paths.root_dir={root}", *fresh_overrides()]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped fresh papers (resources/arxiv_fresh.parquet) of the slice's subjects: about 15 per subject."""
+    from arxiv_embeddings.evaluate import FRESH_FILE
+
+    table = pq.read_table(SAMPLE_PATH.parent / FRESH_FILE)
+    table = table.filter(pc.is_in(table.column("primary_subject"), pa.array(SLICE_SUBJECTS)))
+    path = tmp_path_factory.mktemp("fresh") / "fresh.parquet"
+    pq.write_table(table, path)
+    FRESH_SLICE[:] = [path]
+    return path
 
 
 @pytest.fixture(scope="session")

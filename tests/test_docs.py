@@ -97,9 +97,9 @@ def snippet_text(target: str) -> str:
 
 
 def comparison_rows() -> dict[str, list[str]]:
-    """Run -> its cells, from results/comparison.md."""
+    """Run -> its cells, from the main table of results/comparison.md (not the gains below it)."""
     rows = {}
-    for line in (REPO / "results" / "comparison.md").read_text().splitlines():
+    for line in (REPO / "results" / "comparison.md").read_text().split("## Gain")[0].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("| `"):
             rows[cells[0].strip("`")] = cells

@@ -190,6 +190,9 @@ def test_missing_processed_data_names_the_command(tmp_path: Path, tiny_model_dir
         ("evaluate.classification.max_train_papers=0", "evaluate.classification.max_train_papers"),
         ("evaluate.encode.precision=int8", "evaluate.encode.precision"),
         ("evaluate.report_name=../elsewhere", "evaluate.report_name"),
+        ("evaluate.fresh.min_per_subject=1", "evaluate.fresh.min_per_subject"),
+        ("evaluate.fresh.enabled=maybe", "evaluate.fresh.enabled"),
+        ("evaluate.bootstrap.confidence=95", "evaluate.bootstrap.confidence"),
     ],
 )
 def test_validation_names_the_key(override: str, key: str, tmp_path: Path, make_cfg) -> None:
@@ -201,3 +204,63 @@ def test_validation_names_the_key(override: str, key: str, tmp_path: Path, make_
 def test_model_must_not_be_empty(tmp_path: Path, make_cfg) -> None:
     with pytest.raises(ConfigError, match=r"evaluate\.model"):
         evaluate.validate(make_cfg("evaluate", tmp_path, ["evaluate.model=''"]))
+
+
+# ------------------------------------------------------------------------------------- generalization check
+def test_fresh_papers_are_scored_with_per_query_figures(tiny_result: dict, fresh_slice: Path) -> None:
+    metrics = tiny_result["metrics"]
+    fresh, info = metrics["fresh_retrieval"], metrics["data"]["fresh"]
+    papers = pq.read_table(fresh_slice).to_pandas()
+    assert info["path"] == str(fresh_slice) and info["file_papers"] == len(papers) and info["dropped_seen"] == 0
+    assert fresh["num_queries"] == info["papers"] == len(papers) and fresh["corpus_size"] == len(papers)
+    assert 0.0 < fresh["precision@10"] <= 1.0
+    per_query = fresh["per_query"]
+    assert sorted(per_query["arxiv_id"]) == sorted(papers.arxiv_id)
+    assert np.mean(per_query["precision@10"]) == pytest.approx(fresh["precision@10"], abs=1e-5)
+    test_ids = set(metrics["subject_retrieval"]["per_query"]["arxiv_id"])
+    assert len(test_ids) == metrics["subject_retrieval"]["num_queries"] and not test_ids & set(per_query["arxiv_id"])
+    report = (tiny_result["dir"] / "report.md").read_text()
+    assert "## Generalization check: fresh papers" in report
+
+
+def test_fresh_papers_that_a_split_holds_are_left_out(
+    tmp_path: Path, project: Path, processed_root: Path, fresh_slice: Path, make_cfg
+) -> None:
+    """A fresh file that overlaps the processed data (e.g. training on the corpus it came from): those papers are
+    dropped, by id or by abstract, and subjects left too small go with them."""
+    import pandas as pd
+
+    fresh = pq.read_table(fresh_slice).to_pandas()
+    test = pq.read_table(processed_root / "data" / "processed" / "test.parquet").to_pandas()
+    train = pq.read_table(processed_root / "data" / "processed" / "train.parquet").to_pandas()
+    same_abstract = train.iloc[:3][["title", "abstract", "primary_subject"]].assign(arxiv_id=["x1", "x2", "x3"])
+    lonely = fresh.iloc[:4].assign(primary_subject="cs.LONELY", arxiv_id=lambda d: "lonely" + d.arxiv_id)
+    cols = ["arxiv_id", "title", "abstract", "primary_subject"]
+    mixed = pd.concat([fresh[cols], test.iloc[:5][cols], same_abstract[cols], lonely[cols]], ignore_index=True)
+    path = tmp_path / "mixed.parquet"
+    mixed.to_parquet(path)
+    cfg = make_cfg("evaluate", project, eval_overrides(processed_root, "run_name=tiny", f"evaluate.fresh.path={path}"))
+    kept, info = evaluate.load_fresh(cfg)
+    assert info["file_papers"] == len(mixed) and info["dropped_seen"] == 8
+    assert info["dropped_small_subjects"] == 4  # 4 < evaluate.fresh.min_per_subject (5)
+    assert sorted(kept.column("arxiv_id").to_pylist()) == sorted(fresh.arxiv_id)
+
+    with pytest.raises(FileNotFoundError, match=r"evaluate\.fresh\.path=.*evaluate\.fresh\.enabled=false"):
+        evaluate.load_fresh(make_cfg("evaluate", project, [f"evaluate.fresh.path={tmp_path / 'none.parquet'}"]))
+
+
+def test_fresh_check_off_and_each_model_at_its_own_length(
+    project: Path, processed_root: Path, make_cfg, tiny_model_dir: Path
+) -> None:
+    overrides = [o for o in eval_overrides(processed_root, "run_name=tiny") if "max_seq_length" not in o]
+    cfg = make_cfg(
+        "evaluate",
+        project,
+        [*overrides, "evaluate.fresh.enabled=false", "evaluate.encode.max_seq_length=null", "evaluate.report_name=own"],
+    )
+    metrics = evaluate.run(cfg)["metrics"]
+    assert metrics["fresh_retrieval"] is None and "fresh" not in metrics["data"]
+    from sentence_transformers import SentenceTransformer
+
+    own = SentenceTransformer(str(tiny_model_dir), device="cpu").max_seq_length
+    assert metrics["features"]["max_seq_length"] == own

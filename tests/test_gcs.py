@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fresh_overrides
 
 from arxiv_embeddings import pairs, preprocess
 from arxiv_embeddings.config import compose
@@ -287,7 +288,7 @@ def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
     from arxiv_embeddings.report import compare
 
     fs, prefix = gcs, stage_bucket
-    remote = _remote(STAGES, tmp_path)
+    remote = [*_remote(STAGES, tmp_path), *fresh_overrides()]
     base_args = ["baseline.runs=[tfidf,zero_shot]", f"baseline.zero_shot.model=gs://{prefix}/models/tiny/final"]
 
     assert execute(evaluate.SPEC, compose("evaluate", [*remote, *EVAL])) is not None

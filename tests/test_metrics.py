@@ -230,3 +230,24 @@ def test_self_excluded_search_agrees_with_the_evaluator_per_query(processed_root
         )
         for name, value in expected.items():
             assert result.per_query[name][row] == pytest.approx(value, abs=1e-6), (i, name)
+
+
+def test_paired_bootstrap_interval_covers_the_true_gain_and_is_paired() -> None:
+    from arxiv_embeddings.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    base = rng.random(800)  # per-query figures vary a lot from query to query ...
+    better = base + 0.03 + rng.normal(0, 0.02, 800)  # ... the gain on each query much less
+    g = paired_bootstrap(better, base, resamples=2000, seed=1)
+    assert g["n"] == 800 and g["a"] == pytest.approx(better.mean()) and g["b"] == pytest.approx(base.mean())
+    assert g["low"] < 0.03 < g["high"] and g["low"] > 0.025 and g["high"] < 0.035
+    # Pairing matters: shuffling the pairs keeps both means but widens the interval many times over.
+    shuffled = paired_bootstrap(better, rng.permutation(base), resamples=2000, seed=1)
+    assert shuffled["diff"] == pytest.approx(g["diff"])
+    assert shuffled["high"] - shuffled["low"] > 5 * (g["high"] - g["low"])
+    # Same seed, same interval; no difference at all, a zero-width interval at 0.
+    assert paired_bootstrap(better, base, resamples=2000, seed=1) == g
+    same = paired_bootstrap(base, base)
+    assert same["diff"] == same["low"] == same["high"] == 0.0
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_bootstrap(base, base[:-1])

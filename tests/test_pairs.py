@@ -83,6 +83,28 @@ def test_graded_scores_are_the_jaccard_overlap_of_subjects(root: Path) -> None:
     assert 0.1 < (table.score == 0).mean() < 0.9
 
 
+def test_labelled_rows_are_papers_with_their_subject_code(root: Path) -> None:
+    _run(root, "pairs=labelled", "pairs.text=title")
+    table, meta = _read(root)
+    assert list(table.columns) == ["text", "label"] and list(meta.columns) == ["a_id", "a_subject"]
+    assert len(table) == 4000 and table.label.dtype.kind == "i"
+    papers = _papers(root, "train")
+    assert (table.text.to_numpy() == papers.loc[meta.a_id, "title"].to_numpy()).all()
+    # One code per subject and one subject per code.
+    pairs_of = set(zip(table.label, meta.a_subject, strict=True))
+    assert len(pairs_of) == table.label.nunique() == meta.a_subject.nunique()
+    # Balanced: subjects about equally often; within a subject, every paper once before any paper twice.
+    per_subject = meta.a_subject.value_counts()
+    assert per_subject.max() < 1.5 * per_subject.min()
+    sizes = papers.primary_subject.value_counts()
+    for subject, ids in meta.groupby("a_subject").a_id:
+        uses = ids.value_counts()
+        assert uses.max() - uses.min() <= 1 and (len(uses) == sizes[subject] or uses.max() == 1)
+    first = file_sha256(root / "data" / "pairs" / "train.parquet")
+    _run(root, "pairs=labelled", "pairs.text=title")
+    assert file_sha256(root / "data" / "pairs" / "train.parquet") == first
+
+
 def test_title_abstract_pairs_are_one_paper_each(root: Path) -> None:
     _run(root, "pairs=title_abstract", "pairs.num_train=100")
     table, meta = _read(root)

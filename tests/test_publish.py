@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from arxiv_embeddings.config import compose
@@ -56,7 +57,7 @@ def test_publish_copies_the_runs_without_stamps_and_rebuilds_the_comparison(sour
         )
         assert not list((dest / run).glob(".stage-*"))
     assert not (dest / "tfidf").exists()  # not asked for
-    comparison = (dest / "comparison.md").read_text()
+    comparison = (dest / "comparison.md").read_text().split("## Gain")[0]
     rows = [line.split(" | ")[0] for line in comparison.splitlines() if line.startswith("| `")]
     # The two published runs, and the run already there (named by its metrics: a copy of the TF-IDF run).
     assert sorted(rows) == ["| `minilm-sample`", "| `tfidf`", "| `zero-shot`"]
@@ -72,8 +73,8 @@ def test_publish_of_every_run_and_its_command_line(source: Path, tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == sorted(RUNS)
-    rows = [line for line in (dest / "comparison.md").read_text().splitlines() if line.startswith("| `")]
-    assert len(rows) == len(RUNS)
+    table = (dest / "comparison.md").read_text().split("## Gain")[0]
+    assert len([line for line in table.splitlines() if line.startswith("| `")]) == len(RUNS)
 
 
 def test_publish_refuses_bad_input_and_publishes_nothing(source: Path, tmp_path: Path) -> None:
@@ -94,3 +95,57 @@ def test_publish_refuses_bad_input_and_publishes_nothing(source: Path, tmp_path:
     assert sorted(p.name for p in dest.iterdir()) == ["tfidf"]
     assert (dest / "tfidf" / "metrics.json").read_bytes() == before
     json.loads(before)
+
+
+# --------------------------------------------------------------------------------------- the generalization gate
+def _report(root: Path, run: str, kind: str, test_p10: np.ndarray, fresh_p10: np.ndarray) -> None:
+    ids = [f"t{i}" for i in range(len(test_p10))]
+    fresh_ids = [f"f{i}" for i in range(len(fresh_p10))]
+    metrics = {
+        "run": run,
+        "kind": kind,
+        "data": {"test": {"papers": len(ids)}, "fresh": {"papers": len(fresh_ids), "subjects": 7}},
+        "subject_retrieval": {
+            "precision@10": float(test_p10.mean()),
+            "per_query": {"arxiv_id": ids, "precision@10": test_p10.tolist(), "mrr@10": test_p10.tolist()},
+        },
+        "fresh_retrieval": {
+            "precision@10": float(fresh_p10.mean()),
+            "per_query": {"arxiv_id": fresh_ids, "precision@10": fresh_p10.tolist(), "mrr@10": fresh_p10.tolist()},
+        },
+    }
+    (root / run).mkdir(parents=True)
+    (root / run / "metrics.json").write_text(json.dumps(metrics))
+    (root / run / "report.md").write_text(f"# {run}\n")
+
+
+def test_gate_needs_the_whole_fresh_interval_above_zero_and_publish_refuses_a_failing_model(tmp_path: Path) -> None:
+    from arxiv_embeddings.publish import GateError
+    from arxiv_embeddings.report import gains_over_reference, load_reports
+
+    rng = np.random.default_rng(0)
+    test, fresh = rng.random(300), rng.random(400)
+    src = tmp_path / "reports"
+    _report(src, "zero-shot", "sentence-transformers", test, fresh)
+    _report(src, "good", "sentence-transformers", test + 0.05, fresh + 0.02 + rng.normal(0, 0.01, 400))
+    # Better on the test split, worse on the fresh papers: what the gate is for.
+    _report(src, "overfit", "sentence-transformers", test + 0.05, fresh - 0.02)
+    _report(src, "noise", "sentence-transformers", test, fresh + rng.normal(0, 0.05, 400))
+
+    gains = {g["run"]: g for g in gains_over_reference(load_reports(src), "zero-shot", resamples=1000)}
+    assert set(gains) == {"good", "overfit", "noise"}
+    assert gains["good"]["gate"] == "pass" and gains["good"]["gains"]["fresh P@10"]["low"] > 0
+    assert gains["overfit"]["gate"] == "fail" and gains["overfit"]["gains"]["test P@10"]["diff"] == pytest.approx(0.05)
+    assert gains["noise"]["gate"] == "fail"  # an interval that holds 0 has not shown a gain
+    low, high = gains["noise"]["gains"]["fresh P@10"]["low"], gains["noise"]["gains"]["fresh P@10"]["high"]
+    assert low < 0 < high
+
+    dest = tmp_path / "results"
+    with pytest.raises(GateError, match=r"overfit: fresh P@10 gain -0\.0200 .*--allow-failing-gate"):
+        publish(src, dest, ["zero-shot", "good", "overfit"])
+    assert not dest.exists()
+    assert publish(src, dest, ["zero-shot", "good"]) == ["zero-shot", "good"]
+    comparison = (dest / "comparison.md").read_text()
+    assert "## Gain over `zero-shot`" in comparison and "| `good` |" in comparison and "**yes**" in comparison
+    assert publish(src, dest, ["overfit"], allow_failing_gate=True) == ["overfit"]
+    assert "**no**" in (dest / "comparison.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,9 @@ def _train_cfg(root: Path, model: Path | str, *overrides: str):
         ("pairs=graded", "loss=cosent"),
         ("pairs=graded", "loss=cosine"),
         ("pairs=title_abstract", "loss=mnrl"),
+        ("pairs=labelled", "loss=supcon"),
+        ("pairs=labelled", "loss=batch_all_triplet"),
+        ("pairs=labelled", "loss=batch_hard_soft_margin_triplet"),
     ],
 )
 def test_tiny_model_trains_on_each_pair_type(tmp_path, processed_root, tiny_model_dir, pair_override, loss) -> None:
@@ -106,9 +110,77 @@ def test_loss_and_pair_type_must_agree(tmp_path, processed_root, tiny_model_dir)
         train.run(_train_cfg(root, tiny_model_dir, "loss=mnrl"))
 
 
+def test_label_aware_losses_need_labelled_rows_and_fitting_batches(tmp_path, processed_root, tiny_model_dir) -> None:
+    pairs_root = _root_with_pairs(tmp_path / "pairs", processed_root, "pairs=anchor_positive")
+    with pytest.raises(ConfigError, match=r"SupervisedContrastiveLoss does not fit pairs of type 'anchor_positive'"):
+        train.run(_train_cfg(pairs_root, tiny_model_dir, "loss=supcon"))
+    rows_root = _root_with_pairs(tmp_path / "rows", processed_root, "pairs=labelled")
+    with pytest.raises(
+        ConfigError, match=r"MultipleNegativesRankingLoss does not fit pairs of type 'labelled'.*Supervised"
+    ):
+        train.run(_train_cfg(rows_root, tiny_model_dir, "loss=mnrl"))
+    with pytest.raises(ConfigError, match=r"train\.papers_per_subject.*got 3.*per_device_train_batch_size=8"):
+        train.run(_train_cfg(rows_root, tiny_model_dir, "loss=supcon", "train.papers_per_subject=3"))
+    with pytest.raises(ConfigError, match=r"train\.batch_sampler=category does not apply to labelled rows"):
+        train.run(_train_cfg(rows_root, tiny_model_dir, "loss=supcon", "train.batch_sampler=category"))
+
+
+def test_label_group_sampler_gives_each_subject_k_papers_per_batch() -> None:
+    from arxiv_embeddings.samplers import LabelGroupBatchSampler
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 30, 2000)
+    sampler = LabelGroupBatchSampler(list(range(2000)), batch_size=32, drop_last=False, labels=labels, per_label=4)
+    batches = sampler.batches(0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(2000))  # every row once per epoch
+    grouped = [b for b in batches if len(b) == 32 and sorted(Counter(labels[b].tolist()).values()) == [4] * 8]
+    assert len(grouped) == sampler.stats["grouped_batches"] and len(grouped) / len(batches) > 0.9
+    assert [
+        b.tolist()
+        for b in LabelGroupBatchSampler(
+            list(range(2000)), batch_size=32, drop_last=False, labels=labels, per_label=4
+        ).batches(0)
+    ] == [b.tolist() for b in batches]  # same seed, same batches
+    assert [b.tolist() for b in sampler.batches(1)] != [b.tolist() for b in batches]
+    assert len(sampler) == len(batches)
+    with pytest.raises(ValueError, match="papers_per_subject=3 must be >= 2 and divide the batch size 32"):
+        LabelGroupBatchSampler(list(range(10)), batch_size=32, drop_last=False, labels=labels[:10], per_label=3)
+
+
+def test_supervised_contrastive_loss_is_the_multi_positive_infonce() -> None:
+    import torch
+
+    from arxiv_embeddings.losses import SupervisedContrastiveLoss
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 5))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.array([0, 0, 1, 1, 1, 2])  # label 2 alone: a negative for the others, not an anchor
+    t = 0.1
+    expected = []
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        positives = [j for j in others if labels[j] == labels[i]]
+        if not positives:
+            continue
+        log_denominator = np.log(np.sum(np.exp(emb[i] @ emb[others].T / t)))
+        expected.append(-np.mean([emb[i] @ emb[p] / t - log_denominator for p in positives]))
+    loss = SupervisedContrastiveLoss(model=None, temperature=t)
+    got = loss.from_embeddings(torch.tensor(emb, dtype=torch.float32), torch.tensor(labels))
+    assert float(got) == pytest.approx(float(np.mean(expected)), rel=1e-5)
+    # Closer positives, lower loss; no label twice in a batch, zero loss (and a gradient of zeros, not NaN).
+    tighter = emb.copy()
+    tighter[1], tighter[3], tighter[4] = emb[0], emb[2], emb[2]
+    assert float(loss.from_embeddings(torch.tensor(tighter, dtype=torch.float32), torch.tensor(labels))) < float(got)
+    x = torch.tensor(emb, dtype=torch.float32, requires_grad=True)
+    alone = loss.from_embeddings(x, torch.arange(6))
+    alone.backward()
+    assert float(alone) == 0.0 and torch.isfinite(x.grad).all()
+
+
 def test_unknown_loss_lists_valid_names(tmp_path, tiny_model_dir) -> None:
     with pytest.raises(
-        ConfigError, match="valid values: CachedMultipleNegativesRankingLoss, CoSENTLoss, ContrastiveLoss"
+        ConfigError, match="valid values: BatchAllTripletLoss, BatchHardSoftMarginTripletLoss, CachedMultipleNegatives"
     ):
         train.validate(_train_cfg(tmp_path, tiny_model_dir, "loss.name=TripletLoss"))
 
@@ -183,6 +255,18 @@ def test_real_minilm_trains_a_handful_of_steps(tmp_path, processed_root) -> None
     # the pretrained model already ranks a same-subject paper first most of the time: a random ranking over the
     # 10 subjects of the slice would give MRR@10 near 0.3
     assert result["test"]["test_cosine_mrr@10"] > 0.6
+    # Trained at train.max_seq_length (32 here), saved at the base model's 256 tokens: reloaded, and through the
+    # tokenizer file the ONNX embedder reads, it is served at the length it is compared with zero-shot at.
+    assert summary["train_max_seq_length"] == 32 and summary["max_seq_length"] == 256
+    from sentence_transformers import SentenceTransformer
+
+    reloaded = SentenceTransformer(str(result["model"]), device="cpu")
+    assert reloaded.max_seq_length == 256
+    long_text = "word " * 400
+    assert len(reloaded.tokenize([long_text])["input_ids"][0]) == 256
+    from arxiv_embeddings.onnx_embedder import _max_seq_length
+
+    assert _max_seq_length(Path(result["model"])) == 256
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ from arxiv_embeddings.evaluate import (
     evaluate_features,
     evaluate_model,
     features_from,
+    fresh_inputs,
     load_data,
     local_model_dir,
     model_source,
@@ -233,7 +234,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _inputs(cfg: DictConfig) -> list[Path]:
     processed = artifact_path(cfg.paths.processed_dir)
-    paths = [processed / "test.parquet", processed / "train.parquet"]
+    paths = [processed / "test.parquet", processed / "train.parquet", *fresh_inputs(cfg)]
     if "zero_shot" in cfg.baseline.runs:
         model_dir = local_model_dir(cfg, str(cfg.baseline.zero_shot.model))
         paths += [model_dir] if model_dir is not None else []
@@ -270,7 +271,13 @@ def compare_main(cfg: DictConfig) -> None:
 
     setup_logging()
     try:
-        compare(cfg.paths.reports_dir)
+        boot = cfg.evaluate.bootstrap
+        compare(
+            cfg.paths.reports_dir,
+            reference=str(cfg.baseline.zero_shot.name),
+            resamples=int(boot.resamples),
+            confidence=float(boot.confidence),
+        )
     except FileNotFoundError as err:
         logger.error(str(err))
         sys.exit(2)

@@ -141,6 +141,9 @@ def publish(
     runs: Annotated[
         list[str] | None, typer.Option("--run", help="Publish only this run (repeatable); default: every run.")
     ] = None,
+    allow_failing_gate: Annotated[
+        bool, typer.Option(help="Publish a model that does not beat zero-shot on the fresh papers.")
+    ] = False,
 ) -> None:
     """Copy finished run reports into the published results folder and rebuild its comparison.md."""
     from arxiv_embeddings.logging_utils import setup_logging
@@ -148,7 +151,7 @@ def publish(
 
     setup_logging()
     try:
-        published = publish_reports(source, dest, runs)
+        published = publish_reports(source, dest, runs, allow_failing_gate)
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(code=1) from None

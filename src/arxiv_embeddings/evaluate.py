@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text
-from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, read_parquet, write_json
+from arxiv_embeddings.io import artifact_path, atomic_dir, exists, file_sha256, is_remote, read_parquet, write_json
 from arxiv_embeddings.metrics import (
     Matrix,
     RankingCutoffs,
@@ -47,8 +47,10 @@ from arxiv_embeddings.stage import StageSpec
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: fresh_retrieval, per-query figures, each model at its own max_seq_length
 METRICS_FILE = "metrics.json"
+#: The fresh papers of the generalization check shipped with the package (resources/, beside the sample).
+FRESH_FILE = "arxiv_fresh.parquet"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 #: Top-level keys of every metrics.json, whatever produced the vectors.
@@ -63,6 +65,7 @@ METRICS_KEYS = (
     "num_subjects",
     "subject_retrieval",
     "title_abstract",
+    "fresh_retrieval",
     "classification",
     "clustering",
     "features",
@@ -103,7 +106,7 @@ def validate_evaluation(cfg: DictConfig) -> None:
     require_in("evaluate.text", e.text, TEXT_FIELDS)
     check_int(e.max_test_papers, "evaluate.max_test_papers", optional=True)
     check_int(e.encode.batch_size, "evaluate.encode.batch_size")
-    check_int(e.encode.max_seq_length, "evaluate.encode.max_seq_length")
+    check_int(e.encode.max_seq_length, "evaluate.encode.max_seq_length", optional=True)
     require_in("evaluate.encode.precision", e.encode.precision, PRECISIONS)
     pr = _positive_ints(cfg, "evaluate.retrieval.precision_recall_at")
     _positive_ints(cfg, "evaluate.retrieval.accuracy_at", allow_empty=True)
@@ -115,6 +118,19 @@ def validate_evaluation(cfg: DictConfig) -> None:
         f"got {e.retrieval.per_subject_at!r}; it must be one of evaluate.retrieval.precision_recall_at={pr}.",
     )
     check_int(e.retrieval.max_scores, "evaluate.retrieval.max_scores")
+    fresh = e.get("fresh")
+    if fresh is not None:
+        require(
+            isinstance(fresh.enabled, bool), "evaluate.fresh.enabled", f"got {fresh.enabled!r}; expected true or false."
+        )
+        check_int(fresh.min_per_subject, "evaluate.fresh.min_per_subject", minimum=2)
+    boot = e.get("bootstrap")
+    if boot is not None:
+        check_int(boot.resamples, "evaluate.bootstrap.resamples", minimum=100)
+        ok = isinstance(boot.confidence, float) and 0.5 <= boot.confidence < 1
+        require(
+            ok, "evaluate.bootstrap.confidence", f"got {boot.confidence!r}; expected a number in [0.5, 1), e.g. 0.95."
+        )
     _positive_ints(cfg, "evaluate.title_abstract.recall_at")
     _positive_ints(cfg, "evaluate.title_abstract.mrr_at")
     ta = e.title_abstract
@@ -234,6 +250,7 @@ class EvalData:
     train: pa.Table  # the (capped) train papers used for the classifier
     train_path: Path  # the whole train split (the TF-IDF baseline fits its vocabulary on it)
     info: dict[str, Any] = field(default_factory=dict)
+    fresh: pa.Table | None = None  # the generalization check's papers (evaluate.fresh), or None when it is off
 
     @property
     def test_labels(self) -> np.ndarray:
@@ -242,6 +259,11 @@ class EvalData:
     @property
     def train_labels(self) -> np.ndarray:
         return np.asarray(self.train.column("primary_subject").to_pylist(), dtype=object).astype(str)
+
+    @property
+    def fresh_labels(self) -> np.ndarray:
+        assert self.fresh is not None
+        return np.asarray(self.fresh.column("primary_subject").to_pylist(), dtype=object).astype(str)
 
 
 #: Independent random streams of the seeded choices, so that changing one cap never reshuffles another.
@@ -291,7 +313,65 @@ def load_data(cfg: DictConfig) -> EvalData:
             "split_papers": n_train,
         },
     }
-    return EvalData(test=test, train=train, train_path=train_path, info=info)
+    fresh = None
+    if e.get("fresh") is not None and e.fresh.enabled:
+        fresh, info["fresh"] = load_fresh(cfg)
+    return EvalData(test=test, train=train, train_path=train_path, info=info, fresh=fresh)
+
+
+def fresh_path(cfg: DictConfig) -> Path:
+    """The fresh papers of the generalization check: ``evaluate.fresh.path``, or the file shipped with the package."""
+    from arxiv_embeddings.data import SAMPLE_PATH
+
+    path = cfg.evaluate.fresh.path
+    return artifact_path(path) if path else SAMPLE_PATH.parent / FRESH_FILE
+
+
+def load_fresh(cfg: DictConfig) -> tuple[pa.Table, dict[str, Any]]:
+    """The fresh papers, without any paper that a processed split holds (same arxiv_id or abstract), and without
+    subjects left with fewer than ``evaluate.fresh.min_per_subject`` papers. Returns them and what was dropped."""
+    import pyarrow.compute as pc
+
+    path = fresh_path(cfg)
+    if not exists(path):
+        raise FileNotFoundError(
+            f"evaluate.fresh.path={cfg.evaluate.fresh.path}: no file at {path}; give a parquet of papers in the data "
+            "schema, null for the fresh papers shipped with the package, or evaluate.fresh.enabled=false."
+        )
+    table = read_parquet(path, columns=COLUMNS)
+    table = table.cast(pa.schema([(f.name, pa.string()) for f in table.schema]))
+    seen = pa.array(np.zeros(table.num_rows, dtype=bool))
+    for split in ("train", "eval", "test"):  # one split at a time: at most one split's abstracts in memory
+        part = read_parquet(split_path(cfg, split), columns=["arxiv_id", "abstract"])
+        for column in ("arxiv_id", "abstract"):
+            values = part.column(column).cast(pa.string()).combine_chunks()
+            seen = pc.or_(seen, pc.is_in(table.column(column), value_set=values))
+    unseen = table.filter(pc.invert(seen))
+    counts = pc.value_counts(unseen.column("primary_subject"))
+    minimum = int(cfg.evaluate.fresh.min_per_subject)
+    kept_subjects = [c["values"].as_py() for c in counts if c["counts"].as_py() >= minimum]
+    fresh = unseen.filter(pc.is_in(unseen.column("primary_subject"), value_set=pa.array(kept_subjects, pa.string())))
+    info = {
+        "path": str(path),
+        "sha256": file_sha256(path),
+        "papers": fresh.num_rows,
+        "file_papers": table.num_rows,
+        "dropped_seen": table.num_rows - unseen.num_rows,
+        "dropped_small_subjects": unseen.num_rows - fresh.num_rows,
+        "subjects": len(kept_subjects),
+    }
+    if fresh.num_rows < 2:
+        logger.warning(
+            f"Generalization check skipped: {info['dropped_seen']:,} of the {table.num_rows:,} fresh papers in {path} "
+            "are in the processed splits (the model may have trained on them) and too few are left; give other "
+            "papers with evaluate.fresh.path."
+        )
+    else:
+        logger.info(
+            f"Fresh papers: {fresh.num_rows:,} in {len(kept_subjects)} subjects from {path} "
+            f"({info['dropped_seen']:,} dropped: in the processed splits)."
+        )
+    return fresh, info
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -304,6 +384,7 @@ class Features:
     abstracts: Matrix  # test abstracts (title -> abstract corpus)
     train: Matrix  # train papers for the classifier, text = evaluate.text
     info: dict[str, Any] = field(default_factory=dict)
+    fresh: Matrix | None = None  # the generalization check's papers, text = evaluate.text
 
 
 def _torch_dtype(precision: str, device: str) -> Any:
@@ -338,8 +419,9 @@ def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTra
     remote = model_location(cfg, model)
     location = model_source(cfg, model)
     device = str(enc.device or default_device())
+    wanted = int(enc.max_seq_length) if enc.max_seq_length else None
     try:
-        st = load_model(location, device=device, max_seq_length=int(enc.max_seq_length))
+        st = load_model(location, device=device, max_seq_length=wanted)
     except ModelNotFoundError:
         raise
     except (OSError, ValueError) as err:
@@ -348,7 +430,8 @@ def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTra
             "run name with a model at models/<run>/final, a model folder, or a Hub name that is in the local Hugging "
             "Face cache or can be downloaded."
         ) from err
-    _fit_seq_length(st, int(enc.max_seq_length))
+    if wanted:
+        _fit_seq_length(st, wanted)
     dtype = _torch_dtype(str(enc.precision), device)
     st.to(dtype)
     info = {
@@ -386,7 +469,10 @@ def features_from(encode: Callable[[list[str], str], Matrix], data: EvalData, te
     if papers is None:
         papers = encode(paper_text(data.test, text), f"test papers ({text})")
     train = encode(paper_text(data.train, text), f"train papers ({text}) for the classifier")
-    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train)
+    fresh = None
+    if data.fresh is not None and data.fresh.num_rows >= 2:
+        fresh = encode(paper_text(data.fresh, text), f"fresh papers ({text}) for the generalization check")
+    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train, fresh=fresh)
 
 
 def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig) -> Features:
@@ -459,6 +545,20 @@ def _dense(x: Matrix) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+#: Per-query figures kept in metrics.json (beside the arxiv ids), for the paired bootstrap of ``inv compare``.
+PER_QUERY_KEYS = ("precision@10", "mrr@10", "ndcg@10")
+
+
+def per_query(result: RetrievalResult, papers: pa.Table) -> dict[str, list[Any]]:
+    """The scored queries' arxiv ids and their :data:`PER_QUERY_KEYS` values (rounded to 6 digits)."""
+    ids = np.asarray(papers.column("arxiv_id").to_pylist(), dtype=object)[result.query_index]
+    out: dict[str, list[Any]] = {"arxiv_id": [str(i) for i in ids]}
+    for key in PER_QUERY_KEYS:
+        if key in result.per_query:
+            out[key] = [round(float(v), 6) for v in result.per_query[key]]
+    return out
+
+
 def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]:
     """Every metric of the evaluation, from vectors. Returns the metric sections of metrics.json and their timing."""
     from sklearn.linear_model import LogisticRegression
@@ -479,7 +579,24 @@ def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]
         **subj.summary(),
         "per_subject": {s: {per_key: v, "queries": int(counts[s])} for s, v in subj.by_group(per_key, labels).items()},
     }
+    subject_retrieval["per_query"] = per_query(subj, data.test)
     title_abstract = title_abstract_retrieval(features, cfg, device)
+    fresh_retrieval = None
+    if features.fresh is not None and data.fresh is not None:
+        fresh = label_retrieval(
+            features.fresh,
+            data.fresh_labels,
+            cutoffs=_cutoffs(cfg),
+            max_scores=int(e.retrieval.max_scores),
+            device=device,
+        )
+        fresh_retrieval = {
+            "num_queries": fresh.num_queries,
+            "corpus_size": fresh.corpus_size,
+            "num_subjects": len(set(data.fresh_labels.tolist())),
+            **fresh.summary(),
+            "per_query": per_query(fresh, data.fresh),
+        }
     timing["retrieval_s"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
@@ -511,6 +628,7 @@ def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]
         "num_subjects": len(set(labels.tolist())),
         "subject_retrieval": subject_retrieval,
         "title_abstract": title_abstract,
+        "fresh_retrieval": fresh_retrieval,
         "classification": classification,
         "clustering": clustering,
         "timing": timing,
@@ -547,6 +665,7 @@ def evaluate_features(
         "num_subjects": scores["num_subjects"],
         "subject_retrieval": scores["subject_retrieval"],
         "title_abstract": scores["title_abstract"],
+        "fresh_retrieval": scores["fresh_retrieval"],  # None when evaluate.fresh is off or no fresh paper is left
         "classification": scores["classification"],
         "clustering": scores["clustering"],
         "features": features.info,
@@ -574,10 +693,12 @@ def summary_line(result: dict[str, Any]) -> str:
     def g(d: dict[str, Any], k: str) -> str:
         return f"{d[k]:.3f}" if k in d else "-"
 
+    fresh = m.get("fresh_retrieval")
+    fresh_text = f", fresh papers P@10 {g(fresh, 'precision@10')}" if fresh else ""
     return (
         f"{m['run']} on {m['data']['test']['papers']:,} test papers: P@10 {g(sr, 'precision@10')}, "
         f"MRR@10 {g(sr, 'mrr@10')}, NDCG@10 {g(sr, 'ndcg@10')}, title->abstract R@1 {g(ta, 'recall@1')}, "
-        f"accuracy {cl['accuracy']:.3f}, macro-F1 {cl['macro_f1']:.3f}, V-measure {cu['v_measure']:.3f}"
+        f"accuracy {cl['accuracy']:.3f}, macro-F1 {cl['macro_f1']:.3f}, V-measure {cu['v_measure']:.3f}{fresh_text}"
     )
 
 
@@ -612,7 +733,15 @@ def _inputs(cfg: DictConfig) -> list[Path]:
         *(model_files(model_dir) if model_dir is not None else []),
         processed / "test.parquet",
         processed / "train.parquet",
+        *fresh_inputs(cfg),
     ]
+
+
+def fresh_inputs(cfg: DictConfig) -> list[Path]:
+    """The files the generalization check reads beyond the test and train splits (for the skip check)."""
+    if cfg.evaluate.get("fresh") is None or not cfg.evaluate.fresh.enabled:
+        return []
+    return [fresh_path(cfg), artifact_path(cfg.paths.processed_dir) / "eval.parquet"]
 
 
 SPEC = StageSpec(

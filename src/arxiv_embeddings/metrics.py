@@ -309,3 +309,45 @@ def clustering_metrics(
         "completeness": float(c),
         "ami": float(adjusted_mutual_info_score(truth, clusters)),
     }
+
+
+def paired_bootstrap(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean of ``a - b`` over paired queries (the same queries scored by two runs) with a percentile bootstrap
+    confidence interval: the queries are resampled with replacement (``scipy.stats.bootstrap``). Returns the two
+    means, the difference, the interval (``low``, ``high``) and the number of pairs."""
+    from scipy.stats import bootstrap
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(
+            f"paired_bootstrap needs two equal-length 1-D arrays of >= 2 values; got {x.shape}, {y.shape}."
+        )
+    diff = x - y
+    if np.ptp(diff) == 0:  # every pair differs by the same amount: the interval is that point
+        low = high = float(diff[0])
+    else:
+        ci = bootstrap(
+            (diff,),
+            np.mean,
+            n_resamples=int(resamples),
+            confidence_level=float(confidence),
+            method="percentile",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    return {
+        "a": float(x.mean()),
+        "b": float(y.mean()),
+        "diff": float(diff.mean()),
+        "low": low,
+        "high": high,
+        "n": len(x),
+    }

@@ -7,7 +7,9 @@ Pair types (``configs/pairs/``), with the columns sentence-transformers' losses 
 - ``anchor_positive``: ``anchor, positive`` (two different papers of the same primary subject);
 - ``contrastive``: ``sentence1, sentence2, label`` (1 = same primary subject, 0 = different);
 - ``graded``: ``sentence1, sentence2, score`` (Jaccard overlap of the two papers' ``subjects``);
-- ``title_abstract``: ``anchor`` = a title, ``positive`` = the same paper's abstract.
+- ``title_abstract``: ``anchor`` = a title, ``positive`` = the same paper's abstract;
+- ``labelled``: ``text, label`` (one paper per row, ``label`` = its primary subject as an integer code), for the
+  label-aware losses that use every same-subject paper of a batch (supervised contrastive, batch triplet losses).
 
 ``pairs.negatives=true`` adds a ``negative`` column (a paper of another primary subject). Train pairs come from the
 train split, eval pairs from the eval split; the test split is never read. Each pair file has a ``*_meta.parquet``
@@ -46,6 +48,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "contrastive": ("sentence1", "sentence2", "label"),
     "graded": ("sentence1", "sentence2", "score"),
     "title_abstract": ("anchor", "positive"),
+    "labelled": ("text", "label"),
 }
 WITH_NEGATIVES = ("anchor_positive", "title_abstract")
 SAMPLING = ("balanced", "frequency")
@@ -160,11 +163,36 @@ def _graded(papers: pa.Table, index: SubjectIndex, n: int, rng: np.random.Genera
     return PairRows(a, b, target=jaccard(papers.column("subjects"), a, b))
 
 
+def _labelled(papers: pa.Table, index: SubjectIndex, n: int, rng: np.random.Generator, p: DictConfig) -> PairRows:
+    """``n`` papers with their subject code: subjects drawn as ``pairs.sampling`` says (subjects with a single paper
+    left out: they have no positive), and within a subject its papers in a random order, each once before any
+    repeats."""
+    valid = np.flatnonzero(index.counts >= 2)
+    if len(valid) < 2:
+        raise ConfigError(
+            "Labelled rows need at least 2 primary subjects with 2 or more papers in this split; lower "
+            "preprocess.min_per_subject or use more papers."
+        )
+    if p.sampling == "balanced":
+        subj = valid[rng.integers(0, len(valid), n)]
+    else:
+        weights = index.counts[valid].astype(np.float64)
+        subj = valid[rng.choice(len(valid), size=n, p=weights / weights.sum())]
+    rows = np.empty(n, dtype=np.int64)
+    for s in np.unique(subj):
+        where = np.flatnonzero(subj == s)
+        members = index.order[index.offsets[s] : index.offsets[s + 1]]
+        rounds = -(-len(where) // len(members))
+        rows[where] = np.concatenate([rng.permutation(members) for _ in range(rounds)])[: len(where)]
+    return PairRows(rows, rows, target=index.codes[rows])
+
+
 BUILDERS: dict[str, Callable[[pa.Table, SubjectIndex, int, np.random.Generator, DictConfig], PairRows]] = {
     "anchor_positive": _anchor_positive,
     "contrastive": _contrastive,
     "graded": _graded,
     "title_abstract": _title_abstract,
+    "labelled": _labelled,
 }
 
 
@@ -193,10 +221,14 @@ def build_pairs(
         left_text, right_text = _text_values(papers.column("title")), _text_values(papers.column("abstract"))
     else:  # one dictionary shared by the columns: the texts are joined and copied once
         left_text = right_text = _text_values(paper_text_array(papers, p.text))
-    columns: dict[str, pa.Array] = {names[0]: _texts(left_text, rows.left), names[1]: _texts(right_text, rows.right)}
+    if pair_type == "labelled":  # one text per row; the label is the target column
+        columns: dict[str, pa.Array] = {names[0]: _texts(left_text, rows.left)}
+    else:
+        columns = {names[0]: _texts(left_text, rows.left), names[1]: _texts(right_text, rows.right)}
     ids, subjects = papers.column("arxiv_id"), papers.column("primary_subject")
     meta: dict[str, pa.Array] = {}
-    for prefix, idx in (("a", rows.left), ("b", rows.right), ("neg", rows.negative)):
+    roles = (("a", rows.left),) if pair_type == "labelled" else (("a", rows.left), ("b", rows.right))
+    for prefix, idx in (*roles, ("neg", rows.negative)):
         if idx is None:
             continue
         meta[f"{prefix}_id"] = pc.take(ids, pa.array(idx))
@@ -204,7 +236,7 @@ def build_pairs(
     if rows.negative is not None:
         columns["negative"] = _texts(right_text, rows.negative)
     if rows.target is not None:
-        columns[names[2]] = pa.array(rows.target)
+        columns[names[-1]] = pa.array(rows.target)
     return pa.table(columns), pa.table(meta)
 
 

@@ -22,7 +22,7 @@ from loguru import logger
 
 from arxiv_embeddings.evaluate import METRICS_FILE, PLOTS_DIR, REPORT_FILE
 from arxiv_embeddings.io import atomic_dir
-from arxiv_embeddings.report import COMPARISON_FILE, compare
+from arxiv_embeddings.report import COMPARISON_FILE, REFERENCE_RUN, compare, gains_over_reference, load_reports
 
 #: Where the published results live, relative to the repository root.
 RESULTS_DIR = "results"
@@ -48,12 +48,36 @@ def _check_run(folder: Path) -> None:
         ) from err
 
 
-def publish(source: str | Path, dest: str | Path, runs: Sequence[str] | None = None) -> list[str]:
+class GateError(ValueError):
+    """A model to publish does not beat the zero-shot run on the fresh papers."""
+
+
+def check_gate(source: Path, chosen: Sequence[str], reference: str = REFERENCE_RUN) -> None:
+    """Refuse to publish a fine-tuned run that does not beat ``reference`` on the fresh papers (the generalization
+    gate of the comparison), judged against the reference run in ``source``."""
+    reports = [m for m in load_reports(source) if m.get("run") in {*chosen, reference}]
+    failing = [g for g in gains_over_reference(reports, reference) if g["gate"] == "fail" and g["kind"] != "tfidf"]
+    if failing:
+        lines = [
+            f"{g['run']}: fresh P@10 gain {g['gains']['fresh P@10']['diff']:+.4f} "
+            f"[{g['gains']['fresh P@10']['low']:+.4f}, {g['gains']['fresh P@10']['high']:+.4f}]"
+            for g in failing
+        ]
+        raise GateError(
+            f"Not published: {'; '.join(lines)} does not beat {reference} on papers it never saw (the interval must "
+            "be above 0). Improve the recipe (docs/training.md), or pass --allow-failing-gate to publish it anyway."
+        )
+
+
+def publish(
+    source: str | Path, dest: str | Path, runs: Sequence[str] | None = None, allow_failing_gate: bool = False
+) -> list[str]:
     """Copy the run reports under ``source`` (all of them, or ``runs``) to ``dest`` and rebuild
     ``dest/comparison.md``. Returns the names of the runs published.
 
-    Every run is checked before anything is copied, so a bad one publishes none. Runs already in ``dest`` that are
-    not published now are kept (and stay in its comparison).
+    Every run is checked before anything is copied, so a bad one publishes none; so is the generalization gate
+    (:func:`check_gate`) unless ``allow_failing_gate``. Runs already in ``dest`` that are not published now are kept
+    (and stay in its comparison).
     """
     source, dest = Path(source), Path(dest)
     available = run_reports(source)
@@ -72,6 +96,8 @@ def publish(source: str | Path, dest: str | Path, runs: Sequence[str] | None = N
         raise ValueError(f"--source and --dest are the same folder ({source}); publish copies from one to the other.")
     for name in chosen:
         _check_run(source / name)
+    if not allow_failing_gate:
+        check_gate(source, chosen)
     for name in chosen:
         src = source / name
         with atomic_dir(dest / name) as tmp:

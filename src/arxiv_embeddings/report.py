@@ -15,15 +15,28 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.io import artifact_path, atomic_write_text
-from arxiv_embeddings.metrics import Matrix, is_sparse
+from arxiv_embeddings.metrics import Matrix, is_sparse, paired_bootstrap
 
 COMPARISON_FILE = "comparison.md"
+#: The run every other run's gain is measured against (the baseline stage's zero-shot run, baseline.zero_shot.name).
+REFERENCE_RUN = "zero-shot"
+#: Gains over the reference with paired-bootstrap intervals: (label, section of metrics.json, per-query key).
+GAIN_METRICS = (
+    ("test P@10", "subject_retrieval", "precision@10"),
+    ("test MRR@10", "subject_retrieval", "mrr@10"),
+    ("fresh P@10", "fresh_retrieval", "precision@10"),
+    ("fresh MRR@10", "fresh_retrieval", "mrr@10"),
+)
+#: The generalization gate: the gain on this (section, key) must be above 0 with the whole interval.
+GATE = ("fresh_retrieval", "precision@10")
 #: Columns of the comparison table: (header, section of metrics.json, key).
 COMPARE_COLUMNS = (
     ("P@10", "subject_retrieval", "precision@10"),
     ("MRR@10", "subject_retrieval", "mrr@10"),
     ("NDCG@10", "subject_retrieval", "ndcg@10"),
     ("MAP@100", "subject_retrieval", "map@100"),
+    ("Fresh P@10", "fresh_retrieval", "precision@10"),
+    ("Fresh MRR@10", "fresh_retrieval", "mrr@10"),
     ("Title→abstract R@1", "title_abstract", "recall@1"),
     ("Title→abstract R@10", "title_abstract", "recall@10"),
     ("Title→abstract MRR@10", "title_abstract", "mrr@10"),
@@ -211,6 +224,7 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, Path]) -> str:
         "",
         _table(["metric", "value"], [[k, v] for k, v in ta.items() if isinstance(v, float)]),
         "",
+        *_fresh_section(metrics),
         "## Classification",
         "",
         f"Logistic regression on frozen vectors, fit on {cl['num_train_papers']:,} train papers, scored on the test papers.",
@@ -248,7 +262,81 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, Path]) -> str:
     return "\n".join(parts)
 
 
+def _fresh_section(metrics: dict[str, Any]) -> list[str]:
+    """The report's generalization-check section (subject retrieval among the fresh papers), if it ran."""
+    fr, info = metrics.get("fresh_retrieval"), metrics.get("data", {}).get("fresh")
+    if not fr or not info:
+        return []
+    return [
+        "## Generalization check: fresh papers",
+        "",
+        f"Subject retrieval among {info['papers']:,} papers of {info['subjects']} subjects that no stage trained on "
+        f"(`{info['path']}`; {info['dropped_seen']:,} of its {info['file_papers']:,} papers were left out because a "
+        f"processed split holds them): each is a query against the other {fr['corpus_size'] - 1:,}, relevant = same "
+        f"primary subject. {fr['num_queries']:,} queries.",
+        "",
+        _table(["metric", "value"], [[k, v] for k, v in fr.items() if isinstance(v, float)]),
+        "",
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ compare
+def gains_over_reference(
+    reports: list[dict[str, Any]],
+    reference: str = REFERENCE_RUN,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Each run's gain over the ``reference`` run on :data:`GAIN_METRICS`, from the per-query figures of both (paired
+    by arxiv id: the same queries), with paired-bootstrap intervals, and its generalization verdict.
+
+    ``gate`` is ``pass`` when the whole interval of the :data:`GATE` gain is above 0, ``fail`` when it is not, and
+    ``not checked`` when either run has no fresh-paper figures. Empty when there is no reference run."""
+    ref = next((m for m in reports if m.get("run") == reference), None)
+    if ref is None:
+        return []
+    out = []
+    for m in reports:
+        if m is ref:
+            continue
+        row: dict[str, Any] = {"run": m.get("run"), "kind": m.get("kind"), "gains": {}}
+        for label, section, key in GAIN_METRICS:
+            mine, theirs = (m.get(section) or {}).get("per_query"), (ref.get(section) or {}).get("per_query")
+            if not mine or not theirs or key not in mine or key not in theirs:
+                continue
+            ref_values = dict(zip(theirs["arxiv_id"], theirs[key], strict=True))
+            pairs = [(v, ref_values[i]) for i, v in zip(mine["arxiv_id"], mine[key], strict=True) if i in ref_values]
+            if len(pairs) < 2:
+                continue
+            a, b = zip(*pairs, strict=True)
+            row["gains"][label] = {
+                "section": section,
+                "key": key,
+                **paired_bootstrap(a, b, resamples=resamples, confidence=confidence),
+            }
+        gate = next((g for g in row["gains"].values() if (g["section"], g["key"]) == GATE), None)
+        row["gate"] = "not checked" if gate is None else ("pass" if gate["low"] > 0 else "fail")
+        out.append(row)
+    return out
+
+
+def gains_table(gains: list[dict[str, Any]], reference: str, confidence: float) -> str:
+    """Markdown: each run's gain over the reference with its interval, and the gate verdict."""
+    labels = [label for label, _, _ in GAIN_METRICS]
+    lines = [
+        f"| Run | {' | '.join(f'{label} gain' for label in labels)} | Beats `{reference}` on fresh papers |",
+        "|---|" + "---:|" * len(labels) + "---|",
+    ]
+    for row in gains:
+        cells = []
+        for label in labels:
+            g = row["gains"].get(label)
+            cells.append("–" if g is None else f"{g['diff']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]")
+        verdict = {"pass": "**yes**", "fail": "**no**"}.get(row["gate"], row["gate"])
+        lines.append(f"| `{row['run']}` | {' | '.join(cells)} | {verdict} |")
+    return "\n".join(lines)
+
+
 def load_reports(reports_dir: str | Path) -> list[dict[str, Any]]:
     """Every ``<reports_dir>/<run>/metrics.json`` (unreadable ones are skipped with a warning), sorted by run.
     ``reports_dir`` may be a bucket URL (``paths=gcs``)."""
@@ -301,9 +389,12 @@ def comparison_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare(reports_dir: str | Path) -> str:
-    """Side-by-side table of every run under ``reports_dir`` (a folder or a bucket URL): printed, and written to
-    ``reports_dir/comparison.md``.
+def compare(
+    reports_dir: str | Path, reference: str = REFERENCE_RUN, resamples: int = 2000, confidence: float = 0.95
+) -> str:
+    """Side-by-side table of every run under ``reports_dir`` (a folder or a bucket URL), and each run's gain over
+    the ``reference`` run with paired-bootstrap intervals and the generalization verdict: printed, and written to
+    ``reports_dir/comparison.md``. A run that does not beat the reference on the fresh papers is logged as a warning.
 
     Returns the Markdown. Raises :class:`FileNotFoundError` when there is no report to compare.
     """
@@ -323,22 +414,55 @@ def compare(reports_dir: str | Path) -> str:
     }
     if len(caps) > 1:
         notes.append("> **Note:** the runs used different numbers of test or classifier-train papers.")
+    lengths = {m.get("features", {}).get("max_seq_length") for m in reports if m.get("kind") != "tfidf"} - {None}
+    if len(lengths) > 1:
+        notes.append(f"> **Note:** the models were scored at different max_seq_length ({sorted(lengths)} tokens).")
     table = comparison_table(reports)
+    gains = gains_over_reference(reports, reference, resamples, confidence)
+    gain_part: list[str] = []
+    if gains:
+        fresh = next((m["data"]["fresh"] for m in reports if m.get("data", {}).get("fresh")), None)
+        where = (
+            f" The fresh papers are {fresh['papers']:,} papers of {fresh['subjects']} subjects that no stage trained on."
+            if fresh
+            else ""
+        )
+        gain_part = [
+            f"## Gain over `{reference}`",
+            "",
+            f"Each run minus `{reference}` on the same queries, with {confidence:.0%} paired-bootstrap intervals "
+            f"({resamples:,} resamples of the queries). A run beats `{reference}` on fresh papers when the whole "
+            f"interval of its fresh P@10 gain is above 0.{where}",
+            "",
+            gains_table(gains, reference, confidence),
+            "",
+        ]
+        for row in gains:
+            if row["gate"] == "fail" and row["kind"] != "tfidf":
+                g = row["gains"]["fresh P@10"]
+                logger.warning(
+                    f"compare: {row['run']} does not beat {reference} on the fresh papers: P@10 gain {g['diff']:+.4f} "
+                    f"[{g['low']:+.4f}, {g['high']:+.4f}]."
+                )
     text = "\n".join(
         [
             "# Comparison of evaluated runs",
             "",
-            "Subject retrieval (P@10, MRR@10, NDCG@10, MAP@100) on the test split; title→abstract recall@1, recall@10 "
-            "and MRR@10; logistic regression accuracy and macro-F1; k-means V-measure and adjusted mutual information "
-            "(AMI). Best of each column in bold.",
+            "Subject retrieval (P@10, MRR@10, NDCG@10, MAP@100) on the test split, and P@10 and MRR@10 on the fresh "
+            "papers of the generalization check; title→abstract recall@1, recall@10 and MRR@10; logistic regression "
+            "accuracy and macro-F1; k-means V-measure and adjusted mutual information (AMI). Best of each column in "
+            "bold.",
             "",
             *notes,
             *([""] if notes else []),
             table,
             "",
+            *gain_part,
         ]
     )
     path = atomic_write_text(reports_dir / COMPARISON_FILE, text)
-    print(table)  # the one place library code prints: the table is this command's output
+    print(table)  # the one place library code prints: the tables are this command's output
+    if gains:
+        print(gains_table(gains, reference, confidence))
     logger.success(f"compare: {len(reports)} run(s) compared; wrote {path}.")
     return text

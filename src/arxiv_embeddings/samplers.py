@@ -311,3 +311,94 @@ class CategoryBatchSampler(DefaultBatchSampler):
 
     def __len__(self) -> int:
         return len(self.batches(self.epoch))
+
+
+class LabelGroupBatchSampler(DefaultBatchSampler):
+    """Batches of ``batch_size / per_label`` distinct labels with ``per_label`` rows each, for the label-aware losses
+    (every same-label row of a batch is a positive): each label's rows are shuffled and cut into groups of
+    ``per_label``; each batch takes one group from each of the labels with the most groups left (random tie-break),
+    so labels run out together. Rows of groups that cannot fill a batch, and each label's remainder, go into plain
+    batches at the end.
+
+    Args:
+        dataset: the labelled dataset (only its length is used).
+        batch_size: rows per batch, a multiple of ``per_label``.
+        drop_last: drop a last, incomplete batch.
+        labels: the label of each row, aligned with ``dataset``.
+        per_label: rows of one label in a batch (>= 2).
+        seed: base seed; epoch ``e`` uses ``seed + e``.
+    """
+
+    def __init__(
+        self,
+        dataset: object,
+        batch_size: int,
+        drop_last: bool,
+        labels: np.ndarray,
+        per_label: int = 4,
+        valid_label_columns: list[str] | None = None,
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            valid_label_columns=valid_label_columns,
+            generator=generator,
+            seed=seed,
+        )
+        n = len(dataset)  # type: ignore[arg-type]
+        if len(labels) != n:
+            raise ValueError(f"LabelGroupBatchSampler got {len(labels)} labels for {n} rows; they must be aligned.")
+        if per_label < 2 or batch_size % per_label:
+            raise ValueError(
+                f"train.papers_per_subject={per_label} must be >= 2 and divide the batch size {batch_size} "
+                "(trainer.per_device_train_batch_size)."
+            )
+        _, self.codes = np.unique(np.asarray(labels), return_inverse=True)
+        self.n, self.per_label, self.base_seed = n, int(per_label), seed
+        self.stats: dict[str, float] = {}
+        self._cached: tuple[int, list[np.ndarray]] | None = None
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """The batches of one epoch (deterministic for a seed and epoch)."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        rng = np.random.default_rng(self.base_seed + epoch)
+        k, groups_per_batch = self.per_label, self.batch_size // self.per_label
+        queues: list[list[np.ndarray]] = []
+        leftover: list[np.ndarray] = []
+        for code in range(int(self.codes.max()) + 1 if self.n else 0):
+            rows = rng.permutation(np.flatnonzero(self.codes == code))
+            cut = len(rows) - len(rows) % k
+            queues.append([rows[i : i + k] for i in range(0, cut, k)])
+            leftover.append(rows[cut:])
+        remaining = np.array([len(q) for q in queues], dtype=np.int64)
+        taken = np.zeros(len(queues), dtype=np.int64)
+        grouped: list[np.ndarray] = []
+        while np.count_nonzero(remaining) >= groups_per_batch:
+            score = remaining + rng.random(len(remaining))
+            chosen = np.argpartition(-score, groups_per_batch - 1)[:groups_per_batch]
+            grouped.append(np.concatenate([queues[c][taken[c]] for c in chosen]))
+            taken[chosen] += 1
+            remaining[chosen] -= 1
+        rest = [q[t:] for q, t in zip(queues, taken, strict=True)]
+        tail_parts = [g for q in rest for g in q] + [r for r in leftover if len(r)]
+        tail = np.concatenate(tail_parts) if tail_parts else np.empty(0, dtype=np.int64)
+        tail = tail[rng.permutation(len(tail))]
+        mixed = [tail[i : i + self.batch_size] for i in range(0, len(tail), self.batch_size)]
+        if self.drop_last and mixed and len(mixed[-1]) < self.batch_size:
+            mixed.pop()
+        batches = grouped + mixed
+        self.stats = {"batches": len(batches), "grouped_batches": len(grouped)}
+        ordered = [batches[i] for i in rng.permutation(len(batches))]
+        self._cached = (epoch, ordered)
+        return ordered
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches(self.epoch):
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch))

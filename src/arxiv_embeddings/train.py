@@ -55,6 +55,8 @@ class LossSpec:
     cls: str
     pair_types: tuple[str, ...]
     kwargs: tuple[str, ...] = ()
+    #: The module the class lives in: sentence-transformers' losses, or this package's (arxiv_embeddings.losses).
+    module: str = "sentence_transformers.losses"
 
 
 IN_BATCH = ("anchor_positive", "title_abstract")
@@ -70,6 +72,12 @@ LOSSES: dict[str, LossSpec] = {
     "OnlineContrastiveLoss": LossSpec("OnlineContrastiveLoss", ("contrastive",), ("margin",)),
     "CoSENTLoss": LossSpec("CoSENTLoss", ("graded",), ("scale",)),
     "CosineSimilarityLoss": LossSpec("CosineSimilarityLoss", ("graded",)),
+    # Label-aware: (text, label) rows, every same-subject paper of a batch a positive (train.papers_per_subject).
+    "SupervisedContrastiveLoss": LossSpec(
+        "SupervisedContrastiveLoss", ("labelled",), ("temperature",), module="arxiv_embeddings.losses"
+    ),
+    "BatchAllTripletLoss": LossSpec("BatchAllTripletLoss", ("labelled",), ("margin",)),
+    "BatchHardSoftMarginTripletLoss": LossSpec("BatchHardSoftMarginTripletLoss", ("labelled",)),
 }
 
 
@@ -92,6 +100,8 @@ def check_loss_matches_pairs(loss_cfg: DictConfig, pair_type: str) -> None:
 
 
 def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
+    import importlib
+
     from sentence_transformers import losses  # type: ignore[attr-defined]
 
     spec = loss_spec(loss_cfg)
@@ -99,13 +109,14 @@ def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
     if "margin" in kwargs:
         kwargs["margin"] = float(kwargs["margin"])
     if "temperature" in kwargs:
-        temperature = kwargs.pop("temperature")
+        temperature = kwargs["temperature"]
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
-            raise ConfigError(f"loss.temperature={temperature!r}: the InfoNCE temperature must be a number > 0.")
-        kwargs["scale"] = 1.0 / float(temperature)
+            raise ConfigError(f"loss.temperature={temperature!r}: the temperature must be a number > 0.")
+        if spec.cls == "MultipleNegativesRankingLoss":  # InfoNCE: the library's scale is 1 / temperature
+            kwargs["scale"] = 1.0 / float(kwargs.pop("temperature"))
     if "directions" in kwargs:
         kwargs["directions"] = tuple(kwargs["directions"])
-    loss = getattr(losses, spec.cls)(model, **kwargs)
+    loss = getattr(importlib.import_module(spec.module), spec.cls)(model, **kwargs)
     if loss_cfg.name == "MatryoshkaLoss":
         dims = [int(d) for d in loss_cfg.dims]
         width = model.get_sentence_embedding_dimension()
@@ -201,10 +212,22 @@ def _trainer_class() -> type:
         train_subjects: np.ndarray | None = None
         # CategoryBatchSampler keyword arguments (subjects, keys, hard_fraction, distinct_subjects), or None.
         category_batches: dict[str, Any] | None = None
+        # LabelGroupBatchSampler keyword arguments (labels, per_label) for labelled rows, or None.
+        label_groups: dict[str, Any] | None = None
 
         def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):  # type: ignore[no-untyped-def]
-            from arxiv_embeddings.samplers import CategoryBatchSampler, SubjectBatchSampler
+            from arxiv_embeddings.samplers import CategoryBatchSampler, LabelGroupBatchSampler, SubjectBatchSampler
 
+            if self.label_groups is not None and dataset is self.train_dataset:
+                return LabelGroupBatchSampler(
+                    dataset,
+                    batch_size,
+                    drop_last,
+                    valid_label_columns=valid_label_columns,
+                    generator=generator,
+                    seed=self.args.seed,
+                    **self.label_groups,
+                )
             if self.category_batches is not None and dataset is self.train_dataset:
                 return CategoryBatchSampler(
                     dataset,
@@ -324,6 +347,21 @@ def _without_autocast(model: Any) -> Any:
     from accelerate.utils import extract_model_from_parallel
 
     return extract_model_from_parallel(model, keep_fp32_wrapper=False)
+
+
+def check_label_batches(cfg: DictConfig) -> None:
+    """Labelled rows batch by subject groups (train.batch_sampler=subject) or at random; the group size must fit."""
+    if cfg.train.batch_sampler not in ("subject", "random"):
+        raise ConfigError(
+            f"train.batch_sampler={cfg.train.batch_sampler} does not apply to labelled rows (pairs=labelled); use "
+            "subject (batches of train.papers_per_subject papers of each of several subjects) or random."
+        )
+    k, bs = cfg.train.get("papers_per_subject"), int(cfg.trainer.per_device_train_batch_size)
+    require(
+        isinstance(k, int) and not isinstance(k, bool) and k >= 2 and bs % k == 0,
+        "train.papers_per_subject",
+        f"got {k!r}; expected an integer >= 2 that divides trainer.per_device_train_batch_size={bs}.",
+    )
 
 
 def resolve_precision(cfg: DictConfig, device: str) -> str:
@@ -562,6 +600,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     pairs_manifest = read_json(train_file.parent / PAIRS_MANIFEST)
     pair_type, text = pairs_manifest["type"], pairs_manifest["config"]["text"]
     check_loss_matches_pairs(cfg.loss, pair_type)
+    if pair_type == "labelled":
+        check_label_batches(cfg)
     device = default_device() if cfg.train.device == "auto" else str(cfg.train.device)
     precision = resolve_precision(cfg, device)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -638,7 +678,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         evaluator=evaluator,
         callbacks=list(callbacks) or None,
     )
-    if cfg.train.batch_sampler == "subject":
+    if pair_type == "labelled" and cfg.train.batch_sampler == "subject":
+        labels = read_parquet(train_file, columns=["label"]).column("label").to_numpy()
+        trainer.label_groups = {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
+    elif cfg.train.batch_sampler == "subject":
         meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
         trainer.train_subjects = meta.column("a_subject").to_numpy(zero_copy_only=False)
     elif cfg.train.batch_sampler == "category":
@@ -656,6 +699,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     # automatically). The saved model has no such wrapper, so drop it: the test evaluation and the LoRA merge check
     # below then see the model as `inv evaluate` and the API run it (fp32), whatever precision trained it.
     model = _without_autocast(model)
+    # Trained at train.max_seq_length tokens (fast on a CPU), saved, tested and so served at the base model's own
+    # length (model.max_seq_length), like the zero-shot model it is compared with.
+    trained_length = model.max_seq_length
+    model.max_seq_length = int(cfg.model.max_seq_length or trained_length)
     if not rank0:
         return {"rank": int(os.environ.get("RANK", "0")), "train": train_metrics}
 
@@ -687,6 +734,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "device": device,
             "precision": precision,
             "max_seq_length": model.max_seq_length,
+            "train_max_seq_length": trained_length,
             "frozen": frozen,
             "lora": lora_info,
             "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
