@@ -262,7 +262,8 @@ class EvalData:
 
     @property
     def fresh_labels(self) -> np.ndarray:
-        assert self.fresh is not None
+        if self.fresh is None:
+            raise ValueError("No fresh papers were loaded (evaluate.fresh.enabled=false).")
         return np.asarray(self.fresh.column("primary_subject").to_pylist(), dtype=object).astype(str)
 
 

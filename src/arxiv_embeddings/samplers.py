@@ -21,6 +21,30 @@ import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 
+def _balanced_rounds(remaining: np.ndarray, width: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Rounds of ``width`` distinct labels, each round the labels with the most units left (random tie-break), so
+    that labels run out together; ``remaining`` (units left per label) is decremented in place. Stops when fewer
+    than ``width`` labels have units left."""
+    while np.count_nonzero(remaining) >= width:
+        score = remaining + rng.random(len(remaining))
+        chosen = np.argpartition(-score, width - 1)[:width]
+        yield chosen
+        remaining[chosen] -= 1
+
+
+def _shuffled_with_tail(
+    shaped: list[np.ndarray], tail: np.ndarray, batch_size: int, drop_last: bool, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The shaped batches plus the ``tail`` rows, shuffled and cut into plain batches (the last one dropped when
+    short and ``drop_last``), in a random order."""
+    tail = tail[rng.permutation(len(tail))]
+    mixed = [tail[i : i + batch_size] for i in range(0, len(tail), batch_size)]
+    if drop_last and mixed and len(mixed[-1]) < batch_size:
+        mixed.pop()
+    batches = shaped + mixed
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class SubjectBatchSampler(DefaultBatchSampler):
     """Batches with at most one pair per primary subject where possible.
 
@@ -72,28 +96,21 @@ class SubjectBatchSampler(DefaultBatchSampler):
         distinct: list[np.ndarray] = []
         # Take one pair from each of the `bs` subjects with the most pairs left (random tie-break), so subjects run
         # out together and as many batches as possible hold `bs` distinct subjects.
-        while np.count_nonzero(remaining) >= bs:
-            score = remaining + rng.random(len(remaining))
-            chosen = np.argpartition(-score, bs - 1)[:bs]
+        for chosen in _balanced_rounds(remaining, bs, rng):
             distinct.append(order[ptr[chosen]])
             ptr[chosen] += 1
-            remaining[chosen] -= 1
         tail = (
             np.concatenate([order[p : p + r] for p, r in zip(ptr, remaining, strict=True) if r])
             if remaining.any()
             else np.empty(0, int)
         )
-        tail = tail[rng.permutation(len(tail))]
-        mixed = [tail[i : i + bs] for i in range(0, len(tail), bs)]
-        if self.drop_last and mixed and len(mixed[-1]) < bs:
-            mixed.pop()
-        batches = distinct + mixed
+        batches = _shuffled_with_tail(distinct, tail, bs, self.drop_last, rng)
         self.stats = {
             "batches": len(batches),
             "subject_unique_batches": len(distinct),
             "subject_unique_fraction": len(distinct) / max(len(batches), 1),
         }
-        return [batches[i] for i in rng.permutation(len(batches))]
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches(self.epoch):
@@ -377,24 +394,16 @@ class LabelGroupBatchSampler(DefaultBatchSampler):
         remaining = np.array([len(q) for q in queues], dtype=np.int64)
         taken = np.zeros(len(queues), dtype=np.int64)
         grouped: list[np.ndarray] = []
-        while np.count_nonzero(remaining) >= groups_per_batch:
-            score = remaining + rng.random(len(remaining))
-            chosen = np.argpartition(-score, groups_per_batch - 1)[:groups_per_batch]
+        for chosen in _balanced_rounds(remaining, groups_per_batch, rng):
             grouped.append(np.concatenate([queues[c][taken[c]] for c in chosen]))
             taken[chosen] += 1
-            remaining[chosen] -= 1
         rest = [q[t:] for q, t in zip(queues, taken, strict=True)]
         tail_parts = [g for q in rest for g in q] + [r for r in leftover if len(r)]
         tail = np.concatenate(tail_parts) if tail_parts else np.empty(0, dtype=np.int64)
-        tail = tail[rng.permutation(len(tail))]
-        mixed = [tail[i : i + self.batch_size] for i in range(0, len(tail), self.batch_size)]
-        if self.drop_last and mixed and len(mixed[-1]) < self.batch_size:
-            mixed.pop()
-        batches = grouped + mixed
+        batches = _shuffled_with_tail(grouped, tail, self.batch_size, self.drop_last, rng)
         self.stats = {"batches": len(batches), "grouped_batches": len(grouped)}
-        ordered = [batches[i] for i in rng.permutation(len(batches))]
-        self._cached = (epoch, ordered)
-        return ordered
+        self._cached = (epoch, batches)
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches(self.epoch):

@@ -209,44 +209,22 @@ def _trainer_class() -> type:
         """The library's trainer, with the subject-aware or category-aware batch sampler for the training set, and
         LoRA checkpoints that load as sentence-transformers (for resuming)."""
 
-        train_subjects: np.ndarray | None = None
-        # CategoryBatchSampler keyword arguments (subjects, keys, hard_fraction, distinct_subjects), or None.
-        category_batches: dict[str, Any] | None = None
-        # LabelGroupBatchSampler keyword arguments (labels, per_label) for labelled rows, or None.
-        label_groups: dict[str, Any] | None = None
+        # The batch sampler of the training set: a class of arxiv_embeddings.samplers and its keyword arguments
+        # beyond the library's (SubjectBatchSampler: subjects; CategoryBatchSampler: subjects, keys, hard_fraction,
+        # distinct_subjects; LabelGroupBatchSampler: labels, per_label), or None for the library's own.
+        train_sampler: tuple[type, dict[str, Any]] | None = None
 
         def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):  # type: ignore[no-untyped-def]
-            from arxiv_embeddings.samplers import CategoryBatchSampler, LabelGroupBatchSampler, SubjectBatchSampler
-
-            if self.label_groups is not None and dataset is self.train_dataset:
-                return LabelGroupBatchSampler(
+            if self.train_sampler is not None and dataset is self.train_dataset:
+                cls, kwargs = self.train_sampler
+                return cls(
                     dataset,
                     batch_size,
                     drop_last,
                     valid_label_columns=valid_label_columns,
                     generator=generator,
                     seed=self.args.seed,
-                    **self.label_groups,
-                )
-            if self.category_batches is not None and dataset is self.train_dataset:
-                return CategoryBatchSampler(
-                    dataset,
-                    batch_size,
-                    drop_last,
-                    valid_label_columns=valid_label_columns,
-                    generator=generator,
-                    seed=self.args.seed,
-                    **self.category_batches,
-                )
-            if self.train_subjects is not None and dataset is self.train_dataset:
-                return SubjectBatchSampler(
-                    dataset,
-                    batch_size,
-                    drop_last,
-                    subjects=self.train_subjects,
-                    valid_label_columns=valid_label_columns,
-                    generator=generator,
-                    seed=self.args.seed,
+                    **kwargs,
                 )
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
 
@@ -306,6 +284,21 @@ def category_batches(cfg: DictConfig, train_file: Path, pair_type: str) -> dict[
         "hard_fraction": float(cfg.train.category_batches.hard_fraction),
         "distinct_subjects": pair_type == "anchor_positive",
     }
+
+
+def train_sampler(cfg: DictConfig, train_file: Path, pair_type: str) -> tuple[type, dict[str, Any]] | None:
+    """The training set's batch sampler for ``train.batch_sampler`` and its arguments, or None for the library's."""
+    from arxiv_embeddings.samplers import CategoryBatchSampler, LabelGroupBatchSampler, SubjectBatchSampler
+
+    if cfg.train.batch_sampler == "subject" and pair_type == "labelled":
+        labels = read_parquet(train_file, columns=["label"]).column("label").to_numpy()
+        return LabelGroupBatchSampler, {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
+    if cfg.train.batch_sampler == "subject":
+        meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
+        return SubjectBatchSampler, {"subjects": meta.column("a_subject").to_numpy(zero_copy_only=False)}
+    if cfg.train.batch_sampler == "category":
+        return CategoryBatchSampler, category_batches(cfg, train_file, pair_type)
+    return None
 
 
 def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) -> dict[str, Any]:
@@ -678,14 +671,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         evaluator=evaluator,
         callbacks=list(callbacks) or None,
     )
-    if pair_type == "labelled" and cfg.train.batch_sampler == "subject":
-        labels = read_parquet(train_file, columns=["label"]).column("label").to_numpy()
-        trainer.label_groups = {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
-    elif cfg.train.batch_sampler == "subject":
-        meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
-        trainer.train_subjects = meta.column("a_subject").to_numpy(zero_copy_only=False)
-    elif cfg.train.batch_sampler == "category":
-        trainer.category_batches = category_batches(cfg, train_file, pair_type)
+    trainer.train_sampler = train_sampler(cfg, train_file, pair_type)
     try:
         output = trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
