@@ -34,6 +34,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="the frozen encoder")
+    parser.add_argument("--train-papers", type=int, default=0, help="embed only this many train papers (0: all)")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides of the data, e.g. experiment=cpu_budget data.path=corpus.parquet"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -54,16 +59,18 @@ def main() -> None:
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="bench-head-"))
     try:
-        cfg = compose("evaluate", [f"paths.root_dir={root}"])
-        preprocess.run(compose("preprocess", [f"paths.root_dir={root}"]))
+        cfg = compose("evaluate", [f"paths.root_dir={root}", *args.overrides])
+        preprocess.run(compose("preprocess", [f"paths.root_dir={root}", *args.overrides]))
         tables = {
             "train": read_parquet(split_path(cfg, "train")).to_pandas(),
             "test": read_parquet(split_path(cfg, "test")).to_pandas(),
             "fresh": load_fresh(cfg)[0].to_pandas(),
         }
+        if 0 < args.train_papers < len(tables["train"]):
+            tables["train"] = tables["train"].sample(n=args.train_papers, random_state=0)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    model = load_model("sentence-transformers/all-MiniLM-L6-v2", device="cpu", max_seq_length=256)
+    model = load_model(args.model, device="cpu", max_seq_length=256)
     if args.bf16:
         model.to(torch.bfloat16)
     t0 = time.perf_counter()

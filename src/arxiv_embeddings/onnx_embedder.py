@@ -10,7 +10,8 @@ The model folder is a sentence-transformers folder that ``uv run inv export`` ha
 read from the sentence-transformers files beside them: ``tokenizer.json``, ``sentence_bert_config.json`` /
 ``tokenizer_config.json`` (most tokens per text, lower-casing), ``modules.json`` (which modules follow the
 transformer) and ``1_Pooling/config.json`` (the pooling modes), so that the vectors match the torch model's.
-Only Transformer -> Pooling -> (Normalize) models are supported; a Dense or other module fails with its name.
+Supported: Transformer -> Pooling, then any sequence of Normalize and linear Dense modules (identity activation:
+the subject head of ``train.head``, weights read with safetensors' NumPy loader); another module fails with its name.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 # Module types (last part of the class path in modules.json) this embedder reproduces.
-_TRANSFORMER, _POOLING, _NORMALIZE = "Transformer", "Pooling", "Normalize"
+_TRANSFORMER, _POOLING, _NORMALIZE, _DENSE = "Transformer", "Pooling", "Normalize", "Dense"
+#: Dense activations run here (sentence-transformers writes the class path in the module's config.json).
+_LINEAR_ACTIVATIONS = ("torch.nn.modules.linear.Identity",)
 
 
 class ExportNotFoundError(FileNotFoundError):
@@ -84,10 +87,26 @@ class PipelineConfig:
     pooling_modes: tuple[str, ...]
     token_dim: int
     normalize: bool
+    #: What follows the pooling, in order: ``("normalize", None, None)`` or ``("dense", weight, bias)``.
+    post: tuple[tuple[str, np.ndarray | None, np.ndarray | None], ...] = ()
 
     @property
     def dimension(self) -> int:
+        for kind, weight, _ in reversed(self.post):
+            if kind == "dense" and weight is not None:
+                return int(weight.shape[0])
         return self.token_dim * len(self.pooling_modes)
+
+    def apply_post(self, pooled: np.ndarray) -> np.ndarray:
+        """The modules after the pooling, in NumPy."""
+        out = pooled
+        for kind, weight, bias in self.post:
+            if kind == "normalize":
+                out = normalize_rows(out)
+            else:
+                assert weight is not None
+                out = out @ weight.T + (bias if bias is not None else 0.0)
+        return out.astype(np.float32, copy=False)
 
 
 def _module_kind(type_path: str) -> str:
@@ -133,11 +152,20 @@ def read_pipeline(model_dir: Path) -> PipelineConfig:
         )
     modules = _read_json(modules_path)
     kinds = [_module_kind(str(m.get("type", ""))) for m in modules]
-    if not kinds or kinds[0] != _TRANSFORMER or kinds[1:2] != [_POOLING] or any(k != _NORMALIZE for k in kinds[2:]):
+    if (
+        not kinds
+        or kinds[0] != _TRANSFORMER
+        or kinds[1:2] != [_POOLING]
+        or any(k not in (_NORMALIZE, _DENSE) for k in kinds[2:])
+    ):
         raise ValueError(
             f"{model_dir}: modules {kinds} are not supported by the ONNX embedder, which runs Transformer -> Pooling "
-            "(-> Normalize); use backend='torch' for this model."
+            "(-> Normalize / linear Dense); use backend='torch' for this model."
         )
+    post = tuple(
+        ("normalize", None, None) if kind == _NORMALIZE else ("dense", *_dense_weights(model_dir / str(m["path"])))
+        for kind, m in zip(kinds[2:], modules[2:], strict=True)
+    )
     transformer_dir = model_dir / str(modules[0].get("path", ""))
     pooling_cfg = _read_json(model_dir / str(modules[1]["path"]) / "config.json")
     token_dim = int(pooling_cfg.get("embedding_dimension") or pooling_cfg.get("word_embedding_dimension") or 0)
@@ -149,8 +177,32 @@ def read_pipeline(model_dir: Path) -> PipelineConfig:
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
         pooling_modes=_pooling_modes(pooling_cfg),
         token_dim=token_dim,
-        normalize=_NORMALIZE in kinds[2:],
+        normalize=bool(post) and post[-1][0] == "normalize",
+        post=post,
     )
+
+
+def _dense_weights(module_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Weight ``(out, in)`` and bias of a sentence-transformers Dense module folder with a linear activation."""
+    cfg = _read_json(module_dir / "config.json")
+    activation = str(cfg.get("activation_function", ""))
+    if activation not in _LINEAR_ACTIVATIONS:
+        raise ValueError(
+            f"{module_dir}: Dense activation {activation!r} is not supported by the ONNX embedder (only "
+            f"{', '.join(_LINEAR_ACTIVATIONS)}); use backend='torch' for this model."
+        )
+    weights_path = module_dir / "model.safetensors"
+    if not weights_path.exists():
+        raise ExportNotFoundError(
+            f"{weights_path} not found: the ONNX embedder reads a Dense module's weights from safetensors; re-save "
+            "the model with sentence-transformers (it writes model.safetensors by default)."
+        )
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(weights_path))
+    weight = np.asarray(tensors["linear.weight"], dtype=np.float32)
+    bias = tensors.get("linear.bias")
+    return weight, None if bias is None else np.asarray(bias, dtype=np.float32)
 
 
 def _pool(modes: tuple[str, ...], tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -264,7 +316,7 @@ class OnnxEmbedder:
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
         tokens = self.session.run([self._output], {k: v for k, v in feed.items() if k in self._inputs})[0]
-        return _pool(self.pipeline.pooling_modes, np.asarray(tokens), mask)
+        return self.pipeline.apply_post(_pool(self.pipeline.pooling_modes, np.asarray(tokens), mask))
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         """Embeddings of ``texts`` as float32 ``(len(texts), dimension)``; L2-normalized when ``normalize`` (the

@@ -559,6 +559,22 @@ def validate(cfg: DictConfig) -> None:
     if cfg.loss.name == "MatryoshkaLoss" and not cfg.loss.get("dims"):
         raise ConfigError("loss.dims: MatryoshkaLoss needs a list of dimensions, e.g. loss.dims=[384,256,128,64].")
     validate_model(cfg)
+    head = cfg.train.get("head")
+    if head is not None and head.get("enabled"):
+        from arxiv_embeddings.head import validate_head
+
+        validate_head(head)
+        if cfg.model.get("lora"):
+            raise ConfigError(
+                "train.head.enabled=true with model.lora: the subject head is fit over full models only; set "
+                "train.head.enabled=false, or train without model.lora."
+            )
+
+
+def head_enabled(cfg: DictConfig) -> bool:
+    """True when ``train.head`` asks for a subject head after training."""
+    head = cfg.train.get("head")
+    return bool(head is not None and head.get("enabled"))
 
 
 def validate_model(cfg: DictConfig) -> None:
@@ -692,12 +708,19 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if not rank0:
         return {"rank": int(os.environ.get("RANK", "0")), "train": train_metrics}
 
-    # 7. test evaluation (once, after training)
+    # 7. the subject head over the trained encoder (train.head), part of the model from here on
+    head_info = None
+    if head_enabled(cfg):
+        from arxiv_embeddings.head import train_head
+
+        head_info = train_head(cfg, model, text, precision)
+
+    # 8. test evaluation (once, after training)
     test_evaluator = task_evaluator(cfg, pair_type, "test", int(cfg.train.test_papers), text, "test")
     test_metrics = test_evaluator(model) if test_evaluator is not None else {}
     eval_metrics = evaluator(model) if evaluator is not None else {}
 
-    # 8. save the final model with its card and config, atomically; with LoRA the adapter (in adapter/), and the
+    # 9. save the final model with its card and config, atomically; with LoRA the adapter (in adapter/), and the
     #    merged model in final/ (model.lora.merge, the default) or the adapter itself there
     final = out / "final"
     lora_info: dict[str, Any] | None = None
@@ -723,6 +746,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "train_max_seq_length": trained_length,
             "frozen": frozen,
             "lora": lora_info,
+            "head": head_info,
             "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
             "train": train_metrics,
             "eval": eval_metrics,
@@ -750,6 +774,8 @@ def _inputs(cfg: DictConfig) -> list[Path]:
     d = artifact_path(cfg.paths.pairs_dir)
     files = [d / "train.parquet", d / "eval.parquet", d / "train_meta.parquet", d / "manifest.json"]
     model_path = Path(str(cfg.model.name))
+    if head_enabled(cfg):  # the head is fit on papers of the processed train split
+        files.append(artifact_path(cfg.paths.processed_dir) / "train.parquet")
     return files + (model_files(model_path) if model_path.is_dir() else [])
 
 

@@ -1,0 +1,171 @@
+"""train.head: the linear subject head is fit reproducibly, lifts retrieval where a linear map can, becomes part of
+the saved model, and is served the same by the torch and the ONNX embedders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arxiv_embeddings import export, pairs, train
+from arxiv_embeddings.config import ConfigError, compose
+from arxiv_embeddings.embedder import TorchEmbedder, load_embedder
+from arxiv_embeddings.head import HeadFit, add_head, fit_linear_head
+from arxiv_embeddings.io import read_json
+from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
+from arxiv_embeddings.onnx_embedder import read_pipeline
+
+CUTOFFS = RankingCutoffs(precision_recall_at=(10,), mrr_at=(10,), ndcg_at=(), map_at=(), accuracy_at=())
+#: A three-step training run of the tiny model, as test_train's.
+FAST = [
+    "trainer.max_steps=3",
+    "trainer.per_device_train_batch_size=8",
+    "trainer.eval_steps=3",
+    "trainer.save_steps=3",
+    "train.eval_papers=40",
+    "train.test_papers=40",
+    "train.max_seq_length=32",
+    "train.freeze_layers=1",
+]
+#: The fp32 ONNX export alone, timed on a handful of texts.
+EXPORT = [
+    "run_name=h",
+    "export.optimization_levels=[]",
+    "export.throughput.texts=8",
+    "export.throughput.batch_size=8",
+    "export.throughput.seq_lengths=[32]",
+    "export.throughput.repeats=1",
+]
+HEAD = ["train.head.enabled=true", "train.head.papers=120", "train.head.epochs=2", "train.head.batch_size=32"]
+
+
+def _clustered(seed: int, n_per: int = 40, subjects: int = 6, dim: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Subjects apart along 4 dimensions, drowned by large noise along the other 20: a linear map can undo that."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(subjects, 4)) * 0.6
+    labels = np.repeat(np.arange(subjects), n_per).astype(str)
+    x = rng.normal(size=(len(labels), dim)) * 1.5
+    x[:, :4] = centers[labels.astype(int)] + rng.normal(size=(len(labels), 4)) * 0.25
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def _p10(x: np.ndarray, labels: np.ndarray) -> float:
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return float(label_retrieval(x, labels, cutoffs=CUTOFFS).per_query["precision@10"].mean())
+
+
+def test_the_head_is_reproducible_and_lifts_retrieval_on_papers_it_was_not_fit_on() -> None:
+    x, y = _clustered(0)
+    x_new, y_new = _clustered(1)  # same kind of data, other draws: what the head does on unseen rows
+    kwargs = {"epochs": 30, "learning_rate": 1e-2, "batch_size": 64, "temperature": 0.1, "seed": 3}
+    fit = fit_linear_head(x, y, **kwargs)
+    again = fit_linear_head(x, y, **kwargs)
+    np.testing.assert_array_equal(fit.weight, again.weight)
+    np.testing.assert_array_equal(fit.bias, again.bias)
+    assert fit.weight.shape == (24, 24) and fit.papers == 240 and fit.subjects == 6 and len(fit.losses) == 30
+    assert fit.losses[-1] < fit.losses[0]
+    before, after = _p10(x_new, y_new), _p10(x_new @ fit.weight.T + fit.bias, y_new)
+    assert after > before + 0.1, (before, after)
+    other_seed = fit_linear_head(x, y, **{**kwargs, "seed": 4})
+    assert not np.array_equal(other_seed.weight, fit.weight)
+
+
+def test_the_head_refuses_what_it_cannot_fit() -> None:
+    x, y = _clustered(0)
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        fit_linear_head(
+            x, np.full(len(x), "cs.LG"), epochs=1, learning_rate=1e-3, batch_size=8, temperature=0.05, seed=0
+        )
+    with pytest.raises(ValueError, match="must be"):
+        fit_linear_head(x, y[:-1], epochs=1, learning_rate=1e-3, batch_size=8, temperature=0.05, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.head.papers=1", r"train.head.papers=1: must be an integer >= 2"),
+        ("train.head.epochs=0", r"train.head.epochs=0: must be an integer >= 1"),
+        ("train.head.learning_rate=0", r"train.head.learning_rate=0: must be a number > 0"),
+        ("train.head.temperature=-1", r"train.head.temperature=-1: must be a number > 0"),
+    ],
+)
+def test_bad_head_settings_are_named(tmp_path: Path, override: str, message: str) -> None:
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.head.enabled=true", override])
+    with pytest.raises(ConfigError, match=message):
+        train.validate(cfg)
+
+
+def test_a_head_with_lora_is_refused(tmp_path: Path) -> None:
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.head.enabled=true", "experiment=qwen_lora"])
+    with pytest.raises(ConfigError, match=r"train.head.enabled=true with model.lora"):
+        train.validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def headed_model(tmp_path_factory: pytest.TempPathFactory, processed_root: Path, tiny_model_dir: Path) -> Path:
+    """The tiny model trained three steps with a subject head (train.head), through the stage's own run."""
+    root = tmp_path_factory.mktemp("head_root")
+    shutil.copytree(processed_root / "data" / "processed", root / "data" / "processed")
+    pairs.run(compose("pairs", [f"paths.root_dir={root}", "pairs.num_train=64", "pairs.num_eval=16"]))
+    cfg = compose("train", [f"paths.root_dir={root}", f"model.name={tiny_model_dir}", "run_name=h", *FAST, *HEAD])
+    assert str(root / "data" / "processed" / "train.parquet") in map(str, train.SPEC.inputs(cfg))
+    return Path(train.run(cfg)["model"])
+
+
+def test_training_with_a_head_saves_it_in_the_model(headed_model: Path, processed_root: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((headed_model / "modules.json").read_text())]
+    assert modules == ["Transformer", "Pooling", "Normalize", "Dense", "Normalize"]
+    summary = read_json(headed_model / "train_summary.json")
+    head = summary["head"]
+    assert head["papers"] == 120 and head["epochs"] == 2 and len(head["losses"]) == 2 and head["subjects"] > 1
+    assert 0.0 <= summary["test"]["test_cosine_precision@10"] <= 1.0
+
+    model = SentenceTransformer(str(headed_model), device="cpu")
+    texts = ["A survey of black hole thermodynamics", "Graph neural networks for molecules"]
+    vectors = model.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The Dense is the fitted map, not an identity: the vectors differ from the encoder's own.
+    encoder_only = SentenceTransformer(modules=[model[0], model[1], model[2]], device="cpu").encode(texts)
+    assert np.abs(vectors - encoder_only).max() > 1e-4
+
+
+def test_a_second_head_is_not_stacked(headed_model: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(headed_model), device="cpu")
+    dim = model.get_sentence_embedding_dimension()
+    fit = HeadFit(np.eye(dim, dtype=np.float32), np.zeros(dim, np.float32), [0.0], 2, 2, 0.0)
+    with pytest.raises(ValueError, match="already has a Dense module"):
+        add_head(model, fit)
+
+
+def test_the_onnx_embedder_serves_the_head_like_torch(
+    headed_model: Path, processed_root: Path, make_cfg, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(headed_model, project / "models" / "h" / "final")
+    model_dir = project / "models" / "h" / "final"
+    cfg = make_cfg("export", project, [f"paths.processed_dir={processed_root / 'data' / 'processed'}", *EXPORT])
+    export.run(cfg)
+    pipeline = read_pipeline(model_dir)
+    assert [kind for kind, _, _ in pipeline.post] == ["normalize", "dense", "normalize"] and pipeline.normalize
+    texts = ["A survey of black hole thermodynamics", "Graph neural networks for molecules", "Sparse PCA bounds"]
+    reference = TorchEmbedder(model_dir, device="cpu").encode(texts)
+    onnx = load_embedder(model_dir, backend="onnx", variant="fp32")
+    np.testing.assert_allclose(onnx.encode(texts), reference, atol=1e-5)
+    assert onnx.dimension == reference.shape[1]
+
+
+def test_the_onnx_embedder_names_a_dense_it_cannot_run(headed_model: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "tanh"
+    shutil.copytree(headed_model, model_dir)
+    config = model_dir / "3_Dense" / "config.json"
+    cfg = json.loads(config.read_text())
+    config.write_text(json.dumps({**cfg, "activation_function": "torch.nn.modules.activation.Tanh"}))
+    with pytest.raises(ValueError, match=r"Dense activation 'torch.nn.modules.activation.Tanh' is not supported"):
+        read_pipeline(model_dir)
