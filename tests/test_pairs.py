@@ -140,6 +140,34 @@ def test_same_seed_same_bytes_other_seed_other_pairs(root: Path) -> None:
     assert file_sha256(root / "data" / "pairs" / "train.parquet") != first
 
 
+@pytest.mark.parametrize("overrides", [("pairs=title_abstract",), ("pairs.text=title",), ("pairs.text=abstract",)])
+def test_duplicate_texts_give_the_same_bytes_every_run(root: Path, overrides: tuple[str, ...]) -> None:
+    """Papers that share a title (or an abstract) gave the parquet writer a dictionary with duplicates, which it
+    then wrote without dictionary encoding and not byte-identically from run to run."""
+    import pyarrow as pa
+
+    path = root / "data" / "processed" / "train.parquet"
+    papers = pq.read_table(path)
+    for column in ("title", "abstract"):
+        values = papers.column(column).to_pylist()
+        shared = pa.array([values[i % 40] for i in range(len(values))], papers.schema.field(column).type)
+        papers = papers.set_column(papers.schema.get_field_index(column), column, shared)
+    pq.write_table(papers, path)
+    hashes = set()
+    for _ in range(3):
+        _run(root, *overrides)
+        hashes.add(file_sha256(root / "data" / "pairs" / "train.parquet"))
+    assert len(hashes) == 1
+    meta = pq.ParquetFile(root / "data" / "pairs" / "train.parquet").metadata
+    for i in range(meta.num_columns):
+        if meta.schema.column(i).physical_type == "BYTE_ARRAY":  # every text column stays dictionary-encoded
+            assert "RLE_DICTIONARY" in meta.row_group(0).column(i).encodings
+    table, pair_meta = _read(root)
+    by_id = _papers(root, "train")
+    first = "abstract" if overrides == ("pairs.text=abstract",) else "title"
+    assert (table.iloc[:, 0].to_numpy() == by_id.loc[pair_meta.a_id, first].to_numpy()).all()
+
+
 def test_manifest_records_type_columns_and_hashes(root: Path) -> None:
     _run(root, "pairs=contrastive")
     manifest = read_json(root / "data" / "pairs" / "manifest.json")

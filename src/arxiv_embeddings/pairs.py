@@ -197,15 +197,28 @@ BUILDERS: dict[str, Callable[[pa.Table, SubjectIndex, int, np.random.Generator, 
 
 
 # ------------------------------------------------------------------------------------------ materializing
-def _texts(values: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> pa.DictionaryArray:
-    """Texts of ``rows`` as a dictionary array: the papers' texts once, plus int32 indices (no string copies).
-    Pass the texts as one array (see :func:`_text_values`) to share them between columns."""
-    return pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), _text_values(values))
+@dataclass(frozen=True)
+class TextTable:
+    """The distinct texts of a split's papers (first-seen order) and each paper's index into them."""
+
+    dictionary: pa.Array
+    codes: np.ndarray
 
 
-def _text_values(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+def _texts(values: TextTable, rows: np.ndarray) -> pa.DictionaryArray:
+    """Texts of ``rows`` as a dictionary array: each distinct text once, plus int32 indices (no string copies).
+    Pass one :class:`TextTable` (see :func:`_text_values`) to share the texts between columns."""
+    return pa.DictionaryArray.from_arrays(pa.array(values.codes[rows].astype(np.int32)), values.dictionary)
+
+
+def _text_values(values: pa.ChunkedArray | pa.Array) -> TextTable:
+    """Distinct texts and codes of ``values``. A dictionary without duplicates matters: with the same text twice (two
+    papers with one title) the parquet writer gives up dictionary encoding, and the bytes it then writes were not
+    the same from one run to the next, which made the stage's skip check and manifest hashes unstable."""
     values = pc.cast(values, pa.large_string())
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    encoded = pc.dictionary_encode(values, null_encoding="encode")
+    return TextTable(encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False))
 
 
 def build_pairs(
