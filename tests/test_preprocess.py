@@ -289,3 +289,37 @@ def test_reads_jsonl_gz_and_csv(tmp_path: Path) -> None:
         result = preprocess.run(_cfg(tmp_path / path.suffix.strip("."), path))
         kept.append(result["funnel"]["kept"])
     assert kept == [30, 30]
+
+
+def test_keep_columns_naming_a_cleaned_column_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, _papers(20))
+    with pytest.raises(ConfigError, match=r"keep_columns=\['abstract'\] names \['abstract'\].*Remove abstract"):
+        preprocess.run(_cfg(tmp_path, path, "preprocess.keep_columns=[abstract]"))
+
+
+@pytest.mark.parametrize("name", ["papers.parquet", "papers.csv"])
+def test_only_the_columns_the_pipeline_uses_are_read(tmp_path: Path, name: str) -> None:
+    from arxiv_embeddings.data import load_raw
+
+    data = {**_papers(30), "full_text": ["x" * 1000] * 30, "authors": ["A. Author"] * 30, "paper_id": None}
+    data["paper_id"] = data.pop("arxiv_id")
+    if name.endswith(".csv"):
+        del data["subjects"]
+        path = tmp_path / name
+        pa.table(data).to_pandas().to_csv(path, index=False)
+    else:
+        path = _write(tmp_path, data, name)
+    cfg = _cfg(tmp_path, path, "data.columns={paper_id:arxiv_id}")
+    assert "full_text" not in load_raw(cfg.data).column_names
+    assert set(load_raw(cfg.data).column_names) <= {"arxiv_id", "title", "abstract", "primary_subject", "subjects"}
+    assert "arxiv_id" in load_raw(cfg.data).column_names  # read under its source name, then renamed
+    assert "authors" in load_raw(cfg.data, ["authors"]).column_names
+    assert "full_text" in load_raw(cfg.data, None).column_names  # None: every column
+    result = preprocess.run(
+        _cfg(tmp_path, path, "data.columns={paper_id:arxiv_id}", "preprocess.keep_columns=[authors]")
+    )
+    assert result["funnel"]["kept"] == 30
+    train = _read_split(tmp_path, "train")
+    assert "authors" in train.column_names and "full_text" not in train.column_names
+    with pytest.raises(ConfigError, match=r"renames column\(s\) \['nope'\].*its columns are: title, abstract.*full_text, authors, paper_id"):
+        load_raw(_cfg(tmp_path, path, "data.columns={nope:arxiv_id}").data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,14 +39,20 @@ _SEGMENT = 128 << 20
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def _read_files(path: str, fmt: str) -> pa.Table:
+def _select(table: pa.Table, columns: set[str] | None) -> pa.Table:
+    return table if columns is None else table.select([c for c in table.column_names if c in columns])
+
+
+def _read_files(path: str, fmt: str, columns: set[str] | None = None) -> tuple[pa.Table, list[str]]:
+    """Read a file or a glob of files; only ``columns`` (those of them the input has) when given. Returns the table
+    and every column name the input has."""
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
 
     paths = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
     if not paths or not all(Path(p).exists() for p in paths):
         raise FileNotFoundError(f"Input file not found: {path}. Check data.path (a file or a glob of files).")
-    tables = []
+    tables, names = [], []
     for p in paths:
         kind = fmt
         if kind == "auto":
@@ -58,40 +64,47 @@ def _read_files(path: str, fmt: str) -> pa.Table:
                     "or set data.format to parquet, jsonl or csv."
                 )
         if kind == "parquet":
-            tables.append(_read_parquet(p))
+            table, file_names = _read_parquet(p, columns)
         elif kind == "jsonl":
             with pa.input_stream(p, compression="detect") as stream:
-                tables.append(pajson.read_json(stream))
+                table = pajson.read_json(stream)
+            file_names, table = table.column_names, _select(table, columns)
         elif kind == "csv":
             opts = pacsv.ReadOptions(block_size=64 << 20)
-            tables.append(
-                pacsv.read_csv(p, read_options=opts, parse_options=pacsv.ParseOptions(newlines_in_values=True))
-            )
+            table = pacsv.read_csv(p, read_options=opts, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+            file_names, table = table.column_names, _select(table, columns)
         else:
             raise ConfigError(f"data.format={kind!r} is not known; valid values: auto, csv, jsonl, parquet.")
-    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+        tables.append(table)
+        names += [n for n in file_names if n not in names]
+    return (pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]), names
 
 
-def _read_parquet(path: str) -> pa.Table:
-    """``pq.read_table(path)``, one row group at a time for a plain file (a few in parallel): the reader then holds
-    a few row groups' pages and buffers next to the table, not the whole file's, and each row group becomes a chunk
-    with buffers of its own, which later steps can release one by one. Same rows, same schema."""
+def _read_parquet(path: str, columns: set[str] | None = None) -> tuple[pa.Table, list[str]]:
+    """``pq.read_table(path, columns=...)``, one row group at a time for a plain file (a few in parallel): the reader
+    then holds a few row groups' pages and buffers next to the table, not the whole file's, and each row group
+    becomes a chunk with buffers of its own, which later steps can release one by one. Only ``columns`` are read
+    (the others never leave the disk). Returns the table and every column name of the file."""
     import pyarrow.parquet as pq
 
     if not Path(path).is_file():
-        return pq.read_table(path)
+        names = pq.ParquetDataset(path).schema.names
+        wanted = None if columns is None else [c for c in names if c in columns]
+        return pq.read_table(path, columns=wanted), names
     with pq.ParquetFile(path) as f:
         groups = f.num_row_groups
+        names = f.schema_arrow.names
+    wanted = None if columns is None else [c for c in names if c in columns]
     if groups <= 1:
-        return pq.read_table(path)
+        return pq.read_table(path, columns=wanted), names
 
     def read_group(i: int) -> pa.Table:
         # One reader per thread; memory-mapped, so the compressed pages are read in place, not copied first.
         with pq.ParquetFile(path, memory_map=True) as f:
-            return f.read_row_group(i)
+            return f.read_row_group(i, columns=wanted)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return pa.concat_tables(list(pool.map(read_group, range(groups))))
+        return pa.concat_tables(list(pool.map(read_group, range(groups)))), names
 
 
 _EXTENSIONS = {
@@ -101,46 +114,61 @@ _EXTENSIONS = {
 }
 
 
-def _load_sample(data: DictConfig) -> pa.Table:
-    return _read_files(str(data.path or SAMPLE_PATH), "parquet")
+def _load_sample(data: DictConfig, columns: set[str] | None) -> tuple[pa.Table, list[str]]:
+    return _read_files(str(data.path or SAMPLE_PATH), "parquet", columns)
 
 
-def _load_files(data: DictConfig) -> pa.Table:
-    return _read_files(str(data.path), str(data.get("format", "auto")))
+def _load_files(data: DictConfig, columns: set[str] | None) -> tuple[pa.Table, list[str]]:
+    return _read_files(str(data.path), str(data.get("format", "auto")), columns)
 
 
-def _load_hf(data: DictConfig) -> pa.Table:
+def _load_hf(data: DictConfig, columns: set[str] | None) -> tuple[pa.Table, list[str]]:
     import datasets
 
     logger.info(f"Loading the Hugging Face dataset {data.name} (split {data.split}); the first download is large.")
     ds = datasets.load_dataset(
         data.name, split=data.split, revision=data.get("revision"), cache_dir=data.get("cache_dir")
     )
-    return ds.data.table  # memory-mapped Arrow table: no copy into RAM
+    table = ds.data.table  # memory-mapped Arrow table: no copy into RAM
+    return _select(table, columns), table.column_names
 
 
-LOADERS: dict[str, Callable[[DictConfig], pa.Table]] = {"sample": _load_sample, "files": _load_files, "hf": _load_hf}
+LOADERS: dict[str, Callable[[DictConfig, set[str] | None], tuple[pa.Table, list[str]]]] = {
+    "sample": _load_sample,
+    "files": _load_files,
+    "hf": _load_hf,
+}
 
 
-def load_raw(data: DictConfig) -> pa.Table:
-    """Load the configured source as an Arrow table with ``data.columns`` renames applied."""
+def load_raw(data: DictConfig, keep_columns: Sequence[str] | None = ()) -> pa.Table:
+    """Load the configured source as an Arrow table with ``data.columns`` renames applied.
+
+    Only the columns the pipeline uses are read: those of :data:`NORMALIZED_COLUMNS` and ``keep_columns`` (by their
+    names after the renames); ``keep_columns=None`` reads every column.
+    """
     loader = choose("data.source", str(data.source), LOADERS)
-    table = loader(data)
     renames = dict(data.get("columns") or {})
-    unknown = [c for c in renames if c not in table.column_names]
+    wanted: set[str] | None = None
+    if keep_columns is not None:
+        targets = {*NORMALIZED_COLUMNS, *keep_columns}
+        source_of = {dst: src for src, dst in renames.items()}
+        wanted = {source_of.get(name, name) for name in targets} | set(renames)
+    table, names = loader(data, wanted)
+    unknown = [c for c in renames if c not in names]
     if unknown:
         raise ConfigError(
             f"data.columns renames column(s) {unknown} that the input does not have; its columns are: "
-            f"{', '.join(table.column_names)}."
+            f"{', '.join(names)}."
         )
     if renames:
         table = table.rename_columns([renames.get(c, c) for c in table.column_names])
+    renamed = [renames.get(c, c) for c in names]
     missing = [c for c in TEXT_COLUMNS if c not in table.column_names]
     if "primary_subject" not in table.column_names and "subjects" not in table.column_names:
         missing.append("primary_subject (or subjects)")
     if missing:
         raise ConfigError(
-            f"Input is missing column(s) {', '.join(missing)}; it has: {', '.join(table.column_names)}. "
+            f"Input is missing column(s) {', '.join(missing)}; it has: {', '.join(renamed)}. "
             "Map yours with data.columns, e.g. data.columns={paper_id:arxiv_id}."
         )
     return table
@@ -492,6 +520,14 @@ def normalize_columns(
     copying the table.
     """
     names = list(columns)
+    clash = [c for c in keep_columns if c in NORMALIZED_COLUMNS]
+    if clash:
+        raise ConfigError(
+            f"preprocess.keep_columns={list(keep_columns)} names {clash}, which the processed splits always hold "
+            f"(cleaned: whitespace collapsed, ids without version, subjects as codes); keep_columns is for extra "
+            "source columns such as [submission_date, authors]. Remove "
+            f"{', '.join(clash)} from it."
+        )
     missing = [c for c in keep_columns if c not in names]
     if missing:
         raise ConfigError(

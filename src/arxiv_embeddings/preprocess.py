@@ -174,7 +174,7 @@ def _plan(cfg: DictConfig) -> Plan:
     split's rows in it (sorted by arxiv_id), and the row funnel."""
     p = cfg.preprocess
     t0 = time.perf_counter()
-    raw = load_raw(cfg.data)
+    raw = load_raw(cfg.data, list(p.keep_columns))
     funnel: dict[str, int] = {"loaded": raw.num_rows}
     logger.info(f"Loaded {raw.num_rows:,} rows from data.source={cfg.data.source} in {time.perf_counter() - t0:.1f}s.")
 
