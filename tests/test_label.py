@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from http_helpers import send_json
 
-from arxiv_embeddings import label, train
+from arxiv_embeddings import label, pairs, train
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.io import read_json, tree_sha256
 from arxiv_embeddings.stage import execute
@@ -40,7 +40,7 @@ def _write_csv(path: Path, text: str) -> Path:
 
 
 def _pairs(root: Path, split: str) -> pa.Table:
-    return pq.read_table(root / "data" / "pairs" / f"{split}.parquet")
+    return pq.read_table(root / "data" / "labelled-pairs" / f"{split}.parquet")
 
 
 # ------------------------------------------------------------------------------------------------ CSV import
@@ -75,13 +75,13 @@ def test_good_csv_round_trips_into_graded_pairs(tmp_path: Path) -> None:
         assert table.column_names == ["sentence1", "sentence2", "score"]
         assert table.schema.field("score").type == pa.float32()
         rows |= set(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
-        meta = pq.read_table(tmp_path / "data" / "pairs" / f"{split}_meta.parquet")
+        meta = pq.read_table(tmp_path / "data" / "labelled-pairs" / f"{split}_meta.parquet")
         assert meta.num_rows == table.num_rows
         lines += meta.column("line").to_pylist()
     assert rows == expected and len(expected) == 8
     assert sorted(lines) == GOOD_LINES
 
-    manifest = read_json(tmp_path / "data" / "pairs" / "manifest.json")
+    manifest = read_json(tmp_path / "data" / "labelled-pairs" / "manifest.json")
     assert manifest["type"] == "graded" and manifest["source"] == "csv"
     assert manifest["columns"] == ["sentence1", "sentence2", "score"]
     assert manifest["config"]["text"] == "title_abstract"  # what the train stage reads
@@ -92,7 +92,7 @@ def test_good_csv_round_trips_into_graded_pairs(tmp_path: Path) -> None:
 def test_bad_csv_lists_every_bad_row_and_writes_nothing(tmp_path: Path) -> None:
     good = _write_csv(tmp_path / "good.csv", GOOD_CSV)
     label.run(_cfg(tmp_path, "label.source=csv", f"label.csv.path={good}"))
-    pairs_dir = tmp_path / "data" / "pairs"
+    pairs_dir = tmp_path / "data" / "labelled-pairs"
     before = {p.name: p.read_bytes() for p in pairs_dir.iterdir()}
 
     bad = _write_csv(
@@ -123,7 +123,7 @@ def test_bad_csv_lists_every_bad_row_and_writes_nothing(tmp_path: Path) -> None:
 
     # The previous pairs are untouched and no temporary folder is left behind.
     assert {p.name: p.read_bytes() for p in pairs_dir.iterdir()} == before
-    assert sorted(p.name for p in pairs_dir.parent.iterdir()) == ["pairs"]
+    assert sorted(p.name for p in pairs_dir.parent.iterdir()) == ["labelled-pairs"]
 
 
 def test_csv_header_and_error_cap(tmp_path: Path) -> None:
@@ -155,10 +155,18 @@ def test_label_cli_exits_nonzero_on_a_bad_csv(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "line 2: score 'x' is not a number" in proc.stderr
-    assert not (tmp_path / "data" / "pairs").exists()
+    assert not (tmp_path / "data" / "labelled-pairs").exists()
 
 
 # ----------------------------------------------------------------------------------------- config and parsing
+def test_train_reads_the_label_stage_pairs_only_when_told(tmp_path: Path) -> None:
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.pairs_from=label"])
+    with pytest.raises(FileNotFoundError, match=r"labelled-pairs/train.parquet; run 'uv run inv label' first"):
+        train.run(cfg)
+    with pytest.raises(ConfigError, match=r"train.pairs_from"):
+        train.validate(compose("train", [f"paths.root_dir={tmp_path}", "train.pairs_from=teacher"]))
+
+
 def test_unknown_scorer_and_missing_settings_are_config_errors(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="cross_encoder, llm, subject_overlap"):
         label.validate(_cfg(tmp_path, "label.scorer=gpt"))
@@ -402,7 +410,7 @@ def _scored_pairs(root: Path, processed: Path) -> dict[str, list[tuple[str, str,
         titles |= dict(zip(*(papers.column(c).to_pylist() for c in ("arxiv_id", "title")), strict=True))
     out = {}
     for split in ("train", "eval"):
-        meta = pq.read_table(root / "data" / "pairs" / f"{split}_meta.parquet")
+        meta = pq.read_table(root / "data" / "labelled-pairs" / f"{split}_meta.parquet")
         scores = _pairs(root, split).column("score").to_pylist()
         out[split] = [
             (titles[x], titles[y], s)
@@ -424,7 +432,7 @@ def test_label_stage_with_llm_resumes_after_a_crash(tmp_path: Path, processed_ro
     fake_llm.fail_after = 7
     with pytest.raises(label.LLMRequestError):
         label.run(_cfg(tmp_path, *overrides))
-    assert not (tmp_path / "data" / "pairs").exists()
+    assert not (tmp_path / "data" / "labelled-pairs").exists()
     assert len(cache.read_text().splitlines()) == 7
     # ... and a crash in the middle of writing the 8th score leaves a torn last line.
     with open(cache, "a") as fh:
@@ -450,11 +458,11 @@ def test_label_stage_with_llm_resumes_after_a_crash(tmp_path: Path, processed_ro
     assert label.ScoreCache(cache).ignored_lines == 1
 
     # A third run requests nothing and writes the same pairs.
-    before = (tmp_path / "data" / "pairs" / "train.parquet").read_bytes()
+    before = (tmp_path / "data" / "labelled-pairs" / "train.parquet").read_bytes()
     fake_llm.log.clear()
     label.run(_cfg(tmp_path, *overrides))
     assert fake_llm.log == []
-    assert (tmp_path / "data" / "pairs" / "train.parquet").read_bytes() == before
+    assert (tmp_path / "data" / "labelled-pairs" / "train.parquet").read_bytes() == before
 
 
 # ------------------------------------------------------------------------------------------- local scorers
@@ -466,7 +474,7 @@ def test_subject_overlap_scores_are_the_jaccard_of_the_subject_lists(tmp_path: P
     assert result["counts"] == {"train": 200, "eval": 200}
     papers = pq.read_table(processed / "train.parquet", columns=["arxiv_id", "title", "subjects"]).to_pylist()
     by_id = {p["arxiv_id"]: p for p in papers}
-    meta = pq.read_table(tmp_path / "data" / "pairs" / "train_meta.parquet").to_pylist()
+    meta = pq.read_table(tmp_path / "data" / "labelled-pairs" / "train_meta.parquet").to_pylist()
     table = _pairs(tmp_path, "train").to_pylist()
     same = 0
     for m, row in zip(meta, table, strict=True):
@@ -476,7 +484,7 @@ def test_subject_overlap_scores_are_the_jaccard_of_the_subject_lists(tmp_path: P
         assert (row["sentence1"], row["sentence2"]) == (by_id[m["a_id"]]["title"], by_id[m["b_id"]]["title"])
         same += m["a_subject"] == m["b_subject"]
     assert same >= 100  # same_subject_fraction=0.5, plus random pairs that happen to share it
-    assert read_json(tmp_path / "data" / "pairs" / "manifest.json")["scorer"] == "subject_overlap"
+    assert read_json(tmp_path / "data" / "labelled-pairs" / "manifest.json")["scorer"] == "subject_overlap"
 
 
 @pytest.fixture(scope="module")
@@ -512,7 +520,7 @@ def test_cross_encoder_scorer_on_a_tiny_model(tmp_path: Path, processed_root: Pa
     label.run(_cfg(tmp_path, *overrides, f"label.cross_encoder.model={tiny_cross_encoder}"))
     scores = np.array(_pairs(tmp_path, "train").column("score").to_pylist())
     assert len(scores) == 24 and ((scores > 0) & (scores < 1)).all() and scores.std() > 0
-    assert not (tmp_path / "data" / "pairs" / "eval.parquet").exists()
+    assert not (tmp_path / "data" / "labelled-pairs" / "eval.parquet").exists()
     with pytest.raises(ConfigError, match="could not be loaded"):
         label.run(_cfg(tmp_path, *overrides, f"label.cross_encoder.model={tmp_path / 'no-such-model'}"))
 
@@ -541,6 +549,7 @@ def test_tiny_model_trains_with_cosent_on_imported_pairs(
         f"paths.root_dir={tmp_path}",
         f"model.name={tiny_model_dir}",
         "run_name=teacher",
+        "train.pairs_from=label",
         "loss=cosent",
         "trainer.max_steps=3",
         "trainer.per_device_train_batch_size=8",
@@ -551,7 +560,15 @@ def test_tiny_model_trains_with_cosent_on_imported_pairs(
         "train.max_seq_length=32",
         "train.freeze_layers=1",
     ]
+    # The pairs stage, as `inv pipeline` runs it, writes its own folder and leaves the teacher's pairs alone.
+    teacher = {p.name: p.read_bytes() for p in (tmp_path / "data" / "labelled-pairs").iterdir()}
+    pairs.run(compose("pairs", [f"paths.root_dir={tmp_path}", "pairs.num_train=32", "pairs.num_eval=8"]))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data" / "labelled-pairs").iterdir()} == teacher
+    assert read_json(tmp_path / "data" / "pairs" / "manifest.json")["type"] == "anchor_positive"
     result = train.run(compose("train", overrides))
     summary = read_json(Path(result["model"]) / "train_summary.json")
     assert summary["pair_type"] == "graded" and summary["global_step"] == 3
+    assert str(tmp_path / "data" / "labelled-pairs" / "train.parquet") in map(
+        str, train.SPEC.inputs(compose("train", overrides))
+    )
     assert np.isfinite(summary["train"]["train_loss"])

@@ -321,5 +321,8 @@ def test_only_the_columns_the_pipeline_uses_are_read(tmp_path: Path, name: str) 
     assert result["funnel"]["kept"] == 30
     train = _read_split(tmp_path, "train")
     assert "authors" in train.column_names and "full_text" not in train.column_names
-    with pytest.raises(ConfigError, match=r"renames column\(s\) \['nope'\].*its columns are: title, abstract.*full_text, authors, paper_id"):
+    with pytest.raises(
+        ConfigError,
+        match=r"renames column\(s\) \['nope'\].*its columns are: title, abstract.*full_text, authors, paper_id",
+    ):
         load_raw(_cfg(tmp_path, path, "data.columns={nope:arxiv_id}").data)

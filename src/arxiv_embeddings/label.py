@@ -3,10 +3,11 @@
     uv run inv label                                                   # candidates scored by subject overlap
     uv run inv label --overrides "label.scorer=llm label.llm.model=gpt-4o-mini"        # key from $OPENAI_API_KEY
     uv run inv label --overrides "label.source=csv label.csv.path=scored_pairs.csv"
-    uv run inv train --overrides "loss=cosent"
+    uv run inv train --overrides "train.pairs_from=label loss=cosent"
 
-The stage writes ``graded`` pairs (``sentence1, sentence2, score``, score in [0, 1]) where the train stage reads
-pairs (``paths.pairs_dir``), in the layout the pairs stage uses: ``train.parquet``, ``eval.parquet``, their
+The stage writes ``graded`` pairs (``sentence1, sentence2, score``, score in [0, 1]) to ``paths.labels_dir`` (the
+train stage reads them with ``train.pairs_from=label``; the pairs stage's ``paths.pairs_dir`` is left alone), in the
+layout the pairs stage uses: ``train.parquet``, ``eval.parquet``, their
 ``*_meta.parquet`` twins and ``manifest.json``. Two sources (``label.source``):
 
 - ``papers``: candidate pairs are drawn from the processed train and eval splits (half from the same primary subject
@@ -771,7 +772,7 @@ def _validate_llm(c: DictConfig) -> None:
 
 
 def _write(cfg: DictConfig, splits: dict[str, tuple[pa.Table, pa.Table]], info: dict[str, Any]) -> Path:
-    out_dir = artifact_path(cfg.paths.pairs_dir)
+    out_dir = artifact_path(cfg.paths.labels_dir)
     files: dict[str, dict[str, Any]] = {}
     with atomic_dir(out_dir) as tmp:
         for split, (table, meta) in splits.items():
@@ -830,9 +831,9 @@ SPEC = StageSpec(
     run=run,
     inputs=_inputs,
     outputs=lambda cfg: sorted(
-        (p for p in artifact_path(cfg.paths.pairs_dir).glob("*") if not p.name.startswith(".")), key=str
+        (p for p in artifact_path(cfg.paths.labels_dir).glob("*") if not p.name.startswith(".")), key=str
     ),
-    stamp_dir=lambda cfg: artifact_path(cfg.paths.pairs_dir),
+    stamp_dir=lambda cfg: artifact_path(cfg.paths.labels_dir),
     validate=validate,
     config_keys=("label", "seed"),
 )

@@ -348,11 +348,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {"dir": out_dir, "type": p.type, "counts": counts}
 
 
+#: Where each source of training pairs lives (``train.pairs_from``): its ``paths`` key and the command that writes it.
+PAIR_SOURCES = {"pairs": ("pairs_dir", "uv run inv pairs"), "label": ("labels_dir", "uv run inv label")}
+
+
+def training_pairs_dir(cfg: DictConfig) -> Path:
+    """The folder of the pairs the train stage reads: ``train.pairs_from`` (pairs, the default, or label)."""
+    source = str(cfg.get("train", {}).get("pairs_from", "pairs"))
+    if source not in PAIR_SOURCES:
+        raise ConfigError(f"train.pairs_from={source!r} is not known; valid values: {', '.join(PAIR_SOURCES)}.")
+    return artifact_path(cfg.paths[PAIR_SOURCES[source][0]])
+
+
 def pairs_path(cfg: DictConfig, split: str) -> Path:
-    """Path of a pair file, with an error naming the command that makes it when it is missing."""
-    path = artifact_path(cfg.paths.pairs_dir) / f"{split}.parquet"
+    """Path of a pair file the train stage reads, with an error naming the command that makes it when missing."""
+    path = training_pairs_dir(cfg) / f"{split}.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"Pairs not found at {path}; run 'uv run inv pairs' first.")
+        source = str(cfg.get("train", {}).get("pairs_from", "pairs"))
+        raise FileNotFoundError(f"Pairs not found at {path}; run '{PAIR_SOURCES[source][1]}' first.")
     return path
 
 

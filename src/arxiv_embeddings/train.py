@@ -554,6 +554,7 @@ def validate(cfg: DictConfig) -> None:
         f"got {cfg.train.get('checkpoint_sync')!r}; expected true or false.",
     )
     require_in("train.batch_sampler", cfg.train.batch_sampler, BATCH_SAMPLERS)
+    require_in("train.pairs_from", cfg.train.get("pairs_from", "pairs"), ("pairs", "label"))
     require_in("logger.name", cfg.logger.name, ("none", "wandb"))
     loss_spec(cfg.loss)
     if cfg.loss.name == "MatryoshkaLoss" and not cfg.loss.get("dims"):
@@ -771,7 +772,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    d = artifact_path(cfg.paths.pairs_dir)
+    from arxiv_embeddings.pairs import training_pairs_dir
+
+    d = training_pairs_dir(cfg)
     files = [d / "train.parquet", d / "eval.parquet", d / "train_meta.parquet", d / "manifest.json"]
     model_path = Path(str(cfg.model.name))
     if head_enabled(cfg):  # the head is fit on papers of the processed train split

@@ -129,7 +129,8 @@ def validate(cfg: DictConfig) -> None:
             "vertex.wandb_secret",
             f"got {v.wandb_secret!r}; use projects/<project>/secrets/<name>/versions/latest.",
         )
-    for key in ("processed_dir", "pairs_dir", "models_dir"):
+    pair_key = "labels_dir" if str(cfg.train.get("pairs_from", "pairs")) == "label" else "pairs_dir"
+    for key in ("processed_dir", pair_key, "models_dir"):
         location = str(cfg.paths[key])
         require(
             location.startswith("gs://"),
