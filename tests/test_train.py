@@ -306,3 +306,55 @@ def test_freeze_lower_layers_freezes_embeddings_and_the_lowest_layers(tiny_model
     assert all(p.requires_grad for p in backbone.encoder.layer[1].parameters())
     with pytest.raises(ConfigError, match="would freeze all 2 layers"):
         train.freeze_lower_layers(model, 2)
+
+
+def _checkpoint(root: Path, step: int) -> Path:
+    folder = root / f"checkpoint-{step}"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+    (folder / "sub" / "weights.bin").write_bytes(bytes([step]) * 4096)
+    return folder
+
+
+def test_checkpoint_uploads_run_in_the_background_and_keep_the_newest(tmp_path: Path, monkeypatch) -> None:
+    """The upload does not block the save; a checkpoint the trainer deletes meanwhile still arrives whole; one
+    waiting behind a running upload is replaced by a newer one; wait() leaves nothing in flight."""
+    import threading
+
+    local, remote = tmp_path / "ckpts", tmp_path / "bucket" / "checkpoints"
+    gate, started = threading.Event(), threading.Event()
+    real_upload = train.upload_checkpoint
+
+    def gated(staged: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        started.set()
+        assert gate.wait(30)
+        return real_upload(staged, *args, **kwargs)
+
+    monkeypatch.setattr(train, "upload_checkpoint", gated)
+    uploader = train.CheckpointUploader(local, remote, "fp", keep=2)
+    first = _checkpoint(local, 1)
+    uploader.submit(first)
+    assert started.wait(30)  # the upload of checkpoint-1 is under way, held by the gate ...
+    shutil.rmtree(first)  # ... while the trainer rotates its folder away
+    uploader.submit(_checkpoint(local, 2))  # returns at once: queued behind checkpoint-1
+    uploader.submit(_checkpoint(local, 3))  # replaces checkpoint-2 in the queue
+    assert uploader.uploaded == []
+    gate.set()
+    uploader.wait()
+    assert uploader.uploaded == ["checkpoint-1", "checkpoint-3"] and uploader.errors == []
+    assert (remote / "checkpoint-1" / "sub" / "weights.bin").read_bytes() == bytes([1]) * 4096
+    assert (remote / "checkpoint-3" / "trainer_state.json").read_text() == '{"global_step": 3}'
+    assert not (remote / "checkpoint-2").exists()
+    assert read_json(remote / "run.json")["checkpoints"] == ["checkpoint-1", "checkpoint-3"]
+    assert not (local / ".uploading").exists() and (local / "checkpoint-3").is_dir()
+
+
+def test_a_failed_checkpoint_upload_is_logged_and_training_goes_on(tmp_path: Path) -> None:
+    local = tmp_path / "ckpts"
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the bucket folder should be")
+    uploader = train.CheckpointUploader(local, blocker / "checkpoints", "fp", keep=None)
+    uploader.submit(_checkpoint(local, 5))
+    uploader.wait()
+    assert uploader.uploaded == [] and len(uploader.errors) == 1 and uploader.errors[0].startswith("checkpoint-5: ")
+    assert (local / "checkpoint-5" / "sub" / "weights.bin").exists()  # still on local disk

@@ -15,6 +15,7 @@ vanish (a SPOT / preemptible VM) resumes on the next one from its last checkpoin
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -531,15 +532,72 @@ def _set_aside_remote_checkpoints(remote_dir: Path) -> None:
     logger.info(f"Previous checkpoints in the bucket moved to {stale}.")
 
 
-def _checkpoint_sync_callback(local_dir: Path, remote_dir: Path, fp: str, keep: int | None) -> Any:
+class CheckpointUploader:
+    """Copies checkpoints to the bucket in a background thread, so that training does not wait for the network.
+
+    On each save the checkpoint folder is first hard-linked (instant, no copy) into ``<checkpoints>/.uploading/``:
+    the trainer may delete its own folder (``save_total_limit``) while the upload still reads the links. Uploads
+    run one at a time, oldest first; a checkpoint still waiting when a newer one is saved is dropped (a resume only
+    wants the newest). :meth:`wait` blocks until the queue is empty; the train stage calls it when training ends,
+    normally or by an exception, so the last checkpoint saved is in the bucket before the process exits. A failed
+    upload is logged and training goes on (the checkpoint stays on local disk); :attr:`errors` lists them.
+    """
+
+    def __init__(self, local_dir: Path, remote_dir: Path, fp: str, keep: int | None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.local_dir, self.remote_dir, self.fp, self.keep = local_dir, remote_dir, fp, keep
+        self.staging = local_dir / ".uploading"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
+        self._waiting: Any = None  # (future, staged folder) of the upload queued behind the running one
+        self.uploaded: list[str] = []
+        self.errors: list[str] = []
+
+    def submit(self, checkpoint: Path) -> None:
+        """Queue ``checkpoint`` (a folder the trainer just saved) for upload."""
+        staged = self.staging / checkpoint.name
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copytree(checkpoint, staged, copy_function=os.link)
+        except OSError:  # a file system without hard links: a real copy, still local and quick next to an upload
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(checkpoint, staged)
+        if self._waiting is not None:
+            future, older = self._waiting
+            if future.cancel():
+                shutil.rmtree(older, ignore_errors=True)
+                logger.info(f"Checkpoint {older.name} not uploaded: {checkpoint.name} replaces it in the queue.")
+        self._waiting = (self._pool.submit(self._upload, staged), staged)
+
+    def _upload(self, staged: Path) -> None:
+        try:
+            upload_checkpoint(staged, self.remote_dir, self.fp, self.keep)
+            self.uploaded.append(staged.name)
+        except Exception as err:  # logged; training goes on with the checkpoint on local disk
+            self.errors.append(f"{staged.name}: {type(err).__name__}: {err}")
+            logger.error(f"Upload of checkpoint {staged.name} to {self.remote_dir} failed ({err}); it stays local.")
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def wait(self) -> None:
+        """Block until every queued upload has finished (uploaded or failed)."""
+        if self._waiting is not None:
+            logger.info("Waiting for the checkpoint upload to the bucket to finish ...")
+        self._pool.shutdown(wait=True)
+        self._waiting = None
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _checkpoint_sync_callback(uploader: CheckpointUploader) -> Any:
     from transformers import TrainerCallback
 
     class CheckpointSync(TrainerCallback):  # type: ignore[misc]
-        """Copies each checkpoint the trainer saves to the bucket (on the main process only)."""
+        """Queues each checkpoint the trainer saves for upload to the bucket (on the main process only)."""
 
         def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             if state.is_world_process_zero:
-                upload_checkpoint(local_dir / f"checkpoint-{state.global_step}", remote_dir, fp, keep)
+                uploader.submit(uploader.local_dir / f"checkpoint-{state.global_step}")
             return control
 
     return CheckpointSync()
@@ -660,6 +718,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     ckpt_dir = checkpoint_dir(cfg)
     fp = fingerprint(cfg, [train_file], SPEC.config_keys)
     remote_ckpts = remote_checkpoint_dir(cfg)
+    uploader: CheckpointUploader | None = None
     if rank0 and remote_ckpts is not None:
         download_checkpoint(cfg, ckpt_dir, remote_ckpts, fp)
     resume_from = _checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
@@ -675,7 +734,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             {"fingerprint": fp, "completed": False, "checkpoints": info.get("checkpoints", []) if continuing else []},
         )
         limit = cfg.trainer.get("save_total_limit")
-        callbacks = [*callbacks, _checkpoint_sync_callback(ckpt_dir, remote_ckpts, fp, int(limit) if limit else None)]
+        uploader = CheckpointUploader(ckpt_dir, remote_ckpts, fp, int(limit) if limit else None)
+        callbacks = [*callbacks, _checkpoint_sync_callback(uploader)]
     args = _training_args(cfg, ckpt_dir, precision, device, has_eval=eval_ds is not None or evaluator is not None)
 
     # 6. trainer
@@ -697,6 +757,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "(large batches at constant memory), a smaller trainer.per_device_train_batch_size, or a shorter "
             "train.max_seq_length."
         ) from err
+    finally:  # however training ended, the last checkpoint saved reaches the bucket before anything else
+        if uploader is not None:
+            uploader.wait()
     train_metrics = dict(output.metrics)
     # With bf16/fp16 training, accelerate wraps the model's forward in autocast (on a CPU with AMX, bf16 is chosen
     # automatically). The saved model has no such wrapper, so drop it: the test evaluation and the LoRA merge check
