@@ -695,3 +695,19 @@ def paper_text(table: pa.Table | pd.DataFrame, text: str) -> list[str]:
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table[["title", "abstract"]], preserve_index=False)
     return paper_text_array(table, text).to_pylist()
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+#: Seeded random choices of rows, one stream per purpose, so that one choice never shifts another.
+SAMPLE_STREAMS = {"test": 0, "train": 1, "tfidf_fit": 2, "plot": 3}
+
+
+def sample_rows(n: int, cap: int | None, seed: int, stream: str) -> np.ndarray:
+    """Sorted positions of a seeded random choice of ``cap`` of ``n`` rows (all rows when ``cap`` is None or >= n).
+
+    ``stream`` names what the choice is for (a key of :data:`SAMPLE_STREAMS`).
+    """
+    if cap is None or cap >= n:
+        return np.arange(n)
+    rng = np.random.default_rng([int(seed), SAMPLE_STREAMS[stream]])
+    return np.sort(rng.choice(n, size=int(cap), replace=False))

@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from arxiv_embeddings.vectors import normalize_rows as normalize_rows
+
 #: Backends :func:`load_embedder` knows. ``auto`` = the serving default recorded by the export (ONNX variant or torch
 #: precision), else torch fp32.
 BACKENDS = ("auto", "torch", "onnx")
@@ -41,13 +43,6 @@ class Embedder(Protocol):
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         """Embeddings of ``texts`` as float32 ``(len(texts), dimension)``; L2-normalized when ``normalize``."""
         ...
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """Float32 copy of ``vectors`` with unit L2 norm per row (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 class TorchEmbedder:

@@ -27,8 +27,11 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
+from arxiv_embeddings.data import SAMPLE_STREAMS as SAMPLE_STREAMS
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text
+from arxiv_embeddings.data import sample_rows as sample_rows
 from arxiv_embeddings.io import artifact_path, atomic_dir, exists, file_sha256, is_remote, read_parquet, write_json
+from arxiv_embeddings.layout import ModelNotFoundError, as_path, model_location, split_path
 from arxiv_embeddings.metrics import (
     Matrix,
     RankingCutoffs,
@@ -40,8 +43,7 @@ from arxiv_embeddings.metrics import (
     paired_retrieval,
     ranking_metrics,
 )
-from arxiv_embeddings.models import ModelNotFoundError, fetch_model, model_files
-from arxiv_embeddings.preprocess import split_path
+from arxiv_embeddings.models import fetch_model, model_files
 from arxiv_embeddings.stage import StageSpec
 
 if TYPE_CHECKING:
@@ -170,10 +172,6 @@ def validate(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ naming
-def _is_run_name(value: str) -> bool:
-    return "/" not in value and "\\" not in value and not value.startswith(("~", "."))
-
-
 def report_name(cfg: DictConfig, model: str | None = None) -> str:
     """Name of the report folder: ``evaluate.report_name``, else derived from the model value."""
     if model is None and cfg.evaluate.get("report_name"):
@@ -185,32 +183,6 @@ def report_name(cfg: DictConfig, model: str | None = None) -> str:
     if parts[-1] == "final" and len(parts) >= 2:
         return parts[-2]
     return parts[-1]
-
-
-def as_path(location: str) -> Path:
-    """A model location as a path: a bucket URL as an artifact path, a local one with ``~`` expanded."""
-    return artifact_path(location) if is_remote(location) else Path(location).expanduser()
-
-
-def model_location(cfg: DictConfig, model: str | None = None) -> str:
-    """Where the model comes from: ``${paths.models_dir}/<run>/final`` for a run name (a ``gs://`` URL with
-    ``paths=gcs``), else the path, bucket URL or Hub name.
-
-    Raises :class:`ModelNotFoundError` for a run name without a trained model.
-    """
-    value = str(model if model is not None else cfg.evaluate.model).strip()
-    if _is_run_name(value):
-        run_dir = artifact_path(cfg.paths.models_dir) / value / "final"
-        if run_dir.exists():
-            return str(run_dir)
-        if Path(value).is_dir():
-            return value
-        raise ModelNotFoundError(
-            f"No trained model for run {value!r}: expected a sentence-transformers folder at {run_dir}. "
-            f"Train it with 'uv run inv train', or pass a model folder or a Hub name such as "
-            "sentence-transformers/all-MiniLM-L6-v2."
-        )
-    return value
 
 
 def model_source(cfg: DictConfig, model: str | None = None) -> str:
@@ -268,20 +240,6 @@ class EvalData:
 
 
 #: Independent random streams of the seeded choices, so that changing one cap never reshuffles another.
-SAMPLE_STREAMS = {"test": 0, "train": 1, "tfidf_fit": 2, "plot": 3}
-
-
-def sample_rows(n: int, cap: int | None, seed: int, stream: str) -> np.ndarray:
-    """Sorted positions of a seeded random choice of ``cap`` of ``n`` rows (all rows when ``cap`` is None or >= n).
-
-    ``stream`` names what the choice is for (a key of :data:`SAMPLE_STREAMS`).
-    """
-    if cap is None or cap >= n:
-        return np.arange(n)
-    rng = np.random.default_rng([int(seed), SAMPLE_STREAMS[stream]])
-    return np.sort(rng.choice(n, size=int(cap), replace=False))
-
-
 COLUMNS = ["arxiv_id", "title", "abstract", "primary_subject"]
 
 

@@ -49,8 +49,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text
-from arxiv_embeddings.evaluate import as_path, check_int, model_location, read_sample
+from arxiv_embeddings.evaluate import check_int, read_sample
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, write_json
+from arxiv_embeddings.layout import as_path, model_location, split_path
 from arxiv_embeddings.models import ModelNotFoundError, cpu_supports_bf16, fetch_model, model_files, resolve_model
 from arxiv_embeddings.onnx_embedder import (
     ONNX_DIR,
@@ -60,7 +61,6 @@ from arxiv_embeddings.onnx_embedder import (
     int8_variant,
     usable_cpus,
 )
-from arxiv_embeddings.preprocess import split_path
 from arxiv_embeddings.stage import StageSpec
 
 SCHEMA_VERSION = 1

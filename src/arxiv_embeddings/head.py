@@ -165,7 +165,7 @@ def train_head(cfg: DictConfig, model: Any, text: str, precision: str) -> dict[s
 
     from arxiv_embeddings.data import paper_text
     from arxiv_embeddings.io import read_parquet
-    from arxiv_embeddings.preprocess import split_path
+    from arxiv_embeddings.layout import split_path
 
     head = cfg.train.head
     started = time.perf_counter()

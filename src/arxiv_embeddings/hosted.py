@@ -31,7 +31,7 @@ import numpy as np
 from loguru import logger
 
 from arxiv_embeddings.config import ConfigError
-from arxiv_embeddings.embedder import normalize_rows
+from arxiv_embeddings.vectors import normalize_rows
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 

@@ -63,7 +63,7 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
-from arxiv_embeddings.embedder import normalize_rows
+from arxiv_embeddings.vectors import normalize_rows
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, parquet_file, read_json, read_parquet
 from arxiv_embeddings.stage import StageSpec
 
@@ -400,7 +400,7 @@ def query_embedder(index: PaperIndex, cfg: DictConfig | None = None, device: str
     m = index.manifest
     location = str(m.get("model_location") or m.get("model"))
     if not Path(location).is_dir() and cfg is not None:
-        from arxiv_embeddings.evaluate import model_location as locate
+        from arxiv_embeddings.layout import model_location as locate
 
         location = locate(cfg, str(m.get("model")))
     check_model(m, location, index.path or "")
@@ -445,7 +445,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the ``index`` settings before any work, naming the offending key and the fix."""
     from arxiv_embeddings.data import TEXT_FIELDS
     from arxiv_embeddings.embedder import BACKENDS
-    from arxiv_embeddings.preprocess import SPLITS
+    from arxiv_embeddings.layout import SPLITS
 
     check_missing(cfg)
     ix = cfg.index
@@ -632,7 +632,7 @@ def load_corpus(cfg: DictConfig) -> Corpus:
     import glob
 
     from arxiv_embeddings.data import load_raw, normalize
-    from arxiv_embeddings.preprocess import split_path
+    from arxiv_embeddings.layout import split_path
 
     c = cfg.index.corpus
     if c.path is None:
@@ -858,7 +858,7 @@ def embeddings_dir(cfg: DictConfig, key: dict[str, Any]) -> Path:
 def model_location(cfg: DictConfig) -> str:
     """The folder (or Hub name) ``index.model`` names: ``${paths.models_dir}/<run>/final`` for a run name (a
     ``gs://`` URL with ``paths=gcs``)."""
-    from arxiv_embeddings.evaluate import model_location as locate
+    from arxiv_embeddings.layout import model_location as locate
 
     return locate(cfg, str(cfg.index.model))
 

@@ -656,7 +656,7 @@ def build_scorer(cfg: DictConfig) -> Scorer:
 
 
 def _paper_splits(cfg: DictConfig) -> tuple[dict[str, tuple[pa.Table, pa.Table]], dict[str, Any]]:
-    from arxiv_embeddings.preprocess import split_path
+    from arxiv_embeddings.layout import split_path
 
     lab, cand = cfg.label, cfg.label.candidates
     scorer = build_scorer(cfg)

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from arxiv_embeddings.layout import ONNX_DIR, REPORT_FILE
+from arxiv_embeddings.layout import ModelNotFoundError as ModelNotFoundError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -26,7 +29,6 @@ BUNDLED: dict[str, Callable[[], Path]] = {"sentence-transformers/all-MiniLM-L6-v
 def model_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The model's own files: everything in the folder but an export's outputs (``onnx/``, ``export_report.json``)
     and hidden files. A stage that hashes a model folder hashes these, so an export does not look like a new model."""
-    from arxiv_embeddings.onnx_embedder import ONNX_DIR, REPORT_FILE  # torch-free, no heavy imports
 
     root: Any = directory if hasattr(directory, "rglob") else Path(directory)  # a local Path or a bucket's UPath
     if not root.is_dir():
@@ -37,10 +39,6 @@ def model_files(directory: str | os.PathLike[str]) -> list[Path]:
         for p in root.rglob("*")
         if p.is_file() and not any(part in skip or part.startswith(".") for part in p.relative_to(root).parts)
     )
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """The model path or name does not lead to a sentence-transformers model."""
 
 
 def fetch_model(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str]) -> str:

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from arxiv_embeddings.embedder import normalize_rows
+from arxiv_embeddings.layout import ONNX_DIR as ONNX_DIR
+from arxiv_embeddings.layout import REPORT_FILE as REPORT_FILE
+from arxiv_embeddings.vectors import normalize_rows
 
 #: File of every ONNX variant under ``<model>/onnx/``. ``fp32`` is the plain export; ``O1``-``O4`` are optimum's
 #: graph optimization levels (O4 = fp16, GPU only); ``int8-<arch>`` are dynamically quantized for a CPU family
@@ -41,8 +43,6 @@ VARIANT_FILES: dict[str, str] = {
     "int8-avx2": "model_quint8_avx2.onnx",
     "int8-arm64": "model_qint8_arm64.onnx",
 }
-ONNX_DIR = "onnx"
-REPORT_FILE = "export_report.json"
 #: Pooling modes in sentence-transformers' order (the order legacy configs concatenate them in).
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 _LEGACY_POOLING_KEYS = {

@@ -38,6 +38,8 @@ from omegaconf import DictConfig
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text_array
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, read_parquet, write_json
+from arxiv_embeddings.layout import pairs_path as pairs_path
+from arxiv_embeddings.layout import training_pairs_dir as training_pairs_dir
 from arxiv_embeddings.stage import StageSpec
 
 MANIFEST = "manifest.json"
@@ -295,7 +297,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _split_file(cfg: DictConfig, split: str) -> Path:
-    from arxiv_embeddings.preprocess import split_path
+    from arxiv_embeddings.layout import split_path
 
     return split_path(cfg, split)
 
@@ -346,27 +348,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"in {time.perf_counter() - started:.1f}s."
     )
     return {"dir": out_dir, "type": p.type, "counts": counts}
-
-
-#: Where each source of training pairs lives (``train.pairs_from``): its ``paths`` key and the command that writes it.
-PAIR_SOURCES = {"pairs": ("pairs_dir", "uv run inv pairs"), "label": ("labels_dir", "uv run inv label")}
-
-
-def training_pairs_dir(cfg: DictConfig) -> Path:
-    """The folder of the pairs the train stage reads: ``train.pairs_from`` (pairs, the default, or label)."""
-    source = str(cfg.get("train", {}).get("pairs_from", "pairs"))
-    if source not in PAIR_SOURCES:
-        raise ConfigError(f"train.pairs_from={source!r} is not known; valid values: {', '.join(PAIR_SOURCES)}.")
-    return artifact_path(cfg.paths[PAIR_SOURCES[source][0]])
-
-
-def pairs_path(cfg: DictConfig, split: str) -> Path:
-    """Path of a pair file the train stage reads, with an error naming the command that makes it when missing."""
-    path = training_pairs_dir(cfg) / f"{split}.parquet"
-    if not path.exists():
-        source = str(cfg.get("train", {}).get("pairs_from", "pairs"))
-        raise FileNotFoundError(f"Pairs not found at {path}; run '{PAIR_SOURCES[source][1]}' first.")
-    return path
 
 
 SPEC = StageSpec(

@@ -43,9 +43,10 @@ from arxiv_embeddings.io import (
     write_json,
     write_parquet_row_groups,
 )
+from arxiv_embeddings.layout import SPLITS as SPLITS
+from arxiv_embeddings.layout import split_path as split_path
 from arxiv_embeddings.stage import StageSpec
 
-SPLITS = ("train", "eval", "test")
 MANIFEST = "manifest.json"
 
 
@@ -331,14 +332,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"({rows}) written to {out_dir} in {seconds:.1f}s."
     )
     return {"dir": out_dir, "counts": {k: v["rows"] for k, v in manifest["splits"].items()}, "funnel": funnel}
-
-
-def split_path(cfg: DictConfig, split: str) -> Path:
-    """Path of a processed split, with an error naming the command that makes it when it is missing."""
-    path = artifact_path(cfg.paths.processed_dir) / f"{split}.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"Processed data not found at {path}; run 'uv run inv preprocess' first.")
-    return path
 
 
 def _outputs(cfg: DictConfig) -> list[Path]:

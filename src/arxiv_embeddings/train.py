@@ -131,7 +131,7 @@ def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
 def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, name: str) -> Any | None:
     """Subject retrieval on ``n_papers`` papers of ``split``: a quarter are queries, the rest the corpus,
     relevant = same primary subject. Returns None when ``n_papers`` is 0."""
-    from arxiv_embeddings.preprocess import split_path
+    from arxiv_embeddings.layout import split_path
 
     if n_papers <= 0:
         return None
@@ -156,7 +156,7 @@ def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, n
 def title_abstract_evaluator(cfg: DictConfig, split: str, n_papers: int, name: str) -> Any | None:
     """Title -> abstract retrieval on ``n_papers`` papers of ``split``: each title is a query, the papers'
     abstracts the corpus, relevant = its own abstract. Returns None when ``n_papers`` is 0."""
-    from arxiv_embeddings.preprocess import split_path
+    from arxiv_embeddings.layout import split_path
 
     if n_papers <= 0:
         return None
@@ -658,9 +658,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerModelCardData
 
+    from arxiv_embeddings.layout import pairs_path
     from arxiv_embeddings.models import default_device, load_model
     from arxiv_embeddings.pairs import MANIFEST as PAIRS_MANIFEST
-    from arxiv_embeddings.pairs import pairs_path
 
     validate(cfg)
     started = time.perf_counter()
@@ -835,7 +835,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    from arxiv_embeddings.pairs import training_pairs_dir
+    from arxiv_embeddings.layout import training_pairs_dir
 
     d = training_pairs_dir(cfg)
     files = [d / "train.parquet", d / "eval.parquet", d / "train_meta.parquet", d / "manifest.json"]

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from arxiv_embeddings.api.batching import MicroBatcher
 from arxiv_embeddings.api.settings import Settings
-from arxiv_embeddings.embedder import normalize_rows
+from arxiv_embeddings.vectors import normalize_rows
 from arxiv_embeddings.onnx_embedder import usable_cpus
 
 if TYPE_CHECKING:

@@ -1,0 +1,118 @@
+"""The package's import graph: no import circles, and data flows one way through the layers of docs/architecture.md
+(low-level rooms never import a stage, the API or the CLI; the embedding backends never import a stage)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "arxiv_embeddings"
+
+#: Each module's layer, lowest first. A module may import its own layer and those below it, never above.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "base": (
+        "config",
+        "io",
+        "logging_utils",
+        "layout",
+        "vectors",
+        "data",
+        "metrics",
+        "losses",
+        "samplers",
+        "stage",
+    ),
+    "backends": ("models", "embedder", "onnx_embedder", "lora", "hosted"),
+    "stages": (
+        "preprocess",
+        "pairs",
+        "label",
+        "head",
+        "train",
+        "report",
+        "evaluate",
+        "baseline",
+        "export",
+        "index",
+        "publish",
+        "launch",
+        "vertex",
+    ),
+    "top": ("cli", "api"),
+}
+RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        out[".".join(p for p in parts if p != "__init__") or "__init__"] = path
+    return out
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules of the package that ``path`` imports, at load time or inside functions (TYPE_CHECKING ones too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("arxiv_embeddings"):
+            target = node.module.removeprefix("arxiv_embeddings").lstrip(".")
+            if target:
+                found.add(target)
+            else:  # from arxiv_embeddings import pairs, train
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("arxiv_embeddings.") for a in node.names if a.name.startswith("arxiv_"))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: {t for t in _imports(path) if t in modules and t != name} for name, path in modules.items()}
+
+
+def _layer_of(module: str) -> int:
+    return RANK[module.split(".")[0]]
+
+
+def test_every_module_has_a_layer() -> None:
+    top_level = {m.split(".")[0] for m in _modules()} - {"__init__"}
+    assert top_level == set(RANK), f"new or removed modules: add them to LAYERS ({top_level ^ set(RANK)})"
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    wrong = [
+        f"{module} ({list(LAYERS)[_layer_of(module)]}) imports {target} ({list(LAYERS)[_layer_of(target)]})"
+        for module, targets in _graph().items()
+        if module != "__init__"
+        for target in sorted(targets)
+        if _layer_of(target) > _layer_of(module)
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_there_are_no_import_circles() -> None:
+    graph = _graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checks_see_a_circle_and_an_upward_import(tmp_path: Path) -> None:
+    """The graph is read from the source: a planted import shows up in it."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from arxiv_embeddings.train import run\n    from arxiv_embeddings import cli\n")
+    assert _imports(planted) == {"train", "cli"}
