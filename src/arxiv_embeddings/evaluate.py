@@ -239,7 +239,6 @@ class EvalData:
         return np.asarray(self.fresh.column("primary_subject").to_pylist(), dtype=object).astype(str)
 
 
-#: Independent random streams of the seeded choices, so that changing one cap never reshuffles another.
 COLUMNS = ["arxiv_id", "title", "abstract", "primary_subject"]
 
 

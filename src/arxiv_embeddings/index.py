@@ -63,9 +63,9 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
-from arxiv_embeddings.vectors import normalize_rows
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, parquet_file, read_json, read_parquet
 from arxiv_embeddings.stage import StageSpec
+from arxiv_embeddings.vectors import normalize_rows
 
 if TYPE_CHECKING:
     import faiss

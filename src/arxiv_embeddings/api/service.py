@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from arxiv_embeddings.api.batching import MicroBatcher
 from arxiv_embeddings.api.settings import Settings
-from arxiv_embeddings.vectors import normalize_rows
 from arxiv_embeddings.onnx_embedder import usable_cpus
+from arxiv_embeddings.vectors import normalize_rows
 
 if TYPE_CHECKING:
     from arxiv_embeddings.embedder import Embedder
