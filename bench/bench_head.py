@@ -12,7 +12,8 @@ outputs are scored like the base embeddings: subject retrieval among the test pa
 within-subject whitening (the inverse square root of the regularized within-subject covariance).
 
 Prints the seconds spent embedding (the cost of the approach) and training each head, and the figures of each.
-The head is not part of the served model: this measures whether such an adapter is worth adding.
+The training stage fits the same head into the saved model with train.head (arxiv_embeddings/head.py); this
+script measures it alone, over any frozen encoder (--model), on any corpus (Hydra overrides).
 """
 
 from __future__ import annotations
