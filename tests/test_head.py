@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import FAST
 
 from arxiv_embeddings import export, pairs, train
 from arxiv_embeddings.config import ConfigError, compose
@@ -19,17 +20,6 @@ from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
 from arxiv_embeddings.onnx_embedder import read_pipeline
 
 CUTOFFS = RankingCutoffs(precision_recall_at=(10,), mrr_at=(10,), ndcg_at=(), map_at=(), accuracy_at=())
-#: A three-step training run of the tiny model, as test_train's.
-FAST = [
-    "trainer.max_steps=3",
-    "trainer.per_device_train_batch_size=8",
-    "trainer.eval_steps=3",
-    "trainer.save_steps=3",
-    "train.eval_papers=40",
-    "train.test_papers=40",
-    "train.max_seq_length=32",
-    "train.freeze_layers=1",
-]
 #: The fp32 ONNX export alone, timed on a handful of texts.
 EXPORT = [
     "run_name=h",

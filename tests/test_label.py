@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from http_helpers import send_json
+from train_helpers import FAST
 
 from arxiv_embeddings import label, pairs, train
 from arxiv_embeddings.config import ConfigError, compose
@@ -551,14 +552,7 @@ def test_tiny_model_trains_with_cosent_on_imported_pairs(
         "run_name=teacher",
         "train.pairs_from=label",
         "loss=cosent",
-        "trainer.max_steps=3",
-        "trainer.per_device_train_batch_size=8",
-        "trainer.eval_steps=3",
-        "trainer.save_steps=3",
-        "train.eval_papers=40",
-        "train.test_papers=40",
-        "train.max_seq_length=32",
-        "train.freeze_layers=1",
+        *FAST,
     ]
     # The pairs stage, as `inv pipeline` runs it, writes its own folder and leaves the teacher's pairs alone.
     teacher = {p.name: p.read_bytes() for p in (tmp_path / "data" / "labelled-pairs").iterdir()}

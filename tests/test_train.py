@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import FAST
 from transformers import TrainerCallback
 
 from arxiv_embeddings import pairs, train
@@ -18,17 +19,6 @@ from arxiv_embeddings.io import read_json
 from arxiv_embeddings.samplers import SubjectBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = [
-    "trainer.max_steps=3",
-    "trainer.per_device_train_batch_size=8",
-    "trainer.eval_steps=3",
-    "trainer.save_steps=3",
-    "trainer.logging_steps=1",
-    "train.eval_papers=40",
-    "train.test_papers=40",
-    "train.max_seq_length=32",
-    "train.freeze_layers=1",
-]
 
 
 def _root_with_pairs(tmp_path: Path, processed_root: Path, *pair_overrides: str) -> Path:

@@ -171,7 +171,7 @@ def train_head(cfg: DictConfig, model: Any, text: str, precision: str) -> dict[s
     started = time.perf_counter()
     table = read_parquet(split_path(cfg, "train"), columns=["title", "abstract", "primary_subject"])
     table = sample_papers(table, int(head.papers), int(cfg.seed))
-    texts = list(paper_text(table.to_pandas(), text))
+    texts = paper_text(table, text)
     labels = table.column("primary_subject").to_numpy(zero_copy_only=False).astype(str)
     logger.info(f"Subject head: embedding {len(texts):,} train papers ({len(set(labels))} subjects) ...")
     device_type = next(model.parameters()).device.type

@@ -39,7 +39,8 @@ def split_path(cfg: DictConfig, split: str) -> Path:
     return path
 
 
-def _pair_source(cfg: DictConfig) -> str:
+def pair_source(cfg: DictConfig) -> str:
+    """``train.pairs_from`` (``pairs`` when the config has none), checked against :data:`PAIR_SOURCES`."""
     from arxiv_embeddings.config import ConfigError
 
     source = str(cfg.get("train", {}).get("pairs_from", "pairs"))
@@ -52,14 +53,14 @@ def training_pairs_dir(cfg: DictConfig) -> Path:
     """The folder of the pairs the train stage reads: ``train.pairs_from`` (pairs, the default, or label)."""
     from arxiv_embeddings.io import artifact_path
 
-    return artifact_path(cfg.paths[PAIR_SOURCES[_pair_source(cfg)][0]])
+    return artifact_path(cfg.paths[PAIR_SOURCES[pair_source(cfg)][0]])
 
 
 def pairs_path(cfg: DictConfig, split: str) -> Path:
     """Path of a pair file the train stage reads, with an error naming the command that makes it when missing."""
     path = training_pairs_dir(cfg) / f"{split}.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"Pairs not found at {path}; run '{PAIR_SOURCES[_pair_source(cfg)][1]}' first.")
+        raise FileNotFoundError(f"Pairs not found at {path}; run '{PAIR_SOURCES[pair_source(cfg)][1]}' first.")
     return path
 
 

@@ -86,9 +86,13 @@ class PipelineConfig:
     do_lower_case: bool
     pooling_modes: tuple[str, ...]
     token_dim: int
-    normalize: bool
     #: What follows the pooling, in order: ``("normalize", None, None)`` or ``("dense", weight, bias)``.
     post: tuple[tuple[str, np.ndarray | None, np.ndarray | None], ...] = ()
+
+    @property
+    def normalize(self) -> bool:
+        """True when the model's last module is a Normalize (its outputs are unit vectors)."""
+        return bool(self.post) and self.post[-1][0] == "normalize"
 
     @property
     def dimension(self) -> int:
@@ -177,7 +181,6 @@ def read_pipeline(model_dir: Path) -> PipelineConfig:
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
         pooling_modes=_pooling_modes(pooling_cfg),
         token_dim=token_dim,
-        normalize=bool(post) and post[-1][0] == "normalize",
         post=post,
     )
 

@@ -41,6 +41,7 @@ from arxiv_embeddings.io import (
     remove_tree,
     write_json,
 )
+from arxiv_embeddings.layout import PAIR_SOURCES
 from arxiv_embeddings.models import model_files
 from arxiv_embeddings.stage import StageSpec, fingerprint
 
@@ -612,17 +613,16 @@ def validate(cfg: DictConfig) -> None:
         f"got {cfg.train.get('checkpoint_sync')!r}; expected true or false.",
     )
     require_in("train.batch_sampler", cfg.train.batch_sampler, BATCH_SAMPLERS)
-    require_in("train.pairs_from", cfg.train.get("pairs_from", "pairs"), ("pairs", "label"))
+    require_in("train.pairs_from", cfg.train.get("pairs_from", "pairs"), tuple(PAIR_SOURCES))
     require_in("logger.name", cfg.logger.name, ("none", "wandb"))
     loss_spec(cfg.loss)
     if cfg.loss.name == "MatryoshkaLoss" and not cfg.loss.get("dims"):
         raise ConfigError("loss.dims: MatryoshkaLoss needs a list of dimensions, e.g. loss.dims=[384,256,128,64].")
     validate_model(cfg)
-    head = cfg.train.get("head")
-    if head is not None and head.get("enabled"):
+    if head_enabled(cfg):
         from arxiv_embeddings.head import validate_head
 
-        validate_head(head)
+        validate_head(cfg.train.head)
         if cfg.model.get("lora"):
             raise ConfigError(
                 "train.head.enabled=true with model.lora: the subject head is fit over full models only; set "

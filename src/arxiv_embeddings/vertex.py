@@ -129,7 +129,9 @@ def validate(cfg: DictConfig) -> None:
             "vertex.wandb_secret",
             f"got {v.wandb_secret!r}; use projects/<project>/secrets/<name>/versions/latest.",
         )
-    pair_key = "labels_dir" if str(cfg.train.get("pairs_from", "pairs")) == "label" else "pairs_dir"
+    from arxiv_embeddings.layout import PAIR_SOURCES, pair_source
+
+    pair_key = PAIR_SOURCES[pair_source(cfg)][0]
     for key in ("processed_dir", pair_key, "models_dir"):
         location = str(cfg.paths[key])
         require(
