@@ -201,6 +201,19 @@ def test_recall_leaves_out_the_query_row() -> None:
     assert ix.recall_at_k(found, exact, rows, k=3) == pytest.approx((1 / 3 + 2 / 3) / 2)
 
 
+def test_recall_counts_a_tie_with_the_kth_exact_neighbour_but_nothing_farther() -> None:
+    exact = np.array([[0, 1, 2, 3]])
+    exact_scores = np.array([[1.0, 0.9, 0.8, 0.8]])
+    rows = np.array([0])
+    tied = np.array([[0, 1, 3, 2]])  # rows 2 and 3 are equally near: either order is exact
+    assert ix.recall_at_k(tied, exact, rows, k=2) == pytest.approx(0.5)  # without the scores, a miss
+    scores = np.array([[1.0, 0.9, 0.8, 0.8]])
+    assert ix.recall_at_k(tied, exact, rows, k=2, found_scores=scores, exact_scores=exact_scores) == 1.0
+    farther = np.array([[0, 1, 7, 2]])
+    far_scores = np.array([[1.0, 0.9, 0.5, 0.8]])
+    assert ix.recall_at_k(farther, exact, rows, k=2, found_scores=far_scores, exact_scores=exact_scores) == 0.5
+
+
 def test_approximate_build_of_the_corpus_loads_with_its_search_settings(build) -> None:
     result = build("index.type=ivf", "index.name=tiny-ivf", "index.ivf.nprobe=3")
     assert result["manifest"]["build"]["reused_papers"] == result["manifest"]["count"]  # shards of the flat build

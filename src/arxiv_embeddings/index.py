@@ -799,21 +799,53 @@ def exact_neighbours(embeddings: Embeddings, queries: np.ndarray, k: int) -> tup
     return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
 
 
-def recall_at_k(found: np.ndarray, exact: np.ndarray, rows: np.ndarray, k: int) -> float:
-    """Mean share of each query's exact ``k`` nearest (its own row left out) that ``found`` also returns."""
+def recall_at_k(
+    found: np.ndarray,
+    exact: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    *,
+    found_scores: np.ndarray | None = None,
+    exact_scores: np.ndarray | None = None,
+    tie: float = 1e-5,
+) -> float:
+    """Mean share of each query's exact ``k`` nearest (its own row left out) that ``found`` also returns.
+
+    With ``found_scores`` (the true inner products of the ``found`` ids) and ``exact_scores``, a found paper that
+    ties the exact ``k``-th score (within ``tie``) counts too: duplicate or equally near papers may come back in
+    any order, and neither order is a miss.
+    """
     total = 0.0
     for q in range(found.shape[0]):
-        truth = [i for i in exact[q] if i != rows[q] and i >= 0][:k]
-        got = {i for i in found[q] if i != rows[q] and i >= 0}
-        total += len(got.intersection(truth)) / len(truth) if truth else 1.0
+        keep = [j for j, i in enumerate(exact[q]) if i != rows[q] and i >= 0][:k]
+        truth = {int(exact[q][j]) for j in keep}
+        got = [(j, int(i)) for j, i in enumerate(found[q]) if i != rows[q] and i >= 0][:k]
+        hits = sum(i in truth for _, i in got)
+        if found_scores is not None and exact_scores is not None and keep:
+            kth = float(exact_scores[q][keep[-1]])
+            hits += sum(i not in truth and float(found_scores[q][j]) >= kth - tie for j, i in got)
+        total += min(hits, len(truth)) / len(truth) if truth else 1.0
     return total / max(1, found.shape[0])
+
+
+def true_scores(embeddings: Embeddings, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Exact inner products of each query with the vectors of its ``ids`` (``-inf`` where an id is ``-1``)."""
+    flat = ids.reshape(-1)
+    wanted = np.unique(flat[flat >= 0])
+    vectors = embeddings.rows(wanted)
+    out = np.full(ids.shape, -np.inf, dtype=np.float32)
+    for q in range(ids.shape[0]):
+        ok = ids[q] >= 0
+        out[q, ok] = vectors[np.searchsorted(wanted, ids[q, ok])] @ queries[q]
+    return out
 
 
 def evaluate_index(index: faiss.Index, embeddings: Embeddings, queries: int, k: int, seed: int) -> dict[str, Any]:
     """recall@k against exact search for a seeded choice of ``queries`` papers, and queries/s.
 
     Each query is a paper's own vector; its own row is left out of both result lists, so the figure is that of
-    a query held out of the index (and of search by id).
+    a query held out of the index (and of search by id). A returned paper that ties the exact ``k``-th score
+    counts as found (duplicates come back in any order).
     """
     n = embeddings.count
     nq = min(int(queries), n)
@@ -822,10 +854,11 @@ def evaluate_index(index: faiss.Index, embeddings: Embeddings, queries: int, k: 
     rng = np.random.default_rng([int(seed), 7])
     rows = np.sort(rng.choice(n, size=nq, replace=False))
     q = embeddings.rows(rows)
-    _, exact = exact_neighbours(embeddings, q, k + 1)
+    exact_s, exact = exact_neighbours(embeddings, q, k + 1)
     t0 = time.perf_counter()
     _, found = index.search(q, min(k + 1, n))
     batch_s = time.perf_counter() - t0
+    found_s = true_scores(embeddings, q, found)
     single = []
     for i in range(min(nq, 100)):
         t0 = time.perf_counter()
@@ -834,7 +867,7 @@ def evaluate_index(index: faiss.Index, embeddings: Embeddings, queries: int, k: 
     return {
         "queries": nq,
         "k": k,
-        f"recall_at_{k}": round(recall_at_k(found, exact, rows, k), 4),
+        f"recall_at_{k}": round(recall_at_k(found, exact, rows, k, found_scores=found_s, exact_scores=exact_s), 4),
         "queries_per_s": round(nq / max(batch_s, 1e-9), 1),
         "ms_per_query_single": round(float(np.median(single)) * 1000, 3),
     }
