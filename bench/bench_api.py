@@ -69,7 +69,7 @@ def naive_server(args: argparse.Namespace) -> None:
     from fastapi import FastAPI
     from fastapi.responses import Response
 
-    from arxiv_embeddings.embedder import load_embedder
+    from arxiv_embeddings.backends import load_embedder
 
     embedder = load_embedder(args.model, backend=args.backend, variant=args.variant, device="cpu")
     if args.naive_threads:
@@ -294,8 +294,8 @@ def main() -> None:
     )
 
     from arxiv_embeddings.api.service import cpu_layout
-    from arxiv_embeddings.embedder import load_embedder
-    from arxiv_embeddings.onnx_embedder import usable_cpus
+    from arxiv_embeddings.backends import load_embedder
+    from arxiv_embeddings.backends.onnx_embedder import usable_cpus
 
     threads, workers = cpu_layout(args.threads, args.workers)
     cores = usable_cpus()

@@ -47,6 +47,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from arxiv_embeddings import preprocess
+    from arxiv_embeddings.backends.loading import load_model
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
     from arxiv_embeddings.evaluate import load_fresh
@@ -54,7 +55,6 @@ def main() -> None:
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.losses import SupervisedContrastiveLoss
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap
-    from arxiv_embeddings.models import load_model
     from arxiv_embeddings.preprocess import split_path
 
     setup_logging("WARNING")

@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=2000)
     args = parser.parse_args()
 
+    from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.data import SAMPLE_PATH, paper_text
-    from arxiv_embeddings.embedder import TorchEmbedder
     from arxiv_embeddings.evaluate import FRESH_FILE
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.logging_utils import setup_logging

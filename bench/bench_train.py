@@ -57,12 +57,12 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from arxiv_embeddings import pairs, preprocess, train
+    from arxiv_embeddings.backends.loading import cpu_supports_bf16
+    from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
-    from arxiv_embeddings.embedder import TorchEmbedder
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
-    from arxiv_embeddings.models import cpu_supports_bf16
     from arxiv_embeddings.preprocess import split_path
 
     setup_logging("WARNING")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from arxiv_embeddings.api.settings import ENV_PREFIX, ENV_VARS, Settings
-from arxiv_embeddings.embedder import Embedder, load_embedder
+from arxiv_embeddings.backends import Embedder, load_embedder
 
 
 def clear_serving_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ from api_helpers import clear_serving_env, make_settings, wait_ready
 from fastapi.testclient import TestClient
 
 from arxiv_embeddings.api import create_app
-from arxiv_embeddings.embedder import load_embedder
+from arxiv_embeddings.backends import load_embedder
 
 TEXTS = ["Graph neural networks for molecules", "Dark matter halos in dwarf galaxies\nWe simulate rotation curves."]
 

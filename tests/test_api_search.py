@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 
 from arxiv_embeddings import index as ix
 from arxiv_embeddings.api import create_app
-from arxiv_embeddings.embedder import load_embedder
+from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.index import PaperIndex
 
 

@@ -15,12 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from arxiv_embeddings import export
-from arxiv_embeddings.config import ConfigError
-from arxiv_embeddings.data import paper_text
-from arxiv_embeddings.embedder import TorchEmbedder, load_embedder
-from arxiv_embeddings.io import tree_sha256
-from arxiv_embeddings.models import ModelNotFoundError, resolve_model
-from arxiv_embeddings.onnx_embedder import (
+from arxiv_embeddings.backends import TorchEmbedder, load_embedder
+from arxiv_embeddings.backends.loading import ModelNotFoundError, resolve_model
+from arxiv_embeddings.backends.onnx_embedder import (
     VARIANT_FILES,
     ExportNotFoundError,
     OnnxEmbedder,
@@ -28,6 +25,9 @@ from arxiv_embeddings.onnx_embedder import (
     load_onnx_embedder,
     serving_default,
 )
+from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.data import paper_text
+from arxiv_embeddings.io import tree_sha256
 from arxiv_embeddings.stage import execute
 
 LEVELS = ["O1", "O3"]
@@ -214,7 +214,7 @@ def test_parity_figures_and_gate() -> None:
 
 
 def test_auto_backend_follows_the_serving_default(exported: dict, model_dir: Path, tmp_path: Path) -> None:
-    from arxiv_embeddings.onnx_embedder import serving_default
+    from arxiv_embeddings.backends.onnx_embedder import serving_default
 
     backend, variant = serving_default(model_dir) or ("", "")
     emb = load_embedder(model_dir, backend="auto", device="cpu")
@@ -270,7 +270,7 @@ _TORCH_FREE = textwrap.dedent(
     except ImportError:
         pass
 
-    from arxiv_embeddings.embedder import load_embedder
+    from arxiv_embeddings.backends import load_embedder
 
     model_dir, texts_path, out_dir = sys.argv[1:4]
     texts = json.load(open(texts_path))

@@ -12,12 +12,12 @@ import pytest
 from train_helpers import FAST
 
 from arxiv_embeddings import export, pairs, train
+from arxiv_embeddings.backends import TorchEmbedder, load_embedder
+from arxiv_embeddings.backends.onnx_embedder import read_pipeline
 from arxiv_embeddings.config import ConfigError, compose
-from arxiv_embeddings.embedder import TorchEmbedder, load_embedder
 from arxiv_embeddings.head import HeadFit, add_head, fit_linear_head
 from arxiv_embeddings.io import read_json
 from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
-from arxiv_embeddings.onnx_embedder import read_pipeline
 
 CUTOFFS = RankingCutoffs(precision_recall_at=(10,), mrr_at=(10,), ndcg_at=(), map_at=(), accuracy_at=())
 #: The fp32 ONNX export alone, timed on a handful of texts.

@@ -13,9 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from arxiv_embeddings import index as ix
+from arxiv_embeddings.backends import load_embedder
+from arxiv_embeddings.backends.loading import load_model, model_fingerprint
 from arxiv_embeddings.cli import app
 from arxiv_embeddings.config import ConfigError
-from arxiv_embeddings.embedder import load_embedder
 from arxiv_embeddings.index import (
     Embeddings,
     Hit,
@@ -26,7 +27,6 @@ from arxiv_embeddings.index import (
     UnknownPaperError,
 )
 from arxiv_embeddings.io import read_json
-from arxiv_embeddings.models import load_model
 from arxiv_embeddings.stage import execute
 
 SPLITS = ("train", "eval", "test")
@@ -260,7 +260,7 @@ def test_loading_with_another_model_or_dimension_fails(
     (resaved / "onnx").mkdir()
     (resaved / "onnx" / "model.onnx").write_bytes(b"exported")
     (resaved / "export_report.json").write_text("{}")
-    assert ix.model_fingerprint(resaved) == index.manifest["model_fingerprint"]
+    assert model_fingerprint(resaved) == index.manifest["model_fingerprint"]
     PaperIndex.load(flat["dir"], expected_model=str(resaved))
     other = load_embedder(other_model_dir, backend="torch", device="cpu")
     with pytest.raises(ModelMismatchError, match="dimension 16") as err:
@@ -331,7 +331,7 @@ class CrashingEmbedder:
 def test_an_interrupted_build_resumes_from_its_shards(
     build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processed_root: Path
 ) -> None:
-    import arxiv_embeddings.embedder as embedder_module
+    import arxiv_embeddings.backends as embedder_module
 
     real = embedder_module.load_embedder
     made: list[CrashingEmbedder] = []

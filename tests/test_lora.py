@@ -19,10 +19,10 @@ import pytest
 from http_helpers import send_json
 
 from arxiv_embeddings import baseline, evaluate, pairs, train
+from arxiv_embeddings.backends.loading import load_model
+from arxiv_embeddings.backends.lora import ADAPTER_CONFIG, add_lora, is_adapter_dir
 from arxiv_embeddings.config import ConfigError, compose
-from arxiv_embeddings.lora import ADAPTER_CONFIG, add_lora, is_adapter_dir
 from arxiv_embeddings.metrics import RankingCutoffs, paired_retrieval
-from arxiv_embeddings.models import load_model
 from arxiv_embeddings.samplers import CategoryBatchSampler, archive_of, conflict_keys
 
 LINEAR = "[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
@@ -36,7 +36,7 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with MiniLM's tokenizer (no download)."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
 
-    from arxiv_embeddings.models import resolve_model
+    from arxiv_embeddings.backends.loading import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
     config = Qwen2Config(
@@ -428,7 +428,7 @@ def test_hosted_api_baseline_is_scored_like_any_run_and_cached(
 
 
 def test_hosted_api_errors_say_what_to_fix(fake_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from arxiv_embeddings.hosted import HostedAPIError, HostedEmbedder
+    from arxiv_embeddings.backends.hosted import HostedAPIError, HostedEmbedder
 
     monkeypatch.delenv("FAKE_EMBEDDINGS_KEY", raising=False)
     embedder = HostedEmbedder(fake_api, "m", cache=tmp_path / "c.sqlite", api_key_env="FAKE_EMBEDDINGS_KEY")

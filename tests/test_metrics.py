@@ -186,7 +186,7 @@ def minilm():
     A random tiny model will not do here: its embeddings all lie within a few degrees of each other, so neighbours
     are separated by float rounding and two correct implementations may order them differently.
     """
-    from arxiv_embeddings.models import load_model
+    from arxiv_embeddings.backends.loading import load_model
 
     return load_model("sentence-transformers/all-MiniLM-L6-v2", device="cpu", max_seq_length=64)
 

@@ -181,7 +181,7 @@ def test_missing_pairs_name_the_command(tmp_path, tiny_model_dir) -> None:
 
 
 def test_a_model_path_that_is_not_a_model_says_what_was_expected(tmp_path, processed_root) -> None:
-    from arxiv_embeddings.models import ModelNotFoundError
+    from arxiv_embeddings.backends.loading import ModelNotFoundError
 
     root = _root_with_pairs(tmp_path, processed_root)
     (tmp_path / "empty").mkdir()
@@ -254,7 +254,7 @@ def test_real_minilm_trains_a_handful_of_steps(tmp_path, processed_root) -> None
     assert reloaded.max_seq_length == 256
     long_text = "word " * 400
     assert len(reloaded.tokenize([long_text])["input_ids"][0]) == 256
-    from arxiv_embeddings.onnx_embedder import _max_seq_length
+    from arxiv_embeddings.backends.onnx_embedder import _max_seq_length
 
     assert _max_seq_length(Path(result["model"])) == 256
 

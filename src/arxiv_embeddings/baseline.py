@@ -8,7 +8,7 @@
 TF-IDF: a ``TfidfVectorizer`` fit on the train split; retrieval is the cosine similarity of the (L2-normalized)
 TF-IDF rows and the classifier a logistic regression on them. Zero-shot: the sentence-transformers model before
 fine-tuning (``sentence-transformers/all-MiniLM-L6-v2`` by default). Hosted API (off by default): the vectors of an
-OpenAI-compatible embeddings endpoint (:mod:`arxiv_embeddings.hosted`, cached on disk). All go through
+OpenAI-compatible embeddings endpoint (:mod:`arxiv_embeddings.backends.hosted`, cached on disk). All go through
 :func:`arxiv_embeddings.evaluate.evaluate_features`, so their ``metrics.json`` have the schema of a trained
 model's and :func:`compare` can put every run side by side.
 """
@@ -25,12 +25,19 @@ import numpy as np
 from loguru import logger
 from omegaconf import DictConfig
 
-from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
+from arxiv_embeddings.config import (
+    CONFIG_DIR,
+    ConfigError,
+    check_int,
+    check_missing,
+    require,
+    require_in,
+    to_plain,
+)
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.evaluate import (
     EvalData,
     Features,
-    check_int,
     check_report_name,
     evaluate_features,
     evaluate_model,
@@ -163,8 +170,8 @@ def run_zero_shot(cfg: DictConfig, data: EvalData) -> dict[str, Any]:
 
 
 def hosted_embedder(h: DictConfig) -> Any:
-    """The :class:`~arxiv_embeddings.hosted.HostedEmbedder` of ``baseline.hosted_api``."""
-    from arxiv_embeddings.hosted import HostedEmbedder
+    """The :class:`~arxiv_embeddings.backends.hosted.HostedEmbedder` of ``baseline.hosted_api``."""
+    from arxiv_embeddings.backends.hosted import HostedEmbedder
 
     return HostedEmbedder(
         str(h.base_url),

@@ -74,6 +74,19 @@ def require_in(key: str, value: Any, valid: Iterable[Any]) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}.")
 
 
+def is_int(value: Any) -> bool:
+    """An integer, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(value: Any, key: str, minimum: int = 1, optional: bool = False) -> None:
+    """Require an integer >= ``minimum`` (or null when ``optional``) at ``key``."""
+    if optional and value is None:
+        return
+    allowed = f"an integer >= {minimum}" + (", or null" if optional else "")
+    require(is_int(value) and value >= minimum, key, f"got {value!r}; expected {allowed}.")
+
+
 def to_plain(cfg: DictConfig | Any) -> Any:
     """Resolved plain-Python copy of a config node (for JSON manifests and fingerprints)."""
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):

@@ -26,7 +26,17 @@ import pyarrow as pa
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
-from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
+from arxiv_embeddings.backends.loading import fetch_model, model_files
+from arxiv_embeddings.config import (
+    CONFIG_DIR,
+    ConfigError,
+    check_int,
+    check_missing,
+    is_int,
+    require,
+    require_in,
+    to_plain,
+)
 from arxiv_embeddings.data import SAMPLE_STREAMS as SAMPLE_STREAMS
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text
 from arxiv_embeddings.data import sample_rows as sample_rows
@@ -43,7 +53,6 @@ from arxiv_embeddings.metrics import (
     paired_retrieval,
     ranking_metrics,
 )
-from arxiv_embeddings.models import fetch_model, model_files
 from arxiv_embeddings.stage import StageSpec
 
 if TYPE_CHECKING:
@@ -82,22 +91,10 @@ TITLE_ABSTRACT_INDEXES = ("flat", "hnsw")
 
 
 # --------------------------------------------------------------------------------------------- validation
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_int(value: Any, key: str, minimum: int = 1, optional: bool = False) -> None:
-    """Require an integer >= ``minimum`` (or null when ``optional``) at ``key``."""
-    if optional and value is None:
-        return
-    allowed = f"an integer >= {minimum}" + (", or null for all" if optional else "")
-    require(_is_int(value) and value >= minimum, key, f"got {value!r}; expected {allowed}.")
-
-
 def _positive_ints(cfg: DictConfig, key: str, allow_empty: bool = False) -> list[int]:
     node = OmegaConf.select(cfg, key)
     values = list(node) if OmegaConf.is_list(node) else None
-    ok = values is not None and (allow_empty or len(values) > 0) and all(_is_int(v) and v > 0 for v in values)
+    ok = values is not None and (allow_empty or len(values) > 0) and all(is_int(v) and v > 0 for v in values)
     require(ok, key, f"got {node!r}; expected a list of positive integers such as [1, 10].")
     return [int(v) for v in values or []]
 
@@ -188,7 +185,7 @@ def report_name(cfg: DictConfig, model: str | None = None) -> str:
 def model_source(cfg: DictConfig, model: str | None = None) -> str:
     """The local folder (or Hub name) the model will be loaded from; fails fast on a missing run or path. A model
     in a bucket is copied to ``${paths.cache_dir}`` first (once per content)."""
-    from arxiv_embeddings.models import resolve_model
+    from arxiv_embeddings.backends.loading import resolve_model
 
     return resolve_model(fetch_model(model_location(cfg, model), cfg.paths.cache_dir))
 
@@ -348,7 +345,7 @@ class Features:
 def _torch_dtype(precision: str, device: str) -> Any:
     import torch
 
-    from arxiv_embeddings.models import best_precision
+    from arxiv_embeddings.backends.loading import best_precision
 
     if precision == "auto":
         precision = best_precision(device)
@@ -371,7 +368,7 @@ def _embedding_dim(model: SentenceTransformer) -> int:
 
 def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTransformer, dict[str, Any]]:
     """Load the model to evaluate, on the configured device and precision."""
-    from arxiv_embeddings.models import default_device, load_model
+    from arxiv_embeddings.backends.loading import default_device, load_model
 
     enc = cfg.evaluate.encode
     remote = model_location(cfg, model)
@@ -463,7 +460,7 @@ def faiss_paired_retrieval(
     L2-normalized rows): query ``i`` has one relevant row, ``i``. ``index_type`` is ``flat`` (exact) or ``hnsw``
     (built as the index stage builds it, with ``hnsw.m``, ``ef_construction`` and ``ef_search``). Returns the
     result and a description of the index."""
-    from arxiv_embeddings.index import make_index
+    from arxiv_embeddings.ann import make_index
 
     n, dim = queries.shape
     ix = OmegaConf.create({"hnsw": to_plain(hnsw) if hnsw is not None else {}})

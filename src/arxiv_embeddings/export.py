@@ -5,7 +5,7 @@
     uv run inv export --overrides "export.optimization_levels=[O1,O3] export.quantization_arch=avx512_vnni"
 
 Writes, next to the model, what sentence-transformers loads with ``backend="onnx"`` and what
-:func:`arxiv_embeddings.onnx_embedder.load_onnx_embedder` loads without torch:
+:func:`arxiv_embeddings.backends.onnx_embedder.load_onnx_embedder` loads without torch:
 
 - ``<model>/onnx/model.onnx`` (fp32), ``model_O<n>.onnx`` (optimum's graph optimizations, one per
   ``export.optimization_levels``; O4 = fp16 for a GPU) and ``model_q[u]int8_<arch>.onnx`` (int8 dynamic
@@ -47,13 +47,14 @@ import numpy as np
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
-from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
-from arxiv_embeddings.data import TEXT_FIELDS, paper_text
-from arxiv_embeddings.evaluate import check_int, read_sample
-from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, write_json
-from arxiv_embeddings.layout import as_path, model_location, split_path
-from arxiv_embeddings.models import ModelNotFoundError, cpu_supports_bf16, fetch_model, model_files, resolve_model
-from arxiv_embeddings.onnx_embedder import (
+from arxiv_embeddings.backends.loading import (
+    ModelNotFoundError,
+    cpu_supports_bf16,
+    fetch_model,
+    model_files,
+    resolve_model,
+)
+from arxiv_embeddings.backends.onnx_embedder import (
     ONNX_DIR,
     REPORT_FILE,
     VARIANT_FILES,
@@ -61,6 +62,19 @@ from arxiv_embeddings.onnx_embedder import (
     int8_variant,
     usable_cpus,
 )
+from arxiv_embeddings.config import (
+    CONFIG_DIR,
+    ConfigError,
+    check_int,
+    check_missing,
+    require,
+    require_in,
+    to_plain,
+)
+from arxiv_embeddings.data import TEXT_FIELDS, paper_text
+from arxiv_embeddings.evaluate import read_sample
+from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, write_json
+from arxiv_embeddings.layout import as_path, model_location, split_path
 from arxiv_embeddings.stage import StageSpec
 
 SCHEMA_VERSION = 1
@@ -237,7 +251,7 @@ def model_target(cfg: DictConfig) -> tuple[Path, str | None]:
         return path, None
     if path.exists():
         resolve_model(path)  # fails on a folder that is not a sentence-transformers model
-        from arxiv_embeddings.lora import is_adapter_dir
+        from arxiv_embeddings.backends.lora import is_adapter_dir
 
         if is_adapter_dir(path):
             raise ConfigError(
@@ -265,7 +279,7 @@ def _spec_model_dir(cfg: DictConfig) -> Path | None:
 
 def save_hub_model(name: str, target: Path) -> None:
     """Save a Hub model (offline: cache or installed package) as a sentence-transformers folder at ``target``."""
-    from arxiv_embeddings.models import load_model
+    from arxiv_embeddings.backends.loading import load_model
 
     try:
         model = load_model(name, device="cpu")
@@ -539,7 +553,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ``{"dir", "report", "files"}``; raises :class:`ParityError` (nothing written) when a variant fails parity."""
     import torch
 
-    from arxiv_embeddings.embedder import TorchEmbedder
+    from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 
     validate(cfg)
     started = time.perf_counter()

@@ -264,7 +264,7 @@ class CrossEncoderScorer:
     def _load(self) -> Any:
         from sentence_transformers import CrossEncoder
 
-        from arxiv_embeddings.models import default_device
+        from arxiv_embeddings.backends.loading import default_device
 
         name = str(self.cfg.model)
         max_length = int(self.cfg.max_length) if self.cfg.max_length else None

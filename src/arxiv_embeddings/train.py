@@ -27,6 +27,7 @@ import numpy as np
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
+from arxiv_embeddings.backends.loading import model_files
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.io import (
@@ -42,7 +43,6 @@ from arxiv_embeddings.io import (
     write_json,
 )
 from arxiv_embeddings.layout import PAIR_SOURCES
-from arxiv_embeddings.models import model_files
 from arxiv_embeddings.stage import StageSpec, fingerprint
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -231,7 +231,7 @@ def _trainer_class() -> type:
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
 
         def _save(self, output_dir: str | None = None, state_dict=None) -> None:  # type: ignore[no-untyped-def]
-            from arxiv_embeddings.lora import complete_adapter_folder
+            from arxiv_embeddings.backends.lora import complete_adapter_folder
 
             super()._save(output_dir, state_dict)
             complete_adapter_folder(self.model, str(output_dir if output_dir is not None else self.args.output_dir))
@@ -307,7 +307,7 @@ def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) 
     """The LoRA part of saving a trained model. With ``model.lora.merge``: save the adapter to ``out/adapter``, then
     merge the adapters into the backbone in place (the caller saves the merged model to ``final/``) and check that
     the merged model embeds a few training texts as the adapter model did. Returns what the summary records."""
-    from arxiv_embeddings.lora import merge_lora, save_adapter
+    from arxiv_embeddings.backends.lora import merge_lora, save_adapter
 
     lora = cfg.model.lora
     merge = bool(lora.get("merge", True))
@@ -360,7 +360,7 @@ def check_label_batches(cfg: DictConfig) -> None:
 
 
 def resolve_precision(cfg: DictConfig, device: str) -> str:
-    from arxiv_embeddings.models import best_precision
+    from arxiv_embeddings.backends.loading import best_precision
 
     precision = str(cfg.train.precision)
     if precision == "auto":
@@ -638,8 +638,8 @@ def head_enabled(cfg: DictConfig) -> bool:
 
 def validate_model(cfg: DictConfig) -> None:
     """The backbone options: ``model.pooling``, ``model.lora`` and the category batches."""
-    from arxiv_embeddings.lora import validate_lora
-    from arxiv_embeddings.models import POOLING
+    from arxiv_embeddings.backends.loading import POOLING
+    from arxiv_embeddings.backends.lora import validate_lora
 
     require_in("model.pooling", cfg.model.get("pooling", "mean"), POOLING)
     validate_lora(cfg.model.get("lora"))
@@ -658,8 +658,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerModelCardData
 
+    from arxiv_embeddings.backends.loading import default_device, load_model
     from arxiv_embeddings.layout import pairs_path
-    from arxiv_embeddings.models import default_device, load_model
     from arxiv_embeddings.pairs import MANIFEST as PAIRS_MANIFEST
 
     validate(cfg)
@@ -689,7 +689,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     )
     lora = cfg.model.get("lora")
     if lora:
-        from arxiv_embeddings.lora import add_lora
+        from arxiv_embeddings.backends.lora import add_lora
 
         if int(cfg.train.freeze_layers):
             logger.info(
@@ -794,7 +794,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         if lora_info is None or lora_info["merged"]:
             model.save(str(tmp))
         else:
-            from arxiv_embeddings.lora import save_adapter
+            from arxiv_embeddings.backends.lora import save_adapter
 
             save_adapter(model, tmp, base)
         (tmp / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

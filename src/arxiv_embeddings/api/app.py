@@ -69,14 +69,14 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
     """The API for ``settings`` (default: :meth:`Settings.load`, i.e. configs + environment).
 
     Nothing is loaded here: the lifespan starts loading the model (and index) in the background when the server
-    starts. ``load_embedder`` replaces :func:`arxiv_embeddings.embedder.load_embedder` (same signature), e.g. to
+    starts. ``load_embedder`` replaces :func:`arxiv_embeddings.backends.load_embedder` (same signature), e.g. to
     wrap the real embedder.
     """
     if settings is None:
         settings = Settings.load()
     api_key = settings.resolved_api_key()  # an unreadable key file fails here, before the server starts
     if load_embedder is None:
-        from arxiv_embeddings.embedder import load_embedder as default_loader
+        from arxiv_embeddings.backends import load_embedder as default_loader
 
         load_embedder = default_loader
     registry = CollectorRegistry()

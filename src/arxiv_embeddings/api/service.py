@@ -21,14 +21,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from arxiv_embeddings.api.batching import MicroBatcher
 from arxiv_embeddings.api.settings import Settings
-from arxiv_embeddings.onnx_embedder import usable_cpus
+from arxiv_embeddings.backends.onnx_embedder import usable_cpus
 from arxiv_embeddings.vectors import normalize_rows
 
 if TYPE_CHECKING:
-    from arxiv_embeddings.embedder import Embedder
+    from arxiv_embeddings.backends import Embedder
     from arxiv_embeddings.index import PaperIndex
 
-#: Signature of :func:`arxiv_embeddings.embedder.load_embedder`.
+#: Signature of :func:`arxiv_embeddings.backends.load_embedder`.
 LoadEmbedder = Callable[..., "Embedder"]
 
 try:

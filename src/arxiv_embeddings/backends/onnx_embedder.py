@@ -1,6 +1,6 @@
 """Embeddings from an exported ONNX model with onnxruntime and tokenizers only: no torch, no transformers.
 
-    from arxiv_embeddings.onnx_embedder import load_onnx_embedder
+    from arxiv_embeddings.backends.onnx_embedder import load_onnx_embedder
     emb = load_onnx_embedder("models/minilm-sample/final")           # the serving default of export_report.json
     emb = load_onnx_embedder("models/minilm-sample/final", variant="int8-avx2", max_seq_length=128)
     vectors = emb.encode(["A title\\nAn abstract ..."])              # float32, (n, dim), L2-normalized

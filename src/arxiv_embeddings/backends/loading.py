@@ -1,7 +1,11 @@
-"""Loading sentence-transformers models with no network when possible, and choosing the precision."""
+"""Where a model comes from and how it loads: resolving a name (a run, a folder, the bundled all-MiniLM-L6-v2,
+the Hub) with no network when possible, loading it with sentence-transformers, choosing device and precision, and
+the fingerprint of its weights that indexes and stage stamps record."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from arxiv_embeddings.io import file_sha256
 from arxiv_embeddings.layout import ONNX_DIR, REPORT_FILE
 from arxiv_embeddings.layout import ModelNotFoundError as ModelNotFoundError
 
@@ -149,7 +154,7 @@ def load_model(
     """Load a SentenceTransformer from :func:`resolve_model`'s answer, with an optional ``max_seq_length``.
 
     A plain Hugging Face model (no ``modules.json``, e.g. ``Qwen/Qwen2.5-0.5B``) becomes an encoder with
-    ``pooling`` (:func:`encoder_from_plain_model`). A folder saved with a LoRA adapter (:mod:`arxiv_embeddings.lora`)
+    ``pooling`` (:func:`encoder_from_plain_model`). A folder saved with a LoRA adapter (:mod:`arxiv_embeddings.backends.lora`)
     loads its base model and applies the adapter (needs peft).
     """
     from sentence_transformers import SentenceTransformer
@@ -189,3 +194,65 @@ def default_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+# ------------------------------------------------------------------------------------------------ fingerprint
+#: Files of a model folder left out of its fingerprint: what exporting or documenting the model adds beside the
+#: weights without changing the embeddings it makes.
+FINGERPRINT_SKIP = ("onnx", "export_report.json", "README.md")
+_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """sha256 of a model's weights: every tensor (module folder, name, dtype, shape, bytes) of the folder's
+    ``*.safetensors`` files, so the same weights saved again, copied or moved keep their fingerprint, and the
+    ONNX files and reports an export adds beside them (:data:`FINGERPRINT_SKIP`) do not change it. A folder without
+    safetensors falls back to the bytes of all its files (names included), hidden files and
+    :data:`FINGERPRINT_SKIP` left out."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Model folder not found: {root}.")
+
+    def kept(p: Path) -> bool:
+        rel = p.relative_to(root)
+        return p.is_file() and rel.parts[0] not in FINGERPRINT_SKIP and not any(x.startswith(".") for x in rel.parts)
+
+    digest = hashlib.sha256()
+    weights = sorted(p for p in root.rglob("*.safetensors") if kept(p))
+    if weights:
+        digest.update(b"safetensors-v1")
+        for file in weights:
+            digest.update(file.parent.relative_to(root).as_posix().encode())
+            for name, dtype, shape, sha in _safetensors_tensors(file):
+                digest.update(f"{name}|{dtype}|{shape}|{sha}".encode())
+        return digest.hexdigest()
+    for child in sorted(p for p in root.rglob("*") if kept(p)):
+        digest.update(child.relative_to(root).as_posix().encode())
+        digest.update(file_sha256(child).encode())
+    return digest.hexdigest()
+
+
+def _safetensors_tensors(file: Path) -> list[tuple[str, str, list[int], str]]:
+    """(name, dtype, shape, sha256 of the bytes) of each tensor of a safetensors file, by name."""
+    with open(file, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        base = 8 + size
+        out = []
+        # position_ids / token_type_ids are constant buffers that some versions save and others do not.
+        names = [k for k in header if k != "__metadata__" and not k.endswith(_BUFFERS)]
+        for name in sorted(names):
+            info = header[name]
+            lo, hi = info["data_offsets"]
+            fh.seek(base + lo)
+            out.append((name, info["dtype"], list(info["shape"]), hashlib.sha256(fh.read(hi - lo)).hexdigest()))
+    return out
+
+
+def model_folder(name_or_path: str) -> Path | None:
+    """The local folder a model name or path resolves to (a run's folder, a path, a bundled package), else None."""
+    try:
+        source = Path(resolve_model(name_or_path))
+    except ModelNotFoundError:
+        return None
+    return source if source.is_dir() else None

@@ -9,13 +9,13 @@ training, ``train`` saves
 
 - the **adapter**: a sentence-transformers folder whose backbone is ``adapter_config.json`` +
   ``adapter_model.safetensors`` (a few MB) and the base model's ``config.json``; it loads with
-  ``SentenceTransformer(folder)`` (or :func:`arxiv_embeddings.models.load_model`), which reads the base model from
+  ``SentenceTransformer(folder)`` (or :func:`arxiv_embeddings.backends.loading.load_model`), which reads the base model from
   ``base_model_name_or_path`` (the Hub name, or the base folder) and applies the adapter; and
 - with ``model.lora.merge`` (the default), the **merged** model: the adapters folded into the backbone's weights
   (``W + (alpha / r) * B @ A``, what peft's ``merge_and_unload`` does), a plain sentence-transformer that every
   stage loads without peft (the ONNX export needs it).
 
-A decoder-only backbone (the Qwen2.5 family) is used as an encoder the way :func:`arxiv_embeddings.models.load_model`
+A decoder-only backbone (the Qwen2.5 family) is used as an encoder the way :func:`arxiv_embeddings.backends.loading.load_model`
 builds any plain Hugging Face model: ``AutoModel`` (the transformer stack, no LM head), masked mean pooling over the
 last hidden state, L2 normalization.
 """
@@ -129,7 +129,7 @@ def has_lora(model: SentenceTransformer) -> bool:
 def base_reference(name: str) -> str:
     """What an adapter records as its base model: a Hub name as given when it loads from the Hugging Face cache or
     the Hub, else the absolute path of the folder it resolves to (a local base, or a package's copy)."""
-    from arxiv_embeddings.models import _from_hf_cache, resolve_model
+    from arxiv_embeddings.backends.loading import _from_hf_cache, resolve_model
 
     source = resolve_model(name)
     if source == name and not Path(name).exists():

@@ -1,0 +1,105 @@
+"""How a model turns texts into vectors: one interface (:class:`Embedder`, :func:`load_embedder`) over the backends.
+
+    from arxiv_embeddings.backends import load_embedder
+    emb = load_embedder("models/minilm-sample/final", backend="torch")
+    vectors = emb.encode(["A title\\nAn abstract ..."])          # float32, (n, dim), L2-normalized
+
+The package's modules:
+
+- :mod:`~arxiv_embeddings.backends.loading`: where a model comes from (a run's folder, a path, the bundled
+  all-MiniLM-L6-v2, the Hub), loading it with sentence-transformers, device and precision, the weights' fingerprint;
+- :mod:`~arxiv_embeddings.backends.torch_embedder`: :class:`TorchEmbedder`, a sentence-transformers model in torch;
+- :mod:`~arxiv_embeddings.backends.onnx_embedder`: the ONNX export with onnxruntime and tokenizers only, no torch;
+- :mod:`~arxiv_embeddings.backends.lora`: LoRA adapters (add, save, merge, recognise an adapter folder);
+- :mod:`~arxiv_embeddings.backends.hosted`: a hosted OpenAI-compatible embeddings API (a baseline).
+
+The index, the search CLI and the API only use this module, so they work with either backend. This module must
+stay importable without torch: the torch backend is imported only when :func:`load_embedder` needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from arxiv_embeddings.vectors import normalize_rows as normalize_rows
+
+if TYPE_CHECKING:
+    from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
+
+__all__ = ["BACKENDS", "Embedder", "TorchEmbedder", "load_embedder", "normalize_rows"]
+
+#: Backends :func:`load_embedder` knows. ``auto`` = the serving default recorded by the export (ONNX variant or torch
+#: precision), else torch fp32.
+BACKENDS = ("auto", "torch", "onnx")
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What every backend offers."""
+
+    #: The model's name or folder, as given.
+    name: str
+    #: ``torch`` or ``onnx``.
+    backend: str
+    #: ``fp32`` / ``bf16`` for torch; the ONNX variant name (e.g. ``int8-avx2``) for onnx.
+    variant: str
+    #: Embedding dimension.
+    dimension: int
+    #: Device the model runs on (``cpu``, ``cuda``, ...).
+    device: str
+    #: Most tokens per text.
+    max_seq_length: int
+
+    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        """Embeddings of ``texts`` as float32 ``(len(texts), dimension)``; L2-normalized when ``normalize``."""
+        ...
+
+
+def load_embedder(
+    name_or_path: str | os.PathLike[str],
+    backend: str = "auto",
+    variant: str | None = None,
+    device: str | None = None,
+    max_seq_length: int | None = None,
+    **kwargs: Any,
+) -> Embedder:
+    """An :class:`Embedder` for a model folder (or a Hub name for the torch backend).
+
+    ``backend="onnx"`` loads the ONNX variant ``variant`` (default: the serving default the export marked) from the
+    model folder's ``onnx/`` files with onnxruntime and tokenizers only, no torch.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if backend == "auto":
+        backend, default_variant = _serving_default(name_or_path)
+        variant = variant or default_variant
+    if backend == "onnx":
+        from arxiv_embeddings.backends.onnx_embedder import load_onnx_embedder  # onnxruntime + tokenizers, no torch
+
+        return load_onnx_embedder(name_or_path, variant=variant, max_seq_length=max_seq_length, **kwargs)
+    from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
+
+    return TorchEmbedder(name_or_path, device=device, precision=variant or "fp32", max_seq_length=max_seq_length)
+
+
+def _serving_default(name_or_path: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """The backend and variant the export marked as the serving default; torch (fp32) without an export."""
+    from arxiv_embeddings.backends.onnx_embedder import serving_default
+
+    if not Path(name_or_path).is_dir():
+        return "torch", None
+    default = serving_default(name_or_path)
+    return (default[0], default[1]) if default else ("torch", None)
+
+
+def __getattr__(name: str) -> Any:
+    """``TorchEmbedder`` on first use, so that importing the interface never imports torch."""
+    if name == "TorchEmbedder":
+        from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
+
+        return TorchEmbedder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,230 @@
+"""Building an index: the corpus (the processed splits), its embeddings in resumable shards under
+``${paths.indexes_dir}/.embeddings/<key>``, and the FAISS index over them with its build report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from loguru import logger
+from omegaconf import DictConfig, OmegaConf
+
+from arxiv_embeddings.ann import make_index
+from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.index.format import METADATA_COLUMNS, Embeddings, ModelMismatchError
+from arxiv_embeddings.io import file_sha256, is_remote, parquet_file, read_json, read_parquet
+from arxiv_embeddings.vectors import normalize_rows
+
+if TYPE_CHECKING:
+    import faiss
+
+    from arxiv_embeddings.backends import Embedder
+
+
+@dataclass
+class Corpus:
+    """The papers to index: their metadata (row i = vector id i), where they come from, and their text."""
+
+    metadata: pa.Table
+    sources: list[dict[str, Any]]
+    #: The whole normalized table for a file corpus; None for processed splits (read in batches instead).
+    table: pa.Table | None = None
+
+    def __len__(self) -> int:
+        return int(self.metadata.num_rows)
+
+    def text_shards(self, size: int) -> Iterator[pa.Table]:
+        """``title`` / ``abstract`` columns of consecutive shards of ``size`` papers (the last one shorter)."""
+        if self.table is not None:
+            text = self.table.select(["title", "abstract"])
+            for start in range(0, text.num_rows, size):
+                yield text.slice(start, size)
+            return
+        pending: list[pa.Table] = []
+        held = 0
+        for source in self.sources:
+            with parquet_file(source["path"]) as f:
+                for batch in f.iter_batches(batch_size=min(size, 65_536), columns=["title", "abstract"]):
+                    pending.append(pa.Table.from_batches([batch]))
+                    held += batch.num_rows
+                    while held >= size:
+                        joined = pa.concat_tables(pending)
+                        yield joined.slice(0, size)
+                        rest = joined.slice(size)
+                        pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+        if held:
+            yield pa.concat_tables(pending)
+
+
+def load_corpus(cfg: DictConfig) -> Corpus:
+    """The processed splits named in ``index.corpus.splits``, or the file(s) at ``index.corpus.path``."""
+    import glob
+
+    from arxiv_embeddings.data import load_raw, normalize
+    from arxiv_embeddings.layout import split_path
+
+    c = cfg.index.corpus
+    if c.path is None:
+        sources, tables = [], []
+        for split in c.splits:
+            path = split_path(cfg, str(split))
+            table = read_parquet(path, columns=list(METADATA_COLUMNS))
+            sources.append(
+                {"split": str(split), "path": str(path), "sha256": file_sha256(path), "rows": table.num_rows}
+            )
+            tables.append(table)
+        metadata = pa.concat_tables(tables) if tables else pa.table({c: [] for c in METADATA_COLUMNS})
+        corpus = Corpus(metadata=metadata.combine_chunks(), sources=sources)
+        where = f"the processed split(s) {', '.join(map(str, c.splits))} at {cfg.paths.processed_dir}"
+    else:
+        data = OmegaConf.create({"source": "files", "path": str(c.path), "format": c.format, "columns": c.columns})
+        table, dropped = normalize(load_raw(data))
+        if dropped:
+            logger.warning(f"index: dropped {dropped:,} row(s) of {c.path} whose primary subject is not an arXiv code.")
+        paths = sorted(glob.glob(str(c.path))) if any(ch in str(c.path) for ch in "*?[") else [str(c.path)]
+        sources = [{"path": p, "sha256": file_sha256(p)} for p in paths]
+        sources[-1]["rows"] = table.num_rows
+        corpus = Corpus(metadata=table.select(list(METADATA_COLUMNS)).combine_chunks(), sources=sources, table=table)
+        where = f"index.corpus.path={c.path}"
+    if len(corpus) == 0:
+        raise ConfigError(
+            f"The corpus is empty: {where} hold(s) no papers, so there is nothing to index. Point index.corpus at "
+            "papers (run 'uv run inv preprocess', or set index.corpus.path to a file in the data schema)."
+        )
+    return corpus
+
+
+def embedding_key(fingerprint: str, embedder: Embedder, corpus: Corpus, text: str, shard_size: int) -> dict[str, Any]:
+    """What the vectors depend on; shards are reused only when all of it matches."""
+    return {
+        "model_fingerprint": fingerprint,
+        "backend": embedder.backend,
+        "variant": embedder.variant,
+        "max_seq_length": int(embedder.max_seq_length),
+        "dimension": int(embedder.dimension),
+        "text": text,
+        "corpus": [s["sha256"] for s in corpus.sources],
+        "count": len(corpus),
+        "shard_size": int(shard_size),
+    }
+
+
+def _valid_shard(path: Path, rows: int, dim: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        logger.warning(f"index: embedding shard {path} is unreadable ({err}); embedding it again.")
+        return False
+    if vectors.shape != (rows, dim) or vectors.dtype != np.float32:
+        logger.warning(f"index: embedding shard {path} has shape {vectors.shape}, expected {(rows, dim)}; redoing it.")
+        return False
+    return True
+
+
+def _save_npy(path: Path, vectors: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename: a shard file is complete or absent."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, vectors)
+    os.replace(tmp, path)
+
+
+def embed_corpus(
+    embedder: Embedder, corpus: Corpus, cache_dir: Path, text: str, shard_size: int, batch_size: int, key: dict
+) -> Embeddings:
+    """Embed the corpus shard by shard into ``cache_dir`` (normalized float32), reusing the shards already there.
+
+    Memory holds one shard's text and vectors at a time. A shard is written with a rename once it is complete, so
+    after a crash the next call with the same ``key`` (recorded in ``cache_dir/key.json``) embeds only the rest.
+    """
+    from tqdm import tqdm
+
+    from arxiv_embeddings.data import paper_text_array
+    from arxiv_embeddings.io import write_json
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key_file = cache_dir / "key.json"
+    if key_file.exists() and read_json(key_file) != key:
+        logger.warning(f"index: embedding cache {cache_dir} was made for other settings; starting it afresh.")
+        shutil.rmtree(cache_dir)
+        cache_dir.mkdir(parents=True)
+    write_json(key_file, key)
+    n, dim = len(corpus), int(embedder.dimension)
+    bounds = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+    paths = [cache_dir / f"shard-{i:05d}.npy" for i in range(len(bounds))]
+    done = [_valid_shard(p, hi - lo, dim) for p, (lo, hi) in zip(paths, bounds, strict=True)]
+    reused = sum(hi - lo for (lo, hi), ok in zip(bounds, done, strict=True) if ok)
+    if reused:
+        logger.info(f"index: reusing {sum(done)} embedding shard(s) ({reused:,} papers) from {cache_dir}.")
+    chunk = batch_size * 16
+    with tqdm(total=n, initial=reused, unit="paper", desc="embedding", dynamic_ncols=True) as bar:
+        for i, shard in enumerate(corpus.text_shards(shard_size)):
+            if done[i]:
+                continue
+            texts = paper_text_array(shard, text).to_pylist()
+            vectors = np.empty((len(texts), dim), dtype=np.float32)
+            for start in range(0, len(texts), chunk):
+                part = embedder.encode(texts[start : start + chunk], batch_size=batch_size, normalize=True)
+                if part.shape != (len(texts[start : start + chunk]), dim):
+                    raise ModelMismatchError(
+                        f"The embedder {embedder.name!r} returned vectors of shape {part.shape}, but declares "
+                        f"dimension {dim}; check the model folder (its pooling and dense layers)."
+                    )
+                vectors[start : start + len(part)] = part
+                bar.update(len(part))
+            _save_npy(paths[i], normalize_rows(vectors))
+    return Embeddings(folder=cache_dir, shards=paths, count=n, dimension=dim, reused=reused)
+
+
+def embeddings_dir(cfg: DictConfig, key: dict[str, Any]) -> Path:
+    """Shard folder for one embedding key: ``${paths.indexes_dir}/.embeddings/<hash of the key>``.
+
+    With the indexes in a bucket, the shards go to ``${paths.cache_dir}/embeddings/<hash>`` on local disk instead:
+    they are written one at a time as the embedding goes, and read back memory-mapped (several passes for
+    training, adding and measuring the index), which a bucket cannot do. The cost is that a build interrupted on one
+    machine resumes only on the same machine; on another one it embeds the corpus again.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    if is_remote(cfg.paths.indexes_dir):
+        return Path(cfg.paths.cache_dir) / "embeddings" / digest
+    return Path(cfg.paths.indexes_dir) / ".embeddings" / digest
+
+
+def model_location(cfg: DictConfig) -> str:
+    """The folder (or Hub name) ``index.model`` names: ``${paths.models_dir}/<run>/final`` for a run name (a
+    ``gs://`` URL with ``paths=gcs``)."""
+    from arxiv_embeddings.layout import model_location as locate
+
+    return locate(cfg, str(cfg.index.model))
+
+
+def build_index(
+    index_type: str, embeddings: Embeddings, ix: DictConfig, seed: int
+) -> tuple[faiss.Index, dict[str, Any]]:
+    """Train (IVF) and fill an index of ``index_type`` from the shards, one shard in memory at a time."""
+    from tqdm import tqdm
+
+    index, params = make_index(index_type, embeddings.dimension, embeddings.count, ix)
+    if not index.is_trained:
+        size = int(params.get("train_size") or embeddings.count)
+        rng = np.random.default_rng([int(seed), 11])
+        rows = np.sort(rng.choice(embeddings.count, size=min(size, embeddings.count), replace=False))
+        logger.info(f"index: training {params.get('factory', index_type)} on {len(rows):,} vectors.")
+        index.train(embeddings.rows(rows))
+    with tqdm(total=embeddings.count, unit="vector", desc=f"adding ({index_type})", dynamic_ncols=True) as bar:
+        for _, vectors in embeddings.iter_shards():
+            for lo in range(0, vectors.shape[0], 65_536):
+                block = np.ascontiguousarray(vectors[lo : lo + 65_536], dtype=np.float32)
+                index.add(block)
+                bar.update(block.shape[0])
+    return index, params

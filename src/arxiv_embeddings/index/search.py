@@ -1,0 +1,242 @@
+"""Searching a built index: :class:`PaperIndex` (load, verify, search by vectors, text or arXiv id) and
+:func:`query_embedder`, the embedder that matches the model an index was built with (the search CLI and the API)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+
+from arxiv_embeddings.ann import apply_search_params
+from arxiv_embeddings.index.format import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    METADATA_COLUMNS,
+    METADATA_FILE,
+    IndexCorruptedError,
+    IndexNotFoundError,
+    ModelMismatchError,
+    UnknownPaperError,
+    check_model,
+)
+from arxiv_embeddings.io import file_sha256, read_json
+from arxiv_embeddings.vectors import normalize_rows
+
+if TYPE_CHECKING:
+    import faiss
+
+    from arxiv_embeddings.backends import Embedder
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a paper and its cosine similarity to the query."""
+
+    arxiv_id: str
+    title: str
+    primary_subject: str
+    score: float
+
+
+class PaperIndex:
+    """A FAISS index over paper embeddings with the papers' metadata, row ``i`` = vector id ``i``."""
+
+    def __init__(self, index: faiss.Index, metadata: pa.Table, manifest: dict[str, Any], path: Path | None = None):
+        if index.ntotal != metadata.num_rows:
+            raise IndexCorruptedError(
+                f"The index holds {index.ntotal} vectors but its metadata {metadata.num_rows} rows"
+                + (f" at {path}" if path else "")
+                + "; rebuild it with 'uv run inv index --force'."
+            )
+        self.index = index
+        self.metadata = metadata.select(list(METADATA_COLUMNS)).combine_chunks()
+        self.manifest = manifest
+        self.path = path
+        self.dimension = int(index.d)
+        self._ids: tuple[np.ndarray, np.ndarray] | None = None
+        self._ids_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | Path, expected_model: str | None = None, verify: bool = True) -> PaperIndex:
+        """Load the index in folder ``path``.
+
+        ``expected_model``: the model (folder, run folder, or Hub name) that will embed the queries; loading fails
+        with :class:`ModelMismatchError` unless it is the model that built the index (same file fingerprint for a
+        local folder, same name otherwise). ``verify`` checks the files' sha256 against the manifest (about 1 s
+        per GB); sizes and counts are always checked.
+        """
+        import faiss
+
+        path = Path(path)
+        manifest_path = path / MANIFEST_FILE
+        if not manifest_path.exists():
+            raise IndexNotFoundError(
+                f"No index at {path} (no {MANIFEST_FILE}); build one with 'uv run inv index' "
+                "(or point to another folder with index.name=... / paths.root_dir=...)."
+            )
+        fix = "rebuild it with 'uv run inv index --force'."
+        try:
+            manifest = read_json(manifest_path)
+            files = manifest["files"]
+            count, dimension = int(manifest["count"]), int(manifest["dimension"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise IndexCorruptedError(f"Unreadable index manifest {manifest_path} ({err}); {fix}") from err
+        for name in (INDEX_FILE, METADATA_FILE):
+            file = path / name
+            info = files.get(name) or {}
+            if not file.exists():
+                raise IndexCorruptedError(f"Index file {file} is missing; {fix}")
+            size = file.stat().st_size
+            if size != info.get("bytes"):
+                raise IndexCorruptedError(
+                    f"Index file {file} has {size} bytes, its manifest records {info.get('bytes')}; {fix}"
+                )
+            if verify and file_sha256(file) != info.get("sha256"):
+                raise IndexCorruptedError(f"Index file {file} does not match the sha256 its manifest records; {fix}")
+        if expected_model is not None:
+            check_model(manifest, expected_model, path)
+        try:
+            index = faiss.read_index(str(path / INDEX_FILE))
+        except RuntimeError as err:
+            raise IndexCorruptedError(f"FAISS cannot read {path / INDEX_FILE} ({str(err).strip()}); {fix}") from err
+        try:
+            metadata = pq.read_table(path / METADATA_FILE, columns=list(METADATA_COLUMNS))
+        except (OSError, pa.ArrowException) as err:
+            raise IndexCorruptedError(f"Cannot read {path / METADATA_FILE} ({err}); {fix}") from err
+        if index.ntotal != count or metadata.num_rows != count or index.d != dimension:
+            raise IndexCorruptedError(
+                f"Index at {path}: manifest says {count} vectors of dimension {dimension}, the FAISS file holds "
+                f"{index.ntotal} of dimension {index.d} and the metadata {metadata.num_rows} rows; {fix}"
+            )
+        apply_search_params(index, manifest.get("index_type", ""), manifest.get("index_params") or {})
+        return cls(index, metadata, manifest, path)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"PaperIndex({m.get('index_type')}, {len(self)} papers, dim {self.dimension}, model {m.get('model')})"
+
+    # ------------------------------------------------------------------------------------------- search
+    def _check_dimension(self, dim: int, what: str) -> None:
+        if dim != self.dimension:
+            raise ModelMismatchError(
+                f"{what} dimension {dim}, but the index at {self.path} holds {self.dimension}-d vectors of model "
+                f"{self.manifest.get('model')!r}; embed the queries with that model, or build an index for yours "
+                "with 'uv run inv index --overrides index.model=...'."
+            )
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        valid = ids >= 0
+        rows = ids[valid]
+        table = self.metadata.take(pa.array(rows, type=pa.int64())) if len(rows) else None
+        columns = {c: table.column(c).to_pylist() for c in METADATA_COLUMNS} if table is not None else {}
+        out: list[list[Hit]] = []
+        pos = 0
+        for q in range(ids.shape[0]):
+            hits = []
+            for j in range(ids.shape[1]):
+                if not valid[q, j]:
+                    continue
+                hits.append(
+                    Hit(
+                        arxiv_id=columns["arxiv_id"][pos],
+                        title=columns["title"][pos],
+                        primary_subject=columns["primary_subject"][pos],
+                        score=float(scores[q, j]),
+                    )
+                )
+                pos += 1
+            out.append(hits)
+        return out
+
+    def _raw_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        vectors = np.asarray(vectors)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2:
+            raise ValueError(f"Query vectors must be a 2-D array (n, {self.dimension}); got shape {vectors.shape}.")
+        self._check_dimension(vectors.shape[1], "Query vectors have")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer; got {k!r}.")
+        k = min(int(k), len(self))
+        if vectors.shape[0] == 0 or k == 0:
+            return np.zeros((vectors.shape[0], 0), np.float32), np.zeros((vectors.shape[0], 0), np.int64)
+        scores, ids = self.index.search(normalize_rows(vectors), k)
+        return scores, ids
+
+    def search(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """The ``k`` nearest papers of each query vector (rows of ``vectors``, normalized here), best first."""
+        return self._hits(*self._raw_search(vectors, k))
+
+    def search_text(self, embedder: Embedder, texts: list[str], k: int = 10) -> list[list[Hit]]:
+        """Embed ``texts`` with ``embedder`` (see :mod:`arxiv_embeddings.backends`) and :meth:`search` them."""
+        self._check_dimension(int(embedder.dimension), f"The embedder {embedder.name!r} makes vectors of")
+        if not texts:
+            return []
+        return self.search(embedder.encode(list(texts), normalize=True), k)
+
+    def row_of(self, arxiv_id: str) -> int:
+        """Vector id (metadata row) of a paper; :class:`UnknownPaperError` when it is not indexed."""
+        from arxiv_embeddings.data import hash_strings
+
+        with self._ids_lock:
+            if self._ids is None:
+                keys = hash_strings(self.metadata.column("arxiv_id"))
+                order = np.argsort(keys, kind="stable")
+                self._ids = (keys[order], order)
+        keys, order = self._ids
+        key = hash_strings(pa.array([str(arxiv_id)]))[0]
+        column = self.metadata.column("arxiv_id")
+        start, stop = np.searchsorted(keys, key, side="left"), np.searchsorted(keys, key, side="right")
+        for row in order[start:stop]:
+            if column[int(row)].as_py() == arxiv_id:
+                return int(row)
+        raise UnknownPaperError(arxiv_id, self.path)
+
+    def paper(self, arxiv_id: str) -> dict[str, str]:
+        """Metadata of an indexed paper: ``arxiv_id``, ``title``, ``primary_subject``."""
+        row = self.metadata.slice(self.row_of(arxiv_id), 1).to_pylist()[0]
+        return {c: str(row[c]) for c in METADATA_COLUMNS}
+
+    def vector(self, row: int) -> np.ndarray:
+        """The stored vector of a row (for IVF-PQ, its compressed approximation)."""
+        return np.asarray(self.index.reconstruct(int(row)), dtype=np.float32)
+
+    def search_id(self, arxiv_id: str, k: int = 10) -> list[Hit]:
+        """Papers like paper ``arxiv_id``: the ``k`` nearest to its vector, itself (and copies of its id) excluded."""
+        row = self.row_of(arxiv_id)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer; got {k!r}.")
+        scores, ids = self._raw_search(self.vector(row)[None, :], int(k) + 1)
+        hits = [h for i, h in zip(ids[0], self._hits(scores, ids)[0], strict=False) if i != row]
+        return [h for h in hits if h.arxiv_id != arxiv_id][: int(k)]
+
+
+def query_embedder(index: PaperIndex, cfg: DictConfig | None = None, device: str | None = None) -> Embedder:
+    """The embedder of the model that built ``index`` (its folder as recorded, else its name resolved through
+    ``cfg``'s paths), with the backend, variant and length it used; checked against the index's fingerprint."""
+    from arxiv_embeddings.backends import load_embedder
+
+    m = index.manifest
+    location = str(m.get("model_location") or m.get("model"))
+    if not Path(location).is_dir() and cfg is not None:
+        from arxiv_embeddings.layout import model_location as locate
+
+        location = locate(cfg, str(m.get("model")))
+    check_model(m, location, index.path or "")
+    return load_embedder(
+        location,
+        backend=str(m.get("backend", "auto")),
+        variant=m.get("variant"),
+        device=device,
+        max_seq_length=m.get("max_seq_length"),
+    )

@@ -1,0 +1,223 @@
+"""The index stage: ``validate(cfg)``, ``run(cfg)``, its :class:`~arxiv_embeddings.stage.StageSpec` and the
+``@hydra.main`` entry point of ``python -m arxiv_embeddings.index``."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+from loguru import logger
+from omegaconf import DictConfig, OmegaConf
+
+from arxiv_embeddings.ann import INDEX_TYPES
+from arxiv_embeddings.backends.loading import model_fingerprint, model_folder
+from arxiv_embeddings.config import CONFIG_DIR, check_int, check_missing, choose, require, require_in, to_plain
+from arxiv_embeddings.index.build import (
+    build_index,
+    embed_corpus,
+    embedding_key,
+    embeddings_dir,
+    load_corpus,
+    model_location,
+)
+from arxiv_embeddings.index.format import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    METADATA_FILE,
+    SCHEMA_VERSION,
+    index_dir,
+    index_name,
+)
+from arxiv_embeddings.index.quality import evaluate_index
+from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote
+from arxiv_embeddings.stage import StageSpec
+
+if TYPE_CHECKING:
+    pass
+
+
+# --------------------------------------------------------------------------------------------- validation
+def validate(cfg: DictConfig) -> None:
+    """Check the ``index`` settings before any work, naming the offending key and the fix."""
+    from arxiv_embeddings.backends import BACKENDS
+    from arxiv_embeddings.data import TEXT_FIELDS
+    from arxiv_embeddings.layout import SPLITS
+
+    check_missing(cfg)
+    ix = cfg.index
+    require(
+        bool(str(ix.model or "").strip()), "index.model", "is empty; pass a run name, a model folder or a Hub name."
+    )
+    require_in("index.backend", ix.backend, BACKENDS)
+    choose("index.type", str(ix.type), INDEX_TYPES)
+    require_in("index.text", ix.text, TEXT_FIELDS)
+    if ix.corpus.path is None:
+        splits = ix.corpus.splits
+        require(
+            OmegaConf.is_list(splits) and len(splits) > 0,
+            "index.corpus.splits",
+            f"got {splits!r}; list the processed splits to index, e.g. [train, eval, test], or set index.corpus.path.",
+        )
+        for split in splits:
+            require_in("index.corpus.splits", split, SPLITS)
+        require(len(set(splits)) == len(splits), "index.corpus.splits", f"got {list(splits)}; name each split once.")
+    else:
+        require(bool(str(ix.corpus.path).strip()), "index.corpus.path", "is empty; give a file or a glob, or null.")
+    check_int(ix.encode.batch_size, "index.encode.batch_size")
+    check_int(ix.encode.max_seq_length, "index.encode.max_seq_length", optional=True)
+    check_int(ix.shard_size, "index.shard_size")
+    check_int(ix.hnsw.m, "index.hnsw.m", minimum=2)
+    check_int(ix.hnsw.ef_construction, "index.hnsw.ef_construction")
+    check_int(ix.hnsw.ef_search, "index.hnsw.ef_search")
+    check_int(ix.ivf.nlist, "index.ivf.nlist", optional=True)
+    check_int(ix.ivf.nprobe, "index.ivf.nprobe")
+    check_int(ix.ivf.pq_m, "index.ivf.pq_m", minimum=0)
+    check_int(ix.ivf.pq_nbits, "index.ivf.pq_nbits")
+    require(ix.ivf.pq_nbits <= 16, "index.ivf.pq_nbits", f"got {ix.ivf.pq_nbits}; expected 1 to 16 (8 is usual).")
+    check_int(ix.ivf.refine_k_factor, "index.ivf.refine_k_factor", minimum=0)
+    check_int(ix.ivf.train_size, "index.ivf.train_size", optional=True)
+    check_int(ix.ivf.kmeans_iterations, "index.ivf.kmeans_iterations")
+    check_int(ix.eval.queries, "index.eval.queries", minimum=0)
+    check_int(ix.eval.k, "index.eval.k")
+    r = ix.eval.min_recall
+    require(
+        r is None or (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1),
+        "index.eval.min_recall",
+        f"got {r!r}; expected a number from 0 to 1, or null.",
+    )
+    check_int(ix.threads, "index.threads", optional=True)
+    name = index_name(cfg)
+    require(
+        bool(name) and name not in {".", ".."} and "/" not in name and "\\" not in name and not name.startswith("."),
+        "index.name",
+        f"got {name!r}; an index name is one folder name (no '/', not starting with '.').",
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Embed the corpus, build the index, measure it, and write it (all files at once, or none)."""
+    import faiss
+    import psutil
+
+    from arxiv_embeddings.backends import load_embedder
+    from arxiv_embeddings.io import write_json, write_parquet
+
+    validate(cfg)
+    started = time.perf_counter()
+    ix = cfg.index
+    if ix.threads:
+        faiss.omp_set_num_threads(int(ix.threads))
+    from arxiv_embeddings.backends.loading import fetch_model
+
+    location = model_location(cfg)  # fails on a missing run or folder before any work
+    local = fetch_model(location, cfg.paths.cache_dir)  # a model in a bucket: its local copy
+    corpus = load_corpus(cfg)
+    embedder = load_embedder(
+        local,
+        backend=str(ix.backend),
+        variant=ix.variant,
+        device=ix.encode.device,
+        max_seq_length=ix.encode.max_seq_length,
+    )
+    folder = model_folder(local)
+    fingerprint = model_fingerprint(folder) if folder is not None else f"name:{location}"
+    key = embedding_key(fingerprint, embedder, corpus, str(ix.text), int(ix.shard_size))
+    cache = embeddings_dir(cfg, key)
+    t0 = time.perf_counter()
+    embeddings = embed_corpus(embedder, corpus, cache, str(ix.text), int(ix.shard_size), int(ix.encode.batch_size), key)
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index, params = build_index(str(ix.type), embeddings, ix, int(cfg.seed))
+    build_s = time.perf_counter() - t0
+    report = evaluate_index(index, embeddings, int(ix.eval.queries), int(ix.eval.k), int(cfg.seed))
+    recall = report.get(f"recall_at_{ix.eval.k}")
+    if recall is not None and ix.eval.min_recall is not None and recall < float(ix.eval.min_recall):
+        knob = {"hnsw": "index.hnsw.ef_search", "ivf": "index.ivf.nprobe (or refine_k_factor for IVF-PQ)"}
+        logger.warning(
+            f"index: recall@{ix.eval.k} {recall:.3f} is below index.eval.min_recall={ix.eval.min_recall}; raise "
+            f"{knob.get(str(ix.type), 'the search parameters')} and rebuild."
+        )
+    out_dir = index_dir(cfg)
+    with atomic_dir(out_dir) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        write_parquet(corpus.metadata, tmp / METADATA_FILE)
+        files = {
+            n: {"sha256": file_sha256(tmp / n), "bytes": (tmp / n).stat().st_size} for n in (INDEX_FILE, METADATA_FILE)
+        }
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": out_dir.name,
+            "model": str(ix.model),
+            "model_location": location if is_remote(location) or folder is None else str(Path(folder).resolve()),
+            "model_fingerprint": fingerprint,
+            "backend": embedder.backend,
+            "variant": embedder.variant,
+            "max_seq_length": int(embedder.max_seq_length),
+            "dimension": embeddings.dimension,
+            "count": len(corpus),
+            "metric": "inner_product (cosine of L2-normalized vectors)",
+            "index_type": str(ix.type),
+            "index_params": params,
+            "text": str(ix.text),
+            "corpus": corpus.sources,
+            "build": {
+                **report,
+                "embed_s": round(embed_s, 2),
+                "reused_papers": embeddings.reused,
+                "build_s": round(build_s, 2),
+                "index_bytes": files[INDEX_FILE]["bytes"],
+                "rss_bytes": psutil.Process().memory_info().rss,
+                "faiss_threads": faiss.omp_get_max_threads(),
+            },
+            "files": files,
+            "config": to_plain(ix),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(tmp / MANIFEST_FILE, manifest)
+    if not ix.keep_embeddings:
+        shutil.rmtree(cache, ignore_errors=True)
+    rec = f"recall@{ix.eval.k} {recall:.3f} vs exact, " if recall is not None else ""
+    qps = report.get("queries_per_s")
+    logger.success(
+        f"index: {ix.type} over {len(corpus):,} papers (dim {embeddings.dimension}, {embedder.backend}/"
+        f"{embedder.variant}), {rec}{qps if qps is not None else '-'} queries/s; wrote {out_dir} in "
+        f"{time.perf_counter() - started:.1f}s."
+    )
+    return {"dir": out_dir, "manifest": manifest, "embeddings": cache}
+
+
+def _inputs(cfg: DictConfig) -> list[Path]:
+    import glob
+
+    c = cfg.index.corpus
+    if c.path is None:
+        files = [artifact_path(cfg.paths.processed_dir) / f"{s}.parquet" for s in c.splits]
+    else:
+        files = [Path(p) for p in sorted(glob.glob(str(c.path)))] or [Path(str(c.path))]
+    try:
+        location = model_location(cfg)
+    except FileNotFoundError:
+        return files
+    folder = artifact_path(location) if is_remote(location) else model_folder(location)
+    return [*([folder] if folder is not None else []), *files]
+
+
+SPEC = StageSpec(
+    name="index",
+    run=run,
+    inputs=_inputs,
+    outputs=lambda cfg: [index_dir(cfg) / n for n in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE)],
+    stamp_dir=index_dir,
+    validate=validate,
+    config_keys=("index", "seed"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="index")
+def main(cfg: DictConfig) -> None:
+    from arxiv_embeddings.stage import cli_main
+
+    cli_main(SPEC, cfg)
