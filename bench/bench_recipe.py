@@ -74,7 +74,7 @@ def main() -> None:
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
-    from arxiv_embeddings.evaluate import load_fresh
+    from arxiv_embeddings.evaluation import load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from arxiv_embeddings import evaluate
+from arxiv_embeddings import evaluate, evaluation
 from arxiv_embeddings.backends.loading import ModelNotFoundError
 from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.stage import execute
@@ -49,7 +49,7 @@ def test_run_name_resolves_to_the_final_model_and_writes_the_report(tiny_result:
     out = project / "reports" / "tiny"
     assert tiny_result["dir"] == out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert tuple(metrics) == evaluate.METRICS_KEYS
+    assert tuple(metrics) == evaluation.METRICS_KEYS
     assert metrics["run"] == "tiny" and metrics["kind"] == "sentence-transformers" and metrics["split"] == "test"
     assert metrics["features"]["model_path"] == str(project / "models" / "tiny" / "final")
     for name in ("per_subject_precision.png", "confusion_matrix.png", "embedding_map.png"):
@@ -143,11 +143,11 @@ def test_tsne_map(tmp_path: Path) -> None:
 def test_a_model_folder_path_and_report_name(project: Path, processed_root: Path, make_cfg) -> None:
     model = project / "models" / "tiny" / "final"
     cfg = make_cfg("evaluate", project, eval_overrides(processed_root, f"evaluate.model={model}"))
-    assert evaluate.report_name(cfg) == "tiny"
-    assert evaluate.local_model_dir(cfg) == model
+    assert evaluation.report_name(cfg) == "tiny"
+    assert evaluation.local_model_dir(cfg) == model
     hub = make_cfg("evaluate", project, ["evaluate.model=sentence-transformers/all-MiniLM-L6-v2"])
-    assert evaluate.report_name(hub) == "all-MiniLM-L6-v2"
-    assert evaluate.local_model_dir(hub) is None
+    assert evaluation.report_name(hub) == "all-MiniLM-L6-v2"
+    assert evaluation.local_model_dir(hub) is None
 
 
 @pytest.mark.parametrize(
@@ -240,13 +240,13 @@ def test_fresh_papers_that_a_split_holds_are_left_out(
     path = tmp_path / "mixed.parquet"
     mixed.to_parquet(path)
     cfg = make_cfg("evaluate", project, eval_overrides(processed_root, "run_name=tiny", f"evaluate.fresh.path={path}"))
-    kept, info = evaluate.load_fresh(cfg)
+    kept, info = evaluation.load_fresh(cfg)
     assert info["file_papers"] == len(mixed) and info["dropped_seen"] == 8
     assert info["dropped_small_subjects"] == 4  # 4 < evaluate.fresh.min_per_subject (5)
     assert sorted(kept.column("arxiv_id").to_pylist()) == sorted(fresh.arxiv_id)
 
     with pytest.raises(FileNotFoundError, match=r"evaluate\.fresh\.path=.*evaluate\.fresh\.enabled=false"):
-        evaluate.load_fresh(make_cfg("evaluate", project, [f"evaluate.fresh.path={tmp_path / 'none.parquet'}"]))
+        evaluation.load_fresh(make_cfg("evaluate", project, [f"evaluate.fresh.path={tmp_path / 'none.parquet'}"]))
 
 
 def test_fresh_check_off_and_each_model_at_its_own_length(

@@ -284,7 +284,7 @@ def stage_bucket(gcs, processed_root: Path, tiny_model_dir: Path) -> str:
 def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
     gcs, stage_bucket: str, tmp_path: Path, processed_root: Path, tiny_model_dir: Path, make_cfg
 ) -> None:
-    from arxiv_embeddings import baseline, evaluate
+    from arxiv_embeddings import baseline, evaluate, evaluation
     from arxiv_embeddings.report import compare
 
     fs, prefix = gcs, stage_bucket
@@ -314,7 +314,7 @@ def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
 
     # Unchanged: skipped, from the stamp and the checksums in the bucket; the model is not downloaded again.
     assert execute(evaluate.SPEC, compose("evaluate", [*remote, *EVAL])) is None
-    assert evaluate.model_source(compose("evaluate", [*remote, *EVAL])) == str(copies[0])
+    assert evaluation.model_source(compose("evaluate", [*remote, *EVAL])) == str(copies[0])
     assert [p for p in (tmp_path / "cache").glob("*/*") if p.is_dir()] == copies
     assert copies[0].stat().st_mtime_ns == copied_at
 

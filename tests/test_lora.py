@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from http_helpers import send_json
 
-from arxiv_embeddings import baseline, evaluate, pairs, train
+from arxiv_embeddings import baseline, evaluate, evaluation, pairs, train
 from arxiv_embeddings.backends.loading import load_model
 from arxiv_embeddings.backends.lora import ADAPTER_CONFIG, add_lora, is_adapter_dir
 from arxiv_embeddings.config import ConfigError, compose
@@ -334,11 +334,11 @@ def test_faiss_title_abstract_search_matches_exact_search() -> None:
     abstracts /= np.linalg.norm(abstracts, axis=1, keepdims=True)
     cutoffs = RankingCutoffs(precision_recall_at=(1, 10), accuracy_at=(), mrr_at=(10,), ndcg_at=(), map_at=())
     exact = paired_retrieval(titles, abstracts, cutoffs=cutoffs).summary()
-    flat, info = evaluate.faiss_paired_retrieval(titles, abstracts, cutoffs, "flat")
+    flat, info = evaluation.faiss_paired_retrieval(titles, abstracts, cutoffs, "flat")
     assert info == {"search": "faiss-flat"}
     assert flat.summary() == pytest.approx(exact)
     assert 0.2 < exact["recall@1"] < 1.0 and exact["precision@10"] == pytest.approx(exact["recall@10"] / 10)
-    hnsw, info = evaluate.faiss_paired_retrieval(
+    hnsw, info = evaluation.faiss_paired_retrieval(
         titles, abstracts, cutoffs, "hnsw", {"m": 16, "ef_construction": 40, "ef_search": 64}
     )
     assert info["search"] == "faiss-hnsw" and info["index_params"]["ef_search"] == 64

@@ -35,7 +35,7 @@ from arxiv_embeddings.config import (
     to_plain,
 )
 from arxiv_embeddings.data import paper_text
-from arxiv_embeddings.evaluate import (
+from arxiv_embeddings.evaluation import (
     EvalData,
     Features,
     check_report_name,

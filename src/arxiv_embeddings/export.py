@@ -72,7 +72,7 @@ from arxiv_embeddings.config import (
     to_plain,
 )
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text
-from arxiv_embeddings.evaluate import read_sample
+from arxiv_embeddings.evaluation import read_sample
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, write_json
 from arxiv_embeddings.layout import as_path, model_location, split_path
 from arxiv_embeddings.stage import StageSpec

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from arxiv_embeddings.evaluate import METRICS_FILE, PLOTS_DIR, REPORT_FILE
+from arxiv_embeddings.evaluation import METRICS_FILE, PLOTS_DIR, REPORT_FILE
 from arxiv_embeddings.io import atomic_dir
 from arxiv_embeddings.report import COMPARISON_FILE, REFERENCE_RUN, compare, gains_over_reference, load_reports
 

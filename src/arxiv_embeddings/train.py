@@ -660,7 +660,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     from arxiv_embeddings.backends.loading import default_device, load_model
     from arxiv_embeddings.layout import pairs_path
-    from arxiv_embeddings.pairs import MANIFEST as PAIRS_MANIFEST
+    from arxiv_embeddings.pairing import MANIFEST as PAIRS_MANIFEST
 
     validate(cfg)
     started = time.perf_counter()

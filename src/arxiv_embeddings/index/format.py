@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -15,22 +15,10 @@ from omegaconf import DictConfig
 from arxiv_embeddings.backends.loading import model_fingerprint, model_folder
 from arxiv_embeddings.io import artifact_path
 
-if TYPE_CHECKING:
-    pass
-
-
 SCHEMA_VERSION = 1
-
-
 INDEX_FILE = "index.faiss"
-
-
 METADATA_FILE = "metadata.parquet"
-
-
 MANIFEST_FILE = "manifest.json"
-
-
 METADATA_COLUMNS = ("arxiv_id", "title", "primary_subject")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hydra
 from loguru import logger
@@ -35,11 +35,7 @@ from arxiv_embeddings.index.quality import evaluate_index
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote
 from arxiv_embeddings.stage import StageSpec
 
-if TYPE_CHECKING:
-    pass
 
-
-# --------------------------------------------------------------------------------------------- validation
 def validate(cfg: DictConfig) -> None:
     """Check the ``index`` settings before any work, naming the offending key and the fix."""
     from arxiv_embeddings.backends import BACKENDS

@@ -1,0 +1,130 @@
+"""Turning papers into the vectors that are scored: a model loaded at its own (served) length and precision, or
+any ``encode(texts, what)`` (TF-IDF, a hosted API), into :class:`Features` for the test, train and fresh papers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from loguru import logger
+from omegaconf import DictConfig
+
+from arxiv_embeddings.data import paper_text
+from arxiv_embeddings.evaluation.data import EvalData
+from arxiv_embeddings.evaluation.settings import model_source
+from arxiv_embeddings.io import is_remote
+from arxiv_embeddings.layout import ModelNotFoundError, model_location
+from arxiv_embeddings.metrics import (
+    Matrix,
+)
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+@dataclass
+class Features:
+    """Vectors (dense embeddings or sparse TF-IDF rows) of everything the evaluation scores."""
+
+    papers: Matrix  # test papers, text = evaluate.text
+    titles: Matrix  # test titles (title -> abstract queries)
+    abstracts: Matrix  # test abstracts (title -> abstract corpus)
+    train: Matrix  # train papers for the classifier, text = evaluate.text
+    info: dict[str, Any] = field(default_factory=dict)
+    fresh: Matrix | None = None  # the generalization check's papers, text = evaluate.text
+
+
+def _torch_dtype(precision: str, device: str) -> Any:
+    import torch
+
+    from arxiv_embeddings.backends.loading import best_precision
+
+    if precision == "auto":
+        precision = best_precision(device)
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _fit_seq_length(model: SentenceTransformer, wanted: int) -> None:
+    """Lower ``max_seq_length`` to what the model's tokenizer accepts (longer inputs would not fit its positions)."""
+    limit = int(getattr(getattr(model, "tokenizer", None), "model_max_length", 0) or 0)
+    if 0 < limit < wanted:
+        logger.warning(f"evaluate.encode.max_seq_length={wanted} is more than this model accepts; using {limit}.")
+        model.max_seq_length = limit
+
+
+def _embedding_dim(model: SentenceTransformer) -> int:
+    # sentence-transformers 5.x renamed get_sentence_embedding_dimension to get_embedding_dimension.
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter() or 0)
+
+
+def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTransformer, dict[str, Any]]:
+    """Load the model to evaluate, on the configured device and precision."""
+    from arxiv_embeddings.backends.loading import default_device, load_model
+
+    enc = cfg.evaluate.encode
+    remote = model_location(cfg, model)
+    location = model_source(cfg, model)
+    device = str(enc.device or default_device())
+    wanted = int(enc.max_seq_length) if enc.max_seq_length else None
+    try:
+        st = load_model(location, device=device, max_seq_length=wanted)
+    except ModelNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"Could not load {location!r} as a sentence-transformers model ({type(err).__name__}: {err}). Expected a "
+            "run name with a model at models/<run>/final, a model folder, or a Hub name that is in the local Hugging "
+            "Face cache or can be downloaded."
+        ) from err
+    if wanted:
+        _fit_seq_length(st, wanted)
+    dtype = _torch_dtype(str(enc.precision), device)
+    st.to(dtype)
+    info = {
+        "kind": "sentence-transformers",
+        "model_path": remote if is_remote(remote) else location,
+        "device": device,
+        "precision": str(dtype).removeprefix("torch."),
+        "max_seq_length": int(st.max_seq_length or 0),
+        "batch_size": int(enc.batch_size),
+        "dim": _embedding_dim(st),
+    }
+    return st, info
+
+
+def encode_texts(model: SentenceTransformer, texts: list[str], batch_size: int, what: str) -> np.ndarray:
+    """L2-normalized float32 embeddings of ``texts``, in batches, with a progress bar."""
+    logger.info(f"Encoding {len(texts):,} {what}.")
+    emb = model.encode(
+        texts,
+        batch_size=batch_size,
+        show_progress_bar=True,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+    )
+    return np.asarray(emb, dtype=np.float32)
+
+
+def features_from(encode: Callable[[list[str], str], Matrix], data: EvalData, text: str) -> Features:
+    """The test papers (``text``), titles and abstracts, and the classifier's train papers, as ``encode(texts,
+    what)`` turns them into vectors; no text is encoded twice (papers reuse the titles or abstracts when ``text`` is
+    one of them)."""
+    titles = encode(paper_text(data.test, "title"), "test titles")
+    abstracts = encode(paper_text(data.test, "abstract"), "test abstracts")
+    papers = {"title": titles, "abstract": abstracts}.get(text)
+    if papers is None:
+        papers = encode(paper_text(data.test, text), f"test papers ({text})")
+    train = encode(paper_text(data.train, text), f"train papers ({text}) for the classifier")
+    fresh = None
+    if data.fresh is not None and data.fresh.num_rows >= 2:
+        fresh = encode(paper_text(data.fresh, text), f"fresh papers ({text}) for the generalization check")
+    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train, fresh=fresh)
+
+
+def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig) -> Features:
+    """Embed the test papers, titles and abstracts, and the classifier's train papers (no text encoded twice)."""
+    bs = int(cfg.evaluate.encode.batch_size)
+    return features_from(lambda texts, what: encode_texts(model, texts, bs, what), data, str(cfg.evaluate.text))

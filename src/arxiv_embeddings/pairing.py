@@ -1,0 +1,101 @@
+"""What the pairs and label stages share: a pair folder's manifest name, the split each pair file is drawn from,
+each pair type's columns, the sampling modes, the subject index that draws same- and other-subject partners, the
+Jaccard overlap of two papers' subjects, and how a pair file is written (dictionary-encoded parquet)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from arxiv_embeddings.config import ConfigError
+
+MANIFEST = "manifest.json"
+# Which split each pair file is drawn from; "test" is deliberately absent.
+PAIR_SPLITS = {"train": "num_train", "eval": "num_eval"}
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "anchor_positive": ("anchor", "positive"),
+    "contrastive": ("sentence1", "sentence2", "label"),
+    "graded": ("sentence1", "sentence2", "score"),
+    "title_abstract": ("anchor", "positive"),
+    "labelled": ("text", "label"),
+}
+WITH_NEGATIVES = ("anchor_positive", "title_abstract")
+SAMPLING = ("balanced", "frequency")
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+@dataclass
+class SubjectIndex:
+    """Papers grouped by primary subject: ``order[offsets[s]:offsets[s + 1]]`` are the rows of subject ``s``."""
+
+    codes: np.ndarray  # subject index of each paper
+    names: list[str]
+    order: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def from_table(cls, papers: pa.Table) -> SubjectIndex:
+        enc = pc.dictionary_encode(papers.column("primary_subject")).combine_chunks()
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        counts = np.bincount(codes, minlength=len(enc.dictionary))
+        return cls(
+            codes, enc.dictionary.to_pylist(), np.argsort(codes, kind="stable"), np.r_[0, np.cumsum(counts)], counts
+        )
+
+    def same_subject(self, n: int, rng: np.random.Generator, sampling: str) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` pairs of two different papers of one subject; subjects drawn uniformly or by paper count."""
+        valid = np.flatnonzero(self.counts >= 2)
+        if len(valid) == 0:
+            raise ConfigError(
+                "No primary subject has 2 or more papers in this split, so same-subject pairs are impossible; "
+                "lower preprocess.min_per_subject or use more papers."
+            )
+        if sampling == "balanced":
+            subj = valid[rng.integers(0, len(valid), n)]
+        else:  # frequency: a random paper's subject, so subjects come in proportion to their size
+            weights = np.where(self.counts >= 2, self.counts, 0).astype(np.float64)
+            subj = rng.choice(len(self.counts), size=n, p=weights / weights.sum())
+        size = self.counts[subj]
+        i = rng.integers(0, size)
+        j = (i + 1 + rng.integers(0, size - 1)) % size  # any other member of the subject
+        base = self.offsets[subj]
+        return self.order[base + i], self.order[base + j]
+
+    def other_subject(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each row, a random paper of a different primary subject (subjects uniformly)."""
+        n_subj = len(self.counts)
+        if n_subj < 2:
+            raise ConfigError("Negatives need at least 2 primary subjects in the split; this one has 1.")
+        subj = (self.codes[rows] + 1 + rng.integers(0, n_subj - 1, len(rows))) % n_subj
+        return self.order[self.offsets[subj] + rng.integers(0, self.counts[subj])]
+
+
+def jaccard(subjects: pa.ChunkedArray | pa.ListArray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Jaccard overlap of the ``subjects`` lists of papers ``a[k]`` and ``b[k]``, vectorized with bitsets: each
+    paper's set of codes is a row of bits (one per distinct code), so the sizes of an intersection and a union are
+    popcounts of an AND and an OR."""
+    lists = subjects.combine_chunks() if isinstance(subjects, pa.ChunkedArray) else subjects
+    enc = pc.dictionary_encode(pc.list_flatten(lists))
+    parents = pc.list_parent_indices(lists).to_numpy()
+    cols = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    bits = np.zeros((len(lists), max(1, -(-len(enc.dictionary) // 64))), dtype=np.uint64)
+    np.bitwise_or.at(bits, (parents, cols // 64), np.uint64(1) << (cols % 64).astype(np.uint64))
+    sizes = np.bitwise_count(bits).sum(axis=1, dtype=np.int64)
+    inter = np.bitwise_count(bits[a] & bits[b]).sum(axis=1, dtype=np.int64)
+    union = (sizes[a] + sizes[b] - inter).astype(np.float32)
+    inter = inter.astype(np.float32)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def write_pairs(table: pa.Table, path: Path) -> Path:
+    # store_schema=False: readers see plain string columns (the file itself stays dictionary-encoded).
+    pq.write_table(
+        table, path, compression="zstd", store_schema=False, row_group_size=1 << 20, dictionary_pagesize_limit=1 << 30
+    )
+    return path
