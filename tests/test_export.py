@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,12 +183,14 @@ def test_parity_gate_fails_a_broken_export_naming_both_numbers_and_keeps_the_pre
     exported: dict, project: Path, processed_root: Path, make_cfg, model_dir: Path, monkeypatch
 ) -> None:
     before = {p: tree_sha256(p) for p in (model_dir / "onnx", model_dir / "export_report.json")}
-    monkeypatch.setattr(export, "build_onnx", _break_o1(export.build_onnx))
+    # The stage module calls build_onnx: patch it where it is looked up.
+    monkeypatch.setattr(export.stage, "build_onnx", _break_o1(export.build_onnx))
     cfg = make_cfg("export", project, export_overrides(processed_root, "force=true"))
     with pytest.raises(export.ParityError) as err:
         export.run(cfg)
     message = str(err.value)
-    assert "onnx-O1: mean cosine 0." in message and "needs >= 0.9900" in message
+    # Noise in place of the token embeddings: the cosine to torch is near zero, of either sign.
+    assert re.search(r"onnx-O1: mean cosine -?0\.\d{4}", message) and "needs >= 0.9900" in message
     assert "P@10 " in message and "vs torch-fp32 " in message and "points" in message
     assert "onnx-fp32" not in message and "onnx-O3" not in message  # only the broken variant is named
     assert "previous export is left as it was" in message
@@ -331,7 +334,7 @@ def test_clear_errors(exported: dict, project: Path, processed_root: Path, make_
         export.validate(cfg("export.quantization_arch=sse4"))
     with pytest.raises(ConfigError, match=r"export.optimization_levels=.O5"):
         export.validate(cfg("export.optimization_levels=[O5]"))
-    if not export._cuda_onnxruntime():
+    if not export.plan._cuda_onnxruntime():
         with pytest.raises(ConfigError, match="O4 is fp16 and runs on a GPU only"):
             export.validate(cfg("export.optimization_levels=[O4]"))
     with pytest.raises(ConfigError, match=r"export\.parity\.min_cosine"):

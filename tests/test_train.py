@@ -320,7 +320,7 @@ def test_checkpoint_uploads_run_in_the_background_and_keep_the_newest(tmp_path: 
         assert gate.wait(30)
         return real_upload(staged, *args, **kwargs)
 
-    monkeypatch.setattr(train, "upload_checkpoint", gated)
+    monkeypatch.setattr(train.checkpoints, "upload_checkpoint", gated)  # where the uploader looks it up
     uploader = train.CheckpointUploader(local, remote, "fp", keep=2)
     first = _checkpoint(local, 1)
     uploader.submit(first)

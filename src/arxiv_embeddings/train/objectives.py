@@ -1,0 +1,89 @@
+"""The training objectives: each ``loss`` name with the pair format it needs (checked against the pairs before
+training, with the fix named) and how it is built, sentence-transformers' losses and the supervised contrastive one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from arxiv_embeddings.config import ConfigError, choose, to_plain
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss class from sentence-transformers, the pair types it can learn from, and its config keys."""
+
+    cls: str
+    pair_types: tuple[str, ...]
+    kwargs: tuple[str, ...] = ()
+    #: The module the class lives in: sentence-transformers' losses, or this package's (arxiv_embeddings.losses).
+    module: str = "sentence_transformers.losses"
+
+
+IN_BATCH = ("anchor_positive", "title_abstract")
+LOSSES: dict[str, LossSpec] = {
+    "MultipleNegativesRankingLoss": LossSpec("MultipleNegativesRankingLoss", IN_BATCH, ("scale",)),
+    # InfoNCE with in-batch negatives is MultipleNegativesRankingLoss with scale = 1 / temperature; `directions`
+    # [query_to_doc, doc_to_query] with partition_mode per_direction is the symmetric (title <-> abstract) form.
+    "InfoNCE": LossSpec("MultipleNegativesRankingLoss", IN_BATCH, ("temperature", "directions", "partition_mode")),
+    "CachedMultipleNegativesRankingLoss": LossSpec(
+        "CachedMultipleNegativesRankingLoss", IN_BATCH, ("scale", "mini_batch_size")
+    ),
+    "ContrastiveLoss": LossSpec("ContrastiveLoss", ("contrastive",), ("margin",)),
+    "OnlineContrastiveLoss": LossSpec("OnlineContrastiveLoss", ("contrastive",), ("margin",)),
+    "CoSENTLoss": LossSpec("CoSENTLoss", ("graded",), ("scale",)),
+    "CosineSimilarityLoss": LossSpec("CosineSimilarityLoss", ("graded",)),
+    # Label-aware: (text, label) rows, every same-subject paper of a batch a positive (train.papers_per_subject).
+    "SupervisedContrastiveLoss": LossSpec(
+        "SupervisedContrastiveLoss", ("labelled",), ("temperature",), module="arxiv_embeddings.losses"
+    ),
+    "BatchAllTripletLoss": LossSpec("BatchAllTripletLoss", ("labelled",), ("margin",)),
+    "BatchHardSoftMarginTripletLoss": LossSpec("BatchHardSoftMarginTripletLoss", ("labelled",)),
+}
+
+
+def loss_spec(loss_cfg: DictConfig) -> LossSpec:
+    """The spec of the configured loss (for ``MatryoshkaLoss``, of its inner loss)."""
+    name = loss_cfg.inner if loss_cfg.name == "MatryoshkaLoss" else loss_cfg.name
+    key = "loss.inner" if loss_cfg.name == "MatryoshkaLoss" else "loss.name"
+    return choose(key, str(name), LOSSES)
+
+
+def check_loss_matches_pairs(loss_cfg: DictConfig, pair_type: str) -> None:
+    spec = loss_spec(loss_cfg)
+    if pair_type not in spec.pair_types:
+        fitting = sorted(n for n, s in LOSSES.items() if pair_type in s.pair_types)
+        raise ConfigError(
+            f"loss {spec.cls} does not fit pairs of type '{pair_type}' (it needs {' or '.join(spec.pair_types)} pairs). "
+            f"Use one of {', '.join(fitting)} for '{pair_type}' pairs, or rebuild the pairs with "
+            f"'uv run inv pairs --overrides pairs={spec.pair_types[0]}'."
+        )
+
+
+def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
+    import importlib
+
+    from sentence_transformers import losses  # type: ignore[attr-defined]
+
+    spec = loss_spec(loss_cfg)
+    kwargs = {k: to_plain(loss_cfg[k]) for k in spec.kwargs if loss_cfg.get(k) is not None}
+    if "margin" in kwargs:
+        kwargs["margin"] = float(kwargs["margin"])
+    if "temperature" in kwargs:
+        temperature = kwargs["temperature"]
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
+            raise ConfigError(f"loss.temperature={temperature!r}: the temperature must be a number > 0.")
+        if spec.cls == "MultipleNegativesRankingLoss":  # InfoNCE: the library's scale is 1 / temperature
+            kwargs["scale"] = 1.0 / float(kwargs.pop("temperature"))
+    if "directions" in kwargs:
+        kwargs["directions"] = tuple(kwargs["directions"])
+    loss = getattr(importlib.import_module(spec.module), spec.cls)(model, **kwargs)
+    if loss_cfg.name == "MatryoshkaLoss":
+        dims = [int(d) for d in loss_cfg.dims]
+        width = model.get_sentence_embedding_dimension()
+        if max(dims) > width:
+            raise ConfigError(f"loss.dims={dims} has a dimension above the model's embedding size {width}.")
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=dims)
+    return loss

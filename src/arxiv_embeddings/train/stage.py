@@ -1,0 +1,316 @@
+"""The train stage: ``validate(cfg)``, ``run(cfg)`` (model -> data -> loss -> evaluator -> args -> trainer ->
+train -> test evaluation -> head -> save), its :class:`~arxiv_embeddings.stage.StageSpec` and the ``@hydra.main``
+entry point of ``python -m arxiv_embeddings.train``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from loguru import logger
+from omegaconf import DictConfig, OmegaConf
+
+from arxiv_embeddings.backends.loading import model_files
+from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
+from arxiv_embeddings.io import (
+    artifact_path,
+    atomic_dir,
+    exists,
+    read_json,
+    read_parquet,
+    write_json,
+)
+from arxiv_embeddings.layout import PAIR_SOURCES
+from arxiv_embeddings.stage import StageSpec, fingerprint
+from arxiv_embeddings.train.checkpoints import (
+    CheckpointUploader,
+    _checkpoint_sync_callback,
+    _checkpoint_to_resume,
+    _set_aside_remote_checkpoints,
+    checkpoint_dir,
+    download_checkpoint,
+    model_dir,
+    remote_checkpoint_dir,
+)
+from arxiv_embeddings.train.evaluators import task_evaluator
+from arxiv_embeddings.train.objectives import build_loss, check_loss_matches_pairs, loss_spec
+from arxiv_embeddings.train.trainer import (
+    BATCH_SAMPLERS,
+    PRECISIONS,
+    _trainer_class,
+    _training_args,
+    _without_autocast,
+    check_label_batches,
+    freeze_lower_layers,
+    resolve_precision,
+    save_lora,
+    train_sampler,
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    check_missing(cfg)
+    require_in("train.precision", cfg.train.precision, PRECISIONS)
+    require(
+        isinstance(cfg.train.get("checkpoint_sync"), bool),
+        "train.checkpoint_sync",
+        f"got {cfg.train.get('checkpoint_sync')!r}; expected true or false.",
+    )
+    require_in("train.batch_sampler", cfg.train.batch_sampler, BATCH_SAMPLERS)
+    require_in("train.pairs_from", cfg.train.get("pairs_from", "pairs"), tuple(PAIR_SOURCES))
+    require_in("logger.name", cfg.logger.name, ("none", "wandb"))
+    loss_spec(cfg.loss)
+    if cfg.loss.name == "MatryoshkaLoss" and not cfg.loss.get("dims"):
+        raise ConfigError("loss.dims: MatryoshkaLoss needs a list of dimensions, e.g. loss.dims=[384,256,128,64].")
+    validate_model(cfg)
+    if head_enabled(cfg):
+        from arxiv_embeddings.head import validate_head
+
+        validate_head(cfg.train.head)
+        if cfg.model.get("lora"):
+            raise ConfigError(
+                "train.head.enabled=true with model.lora: the subject head is fit over full models only; set "
+                "train.head.enabled=false, or train without model.lora."
+            )
+
+
+def head_enabled(cfg: DictConfig) -> bool:
+    """True when ``train.head`` asks for a subject head after training."""
+    head = cfg.train.get("head")
+    return bool(head is not None and head.get("enabled"))
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """The backbone options: ``model.pooling``, ``model.lora`` and the category batches."""
+    from arxiv_embeddings.backends.loading import POOLING
+    from arxiv_embeddings.backends.lora import validate_lora
+
+    require_in("model.pooling", cfg.model.get("pooling", "mean"), POOLING)
+    validate_lora(cfg.model.get("lora"))
+    if cfg.train.batch_sampler == "category":
+        hard = cfg.train.get("category_batches", {}).get("hard_fraction")
+        require(
+            isinstance(hard, (int, float)) and not isinstance(hard, bool) and 0 <= hard <= 1,
+            "train.category_batches.hard_fraction",
+            f"got {hard!r}; the share of a batch from one archive, in [0, 1].",
+        )
+
+
+def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train; returns the final model's path, the train metrics and the eval/test retrieval metrics."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerModelCardData
+
+    from arxiv_embeddings.backends.loading import default_device, load_model
+    from arxiv_embeddings.layout import pairs_path
+    from arxiv_embeddings.pairing import MANIFEST as PAIRS_MANIFEST
+
+    validate(cfg)
+    started = time.perf_counter()
+    train_file = pairs_path(cfg, "train")
+    pairs_manifest = read_json(train_file.parent / PAIRS_MANIFEST)
+    pair_type, text = pairs_manifest["type"], pairs_manifest["config"]["text"]
+    check_loss_matches_pairs(cfg.loss, pair_type)
+    if pair_type == "labelled":
+        check_label_batches(cfg)
+    device = default_device() if cfg.train.device == "auto" else str(cfg.train.device)
+    precision = resolve_precision(cfg, device)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    # 1. model
+    base = str(cfg.model.name)
+    model = load_model(
+        base,
+        device=device,
+        max_seq_length=cfg.train.max_seq_length or cfg.model.max_seq_length,
+        model_card_data=SentenceTransformerModelCardData(
+            language="en",
+            license="apache-2.0",
+            model_name=f"{Path(base).name} fine-tuned on arXiv ({cfg.run_name})",
+        ),
+        pooling=str(cfg.model.get("pooling", "mean")),
+    )
+    lora = cfg.model.get("lora")
+    if lora:
+        from arxiv_embeddings.backends.lora import add_lora
+
+        if int(cfg.train.freeze_layers):
+            logger.info(
+                f"train.freeze_layers={cfg.train.freeze_layers} not applied: with model.lora only the adapters train."
+            )
+        frozen = add_lora(model, lora)
+    else:
+        frozen = freeze_lower_layers(model, int(cfg.train.freeze_layers))
+    logger.info(
+        f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}, {frozen}; pairs: {pair_type}."
+    )
+
+    # 2. data
+    train_ds = Dataset(read_parquet(train_file))
+    eval_file = train_file.with_name("eval.parquet")
+    eval_ds = Dataset(read_parquet(eval_file)) if eval_file.exists() else None
+
+    # 3. loss
+    loss = build_loss(model, cfg.loss)
+
+    # 4. evaluator (eval split only)
+    evaluator = task_evaluator(cfg, pair_type, "eval", int(cfg.train.eval_papers), text, "eval")
+
+    # 5. arguments, with resume from an interrupted run of the same config
+    out = model_dir(cfg)
+    ckpt_dir = checkpoint_dir(cfg)
+    fp = fingerprint(cfg, [train_file], SPEC.config_keys)
+    remote_ckpts = remote_checkpoint_dir(cfg)
+    uploader: CheckpointUploader | None = None
+    if rank0 and remote_ckpts is not None:
+        download_checkpoint(cfg, ckpt_dir, remote_ckpts, fp)
+    resume_from = _checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
+    if rank0:
+        write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": False})
+    if rank0 and remote_ckpts is not None:
+        info = read_json(remote_ckpts / "run.json") if exists(remote_ckpts / "run.json") else {}
+        continuing = resume_from is not None and info.get("fingerprint") == fp and not info.get("completed")
+        if not continuing:
+            _set_aside_remote_checkpoints(remote_ckpts)
+        write_json(
+            remote_ckpts / "run.json",
+            {"fingerprint": fp, "completed": False, "checkpoints": info.get("checkpoints", []) if continuing else []},
+        )
+        limit = cfg.trainer.get("save_total_limit")
+        uploader = CheckpointUploader(ckpt_dir, remote_ckpts, fp, int(limit) if limit else None)
+        callbacks = [*callbacks, _checkpoint_sync_callback(uploader)]
+    args = _training_args(cfg, ckpt_dir, precision, device, has_eval=eval_ds is not None or evaluator is not None)
+
+    # 6. trainer
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=list(callbacks) or None,
+    )
+    trainer.train_sampler = train_sampler(cfg, train_file, pair_type)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
+        raise RuntimeError(
+            f"Out of GPU memory at batch size {cfg.trainer.per_device_train_batch_size}. Use loss=cached_mnrl "
+            "(large batches at constant memory), a smaller trainer.per_device_train_batch_size, or a shorter "
+            "train.max_seq_length."
+        ) from err
+    finally:  # however training ended, the last checkpoint saved reaches the bucket before anything else
+        if uploader is not None:
+            uploader.wait()
+    train_metrics = dict(output.metrics)
+    # With bf16/fp16 training, accelerate wraps the model's forward in autocast (on a CPU with AMX, bf16 is chosen
+    # automatically). The saved model has no such wrapper, so drop it: the test evaluation and the LoRA merge check
+    # below then see the model as `inv evaluate` and the API run it (fp32), whatever precision trained it.
+    model = _without_autocast(model)
+    # Trained at train.max_seq_length tokens (fast on a CPU), saved, tested and so served at the base model's own
+    # length (model.max_seq_length), like the zero-shot model it is compared with.
+    trained_length = model.max_seq_length
+    model.max_seq_length = int(cfg.model.max_seq_length or trained_length)
+    if not rank0:
+        return {"rank": int(os.environ.get("RANK", "0")), "train": train_metrics}
+
+    # 7. the subject head over the trained encoder (train.head), part of the model from here on
+    head_info = None
+    if head_enabled(cfg):
+        from arxiv_embeddings.head import train_head
+
+        head_info = train_head(cfg, model, text, precision)
+
+    # 8. test evaluation (once, after training)
+    test_evaluator = task_evaluator(cfg, pair_type, "test", int(cfg.train.test_papers), text, "test")
+    test_metrics = test_evaluator(model) if test_evaluator is not None else {}
+    eval_metrics = evaluator(model) if evaluator is not None else {}
+
+    # 9. save the final model with its card and config, atomically; with LoRA the adapter (in adapter/), and the
+    #    merged model in final/ (model.lora.merge, the default) or the adapter itself there
+    final = out / "final"
+    lora_info: dict[str, Any] | None = None
+    if lora:
+        lora_info = save_lora(model, out, cfg, base, train_ds)
+    with atomic_dir(final) as tmp:
+        if lora_info is None or lora_info["merged"]:
+            model.save(str(tmp))
+        else:
+            from arxiv_embeddings.backends.lora import save_adapter
+
+            save_adapter(model, tmp, base)
+        (tmp / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        summary = {
+            "run_name": cfg.run_name,
+            "base_model": base,
+            "pair_type": pair_type,
+            "text": text,
+            "loss": to_plain(cfg.loss),
+            "device": device,
+            "precision": precision,
+            "max_seq_length": model.max_seq_length,
+            "train_max_seq_length": trained_length,
+            "frozen": frozen,
+            "lora": lora_info,
+            "head": head_info,
+            "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
+            "train": train_metrics,
+            "eval": eval_metrics,
+            "test": test_metrics,
+            "global_step": trainer.state.global_step,
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "batch_sampler": cfg.train.batch_sampler,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        write_json(tmp / "train_summary.json", summary)
+    write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": True})
+    if remote_ckpts is not None:
+        info = read_json(remote_ckpts / "run.json") if exists(remote_ckpts / "run.json") else {}
+        write_json(remote_ckpts / "run.json", {**info, "fingerprint": fp, "completed": True})
+    p10 = test_metrics.get("test_cosine_precision@10")
+    logger.success(
+        f"train: {trainer.state.global_step} steps, {summary['pairs_per_second']} pairs/s ({precision} on {device}); "
+        + (f"test P@10 {p10:.4f}; " if p10 is not None else "")
+        + f"model saved to {final}."
+    )
+    return {"model": final, "train": train_metrics, "eval": eval_metrics, "test": test_metrics, "summary": summary}
+
+
+def _inputs(cfg: DictConfig) -> list[Path]:
+    from arxiv_embeddings.layout import training_pairs_dir
+
+    d = training_pairs_dir(cfg)
+    files = [d / "train.parquet", d / "eval.parquet", d / "train_meta.parquet", d / "manifest.json"]
+    model_path = Path(str(cfg.model.name))
+    if head_enabled(cfg):  # the head is fit on papers of the processed train split
+        files.append(artifact_path(cfg.paths.processed_dir) / "train.parquet")
+    return files + (model_files(model_path) if model_path.is_dir() else [])
+
+
+SPEC = StageSpec(
+    name="train",
+    run=run,
+    inputs=_inputs,
+    # The model's own files: an export beside them (onnx/, export_report.json) does not make the run look stale.
+    # With a merged LoRA model, its adapter (adapter/) too.
+    outputs=lambda cfg: (
+        model_files(model_dir(cfg) / "final")
+        + (model_files(model_dir(cfg) / "adapter") if cfg.model.get("lora") else [])
+    ),
+    stamp_dir=model_dir,
+    validate=validate,
+    config_keys=("model", "loss", "trainer", "train", "logger", "seed", "run_name"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    from arxiv_embeddings.stage import cli_main
+
+    cli_main(SPEC, cfg)
