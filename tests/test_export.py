@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from arxiv_embeddings import export
-from arxiv_embeddings.backends import TorchEmbedder, load_embedder
+from arxiv_embeddings.backends import Embedder, TorchEmbedder, load_embedder
 from arxiv_embeddings.backends.loading import ModelNotFoundError, resolve_model
 from arxiv_embeddings.backends.onnx_embedder import (
     VARIANT_FILES,
@@ -233,7 +233,7 @@ def test_onnx_embedder_matches_the_torch_model(exported: dict, model_dir: Path, 
     torch_emb = TorchEmbedder(model_dir, device="cpu")
     reference = torch_emb.encode(texts)
     emb = load_embedder(model_dir, backend="onnx", variant="fp32")
-    assert isinstance(emb, OnnxEmbedder)
+    assert isinstance(emb, OnnxEmbedder) and isinstance(emb, Embedder) and isinstance(torch_emb, Embedder)
     assert (emb.backend, emb.variant, emb.device) == ("onnx", "fp32", "cpu")
     assert emb.dimension == torch_emb.dimension == 32 and emb.max_seq_length == torch_emb.max_seq_length == 64
     vectors = emb.encode(texts, batch_size=5)

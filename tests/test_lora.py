@@ -430,8 +430,11 @@ def test_hosted_api_baseline_is_scored_like_any_run_and_cached(
 def test_hosted_api_errors_say_what_to_fix(fake_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from arxiv_embeddings.backends.hosted import HostedAPIError, HostedEmbedder
 
+    from arxiv_embeddings.backends import Embedder
+
     monkeypatch.delenv("FAKE_EMBEDDINGS_KEY", raising=False)
     embedder = HostedEmbedder(fake_api, "m", cache=tmp_path / "c.sqlite", api_key_env="FAKE_EMBEDDINGS_KEY")
+    assert isinstance(embedder, Embedder)  # the one interface of every backend
     with pytest.raises(ConfigError, match=r"\$FAKE_EMBEDDINGS_KEY, which is not set"):
         embedder.encode(["a text"])
     monkeypatch.setenv("FAKE_EMBEDDINGS_KEY", "wrong")

@@ -118,7 +118,8 @@ class HostedEmbedder:
         self.backoff_s, self.max_backoff_s, self.timeout_s = float(backoff_s), float(max_backoff_s), float(timeout_s)
         self.cache = EmbeddingCache(cache)
         self.device = "remote"
-        self.dimension = int(dimensions) if dimensions else 0
+        self.dimension = int(dimensions) if dimensions else 0  # learnt from the first answer when not asked for
+        self.max_seq_length = 0  # unknown: the server truncates to its model's own limit
         self.requests = self.texts_requested = self.texts_cached = 0
 
     def key(self, text: str) -> str:
