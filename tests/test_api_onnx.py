@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,3 +65,107 @@ def test_onnx_workers_share_the_session_with_their_own_tokenizers(
     assert twin.session is onnx.session and twin.tokenizer is not onnx.tokenizer
     assert twin.max_seq_length == onnx.max_seq_length
     assert [e.ids for e in twin.tokenizer.encode_batch(texts)] == [e.ids for e in onnx.tokenizer.encode_batch(texts)]
+
+
+_LEAN_SERVER = textwrap.dedent(
+    """
+    import importlib.abc, json, sys, threading, time
+
+    blocked = tuple(sys.argv[3].split(","))
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in blocked:
+                raise ImportError(f"{name} is blocked: serving with backend=onnx must not import it")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    from fastapi.testclient import TestClient
+
+    from arxiv_embeddings.api import create_app
+    from arxiv_embeddings.api.settings import Settings
+
+    root, model, index, backend = sys.argv[1], sys.argv[2], sys.argv[4], sys.argv[6]
+    overrides = [f"paths.root_dir={root}", f"serve.model_path={model}", f"serve.backend={backend}", "serve.workers=2"]
+    overrides += [f"serve.search=true", f"serve.index_path={index}"] if index else ["serve.search=false"]
+    with TestClient(create_app(Settings.load(overrides))) as client:
+        deadline = time.monotonic() + 60
+        while (health := client.get("/health")).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = {"health": health.status_code, "embed": client.post("/embed", json={"input": ["a text"]}).status_code}
+        if index:
+            out["search"] = client.post("/search", json={"text": "graph neural networks", "k": 3}).status_code
+        out["threads"] = sorted(f"{type(t).__module__}.{type(t).__name__}" for t in threading.enumerate())
+    out["loaded"] = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[5].split(",")))
+    print(json.dumps(out))
+    """
+)
+HEAVY = ("torch", "transformers", "sentence_transformers", "optimum", "pandas", "pyarrow", "sklearn", "scipy")
+
+
+def _serve(
+    tmp_path: Path, model: Path, blocked: tuple[str, ...], index: Path | None = None, backend: str = "onnx"
+) -> dict:
+    """Serve ``model`` in a fresh process with the modules ``blocked`` unimportable; what it answered, which of
+    :data:`HEAVY` it loaded, and its threads (by class)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "lean_server.py"
+    script.write_text(_LEAN_SERVER)
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "INDEX_PATH", "BACKEND", "VARIANT")}
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(script), str(tmp_path), str(model), ",".join(blocked)),
+            *(str(index or ""), ",".join(HEAVY), backend),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_onnx_serving_imports_no_torch_transformers_pandas_or_pyarrow(
+    onnx_model: Path, tmp_path: Path, processed_root: Path, make_cfg
+) -> None:
+    """The serving process, with the pipeline's libraries made unimportable: embedding needs none of them, and
+    search adds pyarrow alone (the index's metadata.parquet)."""
+    out = _serve(tmp_path, onnx_model, HEAVY)
+    assert (out["health"], out["embed"], out["loaded"]) == (200, 200, []), out
+    assert "tqdm._monitor.TMonitor" not in out["threads"], out
+
+    from arxiv_embeddings import index
+
+    built = index.run(
+        make_cfg(
+            "index",
+            tmp_path,
+            [
+                f"paths.processed_dir={processed_root / 'data' / 'processed'}",
+                f"index.model={onnx_model}",
+                "index.backend=onnx",
+                "index.name=lean",
+                "index.type=flat",
+                "index.eval.queries=20",
+            ],
+        )
+    )
+    with_search = _serve(tmp_path, onnx_model, tuple(m for m in HEAVY if m != "pyarrow"), built["dir"])
+    assert (with_search["health"], with_search["embed"], with_search["search"]) == (200, 200, 200), with_search
+    assert with_search["loaded"] == ["pyarrow"], with_search
+
+
+@pytest.mark.slow
+def test_the_torch_server_runs_no_progress_bar_monitor_thread(onnx_model: Path, tmp_path: Path) -> None:
+    """sentence-transformers' encode makes a (disabled) tqdm bar per call, and tqdm starts a monitor thread on the
+    first one unless told not to; the server tells it."""
+    out = _serve(tmp_path, onnx_model, (), backend="torch")
+    assert (out["health"], out["embed"]) == (200, 200), out
+    assert "torch" in out["loaded"] and out["threads"].count("threading.Thread") >= 2, out  # the two model workers
+    assert "tqdm._monitor.TMonitor" not in out["threads"], out

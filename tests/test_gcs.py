@@ -424,6 +424,79 @@ def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_p
     )
 
 
+# ---------------------------------------------------------------------------------------- serving from a bucket
+@pytest.mark.slow
+def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
+    gcs, stage_bucket: str, tmp_path: Path, make_cfg, processed_root: Path, tiny_model_dir: Path, monkeypatch
+) -> None:
+    import re
+
+    import numpy as np
+    from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
+    from fastapi.testclient import TestClient
+
+    from arxiv_embeddings import index
+    from arxiv_embeddings.api import create_app
+    from arxiv_embeddings.backends import load_embedder
+
+    clear_serving_env(monkeypatch)
+    fs = gcs
+    built = index.run(
+        make_cfg(
+            "index",
+            tmp_path / "local",
+            [
+                f"paths.processed_dir={processed_root / 'data' / 'processed'}",
+                f"index.model={tiny_model_dir}",
+                "index.name=tiny",
+                "index.type=flat",
+                "index.encode.device=cpu",
+                "index.eval.queries=20",
+            ],
+        )
+    )
+    fs.put(str(built["dir"]), f"{BUCKET}/serving/indexes/tiny", recursive=True)
+    model_url, index_url = f"gs://{stage_bucket}/models/tiny/final", f"gs://{BUCKET}/serving/indexes/tiny"
+    cache = tmp_path / "serve-cache"
+    settings = make_settings(
+        tmp_path, model_url, "serve.search=true", f"serve.index_path={index_url}", f"serve.cache_dir={cache}"
+    )
+    texts = ["Graph neural networks for molecules", "Dark matter halos in dwarf galaxies"]
+    with TestClient(create_app(settings)) as client:
+        health = wait_ready(client)
+        assert health["model"] == model_url and health["index_size"] == len(index.PaperIndex.load(built["dir"]))
+        served = np.asarray(client.post("/embed", json={"input": texts}).json()["embeddings"])
+        hits = client.post("/search", json={"text": texts[0], "k": 3})
+        assert hits.status_code == 200 and len(hits.json()["results"]) == 3
+    reference = load_embedder(tiny_model_dir, backend="torch", device="cpu").encode(texts)
+    np.testing.assert_allclose(served, reference, atol=1e-5)
+
+    # One copy of each folder, named by its content; a restart with the same files downloads nothing.
+    copies = sorted(p for p in cache.rglob("*") if p.is_dir() and re.fullmatch(r"[0-9a-f]{16}", p.name))
+    assert len(copies) == 2, copies
+    files = {f: f.stat().st_mtime_ns for c in copies for f in c.rglob("*") if f.is_file()}
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["index_size"] == health["index_size"]
+    assert {f: f.stat().st_mtime_ns for f in files} == files
+    assert sorted(p for p in cache.rglob("*") if p.is_dir() and re.fullmatch(r"[0-9a-f]{16}", p.name)) == copies
+
+    # A folder the bucket does not hold: the start-up fails, /health says 503 and why, and nothing else is served.
+    missing = f"gs://{BUCKET}/serving/models/none/final"
+    with TestClient(create_app(make_settings(tmp_path, missing, f"serve.cache_dir={cache}"))) as client:
+        app_service = client.app.state.service  # type: ignore[attr-defined]
+        assert not app_service.wait_loaded(60) and app_service.status == "failed"
+        error = assert_error(client.get("/health"), 503, "model_load_failed")
+        assert f"could not copy the model {missing}" in error["message"] and "MODEL_PATH" in error["message"]
+        assert client.post("/embed", json={"input": texts}).status_code == 503
+    bad_index = make_settings(
+        tmp_path, model_url, "serve.search=true", f"serve.index_path={index_url}-gone", f"serve.cache_dir={cache}"
+    )
+    with TestClient(create_app(bad_index)) as client:
+        assert not client.app.state.service.wait_loaded(60)  # type: ignore[attr-defined]
+        error = assert_error(client.get("/health"), 503, "model_load_failed")
+        assert f"could not copy the index {index_url}-gone" in error["message"] and "INDEX_PATH" in error["message"]
+
+
 # ------------------------------------------------------------------------------------- checkpoints in a bucket
 def test_checkpoint_sync_applies_to_a_bucket_only(tmp_path: Path) -> None:
     from arxiv_embeddings import train

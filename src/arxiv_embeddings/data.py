@@ -23,6 +23,8 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import PACKAGE_DIR, ConfigError, choose
+from arxiv_embeddings.texts import TEXT_FIELDS as TEXT_FIELDS
+from arxiv_embeddings.texts import TITLE_ABSTRACT_SEPARATOR as TITLE_ABSTRACT_SEPARATOR
 
 SAMPLE_PATH = PACKAGE_DIR / "resources" / "arxiv_sample.parquet"
 TEXT_COLUMNS = ("arxiv_id", "title", "abstract")
@@ -674,8 +676,6 @@ def unit_interval(hashes: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- text
-TEXT_FIELDS = ("title", "abstract", "title_abstract")
-TITLE_ABSTRACT_SEPARATOR = "\n"
 
 
 def paper_text_array(table: pa.Table, text: str) -> pa.ChunkedArray:

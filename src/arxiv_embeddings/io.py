@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from upath import UPath
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+# pyarrow is imported by the functions that read or write parquet, so that what only needs paths, JSON and atomic
+# writes (the ONNX serving path) does not load it.
 
 _CHUNK = 8 * 1024 * 1024
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -100,6 +102,8 @@ def exists(path: str | os.PathLike[str] | UPath) -> bool:
 
 def read_parquet(path: str | os.PathLike[str] | UPath, columns: list[str] | None = None) -> pa.Table:
     """``pq.read_table(path, columns=columns)``, for a local path or a bucket URL."""
+    import pyarrow.parquet as pq
+
     if not is_remote(path):
         return pq.read_table(path, columns=columns)
     remote = _remote(path)
@@ -329,6 +333,8 @@ def remove_tree(path: str | os.PathLike[str] | UPath) -> None:
 @contextlib.contextmanager
 def parquet_file(path: str | os.PathLike[str] | UPath) -> Iterator[pq.ParquetFile]:
     """``pq.ParquetFile`` of a local path or a bucket URL (read in row groups or batches, not all at once)."""
+    import pyarrow.parquet as pq
+
     if not is_remote(path):
         with pq.ParquetFile(path) as f:
             yield f
@@ -380,6 +386,8 @@ PARQUET_ROW_GROUP_SIZE = 65_536
 
 def write_parquet(table: pa.Table, path: str | Path) -> Path:
     """Write a table as zstd parquet without the pandas index metadata (same rows, same bytes)."""
+    import pyarrow.parquet as pq
+
     path = Path(path)
     table = table.replace_schema_metadata(None)
     pq.write_table(table, path, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP_SIZE)
@@ -389,6 +397,8 @@ def write_parquet(table: pa.Table, path: str | Path) -> Path:
 def write_parquet_row_groups(row_groups: Iterable[pa.Table], schema: pa.Schema, path: str | Path) -> Path:
     """:func:`write_parquet` of a table given one row group at a time (``PARQUET_ROW_GROUP_SIZE`` rows each, the
     last one shorter): the same bytes, with only one row group in memory instead of the whole table."""
+    import pyarrow.parquet as pq
+
     path = Path(path)
     with pq.ParquetWriter(path, schema.remove_metadata(), compression=PARQUET_COMPRESSION) as writer:
         for table in row_groups:

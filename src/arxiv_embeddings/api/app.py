@@ -112,7 +112,8 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
             raise ApiError(
                 503,
                 "model_load_failed",
-                f"The model failed to load ({service.error}); fix serve.model_path / MODEL_PATH and restart.",
+                f"The model or its index failed to load ({service.error}); fix serve.model_path / MODEL_PATH (or "
+                "serve.index_path / INDEX_PATH, as the reason says) and restart.",
             )
         raise ApiError(503, "shutting_down", "The server is shutting down; retry on another instance.", retry)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from arxiv_embeddings.data import TITLE_ABSTRACT_SEPARATOR
+from arxiv_embeddings.texts import TITLE_ABSTRACT_SEPARATOR
 
 
 class _Strict(BaseModel):

@@ -73,6 +73,41 @@ def choose_model(settings: Settings) -> str:
     return settings.base_model
 
 
+def no_progress_monitor() -> None:
+    """Keep tqdm from starting its monitor thread in the server: tqdm starts one on the first bar it makes, even a
+    disabled one, and sentence-transformers' ``encode`` makes one per call (with ``show_progress_bar=False``), so a
+    torch server would carry a thread that wakes every 10 s to watch bars nobody sees."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0
+
+
+class BucketCopyError(RuntimeError):
+    """A model or index folder in a bucket could not be copied to the local cache."""
+
+
+def local_copy_of(location: str, cache_dir: Path, what: str, setting: str) -> str:
+    """``location`` itself, or for a bucket folder (``gs://...``) its local copy under ``cache_dir``, downloaded once
+    per content (:func:`arxiv_embeddings.io.local_copy`): a restart with the same files downloads nothing."""
+    from arxiv_embeddings.io import is_remote
+
+    if not is_remote(location):
+        return location
+    from arxiv_embeddings.io import local_copy
+
+    started = time.perf_counter()
+    logger.info(f"Copying the {what} {location} to {cache_dir} (skipped when a copy of the same files is there).")
+    try:
+        folder = local_copy(location, cache_dir)
+    except Exception as err:  # no such folder, no access, no network, a full disk: all end the start-up the same way
+        raise BucketCopyError(
+            f"could not copy the {what} {location} to {cache_dir}: {type(err).__name__}: {err}. Check {setting} "
+            "(a folder such as gs://bucket/models/<run>/final) and that this service's account may read it."
+        ) from err
+    logger.info(f"The {what} {location} is read from {folder} ({time.perf_counter() - started:.1f}s).")
+    return str(folder)
+
+
 class Metrics:
     """The API's own Prometheus metrics (HTTP counts and latencies come from prometheus-fastapi-instrumentator)."""
 
@@ -139,7 +174,8 @@ class Service:
         self.metrics = metrics
         self.status = "loading"  # loading | ready | failed | stopping
         self.error: str | None = None
-        self.model_name: str | None = None
+        self.model_name: str | None = None  # as configured: a folder, a Hub name or a gs:// URL
+        self.model_folder: str | None = None  # what is loaded: the same, or the local copy of a bucket folder
         self.embedder: Embedder | None = None
         self.batcher: MicroBatcher | None = None
         self.index: PaperIndex | None = None
@@ -153,6 +189,7 @@ class Service:
     def start(self) -> None:
         """Load in the background; :attr:`status` turns ``ready`` or ``failed``."""
         self.status, self.error = "loading", None
+        no_progress_monitor()
         self._thread = threading.Thread(target=self._load_safely, name="model-loader", daemon=True)
         self._thread.start()
 
@@ -182,9 +219,10 @@ class Service:
     def _load(self) -> None:
         s = self.settings
         self.model_name = choose_model(s)
+        self.model_folder = local_copy_of(self.model_name, s.cache_dir, "model", "MODEL_PATH / serve.model_path")
         threads, workers = cpu_layout(s.threads, s.workers)
         embedder = self._load_embedder(
-            self.model_name,
+            self.model_folder,
             backend=s.backend,
             variant=s.variant,
             device=s.device,
@@ -239,13 +277,14 @@ class Service:
         from arxiv_embeddings.index import PaperIndex
 
         if s.index_path is not None:  # asked for explicitly: failing to load it fails the start-up
-            return PaperIndex.load(s.index_path, expected_model=self.model_name)
+            folder = local_copy_of(s.index_path, s.cache_dir, "index", "INDEX_PATH / serve.index_path")
+            return PaperIndex.load(folder, expected_model=self.model_folder)
         default = s.default_index_path
         if default is None or not (default / "manifest.json").exists():
             logger.info(f"No search index at {default}; /search answers 404 (build one with 'uv run inv index').")
             return None
         try:
-            return PaperIndex.load(default, expected_model=self.model_name)
+            return PaperIndex.load(default, expected_model=self.model_folder)
         except (ValueError, OSError) as err:
             logger.warning(f"Not using the index at {default}: {err}")
             return None

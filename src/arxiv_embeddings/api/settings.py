@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     device: str | None
     max_seq_length: int | None = Field(ge=1)
     search: bool
-    index_path: Path | None
+    index_path: str | None  # a folder or a gs:// URL
     default_index_path: Path | None
+    cache_dir: Path
     batch_size: int = Field(ge=1)
     encode_batch_size: int = Field(ge=1)
     threads: int | None = Field(ge=1)
@@ -187,7 +188,7 @@ def _default_index_path(cfg: Any) -> str | None:
     if "index" not in cfg:
         return None
     try:
-        from arxiv_embeddings.index import index_dir
+        from arxiv_embeddings.index.format import index_dir
     except ImportError:
         return None
     return str(index_dir(cfg))
