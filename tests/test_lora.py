@@ -193,6 +193,31 @@ def test_stages_accept_the_saved_adapter_and_merged_model(lora_run: dict, make_c
         export.model_target(make_cfg("export", root, [f"export.model={adapter}"]))
 
 
+def test_the_api_serves_the_adapter_folder_with_torch_and_names_the_merged_model_for_onnx(
+    lora_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
+    from fastapi.testclient import TestClient
+
+    from arxiv_embeddings.api import create_app
+    from arxiv_embeddings.backends.loading import load_model
+
+    clear_serving_env(monkeypatch)
+    adapter = lora_run["root"] / "models" / "qwen" / "adapter"
+    with TestClient(create_app(make_settings(tmp_path, adapter, "serve.backend=torch"))) as client:
+        health = wait_ready(client)
+        assert (health["backend"], health["dimension"]) == ("torch", 32)
+        served = np.asarray(client.post("/embed", json={"input": TEXTS}).json()["embeddings"])
+    np.testing.assert_allclose(served, _encode(load_model(adapter, device="cpu")), atol=1e-5)
+
+    with TestClient(create_app(make_settings(tmp_path, adapter, "serve.backend=onnx"))) as client:
+        assert not client.app.state.service.wait_loaded(60)  # type: ignore[attr-defined]
+        error = assert_error(client.get("/health"), 503, "model_load_failed")
+    merged = lora_run["root"] / "models" / "qwen" / "final"
+    assert f"{adapter} is a LoRA adapter folder" in error["message"]
+    assert f"serve the merged model {merged}" in error["message"] and "backend=torch" in error["message"]
+
+
 @pytest.mark.slow
 def test_lora_checkpoints_resume(tmp_path: Path, processed_root: Path, tiny_qwen_dir: Path) -> None:
     from transformers import TrainerCallback

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from arxiv_embeddings.backends.lora import is_adapter_dir
 from arxiv_embeddings.layout import ONNX_DIR as ONNX_DIR
 from arxiv_embeddings.layout import REPORT_FILE as REPORT_FILE
 from arxiv_embeddings.vectors import normalize_rows
@@ -425,6 +426,8 @@ def load_onnx_embedder(
             f"Model folder not found: {path}. Pass a model folder (models/<run>/final) that 'uv run inv export' "
             "has exported."
         )
+    if is_adapter_dir(path):
+        raise ExportNotFoundError(adapter_message(path))
     unknown = set(kw) - {"threads", "providers", "device"}
     if unknown:
         raise TypeError(f"load_onnx_embedder() got unknown option(s) {sorted(unknown)}; known: threads, providers.")
@@ -443,6 +446,19 @@ def load_onnx_embedder(
             "export.quantize)."
         )
     return OnnxEmbedder(path, file, name, max_seq_length=max_seq_length, **kw)
+
+
+def adapter_message(path: Path) -> str:
+    """Why a LoRA adapter folder cannot run on ONNX, and which folder to serve instead."""
+    merged = path.parent / "final"
+    if merged.is_dir() and merged.resolve() != path.resolve() and not is_adapter_dir(merged):
+        instead = f"the merged model {merged}"
+    else:
+        instead = "the merged model that training writes to models/<run>/final (model.lora.merge=true, the default)"
+    return (
+        f"{path} is a LoRA adapter folder (adapter_config.json), and an ONNX export has no adapters: serve {instead} "
+        "once 'uv run inv export' has exported it, or serve this folder with backend=torch (peft installed)."
+    )
 
 
 def int8_variant(arch: str) -> str:

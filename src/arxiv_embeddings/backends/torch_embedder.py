@@ -22,7 +22,13 @@ class TorchEmbedder:
         precision: str = "fp32",
         max_seq_length: int | None = None,
     ) -> None:
-        import torch
+        try:
+            import torch
+        except ImportError as err:  # the serving install: ONNX Runtime, no torch
+            raise ImportError(
+                f"The torch backend needs torch, which this install lacks (the ONNX serving install); export "
+                f"{name_or_path} with 'uv run inv export' and serve it with backend=onnx (BACKEND=onnx)."
+            ) from err
 
         from arxiv_embeddings.backends.loading import default_device, load_model
 
