@@ -179,6 +179,9 @@ LONG = "x" * 501
         ("/embed", {"input": "a", "colour": "red"}, 422, "invalid_request"),
         ("/embed", {"input": "a", "normalize": "maybe"}, 422, "invalid_request"),
         ("/embed", {"input": "a", "dimensions": 0}, 422, "invalid_request"),
+        ("/embed", {"input": "a", "dimensions": True}, 422, "invalid_request"),  # not coerced to 1
+        ("/v1/embeddings", {"input": "a", "model": "m", "dimensions": "8"}, 422, "invalid_request"),
+        ("/search", {"text": "a", "k": 2.0}, 422, "invalid_request"),
         ("/embed", {}, 422, "invalid_request"),
         ("/embed", {"input": ["t"] * 9}, 422, "too_many_texts"),
         ("/embed", {"input": LONG}, 422, "text_too_long"),

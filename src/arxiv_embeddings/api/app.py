@@ -51,6 +51,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, what in {
         400: "Malformed request (not JSON, bad header).",
         401: "Missing or wrong API key (when the server has one).",
+        408: "Request body not complete within serve.body_timeout_s.",
         413: "Request body over serve.max_body_bytes.",
         422: "Invalid request: the message names the field and the fix.",
         429: "Queue full; retry after the Retry-After header's seconds.",
@@ -281,7 +282,7 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
 
     # -------------------------------------------------------------------------------------- middleware
     # Added inside out: the body limit sees only authenticated requests; the metrics count every request.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_body_bytes, timeout_s=s.body_timeout_s)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, key=api_key, open_paths=OPEN_PATHS)
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(

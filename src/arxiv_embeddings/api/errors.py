@@ -7,8 +7,10 @@ errors keep their status, and an unexpected exception becomes a logged 500 with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -146,15 +148,18 @@ async def _send_error(send: Send, status: int, type: str, message: str, headers:
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to a request body over ``max_bytes``, whether it declares its length or streams it.
+    """Answer 413 to a request body over ``max_bytes``, whether it declares its length or streams it, and 408 to
+    one that has not arrived whole ``timeout_s`` after the request began (a slow or stalled client).
 
     The body is read here (it is small by construction) and replayed to the app, so the app never sees a
-    truncated body and the limit holds for chunked uploads too.
+    truncated body and the limits hold for chunked uploads too. Waiting for a slow body costs the server nothing
+    but the connection: other requests are served meanwhile.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _too_large(self, size: int | str) -> str:
         return f"The request body has {size} bytes, over the limit of {self.max_bytes}; send fewer or shorter texts."
@@ -183,8 +188,22 @@ class BodyLimitMiddleware:
 
         chunks: list[bytes] = []
         size = 0
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                message = await asyncio.wait_for(receive(), timeout=left)
+            except TimeoutError:
+                logger.warning(f"{scope.get('path')}: request body not complete after {self.timeout_s}s ({size} bytes).")
+                await _send_error(
+                    send,
+                    408,
+                    "request_timeout",
+                    f"The request body did not arrive within {self.timeout_s:g}s ({size} bytes received); send it "
+                    "whole, at once.",
+                    {"Connection": "close"},  # the rest of that body must not be read as the next request
+                )
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

@@ -11,7 +11,10 @@ from arxiv_embeddings.texts import TITLE_ABSTRACT_SEPARATOR
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields are refused, and so are values of the wrong JSON type (``true`` for an
+    integer, ``"5"`` for a number), instead of being coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ----------------------------------------------------------------------------------------------- inputs

@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(ge=1)
     max_chars: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1024)
+    body_timeout_s: float = Field(gt=0)
     max_k: int = Field(ge=1)
     api_key: SecretStr | None
     api_key_file: Path | None
