@@ -35,18 +35,27 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, processed_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The container command on a free loopback port, with the tiny model and an index of its test split."""
+    """The container command on a free loopback port, as the API image runs it (ONNX: the server starts in a few
+    seconds, without importing torch), with the tiny model and an index of its test split."""
+    import shutil
+
     from arxiv_embeddings import index
     from arxiv_embeddings.config import compose
+    from arxiv_embeddings.export import build_onnx
 
     root = tmp_path_factory.mktemp("abuse")
+    model = root / "tiny"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "onnx").mkdir()
+    build_onnx(model, model / "onnx", levels=[], arch=None)
     built = index.run(
         compose(
             "index",
             [
                 f"paths.root_dir={root}",
                 f"paths.processed_dir={processed_root / 'data' / 'processed'}",
-                f"index.model={tiny_model_dir}",
+                f"index.model={model}",
+                "index.backend=onnx",
                 "index.name=tiny",
                 "index.type=flat",
                 "index.corpus.splits=[test]",
@@ -56,7 +65,7 @@ def server(tiny_model_dir: Path, processed_root: Path, tmp_path_factory: pytest.
     )
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS and not k.upper().startswith(ENV_PREFIX)}
-    env.update(PORT=str(port), HOST="127.0.0.1", MODEL_PATH=str(tiny_model_dir), INDEX_PATH=str(built["dir"]))
+    env.update(PORT=str(port), HOST="127.0.0.1", MODEL_PATH=str(model), INDEX_PATH=str(built["dir"]), BACKEND="onnx")
     cmd = [
         sys.executable,
         "-m",
@@ -122,6 +131,7 @@ def test_schemathesis_every_operation_every_check_no_server_error(server: str, m
     assert names >= {"GET /health", "POST /embed", "POST /v1/embeddings", "POST /search"}, names
     cases: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
+
     def run(operation: Any) -> None:
         name = f"{operation.method.upper()} {operation.path}"
 

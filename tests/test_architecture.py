@@ -17,6 +17,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "logging_utils",
         "layout",
         "vectors",
+        "texts",
         "ann",
         "data",
         "metrics",
