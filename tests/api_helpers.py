@@ -102,6 +102,23 @@ def wait_ready(client: Any, timeout: float = 120.0) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+def wait_serving(proc: Any, url: str, log_path: Path, timeout: float = 180.0) -> None:
+    """Poll ``url``/health of the server process ``proc`` until 200; fail with the end of its log if it exits or
+    is not ready in ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"server exited early: {log_path.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"server not ready in {timeout}s: {log_path.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
 def assert_error(response: Any, status: int, type: str | None = None) -> dict[str, str]:
     """The response is ``status`` with exactly the error shape (and no stack trace)."""
     assert response.status_code == status, response.text

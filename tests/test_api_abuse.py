@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from api_helpers import wait_serving
 
 from arxiv_embeddings.api.settings import ENV_PREFIX, ENV_VARS
 
@@ -85,16 +86,7 @@ def server(tiny_model_dir: Path, processed_root: Path, tmp_path_factory: pytest.
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"server exited: {log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"server not ready: {log_path.read_text()[-3000:]}"
-            time.sleep(0.2)
+        wait_serving(proc, url, log_path)
         yield url
     finally:
         proc.terminate()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_helpers import wait_serving
 
 from arxiv_embeddings.api.settings import ENV_PREFIX, ENV_VARS
 
@@ -42,16 +43,7 @@ def test_server_process_serves_load_and_exits_cleanly_on_sigterm(tiny_model_dir:
     server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"server exited early: {log_path.read_text()}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in time"
-            time.sleep(0.2)
+        wait_serving(server, url, log_path)
         assert httpx.get(f"{url}/health").json()["model"] == str(tiny_model_dir)
 
         load = subprocess.run(

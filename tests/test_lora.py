@@ -453,9 +453,8 @@ def test_hosted_api_baseline_is_scored_like_any_run_and_cached(
 
 
 def test_hosted_api_errors_say_what_to_fix(fake_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from arxiv_embeddings.backends.hosted import HostedAPIError, HostedEmbedder
-
     from arxiv_embeddings.backends import Embedder
+    from arxiv_embeddings.backends.hosted import HostedAPIError, HostedEmbedder
 
     monkeypatch.delenv("FAKE_EMBEDDINGS_KEY", raising=False)
     embedder = HostedEmbedder(fake_api, "m", cache=tmp_path / "c.sqlite", api_key_env="FAKE_EMBEDDINGS_KEY")
