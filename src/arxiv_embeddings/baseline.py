@@ -31,6 +31,7 @@ from arxiv_embeddings.config import (
     check_int,
     check_missing,
     require,
+    require_http_url,
     require_in,
     to_plain,
 )
@@ -102,11 +103,7 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_hosted(h: DictConfig) -> None:
     """Check ``baseline.hosted_api`` (when the run is selected)."""
-    require(
-        str(h.base_url).startswith(("http://", "https://")),
-        "baseline.hosted_api.base_url",
-        f"got {h.base_url!r}; an http(s) URL such as https://api.openai.com/v1.",
-    )
+    require_http_url(h.base_url, "baseline.hosted_api.base_url")
     require(bool(str(h.model).strip()), "baseline.hosted_api.model", "is empty; name the embedding model.")
     check_int(h.dimensions, "baseline.hosted_api.dimensions", optional=True)
     check_int(h.batch_size, "baseline.hosted_api.batch_size")

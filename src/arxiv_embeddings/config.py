@@ -74,6 +74,20 @@ def require_in(key: str, value: Any, valid: Iterable[Any]) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}.")
 
 
+def require_model_name(value: Any, key: str) -> None:
+    """Require a model at ``key``: a run name, a model folder or a Hub name (not empty, not null)."""
+    require(bool(str(value or "").strip()), key, "is empty; pass a run name, a model folder or a Hub name.")
+
+
+def require_http_url(value: Any, key: str) -> None:
+    """Require an http(s) base URL of an API at ``key``."""
+    require(
+        str(value).startswith(("http://", "https://")),
+        key,
+        f"got {value!r}; give the API's base URL, an http(s) URL such as https://api.openai.com/v1.",
+    )
+
+
 def is_int(value: Any) -> bool:
     """An integer, not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)

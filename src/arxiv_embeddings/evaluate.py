@@ -28,7 +28,7 @@ from arxiv_embeddings.backends.loading import model_files
 from arxiv_embeddings.config import (
     CONFIG_DIR,
     check_missing,
-    require,
+    require_model_name,
 )
 from arxiv_embeddings.evaluation.data import fresh_inputs, load_data
 from arxiv_embeddings.evaluation.scoring import evaluate_model, summary_line
@@ -48,11 +48,7 @@ from arxiv_embeddings.stage import StageSpec
 def validate(cfg: DictConfig) -> None:
     """Check the config before any work, naming the offending key."""
     check_missing(cfg)
-    require(
-        bool(str(cfg.evaluate.model).strip()),
-        "evaluate.model",
-        "is empty; pass a run name, a model folder or a Hub name.",
-    )
+    require_model_name(cfg.evaluate.model, "evaluate.model")
     validate_evaluation(cfg)
     check_report_name(report_name(cfg), "evaluate.report_name")
 

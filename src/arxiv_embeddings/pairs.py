@@ -47,7 +47,7 @@ from arxiv_embeddings.pairing import WITH_NEGATIVES as WITH_NEGATIVES
 from arxiv_embeddings.pairing import SubjectIndex as SubjectIndex
 from arxiv_embeddings.pairing import jaccard as jaccard
 from arxiv_embeddings.pairing import write_pairs as write_pairs
-from arxiv_embeddings.stage import StageSpec
+from arxiv_embeddings.stage import StageSpec, folder_files
 
 
 @dataclass
@@ -275,9 +275,7 @@ SPEC = StageSpec(
     name="pairs",
     run=run,
     inputs=lambda cfg: [artifact_path(cfg.paths.processed_dir) / f"{s}.parquet" for s in PAIR_SPLITS],
-    outputs=lambda cfg: sorted(
-        (p for p in artifact_path(cfg.paths.pairs_dir).glob("*") if not p.name.startswith(".")), key=str
-    ),
+    outputs=lambda cfg: folder_files(cfg.paths.pairs_dir),
     stamp_dir=lambda cfg: artifact_path(cfg.paths.pairs_dir),
     validate=validate,
     config_keys=("pairs", "seed"),

@@ -24,7 +24,7 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import to_plain
-from arxiv_embeddings.io import exists, read_json, tree_sha256, write_json
+from arxiv_embeddings.io import artifact_path, exists, read_json, tree_sha256, write_json
 
 # Keys that do not change what a stage produces.
 _IGNORED_KEYS = ("force", "hydra", "logging", "task_name")
@@ -121,3 +121,9 @@ def cli_main(spec: StageSpec, cfg: DictConfig) -> None:
     except (ConfigError, FileNotFoundError) as err:
         logger.error(str(err))
         sys.exit(2)
+
+
+def folder_files(folder: str | Path) -> list[Path]:
+    """The files a stage wrote into ``folder`` (a local path or a bucket URL), its stamp and other hidden files left
+    out: the outputs of a stage whose output is a whole folder."""
+    return sorted((p for p in artifact_path(folder).glob("*") if not p.name.startswith(".")), key=str)

@@ -194,7 +194,9 @@ class BodyLimitMiddleware:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 message = await asyncio.wait_for(receive(), timeout=left)
             except TimeoutError:
-                logger.warning(f"{scope.get('path')}: request body not complete after {self.timeout_s}s ({size} bytes).")
+                logger.warning(
+                    f"{scope.get('path')}: request body not complete after {self.timeout_s}s ({size} bytes)."
+                )
                 await _send_error(
                     send,
                     408,

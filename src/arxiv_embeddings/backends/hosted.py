@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.config import ConfigError, require_http_url
 from arxiv_embeddings.vectors import normalize_rows
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -105,10 +105,7 @@ class HostedEmbedder:
         max_backoff_s: float = 60.0,
         timeout_s: float = 60.0,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"hosted API base_url={base_url!r}: expected an http(s) URL such as https://api.openai.com/v1."
-            )
+        require_http_url(base_url, "hosted API base_url")
         self.url = base_url.rstrip("/") + "/embeddings"
         self.name = self.variant = model
         self.api_key_env = api_key_env

@@ -33,6 +33,7 @@ from arxiv_embeddings.config import (
     check_missing,
     require,
     require_in,
+    require_model_name,
     to_plain,
 )
 from arxiv_embeddings.data import TEXT_FIELDS
@@ -73,9 +74,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the ``export`` settings before any work, naming the offending key."""
     check_missing(cfg)
     x = cfg.export
-    require(
-        bool(str(x.model or "").strip()), "export.model", "is empty; pass a run name, a model folder or a Hub name."
-    )
+    require_model_name(x.model, "export.model")
     levels = list(x.optimization_levels) if OmegaConf.is_list(x.optimization_levels) else None
     require(
         levels is not None and len(set(levels)) == len(levels),

@@ -14,7 +14,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.ann import INDEX_TYPES
 from arxiv_embeddings.backends.loading import model_fingerprint, model_folder
-from arxiv_embeddings.config import CONFIG_DIR, check_int, check_missing, choose, require, require_in, to_plain
+from arxiv_embeddings.config import (
+    CONFIG_DIR,
+    check_int,
+    check_missing,
+    choose,
+    require,
+    require_in,
+    require_model_name,
+    to_plain,
+)
 from arxiv_embeddings.index.build import (
     build_index,
     embed_corpus,
@@ -44,9 +53,7 @@ def validate(cfg: DictConfig) -> None:
 
     check_missing(cfg)
     ix = cfg.index
-    require(
-        bool(str(ix.model or "").strip()), "index.model", "is empty; pass a run name, a model folder or a Hub name."
-    )
+    require_model_name(ix.model, "index.model")
     require_in("index.backend", ix.backend, BACKENDS)
     choose("index.type", str(ix.type), INDEX_TYPES)
     require_in("index.text", ix.text, TEXT_FIELDS)

@@ -15,14 +15,23 @@ import pyarrow.compute as pc
 from loguru import logger
 from omegaconf import DictConfig
 
-from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, choose, require, require_in, to_plain
+from arxiv_embeddings.config import (
+    CONFIG_DIR,
+    ConfigError,
+    check_missing,
+    choose,
+    require,
+    require_http_url,
+    require_in,
+    to_plain,
+)
 from arxiv_embeddings.data import TEXT_FIELDS
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, read_parquet, write_json
 from arxiv_embeddings.label.candidates import ScoringError, sample_candidates
 from arxiv_embeddings.label.csv_import import CSV_HEADER, PAIR_TYPE, PAPER_COLUMNS, SOURCES, _csv_splits
 from arxiv_embeddings.label.scorers import SCORERS, build_scorer
 from arxiv_embeddings.pairing import MANIFEST, PAIR_SPLITS, SAMPLING, write_pairs
-from arxiv_embeddings.stage import StageSpec
+from arxiv_embeddings.stage import StageSpec, folder_files
 
 
 def _paper_splits(cfg: DictConfig) -> tuple[dict[str, tuple[pa.Table, pa.Table]], dict[str, Any]]:
@@ -115,11 +124,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_llm(c: DictConfig) -> None:
-    require(
-        str(c.base_url).startswith(("http://", "https://")),
-        "label.llm.base_url",
-        f"got {c.base_url!r}; give the API's base URL, e.g. https://api.openai.com/v1.",
-    )
+    require_http_url(c.base_url, "label.llm.base_url")
     if c.api_key_env and not os.environ.get(str(c.api_key_env)):
         raise ConfigError(
             f"label.llm.api_key_env: the environment variable {c.api_key_env} is not set. Export the API key in it, "
@@ -199,9 +204,7 @@ SPEC = StageSpec(
     name="label",
     run=run,
     inputs=_inputs,
-    outputs=lambda cfg: sorted(
-        (p for p in artifact_path(cfg.paths.labels_dir).glob("*") if not p.name.startswith(".")), key=str
-    ),
+    outputs=lambda cfg: folder_files(cfg.paths.labels_dir),
     stamp_dir=lambda cfg: artifact_path(cfg.paths.labels_dir),
     validate=validate,
     config_keys=("label", "seed"),
