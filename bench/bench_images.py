@@ -78,6 +78,13 @@ def cold_start(python: Path, model: Path, backend: str, root: Path) -> float:
         proc.wait(timeout=30)
 
 
+def import_seconds(python: Path, module: str) -> float:
+    """Seconds a fresh ``python`` takes to import ``module`` (and what it imports)."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def exported_minilm(folder: Path) -> Path:
     """A copy of the bundled all-MiniLM-L6-v2 with its fp32 ONNX export (what `inv export` writes first)."""
     from arxiv_embeddings.backends.loading import resolve_model
@@ -145,6 +152,17 @@ def main() -> None:
             )
         onnx, torch = (statistics.median(v) for v in runs.values())
         print(f"onnx / torch cold start: {onnx / torch:.3f}")
+
+        print(f"\nimport time in a fresh process, median of {args.starts}:")
+        for install, module in (
+            ("serving", "onnxruntime"),
+            ("serving", "arxiv_embeddings.api"),
+            ("training", "torch"),
+            ("training", "sentence_transformers"),
+        ):
+            python = venvs[install] / "bin" / "python"
+            seconds = statistics.median(import_seconds(python, module) for _ in range(args.starts))
+            print(f"{install:<9} import {module:<24} {seconds:5.2f}s")
 
 
 if __name__ == "__main__":
