@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from omegaconf import DictConfig
 
 from arxiv_embeddings.config import ConfigError
 
@@ -99,3 +100,90 @@ def write_pairs(table: pa.Table, path: Path) -> Path:
         table, path, compression="zstd", store_schema=False, row_group_size=1 << 20, dictionary_pagesize_limit=1 << 30
     )
     return path
+
+
+# --------------------------------------------------------------------------------------------------- mix
+#: How the batches of a mix's tasks take turns (sentence-transformers' multi-dataset batch samplers):
+#: proportional = each task in proportion to its number of batches, round_robin = one batch of each in turn.
+MIX_SAMPLERS = ("proportional", "round_robin")
+#: The pair options a task may set for itself (the rest of its pair settings come from ``pairs``).
+TASK_PAIR_OPTIONS = ("text", "sampling", "negatives", "positive_fraction", "same_subject_fraction")
+_TASK_KEYS = ("pairs", "num_train", "num_eval", "loss", "batch_sampler", *TASK_PAIR_OPTIONS)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task trained beside the main one (``mix.tasks.<name>``): which pairs it trains on, how many, its loss."""
+
+    name: str
+    pair_type: str
+    num_train: int
+    num_eval: int
+    #: The pair settings this task's pairs are built with: ``pairs`` with the task's own options on top.
+    options: DictConfig
+    #: The task's loss, as a ``loss`` config (``name`` plus the loss's own keys).
+    loss: DictConfig
+    #: The task's batch sampler (``train.batch_sampler`` names); None = ``train.batch_sampler``.
+    batch_sampler: str | None
+
+
+def main_task(cfg: DictConfig) -> str:
+    """The name of the main task (the ``pairs`` and ``loss`` groups) among a mix's tasks."""
+    mix = cfg.get("mix")
+    name = str(mix.get("main", "main")) if mix is not None else "main"
+    if not name.replace("_", "").isalnum():
+        raise ConfigError(f"mix.main={name!r}: a task name is a folder name; use letters, digits and _ only.")
+    return name
+
+
+def mix_tasks(cfg: DictConfig) -> list[Task]:
+    """The tasks of ``mix.tasks`` (trained beside the main task of the ``pairs`` and ``loss`` groups) in their config
+    order, checked; empty when the run trains the main task alone (``mix=none``)."""
+    from omegaconf import OmegaConf
+
+    mix = cfg.get("mix")
+    tasks = mix.get("tasks") if mix is not None else None
+    if not tasks:
+        return []
+    sampler = mix.get("sampler", "proportional")
+    if sampler not in MIX_SAMPLERS:
+        raise ConfigError(f"mix.sampler={sampler!r} is not valid; choose one of: {', '.join(MIX_SAMPLERS)}.")
+    main = main_task(cfg)
+    out = []
+    for name, task in tasks.items():
+        key = f"mix.tasks.{name}"
+        if task is None:
+            continue  # a task switched off from the command line: mix.tasks.search=null
+        if not str(name).replace("_", "").isalnum():
+            raise ConfigError(f"{key}: a task name is a folder name; use letters, digits and _ only.")
+        if name == main:
+            raise ConfigError(f"{key}: {name!r} is the main task's name (mix.main); give this task another name.")
+        unknown = sorted(set(task) - set(_TASK_KEYS))
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)}; a task takes {', '.join(_TASK_KEYS)}.")
+        pair_type = task.get("pairs")
+        if pair_type not in COLUMNS:
+            raise ConfigError(f"{key}.pairs={pair_type!r} is not a pair type; choose one of: {', '.join(COLUMNS)}.")
+        num_train = task.get("num_train")
+        if not isinstance(num_train, int) or isinstance(num_train, bool) or num_train <= 0:
+            raise ConfigError(f"{key}.num_train={num_train!r}: give the task's number of train pairs (> 0).")
+        num_eval = task.get("num_eval", cfg.pairs.num_eval)
+        if not isinstance(num_eval, int) or isinstance(num_eval, bool) or num_eval < 0:
+            raise ConfigError(f"{key}.num_eval={num_eval!r}: the task's eval pairs, >= 0 (0 = none).")
+        loss = task.get("loss")
+        if loss is None or not loss.get("name"):
+            raise ConfigError(
+                f"{key}.loss: each task names its loss, e.g. {key}.loss={{name: MultipleNegativesRankingLoss}}."
+            )
+        # The pairs section, then the pair type's own settings (configs/pairs/<type>.yaml: its defaults, such as
+        # same_subject_fraction for graded pairs), then the task's options.
+        from arxiv_embeddings.config import CONFIG_DIR
+
+        own = OmegaConf.load(CONFIG_DIR / "pairs" / f"{pair_type}.yaml")
+        options = OmegaConf.merge(
+            OmegaConf.to_container(cfg.pairs, resolve=True),
+            own,
+            {"type": pair_type, **{k: task[k] for k in TASK_PAIR_OPTIONS if k in task}},
+        )
+        out.append(Task(str(name), pair_type, num_train, num_eval, options, loss, task.get("batch_sampler")))
+    return out

@@ -45,6 +45,7 @@ from arxiv_embeddings.pairing import PAIR_SPLITS as PAIR_SPLITS
 from arxiv_embeddings.pairing import SAMPLING as SAMPLING
 from arxiv_embeddings.pairing import WITH_NEGATIVES as WITH_NEGATIVES
 from arxiv_embeddings.pairing import SubjectIndex as SubjectIndex
+from arxiv_embeddings.pairing import Task, main_task, mix_tasks
 from arxiv_embeddings.pairing import jaccard as jaccard
 from arxiv_embeddings.pairing import write_pairs as write_pairs
 from arxiv_embeddings.stage import StageSpec, folder_files
@@ -191,28 +192,35 @@ def _write_hashed(table: pa.Table, path: Path) -> str:
 # --------------------------------------------------------------------------------------------- the stage
 def validate(cfg: DictConfig) -> None:
     check_missing(cfg)
-    p = cfg.pairs
-    require_in("pairs.type", p.type, COLUMNS)
-    require_in("pairs.text", p.text, TEXT_FIELDS)
-    require_in("pairs.sampling", p.sampling, SAMPLING)
-    require(int(p.num_train) > 0, "pairs.num_train", f"got {p.num_train}; must be a positive number of pairs.")
-    require(int(p.num_eval) >= 0, "pairs.num_eval", f"got {p.num_eval}; must be >= 0 (0 = no eval pairs).")
+    _check_options(cfg.pairs, "pairs")
+    for task in mix_tasks(cfg):
+        _check_options(task.options, f"mix.tasks.{task.name}", task)
+
+
+def _check_options(p: DictConfig, key: str, task: Task | None = None) -> None:
+    """The pair settings of one pair folder: ``pairs`` (single task) or a mix task's (``key`` names its keys)."""
+    require_in(f"{key}.{'pairs' if task else 'type'}", p.type, COLUMNS)
+    require_in(f"{key}.text", p.text, TEXT_FIELDS)
+    require_in(f"{key}.sampling", p.sampling, SAMPLING)
+    num_train, num_eval = (task.num_train, task.num_eval) if task else (int(p.num_train), int(p.num_eval))
+    require(num_train > 0, f"{key}.num_train", f"got {num_train}; must be a positive number of pairs.")
+    require(num_eval >= 0, f"{key}.num_eval", f"got {num_eval}; must be >= 0 (0 = no eval pairs).")
     if p.negatives:
         require(
             p.type in WITH_NEGATIVES,
-            "pairs.negatives",
+            f"{key}.negatives",
             f"a negative column is only for {', '.join(WITH_NEGATIVES)}, not pairs={p.type}.",
         )
     if p.type == "contrastive":
         require(
             0 < float(p.positive_fraction) < 1,
-            "pairs.positive_fraction",
+            f"{key}.positive_fraction",
             f"got {p.positive_fraction}; must be in (0, 1).",
         )
     if p.type == "graded":
         require(
             0 <= float(p.same_subject_fraction) <= 1,
-            "pairs.same_subject_fraction",
+            f"{key}.same_subject_fraction",
             f"got {p.same_subject_fraction}; must be in [0, 1].",
         )
 
@@ -223,62 +231,91 @@ def _split_file(cfg: DictConfig, split: str) -> Path:
     return split_path(cfg, split)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Build the configured pairs for the train and eval splits; returns the output folder and pair counts."""
-    validate(cfg)
-    started = time.perf_counter()
-    p = cfg.pairs
-    sources = {split: _split_file(cfg, split) for split, key in PAIR_SPLITS.items() if int(p[key]) > 0}
-    out_dir = artifact_path(cfg.paths.pairs_dir)
+def _write_folder(
+    cfg: DictConfig, p: DictConfig, counts: dict[str, int], out: Path, salt: tuple[int, ...], label: str
+) -> dict[str, Any]:
+    """Build one folder of pairs (``p.type``, ``counts[split]`` pairs per split) into ``out``: each split's pair
+    file and meta twin, and the folder's manifest. Returns the manifest."""
     files: dict[str, dict[str, Any]] = {}
     columns: dict[str, list[str]] = {}
     # Each file is compressed on one core: a split's files are written while the next split is built.
-    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         metas = []
-        for i, (split, path) in enumerate(sources.items()):
+        for i, split in enumerate(PAIR_SPLITS):
+            if counts[split] <= 0:
+                continue
+            path = _split_file(cfg, split)
             papers = read_parquet(path, columns=["arxiv_id", "title", "abstract", "primary_subject", "subjects"])
-            rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), i]))
-            table, meta = build_pairs(papers, p.type, int(p[PAIR_SPLITS[split]]), rng, p)
-            logger.info(f"{split}: {table.num_rows:,} {p.type} pairs from {papers.num_rows:,} papers.")
+            rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), i, *salt]))
+            table, meta = build_pairs(papers, p.type, counts[split], rng, p)
+            logger.info(f"{label}{split}: {table.num_rows:,} {p.type} pairs from {papers.num_rows:,} papers.")
             files[split] = {
                 "file": f"{split}.parquet",
                 "meta": f"{split}_meta.parquet",
                 "rows": table.num_rows,
                 "source": str(path),
-                "sha256": pool.submit(_write_hashed, table, tmp / f"{split}.parquet"),
+                "sha256": pool.submit(_write_hashed, table, out / f"{split}.parquet"),
             }
-            metas.append(pool.submit(write_pairs, meta, tmp / f"{split}_meta.parquet"))
+            metas.append(pool.submit(write_pairs, meta, out / f"{split}_meta.parquet"))
             columns[split] = table.column_names
             del papers, table, meta
         for future in metas:
             future.result()  # re-raises a failed write
         for entry in files.values():
             entry["sha256"] = entry["sha256"].result()
-        manifest: dict[str, Any] = {
-            "stage": "pairs",
-            "type": p.type,
-            "columns": columns["train"],
-            "config": to_plain(p),
-            "seed": cfg.seed,
-            "files": files,
-        }
-        write_json(tmp / MANIFEST, manifest)
-    counts = {k: v["rows"] for k, v in manifest["files"].items()}
+    manifest: dict[str, Any] = {
+        "stage": "pairs",
+        "type": p.type,
+        "columns": columns["train"],
+        "config": to_plain(p),
+        "seed": cfg.seed,
+        "files": files,
+    }
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Build the configured pairs for the train and eval splits: the main task's (``pairs.type``) in the folder
+    itself and, with a multi-task mix, each other task's (``mix.tasks.<name>``) in a subfolder of its name. The
+    folder's manifest lists those tasks. Returns the output folder and pair counts."""
+    validate(cfg)
+    started = time.perf_counter()
+    p, tasks = cfg.pairs, mix_tasks(cfg)
+    out_dir = artifact_path(cfg.paths.pairs_dir)
+    with atomic_dir(out_dir) as tmp:
+        counts = {split: int(p[key]) for split, key in PAIR_SPLITS.items()}
+        manifest = _write_folder(cfg, p, counts, tmp, (), f"{main_task(cfg)} " if tasks else "")
+        result = {k: v["rows"] for k, v in manifest["files"].items()}
+        if tasks:
+            manifest["main"] = main_task(cfg)
+            manifest["tasks"] = {}
+            for t, task in enumerate(tasks):
+                (tmp / task.name).mkdir()
+                counts = {"train": task.num_train, "eval": task.num_eval}
+                m = _write_folder(cfg, task.options, counts, tmp / task.name, (t + 1,), f"{task.name} ")
+                manifest["tasks"][task.name] = {"type": m["type"], "dir": task.name}
+                result.update({f"{task.name}/{split}": entry["rows"] for split, entry in m["files"].items()})
+            manifest["sampler"] = str(cfg.mix.get("sampler", "proportional"))
+            write_json(tmp / MANIFEST, manifest)
+    what = p.type
+    if tasks:
+        what = f"{main_task(cfg)}: {p.type}, " + ", ".join(f"{t.name}: {t.pair_type}" for t in tasks)
     logger.success(
-        f"pairs: {', '.join(f'{k} {v:,}' for k, v in counts.items())} {p.type} pairs written to {out_dir} "
+        f"pairs: {', '.join(f'{k} {v:,}' for k, v in result.items())} pairs ({what}) written to {out_dir} "
         f"in {time.perf_counter() - started:.1f}s."
     )
-    return {"dir": out_dir, "type": p.type, "counts": counts}
+    return {"dir": out_dir, "type": p.type, "tasks": [t.name for t in tasks], "counts": result}
 
 
 SPEC = StageSpec(
     name="pairs",
     run=run,
     inputs=lambda cfg: [artifact_path(cfg.paths.processed_dir) / f"{s}.parquet" for s in PAIR_SPLITS],
-    outputs=lambda cfg: folder_files(cfg.paths.pairs_dir),
+    outputs=lambda cfg: folder_files(cfg.paths.pairs_dir),  # a mix's task folders are hashed whole
     stamp_dir=lambda cfg: artifact_path(cfg.paths.pairs_dir),
     validate=validate,
-    config_keys=("pairs", "seed"),
+    config_keys=("pairs", "mix", "seed"),
 )
 
 

@@ -51,10 +51,17 @@ def loss_spec(loss_cfg: DictConfig) -> LossSpec:
     return choose(key, str(name), LOSSES)
 
 
-def check_loss_matches_pairs(loss_cfg: DictConfig, pair_type: str) -> None:
+def check_loss_matches_pairs(loss_cfg: DictConfig, pair_type: str, task: str | None = None) -> None:
+    """Fail with the fix unless the loss can learn from ``pair_type`` pairs (``task``: the mix task's key, whose
+    ``loss.name`` and ``pairs`` the message names instead of the ``loss`` and ``pairs`` groups)."""
     spec = loss_spec(loss_cfg)
     if pair_type not in spec.pair_types:
         fitting = sorted(n for n, s in LOSSES.items() if pair_type in s.pair_types)
+        if task:
+            raise ConfigError(
+                f"{task}: loss {spec.cls} does not fit its pairs '{pair_type}' (it needs {' or '.join(spec.pair_types)} "
+                f"pairs). Set {task}.loss.name to one of {', '.join(fitting)}, or {task}.pairs={spec.pair_types[0]}."
+            )
         raise ConfigError(
             f"loss {spec.cls} does not fit pairs of type '{pair_type}' (it needs {' or '.join(spec.pair_types)} pairs). "
             f"Use one of {', '.join(fitting)} for '{pair_type}' pairs, or rebuild the pairs with "

@@ -24,7 +24,7 @@ from arxiv_embeddings.io import (
     read_parquet,
     write_json,
 )
-from arxiv_embeddings.layout import PAIR_SOURCES
+from arxiv_embeddings.layout import PAIR_SOURCES, pair_source
 from arxiv_embeddings.stage import StageSpec, fingerprint
 from arxiv_embeddings.train.checkpoints import (
     CheckpointUploader,
@@ -36,19 +36,19 @@ from arxiv_embeddings.train.checkpoints import (
     model_dir,
     remote_checkpoint_dir,
 )
-from arxiv_embeddings.train.evaluators import task_evaluator
-from arxiv_embeddings.train.objectives import build_loss, check_loss_matches_pairs, loss_spec
+from arxiv_embeddings.pairing import mix_tasks
+from arxiv_embeddings.train.objectives import check_loss_matches_pairs, loss_spec
+from arxiv_embeddings.train.sets import training_sets
 from arxiv_embeddings.train.trainer import (
     BATCH_SAMPLERS,
+    SAMPLER_PAIRS,
     PRECISIONS,
     _trainer_class,
     _training_args,
     _without_autocast,
-    check_label_batches,
     freeze_lower_layers,
     resolve_precision,
     save_lora,
-    train_sampler,
 )
 
 
@@ -63,9 +63,26 @@ def validate(cfg: DictConfig) -> None:
     require_in("train.batch_sampler", cfg.train.batch_sampler, BATCH_SAMPLERS)
     require_in("train.pairs_from", cfg.train.get("pairs_from", "pairs"), tuple(PAIR_SOURCES))
     require_in("logger.name", cfg.logger.name, ("none", "wandb"))
-    loss_spec(cfg.loss)
-    if cfg.loss.name == "MatryoshkaLoss" and not cfg.loss.get("dims"):
-        raise ConfigError("loss.dims: MatryoshkaLoss needs a list of dimensions, e.g. loss.dims=[384,256,128,64].")
+    tasks = mix_tasks(cfg)
+    for task in tasks:  # each task's loss against the pairs it names, before any work
+        sampler = str(task.batch_sampler or cfg.train.batch_sampler)
+        require_in(f"mix.tasks.{task.name}.batch_sampler", sampler, BATCH_SAMPLERS)
+        suits = SAMPLER_PAIRS.get(sampler)
+        if suits and task.pair_type not in suits:
+            raise ConfigError(
+                f"mix.tasks.{task.name}.batch_sampler={sampler} is for {' or '.join(suits)} pairs, not "
+                f"{task.pair_type}: it would put same-subject papers in a batch as each other's negatives. Use "
+                "subject, category, no_duplicates or random for this task."
+            )
+        _check_loss(task.loss, f"mix.tasks.{task.name}.loss")
+        check_loss_matches_pairs(task.loss, task.pair_type, f"mix.tasks.{task.name}")
+    if tasks and pair_source(cfg) != "pairs":
+        raise ConfigError(
+            f"train.pairs_from={cfg.train.pairs_from} with a multi-task mix: a mix trains on the pairs stage's task "
+            "folders; use mix=none to train on the label stage's pairs alone, or train.pairs_from=pairs."
+        )
+    if not tasks:
+        _check_loss(cfg.loss, "loss")
     validate_model(cfg)
     if head_enabled(cfg):
         from arxiv_embeddings.head import validate_head
@@ -76,6 +93,12 @@ def validate(cfg: DictConfig) -> None:
                 "train.head.enabled=true with model.lora: the subject head is fit over full models only; set "
                 "train.head.enabled=false, or train without model.lora."
             )
+
+
+def _check_loss(loss_cfg: DictConfig, key: str) -> None:
+    loss_spec(loss_cfg)
+    if loss_cfg.name == "MatryoshkaLoss" and not loss_cfg.get("dims"):
+        raise ConfigError(f"{key}.dims: MatryoshkaLoss needs a list of dimensions, e.g. {key}.dims=[384,256,128,64].")
 
 
 def head_enabled(cfg: DictConfig) -> bool:
@@ -107,17 +130,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformerModelCardData
 
     from arxiv_embeddings.backends.loading import default_device, load_model
-    from arxiv_embeddings.layout import pairs_path
-    from arxiv_embeddings.pairing import MANIFEST as PAIRS_MANIFEST
 
     validate(cfg)
     started = time.perf_counter()
-    train_file = pairs_path(cfg, "train")
-    pairs_manifest = read_json(train_file.parent / PAIRS_MANIFEST)
-    pair_type, text = pairs_manifest["type"], pairs_manifest["config"]["text"]
-    check_loss_matches_pairs(cfg.loss, pair_type)
-    if pair_type == "labelled":
-        check_label_batches(cfg)
+    sets = training_sets(cfg)
     device = default_device() if cfg.train.device == "auto" else str(cfg.train.device)
     precision = resolve_precision(cfg, device)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -147,24 +163,22 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     else:
         frozen = freeze_lower_layers(model, int(cfg.train.freeze_layers))
     logger.info(
-        f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}, {frozen}; pairs: {pair_type}."
+        f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}, {frozen}; pairs: {sets.describe()}."
     )
 
-    # 2. data
-    train_ds = Dataset(read_parquet(train_file))
-    eval_file = train_file.with_name("eval.parquet")
-    eval_ds = Dataset(read_parquet(eval_file)) if eval_file.exists() else None
+    # 2. data: one training set, or one per task of a mix (sentence-transformers' multi-dataset training)
+    train_ds, eval_ds = sets.datasets()
 
-    # 3. loss
-    loss = build_loss(model, cfg.loss)
+    # 3. loss: one, or one per task
+    loss = sets.losses(model)
 
-    # 4. evaluator (eval split only)
-    evaluator = task_evaluator(cfg, pair_type, "eval", int(cfg.train.eval_papers), text, "eval")
+    # 4. evaluator (eval split only): what the pairs teach (subject retrieval, title -> abstract retrieval, or both)
+    evaluator = sets.evaluator(cfg, "eval", int(cfg.train.eval_papers))
 
     # 5. arguments, with resume from an interrupted run of the same config
     out = model_dir(cfg)
     ckpt_dir = checkpoint_dir(cfg)
-    fp = fingerprint(cfg, [train_file], SPEC.config_keys)
+    fp = fingerprint(cfg, sets.train_files, SPEC.config_keys)
     remote_ckpts = remote_checkpoint_dir(cfg)
     uploader: CheckpointUploader | None = None
     if rank0 and remote_ckpts is not None:
@@ -196,7 +210,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         evaluator=evaluator,
         callbacks=list(callbacks) or None,
     )
-    trainer.train_sampler = train_sampler(cfg, train_file, pair_type)
+    trainer.train_samplers = sets.samplers(cfg)
     try:
         output = trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
@@ -225,10 +239,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if head_enabled(cfg):
         from arxiv_embeddings.head import train_head
 
-        head_info = train_head(cfg, model, text, precision)
+        head_info = train_head(cfg, model, sets.text, precision)
 
     # 8. test evaluation (once, after training)
-    test_evaluator = task_evaluator(cfg, pair_type, "test", int(cfg.train.test_papers), text, "test")
+    test_evaluator = sets.evaluator(cfg, "test", int(cfg.train.test_papers))
     test_metrics = test_evaluator(model) if test_evaluator is not None else {}
     eval_metrics = evaluator(model) if evaluator is not None else {}
 
@@ -237,7 +251,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     final = out / "final"
     lora_info: dict[str, Any] | None = None
     if lora:
-        lora_info = save_lora(model, out, cfg, base, train_ds)
+        lora_info = save_lora(model, out, cfg, base, sets.first_train_set(train_ds))
     with atomic_dir(final) as tmp:
         if lora_info is None or lora_info["merged"]:
             model.save(str(tmp))
@@ -249,9 +263,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         summary = {
             "run_name": cfg.run_name,
             "base_model": base,
-            "pair_type": pair_type,
-            "text": text,
-            "loss": to_plain(cfg.loss),
+            "pair_type": sets.pair_type,
+            "tasks": sets.summary(),
+            "text": sets.text,
+            "loss": to_plain(cfg.loss) if not sets.tasks else None,
             "device": device,
             "precision": precision,
             "max_seq_length": model.max_seq_length,
@@ -286,7 +301,10 @@ def _inputs(cfg: DictConfig) -> list[Path]:
     from arxiv_embeddings.layout import training_pairs_dir
 
     d = training_pairs_dir(cfg)
-    files = [d / "train.parquet", d / "eval.parquet", d / "train_meta.parquet", d / "manifest.json"]
+    files = []
+    for folder in [d, *(d / task.name for task in mix_tasks(cfg))]:
+        files += [folder / "train.parquet", folder / "eval.parquet", folder / "train_meta.parquet"]
+        files.append(folder / "manifest.json")
     model_path = Path(str(cfg.model.name))
     if head_enabled(cfg):  # the head is fit on papers of the processed train split
         files.append(artifact_path(cfg.paths.processed_dir) / "train.parquet")
@@ -305,7 +323,7 @@ SPEC = StageSpec(
     ),
     stamp_dir=model_dir,
     validate=validate,
-    config_keys=("model", "loss", "trainer", "train", "logger", "seed", "run_name"),
+    config_keys=("model", "loss", "mix", "trainer", "train", "logger", "seed", "run_name"),
 )
 
 

@@ -18,7 +18,10 @@ from arxiv_embeddings.io import (
 )
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-BATCH_SAMPLERS = ("subject", "category", "no_duplicates", "random")
+BATCH_SAMPLERS = ("subject", "category", "subject_groups", "no_duplicates", "random")
+#: Pair types each batch sampler suits, where it does not suit them all. subject_groups puts several papers of one
+#: subject in a batch: hard in-batch negatives for title -> abstract pairs, false negatives for same-subject pairs.
+SAMPLER_PAIRS = {"subject_groups": ("title_abstract",)}
 
 
 def _trainer_class() -> type:
@@ -28,14 +31,26 @@ def _trainer_class() -> type:
         """The library's trainer, with the subject-aware or category-aware batch sampler for the training set, and
         LoRA checkpoints that load as sentence-transformers (for resuming)."""
 
-        # The batch sampler of the training set: a class of arxiv_embeddings.samplers and its keyword arguments
-        # beyond the library's (SubjectBatchSampler: subjects; CategoryBatchSampler: subjects, keys, hard_fraction,
-        # distinct_subjects; LabelGroupBatchSampler: labels, per_label), or None for the library's own.
-        train_sampler: tuple[type, dict[str, Any]] | None = None
+        # The batch sampler of each training set, in the order of the training sets (one, or one per task of a
+        # mix): a class of arxiv_embeddings.samplers and its keyword arguments beyond the library's
+        # (SubjectBatchSampler: subjects; CategoryBatchSampler: subjects, keys, hard_fraction, distinct_subjects;
+        # LabelGroupBatchSampler: labels, per_label), or None for the library's own.
+        train_samplers: list[tuple[type, dict[str, Any]] | None] = []
+        _pending: list[tuple[type, dict[str, Any]] | None] | None = None
+
+        def get_train_dataloader(self):  # type: ignore[no-untyped-def]
+            # The library asks for one batch sampler per training set, in their order (DatasetDict order for a mix);
+            # each call below takes the next one. Eval and test dataloaders never see these.
+            self._pending = list(self.train_samplers)
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self._pending = None
 
         def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):  # type: ignore[no-untyped-def]
-            if self.train_sampler is not None and dataset is self.train_dataset:
-                cls, kwargs = self.train_sampler
+            chosen = self._pending.pop(0) if self._pending else None
+            if chosen is not None:
+                cls, kwargs = chosen
                 return cls(
                     dataset,
                     batch_size,
@@ -105,19 +120,46 @@ def category_batches(cfg: DictConfig, train_file: Path, pair_type: str) -> dict[
     }
 
 
-def train_sampler(cfg: DictConfig, train_file: Path, pair_type: str) -> tuple[type, dict[str, Any]] | None:
-    """The training set's batch sampler for ``train.batch_sampler`` and its arguments, or None for the library's."""
+def train_sampler(
+    cfg: DictConfig, train_file: Path, pair_type: str, batch_sampler: str | None = None
+) -> tuple[type, dict[str, Any]] | None:
+    """A training set's batch sampler and its arguments, or None for the library's: ``batch_sampler`` (a mix task's
+    own) or ``train.batch_sampler``."""
     from arxiv_embeddings.samplers import CategoryBatchSampler, LabelGroupBatchSampler, SubjectBatchSampler
 
-    if cfg.train.batch_sampler == "subject" and pair_type == "labelled":
+    batch_sampler = str(batch_sampler or cfg.train.batch_sampler)
+    if batch_sampler == "subject" and pair_type == "labelled":
         labels = read_parquet(train_file, columns=["label"]).column("label").to_numpy()
         return LabelGroupBatchSampler, {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
-    if cfg.train.batch_sampler == "subject":
+    if batch_sampler == "subject":
         meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
         return SubjectBatchSampler, {"subjects": meta.column("a_subject").to_numpy(zero_copy_only=False)}
-    if cfg.train.batch_sampler == "category":
+    if batch_sampler == "category":
         return CategoryBatchSampler, category_batches(cfg, train_file, pair_type)
-    return None
+    if batch_sampler == "subject_groups":  # train.papers_per_subject papers of each of several subjects a batch
+        check_label_batches(cfg, "subject_groups")
+        meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
+        labels = meta.column("a_subject").to_numpy(zero_copy_only=False)
+        return LabelGroupBatchSampler, {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
+    if batch_sampler == str(cfg.train.batch_sampler):
+        return None  # the library's sampler that the training arguments name
+    # A mix task's own choice, unlike the arguments' (train.batch_sampler): the library's sampler of that name.
+    return (_no_duplicates if batch_sampler == "no_duplicates" else _random_batches), {}
+
+
+def _no_duplicates(dataset: Any, batch_size: int, drop_last: bool, **kwargs: Any) -> Any:
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    return NoDuplicatesBatchSampler(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
+
+
+def _random_batches(dataset: Any, batch_size: int, drop_last: bool, generator: Any = None, **kwargs: Any) -> Any:
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+    from torch.utils.data import RandomSampler
+
+    return DefaultBatchSampler(
+        RandomSampler(dataset, generator=generator), batch_size=batch_size, drop_last=drop_last, generator=generator, **kwargs
+    )
 
 
 def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) -> dict[str, Any]:
@@ -161,9 +203,10 @@ def _without_autocast(model: Any) -> Any:
     return extract_model_from_parallel(model, keep_fp32_wrapper=False)
 
 
-def check_label_batches(cfg: DictConfig) -> None:
-    """Labelled rows batch by subject groups (train.batch_sampler=subject) or at random; the group size must fit."""
-    if cfg.train.batch_sampler not in ("subject", "random"):
+def check_label_batches(cfg: DictConfig, batch_sampler: str | None = None) -> None:
+    """Labelled rows batch by subject groups (train.batch_sampler=subject) or at random, title -> abstract pairs by
+    subject groups with ``batch_sampler=subject_groups``; the group size must fit the batch."""
+    if batch_sampler is None and cfg.train.batch_sampler not in ("subject", "random"):
         raise ConfigError(
             f"train.batch_sampler={cfg.train.batch_sampler} does not apply to labelled rows (pairs=labelled); use "
             "subject (batches of train.papers_per_subject papers of each of several subjects) or random."
@@ -208,7 +251,7 @@ def _setup_wandb(cfg: DictConfig) -> list[str]:
 
 def _training_args(cfg: DictConfig, out_dir: Path, precision: str, device: str, has_eval: bool) -> Any:
     from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.training_args import BatchSamplers
+    from sentence_transformers.base.training_args import BatchSamplers, MultiDatasetBatchSamplers
 
     kwargs = to_plain(cfg.trainer)
     if not has_eval:
@@ -218,6 +261,7 @@ def _training_args(cfg: DictConfig, out_dir: Path, precision: str, device: str, 
         "random": BatchSamplers.BATCH_SAMPLER,
         "subject": BatchSamplers.NO_DUPLICATES,
         "category": BatchSamplers.NO_DUPLICATES,
+        "subject_groups": BatchSamplers.NO_DUPLICATES,
     }[str(cfg.train.batch_sampler)]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return SentenceTransformerTrainingArguments(
@@ -228,6 +272,10 @@ def _training_args(cfg: DictConfig, out_dir: Path, precision: str, device: str, 
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         batch_sampler=sampler,
+        multi_dataset_batch_sampler={
+            "proportional": MultiDatasetBatchSamplers.PROPORTIONAL,
+            "round_robin": MultiDatasetBatchSamplers.ROUND_ROBIN,
+        }[str(cfg.get("mix", {}).get("sampler", "proportional"))],
         report_to=_setup_wandb(cfg),
         ddp_backend="gloo" if distributed and device == "cpu" else None,
         disable_tqdm=False,
