@@ -54,6 +54,12 @@ VARIANTS: dict[str, list[str]] = {
         f"{SEARCH}.num_train=1024",
         f"{SEARCH}.batch_sampler=subject_groups",
     ],
+    "mix-3k-1.5k-groups": [
+        "mix=subject_search",
+        "pairs.num_train=3072",
+        f"{SEARCH}.num_train=1536",
+        f"{SEARCH}.batch_sampler=subject_groups",
+    ],
     # Subject + search + graded (CoSENT on the Jaccard overlap of subject lists).
     "mix3-graded-groups": [
         "mix=subject_search_graded",

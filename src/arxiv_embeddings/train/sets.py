@@ -92,20 +92,19 @@ class TrainingSets:
         return [train_sampler(cfg, s.train_file, s.pair_type, s.batch_sampler) for s in self.sets]
 
     def evaluator(self, cfg: DictConfig, split: str, n_papers: int) -> Any | None:
-        """Retrieval on ``n_papers`` papers of ``split`` for what the sets teach: subject retrieval (named ``split``)
-        and, with a search task in a mix, title -> abstract retrieval (``<split>_title_abstract``) after it."""
+        """Retrieval on ``n_papers`` papers of ``split``: for one set, of what it teaches (named ``split``); for a mix,
+        subject retrieval (named ``split``) and title -> abstract retrieval (``<split>_title_abstract``)."""
         from arxiv_embeddings.train.evaluators import retrieval_evaluator, title_abstract_evaluator
 
         if not self.mix:  # one set: the evaluator of what it teaches, named after the split
             if self.sets[0].teaches == "search":
                 return title_abstract_evaluator(cfg, split, n_papers, split)
             return retrieval_evaluator(cfg, split, n_papers, self.text, split)
-        teaches = {s.teaches for s in self.sets}
-        found = []
-        if "subject" in teaches:
-            found.append(retrieval_evaluator(cfg, split, n_papers, self.text, split))
-        if "search" in teaches:
-            found.append(title_abstract_evaluator(cfg, split, n_papers, f"{split}_title_abstract"))
+        # a mix is scored on subject retrieval (named after the split) and title -> abstract retrieval, whatever its tasks
+        found = [
+            retrieval_evaluator(cfg, split, n_papers, self.text, split),
+            title_abstract_evaluator(cfg, split, n_papers, f"{split}_title_abstract"),
+        ]
         found = [e for e in found if e is not None]
         if not found:
             return None

@@ -284,6 +284,14 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1),
         }
         write_json(tmp / "train_summary.json", summary)
+        # Which output serves each task (the API's `task`): every module of the folder, for all three. With the mix
+        # the encoder itself learnt search (bench/README.md#tasks); a subject head is fit on subjects alone, so
+        # with one the search task is served by the encoder under it.
+        search_output = "encoder" if head_info is not None else "model"
+        write_json(
+            tmp / "tasks.json",
+            {"default": "subject", "tasks": {"subject": "model", "search": search_output, "graded": "model"}},
+        )
     write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": True})
     if remote_ckpts is not None:
         info = read_json(remote_ckpts / "run.json") if exists(remote_ckpts / "run.json") else {}
