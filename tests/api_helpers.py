@@ -1,9 +1,11 @@
 """Helpers shared by the API tests: settings rooted in a temporary folder, a wrapper that records the real
-embedder's calls, and waiting for readiness."""
+embedder's calls, waiting for readiness, and model folders with a subject head and a tasks.json."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -43,13 +45,50 @@ def make_settings(root: Path, model: Path | str, *overrides: str, **values: Any)
     )
 
 
+def head_weights(dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random linear head ``(weight, bias)`` far from the identity, so that it visibly changes the vectors."""
+    rng = np.random.default_rng(seed)
+    weight = (np.eye(dim) + rng.normal(scale=0.5, size=(dim, dim))).astype(np.float32)
+    return weight, rng.normal(scale=0.1, size=dim).astype(np.float32)
+
+
+def headed_copy(tiny: Path, dest: Path, tasks: dict[str, Any] | None = None) -> Path:
+    """The tiny model with a linear subject head as training adds it (Transformer -> Pooling -> Normalize -> Dense
+    -> Normalize, :func:`arxiv_embeddings.head.add_head`), saved to ``dest``, with ``tasks`` as its tasks.json.
+    Its encoder (everything up to the Pooling) is the tiny model's: the tiny model is the reference for it."""
+    from sentence_transformers import SentenceTransformer
+
+    from arxiv_embeddings.head import HeadFit, add_head
+
+    model = SentenceTransformer(str(tiny), device="cpu")
+    weight, bias = head_weights(int(model.get_embedding_dimension()))
+    add_head(model, HeadFit(weight, bias, losses=[0.0], papers=0, subjects=0, seconds=0.0))
+    model.save(str(dest))
+    if tasks is not None:
+        write_tasks(dest, tasks)
+    return dest
+
+
+def write_tasks(folder: Path, tasks: dict[str, Any]) -> None:
+    (folder / "tasks.json").write_text(json.dumps(tasks))
+
+
+def with_onnx_of(model: Path, exported: Path, dest: Path) -> Path:
+    """A copy of ``model`` at ``dest`` with the ONNX files of ``exported``, a model with the same Transformer
+    weights (e.g. a headed copy and the tiny model it was made from: the export holds the Transformer only)."""
+    shutil.copytree(model, dest)
+    shutil.copytree(exported / "onnx", dest / "onnx")
+    return dest
+
+
 class RecordingEmbedder:
-    """The real embedder, recording the size of each ``encode`` call. ``gate`` (set by default) holds calls while
-    cleared; ``entered`` is set when a call starts."""
+    """The real embedder, recording the size (``calls``) and the output (``outputs``) of each ``encode`` call.
+    ``gate`` (set by default) holds calls while cleared; ``entered`` is set when a call starts."""
 
     def __init__(self, inner: Embedder) -> None:
         self.inner = inner
         self.calls: list[int] = []
+        self.outputs: list[str] = []  # the output of each call, beside its size in calls
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -60,15 +99,18 @@ class RecordingEmbedder:
     def replica(self) -> RecordingEmbedder:
         """A replica of the real embedder for another worker, recording into the same list, held by the same gate."""
         twin = RecordingEmbedder(self.inner.replica())  # type: ignore[attr-defined]
-        twin.calls, twin.gate, twin.entered = self.calls, self.gate, self.entered
+        twin.calls, twin.outputs, twin.gate, twin.entered = self.calls, self.outputs, self.gate, self.entered
         return twin
 
-    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+    def encode(
+        self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = "model"
+    ) -> np.ndarray:
         self.entered.set()
         if not self.gate.wait(60):
             raise TimeoutError("the test never opened the gate")
         self.calls.append(len(texts))
-        return self.inner.encode(texts, batch_size=batch_size, normalize=normalize)
+        self.outputs.append(output)
+        return self.inner.encode(texts, batch_size=batch_size, normalize=normalize, output=output)
 
 
 class RecordingLoader:

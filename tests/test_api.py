@@ -69,12 +69,16 @@ def test_health_reports_the_loaded_model(served, tiny_model_dir: Path) -> None:
     assert health["dimension"] == embedder.inner.dimension == 32
     assert health["backend"] == "torch" and health["variant"] == "fp32" and health["device"] == "cpu"
     assert health["max_seq_length"] == 64 and health["version"] and health["index_size"] is None
+    # No tasks.json in the folder: every task on the whole model.
+    assert health["tasks"] == {"subject": "model", "search": "model", "graded": "model"}
+    assert health["default_task"] == "subject" and health["search_output"] is None
 
 
 def test_embed_one_text_matches_the_model(served, tiny_model_dir: Path) -> None:
     client, embedder = served
     body = client.post("/embed", json={"input": TEXTS[0]}).json()
     assert body["model"] == str(tiny_model_dir) and body["dimension"] == 32 and body["normalized"] is True
+    assert (body["task"], body["output"]) == ("subject", "model")
     vectors = np.asarray(body["embeddings"], dtype=np.float32)
     assert vectors.shape == (1, 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -180,6 +184,8 @@ LONG = "x" * 501
         ("/embed", {"input": "a", "normalize": "maybe"}, 422, "invalid_request"),
         ("/embed", {"input": "a", "dimensions": 0}, 422, "invalid_request"),
         ("/embed", {"input": "a", "dimensions": True}, 422, "invalid_request"),  # not coerced to 1
+        ("/embed", {"input": "a", "task": "clustering"}, 422, "unknown_task"),
+        ("/embed", {"input": "a", "task": 1}, 422, "invalid_request"),
         ("/v1/embeddings", {"input": "a", "model": "m", "dimensions": "8"}, 422, "invalid_request"),
         ("/search", {"text": "a", "k": 2.0}, 422, "invalid_request"),
         ("/embed", {}, 422, "invalid_request"),
@@ -211,6 +217,8 @@ def test_messages_name_the_field_and_the_limit(served) -> None:
     assert "501" in too_long and "500" in too_long and "serve.max_chars" in too_long
     unknown = assert_error(client.post("/embed", json={"input": "a", "colour": "red"}), 422)["message"]
     assert "colour" in unknown
+    task = assert_error(client.post("/embed", json={"input": "a", "task": "clustering"}), 422)["message"]
+    assert "'clustering'" in task and "valid tasks: subject, search, graded" in task and "no tasks.json" in task
 
 
 def test_malformed_requests(served) -> None:
@@ -342,7 +350,7 @@ def test_shutdown_finishes_queued_work_then_refuses(tiny_model_dir: Path, tmp_pa
         wait_ready(client)
         batcher = app.state.service.batcher
         loader.embedder.gate.clear()
-        future = batcher.submit(["queued before shutdown"])
+        future = batcher.submit(["queued before shutdown"], "model")  # the batcher's group: the model output
         loader.embedder.gate.set()
     assert future.result(timeout=5).shape == (1, 32)  # the lifespan shutdown drained the queue
     assert app.state.service.status == "stopping"
@@ -472,9 +480,9 @@ def test_model_threads_are_set_in_the_worker_only(tiny_model_dir: Path, tmp_path
         assert client.get("/health").json()["threads"] == 3
         inner_encode = loader.embedder.inner.encode
 
-        def spy(texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        def spy(texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = "model") -> np.ndarray:
             seen.append(torch.get_num_threads())  # in the worker thread
-            return inner_encode(texts, batch_size=batch_size, normalize=normalize)
+            return inner_encode(texts, batch_size=batch_size, normalize=normalize, output=output)
 
         loader.embedder.inner.encode = spy
         assert client.post("/embed", json={"input": "a"}).status_code == 200

@@ -13,18 +13,20 @@ from arxiv_embeddings.api.batching import BatcherClosedError, MicroBatcher, Queu
 
 
 class Encoder:
-    """Vector of a text = [len(text), first char code]; records batch sizes; can be held at a gate."""
+    """Vector of a text = [len(text), first char code]; records batches and their groups; can be held at a gate."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.groups: list[str] = []
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list[str], group: str) -> np.ndarray:
         self.entered.set()
         self.gate.wait(30)
         self.batches.append(list(texts))
+        self.groups.append(group)
         if any(t == "boom" for t in texts):
             raise ValueError("cannot encode 'boom'")
         return np.array([[len(t), ord(t[0])] for t in texts], dtype=np.float32)
@@ -178,3 +180,27 @@ def test_workers_encode_at_the_same_time() -> None:
 def test_needs_an_encoder() -> None:
     with pytest.raises(ValueError, match="at least one encoder"):
         MicroBatcher([], max_batch_size=1, max_wait_s=0, max_queue=1)
+
+
+def test_a_batch_holds_one_group_and_the_others_keep_their_place() -> None:
+    """The API's groups are model outputs: texts of two outputs never share a model call, each call gets its group,
+    and a job of another group waits for the next batch without losing its turn."""
+    enc = Encoder()
+    batcher = MicroBatcher(enc, max_batch_size=16, max_wait_s=0, max_queue=100)
+    enc.gate.clear()
+    first = batcher.submit(["held"], "model")
+    assert enc.entered.wait(5)
+    jobs = [(f"m{i}", "model") if i % 3 else (f"e{i}", "encoder") for i in range(9)]
+    futures = [batcher.submit([text], group) for text, group in jobs]
+    enc.gate.set()
+    np.testing.assert_array_equal(first.result(5), expected(["held"]))
+    for (text, _), future in zip(jobs, futures, strict=True):
+        np.testing.assert_array_equal(future.result(5), expected([text]))
+    assert batcher.close(5)
+    by_group = {group: [b for b, g in zip(enc.batches, enc.groups, strict=True) if g == group] for group in enc.groups}
+    assert all(t[0] in "hm" for batch in by_group["model"] for t in batch)
+    assert all(t[0] == "e" for batch in by_group["encoder"] for t in batch)
+    # Once the held call ends: the oldest waiting job (an encoder one) goes first with every encoder job, then the
+    # model jobs in one call, in their order.
+    assert enc.groups == ["model", "encoder", "model"]
+    assert enc.batches[1:] == [["e0", "e3", "e6"], ["m1", "m2", "m4", "m5", "m7", "m8"]]

@@ -5,7 +5,8 @@ the API and the CLI look them up, so that none of them imports another stage for
 - training pairs: ``${paths.pairs_dir}`` (the pairs stage) or ``${paths.labels_dir}`` (the label stage), as
   ``train.pairs_from`` says (:func:`training_pairs_dir`, :func:`pairs_path`);
 - models: ``${paths.models_dir}/<run>/final``, or a folder, bucket URL or Hub name (:func:`model_location`), with an
-  ONNX export beside the weights in ``onnx/`` and its ``export_report.json``.
+  ONNX export beside the weights in ``onnx/`` and its ``export_report.json``, and ``tasks.json`` (which output of
+  the folder serves each task).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ SPLITS = ("train", "eval", "test")
 #: The ONNX export's folder inside a model folder, and the export stage's report beside it.
 ONNX_DIR = "onnx"
 REPORT_FILE = "export_report.json"
+#: The file in a model folder that says which output serves each task (read by
+#: :func:`arxiv_embeddings.backends.tasks.read_tasks`; written by the train stage).
+TASKS_FILE = "tasks.json"
 #: Where each source of training pairs lives (``train.pairs_from``): its ``paths`` key and the command that writes it.
 PAIR_SOURCES = {"pairs": ("pairs_dir", "uv run inv pairs"), "label": ("labels_dir", "uv run inv label")}
 

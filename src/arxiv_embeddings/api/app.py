@@ -2,6 +2,10 @@
 
 Routes: ``GET /health``, ``POST /embed``, ``POST /v1/embeddings`` (OpenAI-compatible), ``POST /search``,
 ``GET /metrics`` (Prometheus), ``GET /`` (a search page), ``GET /docs`` (OpenAPI).
+
+A request chooses its task (``task`` of /embed, ``model`` of /v1/embeddings, see :func:`task_of_model`); the
+model folder's ``tasks.json`` (:mod:`arxiv_embeddings.backends.tasks`) says which output computes it, and the
+micro-batcher batches texts of one output together.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from arxiv_embeddings.api.schemas import (
 )
 from arxiv_embeddings.api.service import VERSION, LoadEmbedder, Metrics, Service, postprocess
 from arxiv_embeddings.api.settings import Settings
+from arxiv_embeddings.backends.tasks import TaskMap, UnknownTaskError
 
 #: Paths served without an API key: the health probe, and the static search page (it holds no data; it sends the
 #: key the user types with each of its calls).
@@ -53,7 +58,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong API key (when the server has one).",
         408: "Request body not complete within serve.body_timeout_s.",
         413: "Request body over serve.max_body_bytes.",
-        422: "Invalid request: the message names the field and the fix.",
+        422: "Invalid request: the message names the field and the fix (`unknown_task` lists the valid tasks).",
         429: "Queue full; retry after the Retry-After header's seconds.",
         503: "Model loading, failed to load, or the server is shutting down.",
     }.items()
@@ -149,11 +154,19 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
             )
         return dimensions
 
-    async def encode(svc: Service, texts: list[str]) -> np.ndarray:
+    def check_task(svc: Service, task: str | None, where: str = "", fix: str = "") -> tuple[str, str]:
+        """``(task, output)`` of a request's task (None = the default task); 422 ``unknown_task`` otherwise."""
+        assert svc.tasks is not None
+        try:
+            return svc.tasks.resolve(task)
+        except UnknownTaskError as err:
+            raise ApiError(422, "unknown_task", f"{where}{err.message}{fix}") from None
+
+    async def encode(svc: Service, texts: list[str], output: str) -> np.ndarray:
         if svc.batcher is None:
             raise ApiError(503, "not_ready", "The model is not loaded.")
         try:
-            future = svc.batcher.submit(texts)
+            future = svc.batcher.submit(texts, output)  # batched only with texts of the same output
         except QueueFullError as err:
             svc.metrics.rejected.inc()
             raise ApiError(
@@ -186,16 +199,19 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
     )
     async def embed(body: EmbedRequest) -> Any:
         svc = ready()
+        task, output = check_task(svc, body.task)
         items = body.input if isinstance(body.input, list) else [body.input]
         texts = check_texts([as_text(i) for i in items], "input")
-        dims = check_dimensions(body.dimensions, svc.embedder.dimension)  # type: ignore[union-attr]
-        vectors = postprocess(await encode(svc, texts), dims, body.normalize)
+        dims = check_dimensions(body.dimensions, svc.dimensions[output])
+        vectors = postprocess(await encode(svc, texts, output), dims, body.normalize)
         return _json(
             {
                 "embeddings": vectors.tolist(),
                 "model": svc.model_name,
                 "dimension": int(vectors.shape[1]),
                 "normalized": body.normalize,
+                "task": task,
+                "output": output,
             }
         )
 
@@ -203,16 +219,20 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
         "/v1/embeddings",
         response_model=OpenAIEmbeddingResponse,
         responses=_ERRORS,
-        summary="OpenAI-compatible embeddings (`input`, `model`, `encoding_format`, `dimensions`).",
+        summary="OpenAI-compatible embeddings (`input`, `model` = the task, `encoding_format`, `dimensions`).",
     )
     async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Any:
         svc = ready()
+        assert svc.tasks is not None and svc.model_name is not None
+        example = svc.tasks.names[-1]
+        fix = f' Send model="{example}" or model="{svc.model_name}:{example}".'
+        _, output = check_task(svc, task_of_model(body.model, svc.model_name, svc.tasks), "model: ", fix)
         texts = check_texts(body.input if isinstance(body.input, list) else [body.input], "input")
-        dims = check_dimensions(body.dimensions, svc.embedder.dimension)  # type: ignore[union-attr]
+        dims = check_dimensions(body.dimensions, svc.dimensions[output])
         # Count tokens in a thread while the batcher encodes (usage is informational: 0 without a tokenizer).
         counting = asyncio.create_task(asyncio.to_thread(svc.count_tokens, texts)) if svc.count_tokens else None
         try:
-            vectors = postprocess(await encode(svc, texts), dims, normalize=True)
+            vectors = postprocess(await encode(svc, texts, output), dims, normalize=True)
         except BaseException:
             if counting is not None:
                 counting.cancel()
@@ -260,7 +280,7 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
                 raise ApiError(404, "unknown_paper", err.message) from None
         else:
             query = check_texts([as_text(body.text)], "text")[0]  # type: ignore[arg-type]
-            vector = await encode(svc, [query])
+            vector = await encode(svc, [query], svc.search_output)  # the output the index was built with
             hits = (await asyncio.to_thread(index.search, vector, body.k))[0]
         return _json(
             {
@@ -289,6 +309,20 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
         app, include_in_schema=False
     )
     return app
+
+
+def task_of_model(model: str, served: str, tasks: TaskMap) -> str | None:
+    """The task a /v1/embeddings ``model`` names: ``<task>`` itself, or ``<served>:<task>`` (``served`` = the model
+    /health reports); None (the default task) for any other name, so that clients which send a fixed model name
+    (``text-embedding-3-small``) keep working. ``<served>:<anything>`` returns ``<anything>``, which the caller
+    refuses when it is not a task."""
+    name = model.strip()
+    if name in tasks.tasks:
+        return name
+    prefix, colon, task = name.rpartition(":")
+    if colon and prefix == served:
+        return task
+    return None
 
 
 def _check_encodable(text: str, where: str) -> None:

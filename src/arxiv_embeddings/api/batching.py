@@ -8,6 +8,10 @@ texts: the waiting texts divided among the idle workers), encodes them in one mo
 own rows. While workers run the model, new jobs queue up, so under load every call is a full share and nobody
 waits for a timer.
 
+Each job has a ``group`` (the API's: the model output its task needs, ``model`` or ``encoder``); a batch holds the
+jobs of one group only, the group of the oldest waiting job, and the worker's encoder is called with it. Jobs of
+other groups keep their place in the queue for the next batch.
+
 Why several workers with one thread each rather than one worker with every core: the threads of one model call
 meet at a barrier after every operation, so when anything else on the machine (the event loop, a sidecar, a load
 generator) takes a core for a moment, all of them wait. Separate calls on separate cores do not wait for each
@@ -33,8 +37,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from loguru import logger
 
-#: What a worker calls: texts -> float32 (len(texts), dim). Each worker has its own; one caller at a time each.
-EncodeFn = Callable[[list[str]], np.ndarray]
+#: What a worker calls: (texts, group) -> float32 (len(texts), dim), every text of one group. Each worker has its
+#: own; one caller at a time each.
+EncodeFn = Callable[[list[str], str], np.ndarray]
+#: The group of a job submitted without one.
+DEFAULT_GROUP = ""
 #: Called after each model call with the number of texts and the seconds it took (e.g. to feed metrics).
 BatchHook = Callable[[int, float], None]
 
@@ -51,15 +58,17 @@ class BatcherClosedError(RuntimeError):
 class _Job:
     texts: list[str]
     future: Future[np.ndarray]
+    group: str = DEFAULT_GROUP
     enqueued: float = field(default_factory=time.monotonic)
 
 
 class MicroBatcher:
     """Gathers texts of concurrent callers into model calls of at most ``max_batch_size`` texts.
 
-    ``encode`` is one encoder, or one per worker thread (each called from its own thread only). A job larger than
-    ``max_batch_size`` is encoded alone (in one call). ``max_queue`` bounds the texts waiting (not counting the
-    batches being encoded). ``on_start`` runs once in each worker thread before its first batch.
+    ``encode`` is one encoder, or one per worker thread (each called from its own thread only), called with the
+    texts of one group and that group. A job larger than ``max_batch_size`` is encoded alone (in one call).
+    ``max_queue`` bounds the texts waiting (not counting the batches being encoded). ``on_start`` runs once in each
+    worker thread before its first batch.
     """
 
     def __init__(
@@ -111,8 +120,9 @@ class MicroBatcher:
         """Texts waiting for the model (not counting the batches being encoded)."""
         return self._queued
 
-    def submit(self, texts: list[str]) -> Future[np.ndarray]:
-        """Queue ``texts``; the future resolves to their float32 rows, in order."""
+    def submit(self, texts: list[str], group: str = DEFAULT_GROUP) -> Future[np.ndarray]:
+        """Queue ``texts`` of ``group`` (batched only with texts of the same group); the future resolves to their
+        float32 rows, in order."""
         future: Future[np.ndarray] = Future()
         if not texts:
             future.set_result(np.zeros((0, 0), dtype=np.float32))
@@ -124,14 +134,14 @@ class MicroBatcher:
                 raise QueueFullError(
                     f"{self._queued} texts are already waiting (limit {self.max_queue}); retry shortly."
                 )
-            self._jobs.append(_Job(list(texts), future))
+            self._jobs.append(_Job(list(texts), future, group))
             self._queued += len(texts)
             self._cond.notify()
         return future
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], group: str = DEFAULT_GROUP) -> np.ndarray:
         """:meth:`submit` for async callers. Cancelling the caller drops its job if it has not started."""
-        return await asyncio.wrap_future(self.submit(texts))
+        return await asyncio.wrap_future(self.submit(texts, group))
 
     def close(self, timeout: float | None = None) -> bool:
         """Take no new jobs, finish the queued ones, stop the workers. True when they stopped within ``timeout``."""
@@ -162,11 +172,19 @@ class MicroBatcher:
             # load every core gets work instead of one worker taking everything while the others wait.
             share = min(self.max_batch_size, -(-self._queued // max(1, self._idle)))
             batch = [self._jobs.popleft()]
-            size = len(batch[0].texts)
-            while self._jobs and size + len(self._jobs[0].texts) <= share:
-                job = self._jobs.popleft()
-                batch.append(job)
+            size, group = len(batch[0].texts), batch[0].group
+            # The oldest job's group: its next jobs in order while they fit; the other groups' jobs stay queued.
+            kept: list[_Job] = []
+            while self._jobs and size < share:
+                job = self._jobs[0]
+                if job.group != group:
+                    kept.append(self._jobs.popleft())
+                    continue
+                if size + len(job.texts) > share:
+                    break
+                batch.append(self._jobs.popleft())
                 size += len(job.texts)
+            self._jobs.extendleft(reversed(kept))
             self._queued -= size
             self._idle -= 1
         return batch
@@ -196,7 +214,7 @@ class MicroBatcher:
         texts = [t for job in live for t in job.texts]
         started = time.perf_counter()
         try:
-            vectors = encode(texts)
+            vectors = encode(texts, live[0].group)
             if vectors.shape[0] != len(texts):
                 raise RuntimeError(f"The model returned {vectors.shape[0]} rows for {len(texts)} texts.")
         except Exception as err:  # every waiting caller gets the error; the worker keeps running

@@ -58,6 +58,14 @@ class EmbedRequest(_Strict):
         description="Keep only the first `dimensions` values of each embedding (Matryoshka truncation); "
         "re-normalized when `normalize` is true.",
     )
+    task: str | None = Field(
+        default=None,
+        description="What the embeddings are for: `subject` (papers of one subject together, papers like this "
+        "one), `search` (a title or short query finding its paper) or `graded` (graded relatedness); each is "
+        "computed with the output the model folder's tasks.json names (GET /health lists them). Default: the "
+        "model's default task.",
+        examples=["search"],
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -65,6 +73,8 @@ class EmbedResponse(BaseModel):
     model: str
     dimension: int = Field(description="Length of each embedding (after truncation).")
     normalized: bool
+    task: str = Field(description="The task the embeddings were made for (the default one when none was given).")
+    output: str = Field(description="The model output that computed them: `model` (every module) or `encoder`.")
 
 
 # ---------------------------------------------------------------------------------------- /v1/embeddings
@@ -74,7 +84,11 @@ class OpenAIEmbeddingRequest(_Strict):
     input: Text | Annotated[list[Text], Field(min_length=1)] = Field(
         description="A text or a list of texts (at most serve.max_batch)."
     )
-    model: str = Field(description="Accepted for compatibility; the served model answers whatever is named.")
+    model: str = Field(
+        description="The task: `<task>` (e.g. `search`) or `<served model>:<task>` (the `model` of GET /health, a "
+        "colon, a task). Any other name (e.g. `text-embedding-3-small`) gets the model's default task, so clients "
+        "that send a fixed model name keep working; `<served model>:<not a task>` is a 422 listing the tasks."
+    )
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="`base64`: each embedding as little-endian float32 bytes, base64-encoded."
     )
@@ -146,6 +160,16 @@ class HealthResponse(BaseModel):
     threads: int = Field(description="Intra-op threads of each worker (on a CPU).")
     version: str
     index_size: int | None = Field(description="Papers in the search index; null when /search is off.")
+    default_task: str = Field(description="The task of a request that names none.")
+    tasks: dict[str, str] = Field(
+        description="Each task served (`task` of /embed, `model` of /v1/embeddings) and the model output that "
+        "computes it: `model` (every module of the folder) or `encoder` (the Transformer and Pooling only).",
+        examples=[{"subject": "model", "search": "encoder", "graded": "model"}],
+    )
+    search_output: str | None = Field(
+        description="The output /search embeds query texts with: the one the index was built with; null when "
+        "/search is off."
+    )
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -1,4 +1,5 @@
-"""What the API holds while it runs: the embedder, the micro-batcher, the optional search index and their state.
+"""What the API holds while it runs: the embedder, the tasks it serves (the model folder's ``tasks.json``), the
+micro-batcher, the optional search index and their state.
 
 :meth:`Service.start` loads everything in a background thread, so the server answers ``/health`` (503) while the
 model loads and ``/health`` turns 200 once it is ready (or stays 503 with the reason when loading failed).
@@ -22,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from arxiv_embeddings.api.batching import MicroBatcher
 from arxiv_embeddings.api.settings import Settings
 from arxiv_embeddings.backends.onnx_embedder import usable_cpus
+from arxiv_embeddings.backends.tasks import MODEL, TaskMap, tasks_of
 from arxiv_embeddings.vectors import normalize_rows
 
 if TYPE_CHECKING:
@@ -180,6 +182,9 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.index: PaperIndex | None = None
         self.count_tokens: Callable[[list[str]], int] | None = None
+        self.tasks: TaskMap | None = None  # the tasks served and their outputs, from the model folder's tasks.json
+        self.dimensions: dict[str, int] = {}  # length of each output's vectors (from the warm-up)
+        self.search_output = MODEL  # what /search embeds a query text with: the index's own output
         self.workers = 0  # model worker threads, once loaded
         self.threads = 0  # intra-op threads of each
         self._thread: threading.Thread | None = None
@@ -220,6 +225,7 @@ class Service:
         s = self.settings
         self.model_name = choose_model(s)
         self.model_folder = local_copy_of(self.model_name, s.cache_dir, "model", "MODEL_PATH / serve.model_path")
+        tasks = tasks_of(self.model_folder)  # a malformed tasks.json fails the start-up, naming the file
         threads, workers = cpu_layout(s.threads, s.workers)
         embedder = self._load_embedder(
             self.model_folder,
@@ -229,7 +235,13 @@ class Service:
             max_seq_length=s.max_seq_length,
             threads=threads,  # onnxruntime's intra-op threads; torch's are set in each worker thread below
         )
-        embedder.encode(["warm-up"], batch_size=1)  # first call allocates; keep it out of the first request
+
+        def warm_up(output: str) -> int:
+            """The first call of an output allocates (kept out of the first request) and gives its dimension; an
+            output the backend cannot compute fails the start-up here rather than a request."""
+            return int(embedder.encode(["warm-up"], batch_size=1, output=output).shape[1])
+
+        dimensions = {output: warm_up(output) for output in tasks.outputs}
         if str(embedder.device) != "cpu" and s.workers is None:
             workers = 1  # one GPU: one worker keeps it busy with whole batches
         # Each worker encodes with its own copy of the tokenizer and modules around the same weights.
@@ -244,6 +256,15 @@ class Service:
         self.embedder = embedder
         self.count_tokens = token_counter(embedder)
         self.index = self._load_index()
+        self.search_output = self._search_output(tasks)
+        if self.search_output not in dimensions:
+            dimensions[self.search_output] = warm_up(self.search_output)
+        self.tasks, self.dimensions = tasks, dimensions
+        logger.info(
+            f"Tasks ({tasks.origin}): "
+            + ", ".join(f"{t} -> {tasks.tasks[t]} ({dimensions[tasks.tasks[t]]}-d)" for t in tasks.names)
+            + f"; default {tasks.default}."
+        )
 
         def worker_setup() -> None:
             if embedder.backend == "torch":
@@ -257,8 +278,9 @@ class Service:
             self.metrics.observe_batch(size, seconds)
             trimmer.maybe_trim()
 
-        def encoder(e: Embedder) -> Callable[[list[str]], np.ndarray]:
-            return lambda texts: e.encode(texts, batch_size=s.encode_batch_size, normalize=False)
+        def encoder(e: Embedder) -> Callable[[list[str], str], np.ndarray]:
+            # The batcher's group is the output: a batch holds the texts of one output only.
+            return lambda texts, output: e.encode(texts, batch_size=s.encode_batch_size, normalize=False, output=output)
 
         self.batcher = MicroBatcher(
             [encoder(e) for e in encoders],
@@ -289,6 +311,21 @@ class Service:
             logger.warning(f"Not using the index at {default}: {err}")
             return None
 
+    def _search_output(self, tasks: TaskMap) -> str:
+        """The output /search embeds a query text with: the index's own (its vectors and the query's must live in
+        one space), which the ``search`` task's output should be; a warning when they differ."""
+        if self.index is None:
+            return tasks.tasks.get("search", tasks.output_of(None))
+        built = self.index.output
+        wanted = tasks.tasks.get("search")
+        if wanted is not None and wanted != built:
+            logger.warning(
+                f"The index at {self.index.path} was built with the {built!r} output but {tasks.origin} serves the "
+                f"search task with {wanted!r}: /search embeds query texts with {built!r}, the index's space. Rebuild "
+                f"the index with the {wanted!r} output to search with it."
+            )
+        return built
+
     def stop(self) -> None:
         """Finish the queued texts and stop the worker (within ``shutdown_timeout_s``)."""
         self.status = "stopping"
@@ -300,10 +337,15 @@ class Service:
         e = self.embedder
         if e is None:
             raise RuntimeError("health() called before the model loaded")
+        tasks = self.tasks
+        assert tasks is not None
         return {
             "status": "ok",
             "model": self.model_name,
-            "dimension": int(e.dimension),
+            "dimension": self.dimensions[tasks.output_of(None)],
+            "default_task": tasks.default,
+            "tasks": dict(tasks.as_dict()["tasks"]),
+            "search_output": self.search_output if self.index is not None else None,
             "backend": e.backend,
             "variant": e.variant,
             "device": str(e.device),

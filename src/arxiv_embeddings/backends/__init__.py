@@ -3,6 +3,7 @@
     from arxiv_embeddings.backends import load_embedder
     emb = load_embedder("models/minilm-sample/final", backend="torch")
     vectors = emb.encode(["A title\\nAn abstract ..."])          # float32, (n, dim), L2-normalized
+    encoded = emb.encode(["A short query"], output="encoder")    # the encoder alone: no head after the pooling
 
 The package's modules:
 
@@ -11,7 +12,9 @@ The package's modules:
 - :mod:`~arxiv_embeddings.backends.torch_embedder`: :class:`TorchEmbedder`, a sentence-transformers model in torch;
 - :mod:`~arxiv_embeddings.backends.onnx_embedder`: the ONNX export with onnxruntime and tokenizers only, no torch;
 - :mod:`~arxiv_embeddings.backends.lora`: LoRA adapters (add, save, merge, recognise an adapter folder);
-- :mod:`~arxiv_embeddings.backends.hosted`: a hosted OpenAI-compatible embeddings API (a baseline).
+- :mod:`~arxiv_embeddings.backends.hosted`: a hosted OpenAI-compatible embeddings API (a baseline);
+- :mod:`~arxiv_embeddings.backends.tasks`: which output (``model``, ``encoder``) serves each task of a model
+  folder (its ``tasks.json``).
 
 The index, the search CLI and the API only use this module, so they work with either backend. This module must
 stay importable without torch: the torch backend is imported only when :func:`load_embedder` needs it.
@@ -54,8 +57,15 @@ class Embedder(Protocol):
     #: Most tokens per text.
     max_seq_length: int
 
-    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
-        """Embeddings of ``texts`` as float32 ``(len(texts), dimension)``; L2-normalized when ``normalize``."""
+    def encode(
+        self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = "model"
+    ) -> np.ndarray:
+        """Embeddings of ``texts`` as float32 ``(len(texts), d)``; L2-normalized when ``normalize``.
+
+        ``output`` (:data:`arxiv_embeddings.backends.tasks.OUTPUTS`): ``model`` runs every module of the model
+        folder (``d`` = :attr:`dimension`); ``encoder`` stops after the Pooling and L2-normalizes whatever
+        ``normalize`` says (``d`` = the pooled dimension). Which output serves which task is the folder's
+        ``tasks.json`` (:func:`arxiv_embeddings.backends.tasks.read_tasks`)."""
         ...
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from arxiv_embeddings.backends.tasks import MODEL, check_output
 from arxiv_embeddings.config import ConfigError, require_http_url
 from arxiv_embeddings.vectors import normalize_rows
 
@@ -176,10 +177,20 @@ class HostedEmbedder:
             raise HostedAPIError(f"{self.url}: the answer does not hold one vector of one size per input text.")
         return [v for v in vectors if v is not None]
 
-    def encode(self, texts: list[str], batch_size: int | None = None, normalize: bool = True) -> np.ndarray:
-        """Vectors of ``texts`` as float32 ``(len(texts), dim)``, from the cache where it has them."""
+    def encode(
+        self, texts: list[str], batch_size: int | None = None, normalize: bool = True, output: str = MODEL
+    ) -> np.ndarray:
+        """Vectors of ``texts`` as float32 ``(len(texts), dim)``, from the cache where it has them. A hosted model
+        has one output, what the API answers: ``output`` must be ``model``."""
         import httpx
         from tqdm import tqdm
+
+        if output != MODEL:
+            check_output(output)  # an unknown name: the message lists the outputs
+            raise ValueError(
+                f"output={output!r}: the hosted model {self.name!r} has one output, {MODEL!r} (what its API answers); "
+                f"{output!r} needs the model's own modules (load it with backend torch or onnx)."
+            )
 
         keys = [self.key(t) for t in texts]
         found = self.cache.get(list(dict.fromkeys(keys)))

@@ -12,6 +12,7 @@ read from the sentence-transformers files beside them: ``tokenizer.json``, ``sen
 transformer) and ``1_Pooling/config.json`` (the pooling modes), so that the vectors match the torch model's.
 Supported: Transformer -> Pooling, then any sequence of Normalize and linear Dense modules (identity activation:
 the subject head of ``train.head``, weights read with safetensors' NumPy loader); another module fails with its name.
+``encode(texts, output="encoder")`` leaves out every module after the Pooling (the encoder without its head).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from arxiv_embeddings.backends.lora import is_adapter_dir
+from arxiv_embeddings.backends.tasks import MODEL, check_output
 from arxiv_embeddings.layout import ONNX_DIR as ONNX_DIR
 from arxiv_embeddings.layout import REPORT_FILE as REPORT_FILE
 from arxiv_embeddings.vectors import normalize_rows
@@ -96,11 +98,16 @@ class PipelineConfig:
         return bool(self.post) and self.post[-1][0] == "normalize"
 
     @property
+    def pooled_dimension(self) -> int:
+        """Length of the Pooling's vectors (the ``encoder`` output)."""
+        return self.token_dim * len(self.pooling_modes)
+
+    @property
     def dimension(self) -> int:
         for kind, weight, _ in reversed(self.post):
             if kind == "dense" and weight is not None:
                 return int(weight.shape[0])
-        return self.token_dim * len(self.pooling_modes)
+        return self.pooled_dimension
 
     def apply_post(self, pooled: np.ndarray) -> np.ndarray:
         """The modules after the pooling, in NumPy."""
@@ -312,7 +319,7 @@ class OnnxEmbedder:
         encodings = self.tokenizer.encode_batch(self._prepare(texts))
         return np.array([sum(e.attention_mask) for e in encodings], dtype=np.int64)
 
-    def _run(self, texts: list[str]) -> np.ndarray:
+    def _run(self, texts: list[str], post: bool = True) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
@@ -320,24 +327,30 @@ class OnnxEmbedder:
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
         tokens = self.session.run([self._output], {k: v for k, v in feed.items() if k in self._inputs})[0]
-        return self.pipeline.apply_post(_pool(self.pipeline.pooling_modes, np.asarray(tokens), mask))
+        pooled = _pool(self.pipeline.pooling_modes, np.asarray(tokens), mask)
+        return self.pipeline.apply_post(pooled) if post else pooled.astype(np.float32, copy=False)
 
-    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
-        """Embeddings of ``texts`` as float32 ``(len(texts), dimension)``; L2-normalized when ``normalize`` (the
-        model's own Normalize module, when it has one, applies either way, as in sentence-transformers)."""
+    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = MODEL) -> np.ndarray:
+        """Embeddings of ``texts`` as float32 ``(len(texts), d)``.
+
+        ``output="model"``: the whole pipeline (``d`` = :attr:`dimension`), L2-normalized when ``normalize`` (the
+        model's own Normalize module, when it has one, applies either way, as in sentence-transformers).
+        ``output="encoder"``: the pooled vectors with none of the modules after the Pooling, always L2-normalized
+        (``d`` = the pooled dimension)."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts, not a single string; wrap it: encode([text]).")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        post = check_output(output) == MODEL
+        out = np.zeros((len(texts), self.dimension if post else self.pipeline.pooled_dimension), dtype=np.float32)
         if not texts:
             return out
         prepared = self._prepare(texts)
         order = np.argsort([-len(t) for t in prepared], kind="stable")  # similar lengths per batch: less padding
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            out[rows] = self._run([prepared[i] for i in rows])
-        return normalize_rows(out) if normalize or self.pipeline.normalize else out
+            out[rows] = self._run([prepared[i] for i in rows], post=post)
+        return normalize_rows(out) if normalize or not post or self.pipeline.normalize else out
 
     def replica(self) -> OnnxEmbedder:
         """A copy to encode from another thread at the same time: the same onnxruntime session (its ``run`` may be

@@ -1,13 +1,21 @@
 """The torch backend: a sentence-transformers model in torch, fp32, bf16 or fp16, behind the :class:`Embedder`
-interface of :mod:`arxiv_embeddings.backends`."""
+interface of :mod:`arxiv_embeddings.backends`. ``output="encoder"`` runs the model's modules up to its Pooling only
+(a view of the same module objects: no second copy of the weights)."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
+from arxiv_embeddings.backends.tasks import ENCODER, MODEL, check_output
 from arxiv_embeddings.vectors import normalize_rows
+
+#: Class name of the module the ``encoder`` output ends with.
+_POOLING = "Pooling"
+#: Modules after the Pooling that leave the direction of a vector unchanged (``encoder`` = ``model`` after them).
+_DIRECTION_KEEPING = ("Normalize",)
 
 
 class TorchEmbedder:
@@ -46,11 +54,46 @@ class TorchEmbedder:
             raise ValueError(f"{self.name} does not declare an embedding dimension.")
         self.dimension = int(dim)
         self.max_seq_length = int(self.model.max_seq_length or 0)
+        self._encoder, self._encoder_dimension = self._encoder_view()
 
-    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+    def _encoder_view(self) -> tuple[Any, int]:
+        """The model up to its Pooling (the ``encoder`` output) and its dimension: the model itself when only
+        Normalize modules follow the Pooling, else a SentenceTransformer around the same module objects. None when
+        the model has no Pooling module."""
+        modules = list(self.model)
+        kinds = [type(m).__name__ for m in modules]
+        if _POOLING not in kinds:
+            return None, 0
+        cut = kinds.index(_POOLING) + 1
+        if all(kind in _DIRECTION_KEEPING for kind in kinds[cut:]):
+            return self.model, self.dimension
+        from sentence_transformers import SentenceTransformer
+
+        view = SentenceTransformer(
+            modules=modules[:cut],
+            device=str(self.model.device),
+            prompts=dict(self.model.prompts or {}),
+            default_prompt_name=self.model.default_prompt_name,
+        )
+        dim = getattr(view, "get_embedding_dimension", view.get_sentence_embedding_dimension)()
+        return view, int(dim or 0)
+
+    def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = MODEL) -> np.ndarray:
+        """Embeddings of ``texts``: every module of the model (``output="model"``), or the modules up to the
+        Pooling, L2-normalized (``output="encoder"``)."""
+        check_output(output)
+        model, dim = self.model, self.dimension
+        if output == ENCODER:
+            if self._encoder is None:
+                kinds = " -> ".join(type(m).__name__ for m in self.model)
+                raise ValueError(
+                    f"{self.name} has no {_POOLING} module ({kinds}), so it has no 'encoder' output; serve its "
+                    f"'{MODEL}' output (map every task to \"{MODEL}\" in its tasks.json)."
+                )
+            model, dim, normalize = self._encoder, self._encoder_dimension, True
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
+            return np.zeros((0, dim), dtype=np.float32)
+        vectors = model.encode(
             texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, normalize_embeddings=False
         )
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -65,4 +108,5 @@ class TorchEmbedder:
         shared = {id(t): t for t in itertools.chain(self.model.parameters(), self.model.buffers())}
         clone = copy.copy(self)
         clone.model = copy.deepcopy(self.model, memo=shared)
+        clone._encoder, clone._encoder_dimension = clone._encoder_view()  # over the clone's own modules
         return clone

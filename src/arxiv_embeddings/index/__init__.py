@@ -10,7 +10,8 @@ Settings live in ``configs/base.yaml`` (section ``index:``). The stage writes ``
 
 - ``index.faiss``: the FAISS index over L2-normalized embeddings, inner product (= cosine similarity);
 - ``metadata.parquet``: ``arxiv_id``, ``title``, ``primary_subject``; row ``i`` is vector id ``i``;
-- ``manifest.json``: the model (name, folder, fingerprint of its weights), backend, variant, dimension, count,
+- ``manifest.json``: the model (name, folder, fingerprint of its weights), backend, variant, the model output the
+  papers were embedded with (``output``: ``model``, every module of the folder), dimension, count,
   index type and parameters, the corpus files, the build report (recall@10 against exact search, queries/s,
   index bytes, RSS) and the sha256 of the two files above.
 
@@ -32,7 +33,8 @@ Python API (used by the search CLI and the web service)::
     index.search_text(embedder, ["a title\nan abstract"], k=5)                     # -> list[list[Hit]]
     index.search_id("2401.01234", k=5)  # -> list[Hit], the paper itself excluded; UnknownPaperError if not indexed
     index.manifest                      # dict: model, model_location, model_fingerprint, backend, variant,
-                                        #   dimension, count, index_type, index_params, text, build, files, ...
+                                        #   output, dimension, count, index_type, index_params, text, build, ...
+    index.output                        # the model output its papers were embedded with ("model" if unrecorded)
     len(index)                          # number of papers
 
 ``Hit`` is a frozen dataclass ``(arxiv_id, title, primary_subject, score)``, ``score`` the cosine similarity.

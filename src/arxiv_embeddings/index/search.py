@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from arxiv_embeddings.ann import apply_search_params
+from arxiv_embeddings.backends.tasks import MODEL
 from arxiv_embeddings.index.format import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -121,6 +122,13 @@ class PaperIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def output(self) -> str:
+        """The model output the papers were embedded with (``model`` or ``encoder``, see
+        :mod:`arxiv_embeddings.backends.tasks`): query texts must be embedded with it too. ``model`` for an index
+        whose manifest predates the field."""
+        return str(self.manifest.get("output") or MODEL)
+
     def __repr__(self) -> str:
         m = self.manifest
         return f"PaperIndex({m.get('index_type')}, {len(self)} papers, dim {self.dimension}, model {m.get('model')})"
@@ -178,11 +186,13 @@ class PaperIndex:
         return self._hits(*self._raw_search(vectors, k))
 
     def search_text(self, embedder: Embedder, texts: list[str], k: int = 10) -> list[list[Hit]]:
-        """Embed ``texts`` with ``embedder`` (see :mod:`arxiv_embeddings.backends`) and :meth:`search` them."""
-        self._check_dimension(int(embedder.dimension), f"The embedder {embedder.name!r} makes vectors of")
+        """Embed ``texts`` with ``embedder`` (see :mod:`arxiv_embeddings.backends`), with the output the index was
+        built with (:attr:`output`), and :meth:`search` them."""
+        if self.output == MODEL:
+            self._check_dimension(int(embedder.dimension), f"The embedder {embedder.name!r} makes vectors of")
         if not texts:
             return []
-        return self.search(embedder.encode(list(texts), normalize=True), k)
+        return self.search(embedder.encode(list(texts), normalize=True, output=self.output), k)
 
     def row_of(self, arxiv_id: str) -> int:
         """Vector id (metadata row) of a paper; :class:`UnknownPaperError` when it is not indexed."""

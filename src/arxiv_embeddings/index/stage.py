@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.ann import INDEX_TYPES
 from arxiv_embeddings.backends.loading import model_fingerprint, model_folder
+from arxiv_embeddings.backends.tasks import MODEL
 from arxiv_embeddings.config import (
     CONFIG_DIR,
     check_int,
@@ -158,6 +159,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "model_fingerprint": fingerprint,
             "backend": embedder.backend,
             "variant": embedder.variant,
+            # The model output the papers were embedded with (the whole model); the API embeds query texts with it.
+            "output": MODEL,
             "max_seq_length": int(embedder.max_seq_length),
             "dimension": embeddings.dimension,
             "count": len(corpus),
