@@ -24,7 +24,7 @@ from arxiv_embeddings.io import (
     read_parquet,
     write_json,
 )
-from arxiv_embeddings.layout import PAIR_SOURCES, pair_source
+from arxiv_embeddings.layout import PAIR_SOURCES, TASKS_FILE, pair_source
 from arxiv_embeddings.stage import StageSpec, fingerprint
 from arxiv_embeddings.train.checkpoints import (
     CheckpointUploader,
@@ -81,8 +81,7 @@ def validate(cfg: DictConfig) -> None:
             f"train.pairs_from={cfg.train.pairs_from} with a multi-task mix: a mix trains on the pairs stage's task "
             "folders; use mix=none to train on the label stage's pairs alone, or train.pairs_from=pairs."
         )
-    if not tasks:
-        _check_loss(cfg.loss, "loss")
+    _check_loss(cfg.loss, "loss")  # the main task's
     validate_model(cfg)
     if head_enabled(cfg):
         from arxiv_embeddings.head import validate_head
@@ -289,7 +288,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         # with one the search task is served by the encoder under it.
         search_output = "encoder" if head_info is not None else "model"
         write_json(
-            tmp / "tasks.json",
+            tmp / TASKS_FILE,
             {"default": "subject", "tasks": {"subject": "model", "search": search_output, "graded": "model"}},
         )
     write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": True})
