@@ -35,13 +35,21 @@ SLICE_SUBJECTS = (
 )
 
 
-#: The fresh papers of the generalization check for the tests (set by the session fixture ``fresh_slice``).
+#: The fresh papers of the generalization check for the tests (set by the session fixture ``fresh_slice``), and
+#: those in natural proportions (set by ``fresh_natural_slice``).
 FRESH_SLICE: list[Path] = []
+FRESH_NATURAL_SLICE: list[Path] = []
+#: Papers kept of the natural fresh slice in the tests (a seeded random choice of those of the slice's subjects).
+FRESH_NATURAL_PAPERS = 120
 
 
 def fresh_overrides() -> list[str]:
-    """``evaluate.fresh.path`` of the tests: the shipped fresh papers of the slice's subjects (fast to encode)."""
-    return [f"evaluate.fresh.path={FRESH_SLICE[0]}"] if FRESH_SLICE else []
+    """``evaluate.fresh.path`` and ``evaluate.fresh_natural.path`` of the tests: the shipped fresh papers of the
+    slice's subjects (fast to encode)."""
+    return [
+        *([f"evaluate.fresh.path={FRESH_SLICE[0]}"] if FRESH_SLICE else []),
+        *([f"evaluate.fresh_natural.path={FRESH_NATURAL_SLICE[0]}"] if FRESH_NATURAL_SLICE else []),
+    ]
 
 
 def root_overrides(root: Path) -> list[str]:
@@ -58,6 +66,23 @@ def fresh_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fresh") / "fresh.parquet"
     pq.write_table(table, path)
     FRESH_SLICE[:] = [path]
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_natural_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded choice of 120 of the shipped fresh papers in natural proportions (resources/arxiv_fresh_natural.parquet)
+    of the slice's subjects: still in natural proportions, fast to encode."""
+    import numpy as np
+
+    from arxiv_embeddings.evaluation import FRESH_NATURAL_FILE
+
+    table = pq.read_table(SAMPLE_PATH.parent / FRESH_NATURAL_FILE)
+    table = table.filter(pc.is_in(table.column("primary_subject"), pa.array(SLICE_SUBJECTS)))
+    rows = np.sort(np.random.default_rng(0).choice(table.num_rows, FRESH_NATURAL_PAPERS, replace=False))
+    path = tmp_path_factory.mktemp("fresh_natural") / "fresh_natural.parquet"
+    pq.write_table(table.take(pa.array(rows)), path)
+    FRESH_NATURAL_SLICE[:] = [path]
     return path
 
 

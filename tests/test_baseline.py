@@ -75,7 +75,8 @@ def test_compare_builds_one_table_of_every_run(reports: Path, capsys: pytest.Cap
     written = (reports / "comparison.md").read_text()
     assert written == text
     printed = capsys.readouterr().out
-    table = [line for line in text.splitlines() if line.startswith("|")]
+    overview, _, by_task = text.partition("## Each task on each slice")
+    table = [line for line in overview.splitlines() if line.startswith("|")]
     assert table[0].split("|")[1:-1] == [
         f" {h} " for h in ("Run", "Kind", "Test papers", *(c for c, _, _ in COMPARE_COLUMNS))
     ]
@@ -86,6 +87,47 @@ def test_compare_builds_one_table_of_every_run(reports: Path, capsys: pytest.Cap
     assert table[2].split("|")[1].strip() == f"`{best}`"  # rows ordered by NDCG@10
     assert f"**{ndcg[best]:.4f}**" in rows[f"`{best}`"]
     assert rows["`tfidf`"] in printed
+    # One table per task, each on the test split and both fresh slices, said which is which.
+    assert "balanced fresh papers" in by_task and "natural arXiv proportions" in by_task
+    for title, header in (
+        ("### Subject retrieval", "| Run | test P@10 | test MRR@10 | fresh P@10 | fresh MRR@10 | natural P@10 |"),
+        ("### Title → abstract retrieval", "| Run | test R@1 | test MRR@10 | fresh R@1 | fresh MRR@10 | natural R@1 |"),
+        ("### Graded relatedness", "| Run | test Spearman | fresh Spearman | natural Spearman |"),
+    ):
+        part = by_task.split(title)[1].split("###")[0]
+        assert header in part and part in printed
+        lines = {line.split("|")[1].strip(): line for line in part.splitlines() if line.startswith("| `")}
+        assert set(lines) == {"`tfidf`", "`tiny`"} and "–" not in lines["`tfidf`"]
+    natural = _metrics(reports, "tiny")["fresh_natural_title_abstract"]["recall@1"]
+    assert f"{natural:.4f}" in by_task.split("### Title → abstract retrieval")[1].split("###")[0]
+
+
+def test_tfidf_graded_score_uses_the_same_pairs_and_gains_are_bootstrapped(reports: Path) -> None:
+    """Sparse TF-IDF rows get cosines of the same pairs as the tiny model's, so every gain (15: three tasks on three
+    sets of papers) is paired, the graded ones over the pairs."""
+    from scipy.stats import spearmanr
+
+    from arxiv_embeddings.report import GAIN_METRICS, gains_over_reference, load_reports
+
+    tfidf, tiny = _metrics(reports, "tfidf"), _metrics(reports, "tiny")
+    for key in ("graded", "fresh_graded", "fresh_natural_graded"):
+        a, b = tfidf[key]["per_pair"], tiny[key]["per_pair"]
+        assert (a["a"], a["b"], a["overlap"]) == (b["a"], b["b"], b["overlap"]) and a["cosine"] != b["cosine"]
+        assert all(-1e-6 <= c <= 1 + 1e-6 for c in a["cosine"])  # TF-IDF rows are non-negative
+        assert tfidf[key]["spearman"] == pytest.approx(spearmanr(a["cosine"], a["overlap"]).statistic, abs=1e-4)
+    # TF-IDF sees shared vocabulary: same-subject pairs (overlap > 0) are more similar than random ones.
+    assert tfidf["graded"]["spearman"] > 0.1
+
+    (gains,) = gains_over_reference(load_reports(reports), "tiny", resamples=300)
+    assert gains["run"] == "tfidf" and set(gains["gains"]) == {label for label, _, _ in GAIN_METRICS}
+    graded = gains["gains"]["test Spearman"]
+    assert graded["a"] == pytest.approx(tfidf["graded"]["spearman"], abs=1e-4)
+    assert graded["b"] == pytest.approx(tiny["graded"]["spearman"], abs=1e-4)
+    assert graded["n"] == tiny["graded"]["num_pairs"] and graded["low"] <= graded["diff"] <= graded["high"]
+    search = gains["gains"]["fresh title→abstract R@1"]
+    assert search["n"] == tiny["fresh_title_abstract"]["num_queries"]
+    assert search["a"] == pytest.approx(tfidf["fresh_title_abstract"]["recall@1"], abs=1e-5)
+    assert gains["search_gate"] == ("pass" if search["a"] >= search["b"] - 0.005 else "fail")
 
 
 def test_compare_without_reports_says_what_to_run(tmp_path: Path) -> None:

@@ -88,7 +88,12 @@ def test_metrics_describe_the_test_split(tiny_result: dict, processed_root: Path
 
     ta = m["title_abstract"]
     ranks = {f"{m}@{k}" for m in ("recall", "precision") for k in (1, 10)}
-    assert set(ta) == {"num_queries", "corpus_size", "mrr@10", "search", *ranks}
+    assert set(ta) == {"num_queries", "corpus_size", "mrr@10", "search", "per_query", *ranks}
+    # Each title's figures, by arxiv id, for the paired bootstrap: every test paper is a query, in the split's order.
+    assert ta["per_query"]["arxiv_id"] == test.column("arxiv_id").to_pylist()
+    for key in ("recall@1", "mrr@10"):
+        assert np.mean(ta["per_query"][key]) == pytest.approx(ta[key], abs=1e-5)
+    assert set(ta["per_query"]["recall@1"]) <= {0.0, 1.0}
     assert ta["search"] == "faiss-flat"  # a FAISS index of the abstracts
     assert ta["num_queries"] == ta["corpus_size"] == test.num_rows
     assert ta["precision@10"] == pytest.approx(ta["recall@10"] / 10)  # one relevant abstract per title
@@ -193,6 +198,11 @@ def test_missing_processed_data_names_the_command(tmp_path: Path, tiny_model_dir
         ("evaluate.fresh.min_per_subject=1", "evaluate.fresh.min_per_subject"),
         ("evaluate.fresh.enabled=maybe", "evaluate.fresh.enabled"),
         ("evaluate.bootstrap.confidence=95", "evaluate.bootstrap.confidence"),
+        ("evaluate.fresh_natural.min_per_subject=1", "evaluate.fresh_natural.min_per_subject"),
+        ("evaluate.fresh_natural.enabled=sometimes", "evaluate.fresh_natural.enabled"),
+        ("evaluate.graded.pairs=0", "evaluate.graded.pairs"),
+        ("evaluate.graded.same_subject_fraction=1.5", "evaluate.graded.same_subject_fraction"),
+        ("evaluate.graded.enabled=yes-please", "evaluate.graded.enabled"),
     ],
 )
 def test_validation_names_the_key(override: str, key: str, tmp_path: Path, make_cfg) -> None:
@@ -260,7 +270,149 @@ def test_fresh_check_off_and_each_model_at_its_own_length(
     )
     metrics = evaluate.run(cfg)["metrics"]
     assert metrics["fresh_retrieval"] is None and "fresh" not in metrics["data"]
+    assert metrics["fresh_title_abstract"] is None and metrics["fresh_graded"] is None
+    # The natural slice and the graded score are on by default.
+    assert metrics["fresh_natural_retrieval"]["num_queries"] > 0 and metrics["graded"]["num_pairs"] > 0
     from sentence_transformers import SentenceTransformer
 
     own = SentenceTransformer(str(tiny_model_dir), device="cpu").max_seq_length
     assert metrics["features"]["max_seq_length"] == own
+
+
+def test_checks_off_leave_their_sections_empty(project: Path, processed_root: Path, make_cfg) -> None:
+    cfg = make_cfg(
+        "evaluate",
+        project,
+        eval_overrides(
+            processed_root,
+            "run_name=tiny",
+            "evaluate.report_name=no-extras",
+            "evaluate.max_test_papers=40",
+            "evaluate.fresh_natural.enabled=false",
+            "evaluate.graded.enabled=false",
+        ),
+    )
+    metrics = evaluate.run(cfg)["metrics"]
+    assert tuple(metrics) == evaluation.METRICS_KEYS
+    assert "fresh_natural" not in metrics["data"]
+    for key in ("fresh_natural_retrieval", "fresh_natural_title_abstract", "graded", "fresh_graded"):
+        assert metrics[key] is None, key
+    assert metrics["fresh_retrieval"]["num_queries"] > 0 and metrics["fresh_title_abstract"]["num_queries"] > 0
+
+
+# ------------------------------------------------------------------------------------- search on fresh papers
+def test_fresh_titles_are_searched_among_their_abstracts(tiny_result: dict, fresh_slice: Path) -> None:
+    metrics = tiny_result["metrics"]
+    ta, subject = metrics["fresh_title_abstract"], metrics["fresh_retrieval"]
+    papers = pq.read_table(fresh_slice)
+    assert ta["num_queries"] == ta["corpus_size"] == papers.num_rows == subject["corpus_size"]
+    assert ta["search"] == "faiss-flat"
+    assert ta["per_query"]["arxiv_id"] == papers.column("arxiv_id").to_pylist()
+    for key in ("recall@1", "mrr@10"):
+        assert np.mean(ta["per_query"][key]) == pytest.approx(ta[key], abs=1e-5)
+    # A random tiny BERT still finds a title's own abstract far more often than chance (shared words).
+    assert ta["recall@1"] > 5 / papers.num_rows
+    report = (tiny_result["dir"] / "report.md").read_text()
+    assert "Title → abstract retrieval among the same papers" in report
+
+
+# ------------------------------------------------------------------------------- fresh papers, natural proportions
+def test_the_natural_slice_is_scored_beside_the_balanced_one(tiny_result: dict, fresh_natural_slice: Path) -> None:
+    metrics = tiny_result["metrics"]
+    info = metrics["data"]["fresh_natural"]
+    papers = pq.read_table(fresh_natural_slice).to_pandas()
+    counts = papers.primary_subject.value_counts()
+    small = counts[counts < 5]  # evaluate.fresh_natural.min_per_subject
+    assert info["path"] == str(fresh_natural_slice) and info["file_papers"] == len(papers)
+    assert info["dropped_seen"] == 0 and info["dropped_small_subjects"] == small.sum() > 0
+    assert info["papers"] == len(papers) - small.sum() and info["subjects"] == (counts >= 5).sum()
+    kept = sorted(papers.arxiv_id[~papers.primary_subject.isin(small.index)])
+
+    subject = metrics["fresh_natural_retrieval"]
+    assert subject["corpus_size"] == info["papers"] and subject["num_subjects"] == info["subjects"]
+    assert sorted(subject["per_query"]["arxiv_id"]) == kept
+    for key in ("precision@10", "mrr@10"):
+        assert np.mean(subject["per_query"][key]) == pytest.approx(subject[key], abs=1e-5)
+    ta = metrics["fresh_natural_title_abstract"]
+    assert sorted(ta["per_query"]["arxiv_id"]) == kept and ta["num_queries"] == info["papers"]
+    assert np.mean(ta["per_query"]["recall@1"]) == pytest.approx(ta["recall@1"], abs=1e-5)
+    report = (tiny_result["dir"] / "report.md").read_text()
+    assert "## Generalization check: fresh papers in natural proportions" in report
+
+
+def test_shipped_natural_slice_is_a_random_draw_outside_the_sample_and_the_balanced_papers() -> None:
+    from arxiv_embeddings.data import SAMPLE_PATH
+
+    natural = pq.read_table(SAMPLE_PATH.parent / evaluation.FRESH_NATURAL_FILE).to_pandas()
+    assert len(natural) == 2000 and natural.arxiv_id.is_unique and natural.abstract.is_unique
+    for other in (SAMPLE_PATH, SAMPLE_PATH.parent / evaluation.FRESH_FILE):
+        table = pq.read_table(other).to_pandas()
+        assert not set(natural.arxiv_id) & set(table.arxiv_id) and not set(natural.abstract) & set(table.abstract)
+    counts = natural.primary_subject.value_counts()
+    # Natural proportions, not 15 per subject: cs.CV, the corpus's largest subject (12.8%), leads by far.
+    assert counts.index[0] == "cs.CV" and 200 < counts.iloc[0] < 330 and counts.min() == 1
+    assert natural.subjects.map(len).min() >= 1
+
+
+def test_a_missing_natural_slice_names_its_key(project: Path, processed_root: Path, tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg("evaluate", project, [f"evaluate.fresh_natural.path={tmp_path / 'none.parquet'}"])
+    with pytest.raises(
+        FileNotFoundError, match=r"evaluate\.fresh_natural\.path=.*evaluate\.fresh_natural\.enabled=false"
+    ):
+        evaluation.load_fresh(cfg, "fresh_natural")
+    bad = tmp_path / "no-abstracts.parquet"
+    pq.write_table(pq.read_table(evaluation.fresh_path(cfg, "fresh")).drop_columns(["abstract"]), bad)
+    cfg = make_cfg("evaluate", project, eval_overrides(processed_root, f"evaluate.fresh_natural.path={bad}"))
+    with pytest.raises(ConfigError, match=r"evaluate\.fresh_natural\.path: .* no column\(s\) abstract"):
+        evaluation.load_fresh(cfg, "fresh_natural")
+
+
+# ------------------------------------------------------------------------------------------------- graded
+def test_graded_score_on_the_test_papers_and_both_fresh_slices(
+    tiny_result: dict, processed_root: Path, fresh_slice: Path, fresh_natural_slice: Path
+) -> None:
+    from scipy.stats import spearmanr
+
+    metrics = tiny_result["metrics"]
+    for key, path in (
+        ("graded", processed_root / "data" / "processed" / "test.parquet"),
+        ("fresh_graded", fresh_slice),
+        ("fresh_natural_graded", fresh_natural_slice),
+    ):
+        g = metrics[key]
+        papers = pq.read_table(path).to_pandas().set_index("arxiv_id")
+        pairs = g["per_pair"]
+        assert len(pairs["a"]) == len(pairs["b"]) == len(pairs["cosine"]) == len(pairs["overlap"]) == g["num_pairs"]
+        assert 0 < g["num_pairs"] <= 2000
+        assert len(set(zip(pairs["a"], pairs["b"], strict=True))) == g["num_pairs"]  # distinct pairs
+        # The overlap is the Jaccard of the two papers' subject lists.
+        for a, b, overlap in list(zip(pairs["a"], pairs["b"], pairs["overlap"], strict=True))[:200]:
+            x, y = set(papers.subjects[a]), set(papers.subjects[b])
+            assert overlap == pytest.approx(len(x & y) / len(x | y), abs=1e-6)
+        pair_ids = list(zip(pairs["a"], pairs["b"], strict=True))
+        same = sum(papers.primary_subject[a] == papers.primary_subject[b] for a, b in pair_ids)
+        # evaluate.graded.same_subject_fraction=0.5: 1,000 of one subject, or every such pair when there are fewer.
+        sizes = papers.primary_subject.value_counts()
+        assert g["same_subject_pairs"] == same >= min(1000, int((sizes * (sizes - 1) // 2).sum()))
+        assert g["spearman"] == pytest.approx(spearmanr(pairs["cosine"], pairs["overlap"]).statistic, abs=1e-4)
+        assert -1 <= g["spearman"] <= 1 and all(-1.0001 <= c <= 1.0001 for c in pairs["cosine"])
+    report = (tiny_result["dir"] / "report.md").read_text()
+    assert "## Graded relatedness" in report and "fresh papers (natural proportions)" in report
+
+
+def test_graded_pairs_are_seeded_distinct_and_half_of_one_subject(processed_root: Path) -> None:
+    table = pq.read_table(processed_root / "data" / "processed" / "train.parquet")
+    a, b, overlap = evaluation.graded_pairs(table, 1000, 0.5, seed=42, stream="test")
+    again = evaluation.graded_pairs(table, 1000, 0.5, seed=42, stream="test")
+    other = evaluation.graded_pairs(table, 1000, 0.5, seed=42, stream="fresh")
+    assert all(np.array_equal(x, y) for x, y in zip((a, b, overlap), again, strict=True))
+    assert not np.array_equal(a, other[0])  # another stream, other pairs
+    assert (a < b).all() and len(set(zip(a.tolist(), b.tolist(), strict=True))) == len(a) == 1000
+    labels = evaluation.labels_of(table)
+    same = labels[a] == labels[b]
+    assert same[:500].all()  # 500 drawn of one subject first
+    assert 0.5 <= same.mean() <= 0.56  # and a few of the random pairs share one too
+    assert (overlap[same] > 0).all() and overlap[~same].mean() < overlap[same].mean()
+    assert len(np.unique(overlap)) > 3  # graded, not 0 / 1
+    a0, b0, _ = evaluation.graded_pairs(table, 500, 0.0, seed=42, stream="test")
+    assert (labels[a0] == labels[b0]).mean() < 0.2  # random pairs only

@@ -251,3 +251,75 @@ def test_paired_bootstrap_interval_covers_the_true_gain_and_is_paired() -> None:
     assert same["diff"] == same["low"] == same["high"] == 0.0
     with pytest.raises(ValueError, match="equal-length"):
         paired_bootstrap(base, base[:-1])
+
+
+# ------------------------------------------------------------------------------------------------- graded
+def test_pair_cosines_of_dense_torch_and_sparse_rows_agree() -> None:
+    from arxiv_embeddings.metrics import pair_cosines
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)) * (rng.random((30, 8)) < 0.5)  # sparse-ish, not normalized
+    x[4] = 0.0  # a zero row: cosine 0 with anything
+    a, b = rng.integers(0, 30, 100), rng.integers(0, 30, 100)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    expected = (unit[a] * unit[b]).sum(axis=1)
+    for vectors in (x, torch.from_numpy(x.astype(np.float32)), sp.csr_matrix(x), sp.csr_matrix(unit)):
+        assert np.allclose(pair_cosines(vectors, a, b), expected, atol=1e-6)
+    assert (pair_cosines(x, np.full(5, 4), np.arange(5)) == 0).all()
+
+
+def test_spearman_matches_scipy_with_ties() -> None:
+    from scipy.stats import spearmanr
+
+    from arxiv_embeddings.metrics import spearman
+
+    rng = np.random.default_rng(1)
+    overlap = rng.choice([0.0, 1 / 3, 0.5, 1.0], size=300)  # many ties, as subject overlaps have
+    cosine = overlap + rng.normal(0, 0.4, 300)
+    assert spearman(cosine, overlap) == pytest.approx(spearmanr(cosine, overlap).statistic, abs=1e-12)
+    assert spearman(cosine, np.zeros(300)) is None  # a constant has no rank correlation
+    assert spearman([0.3], [0.5]) is None
+
+
+def test_paired_bootstrap_spearman_agrees_with_a_plain_loop_and_is_paired() -> None:
+    from scipy.stats import spearmanr
+
+    from arxiv_embeddings.metrics import paired_bootstrap_spearman
+
+    rng = np.random.default_rng(2)
+    n = 1000
+    overlap = rng.choice([0.0, 0.25, 0.5, 1.0], size=n, p=[0.5, 0.15, 0.2, 0.15])
+    shared = rng.normal(0, 0.3, n)  # what both runs get wrong about a pair: the pairing removes it
+    better = overlap + shared + rng.normal(0, 0.05, n)
+    worse = overlap + shared + rng.normal(0, 0.4, n)
+    g = paired_bootstrap_spearman(better, worse, overlap, resamples=1000, seed=0)
+    rho_better, rho_worse = spearmanr(better, overlap).statistic, spearmanr(worse, overlap).statistic
+    assert g["a"] == pytest.approx(rho_better) and g["b"] == pytest.approx(rho_worse) and g["n"] == n
+    assert g["diff"] == pytest.approx(rho_better - rho_worse) and 0 < g["low"] < g["diff"] < g["high"]
+
+    # The same percentile interval from a plain loop: resample the pairs, recompute both correlations.
+    loop_rng = np.random.default_rng(5)
+    diffs = []
+    for _ in range(1000):
+        idx = loop_rng.integers(0, n, n)
+        diffs.append(spearmanr(better[idx], overlap[idx]).statistic - spearmanr(worse[idx], overlap[idx]).statistic)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    assert g["low"] == pytest.approx(low, abs=0.01) and g["high"] == pytest.approx(high, abs=0.01)
+
+    # Unpaired (each run's pairs resampled on their own) the interval is wider: the shared error no longer cancels.
+    unpaired = []
+    for _ in range(1000):
+        i, j = loop_rng.integers(0, n, n), loop_rng.integers(0, n, n)
+        unpaired.append(spearmanr(better[i], overlap[i]).statistic - spearmanr(worse[j], overlap[j]).statistic)
+    u_low, u_high = np.percentile(unpaired, [2.5, 97.5])
+    assert u_high - u_low > 1.3 * (g["high"] - g["low"])
+
+    # Swapping the runs negates the gain; the same cosines give a zero-width interval at 0.
+    swapped = paired_bootstrap_spearman(worse, better, overlap, resamples=1000, seed=0)
+    assert swapped["diff"] == pytest.approx(-g["diff"]) and swapped["high"] == pytest.approx(-g["low"], abs=1e-9)
+    same = paired_bootstrap_spearman(better, better, overlap)
+    assert same["diff"] == same["low"] == same["high"] == 0.0
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_bootstrap_spearman(better, worse[:-1], overlap)
+    with pytest.raises(ValueError, match="constant"):
+        paired_bootstrap_spearman(better, worse, np.zeros(n))

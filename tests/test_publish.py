@@ -98,10 +98,12 @@ def test_publish_refuses_bad_input_and_publishes_nothing(source: Path, tmp_path:
 
 
 # --------------------------------------------------------------------------------------- the generalization gate
-def _report(root: Path, run: str, kind: str, test_p10: np.ndarray, fresh_p10: np.ndarray) -> None:
+def _report(
+    root: Path, run: str, kind: str, test_p10: np.ndarray, fresh_p10: np.ndarray, fresh_r1: np.ndarray | None = None
+) -> None:
     ids = [f"t{i}" for i in range(len(test_p10))]
     fresh_ids = [f"f{i}" for i in range(len(fresh_p10))]
-    metrics = {
+    metrics: dict = {
         "run": run,
         "kind": kind,
         "data": {"test": {"papers": len(ids)}, "fresh": {"papers": len(fresh_ids), "subjects": 7}},
@@ -114,6 +116,12 @@ def _report(root: Path, run: str, kind: str, test_p10: np.ndarray, fresh_p10: np
             "per_query": {"arxiv_id": fresh_ids, "precision@10": fresh_p10.tolist(), "mrr@10": fresh_p10.tolist()},
         },
     }
+    if fresh_r1 is not None:
+        r1 = fresh_r1.tolist()
+        metrics["fresh_title_abstract"] = {
+            "recall@1": float(fresh_r1.mean()),
+            "per_query": {"arxiv_id": fresh_ids, "recall@1": r1, "mrr@10": r1},
+        }
     (root / run).mkdir(parents=True)
     (root / run / "metrics.json").write_text(json.dumps(metrics))
     (root / run / "report.md").write_text(f"# {run}\n")
@@ -149,3 +157,125 @@ def test_gate_needs_the_whole_fresh_interval_above_zero_and_publish_refuses_a_fa
     assert "## Gain over `zero-shot`" in comparison and "| `good` |" in comparison and "**yes**" in comparison
     assert publish(src, dest, ["overfit"], allow_failing_gate=True) == ["overfit"]
     assert "**no**" in (dest / "comparison.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------- the search gate
+def test_search_gate_is_a_point_comparison_of_fresh_r1_with_a_tolerance(tmp_path: Path) -> None:
+    from arxiv_embeddings.publish import GateError
+    from arxiv_embeddings.report import SEARCH_TOLERANCE, gains_over_reference, load_reports
+
+    assert SEARCH_TOLERANCE == 0.005
+    rng = np.random.default_rng(1)
+    test, fresh = rng.random(300), rng.random(1000)
+    better = fresh + 0.05  # beats zero-shot on the fresh papers: passes the generalization gate
+
+    def r1(hits: int) -> np.ndarray:
+        return (np.arange(1000) < hits).astype(float)
+
+    src = tmp_path / "reports"
+    _report(src, "zero-shot", "sentence-transformers", test, fresh, r1(900))
+    _report(src, "within", "sentence-transformers", test, better, r1(896))  # 0.896 >= 0.900 - 0.005
+    _report(src, "above", "sentence-transformers", test, better, r1(950))
+    _report(src, "loses", "sentence-transformers", test, better, r1(894))  # 0.894 < 0.895
+    _report(src, "old", "sentence-transformers", test, better)  # no fresh title -> abstract figures
+    _report(src, "tfidf", "tfidf", test, fresh - 0.1, r1(500))  # a baseline is never gated
+
+    gains = {g["run"]: g for g in gains_over_reference(load_reports(src), "zero-shot", resamples=500)}
+    assert {r: gains[r]["search_gate"] for r in gains} == {
+        "within": "pass",
+        "above": "pass",
+        "loses": "fail",
+        "old": "not checked",
+        "tfidf": "fail",
+    }
+    assert gains["loses"]["search"] == {"run": 0.894, "reference": 0.9, "n": 1000, "tolerance": 0.005}
+    assert gains["loses"]["gate"] == "pass"  # it beats zero-shot on subjects: only search fails
+    assert gains["loses"]["gains"]["fresh title→abstract R@1"]["diff"] == pytest.approx(-0.006)
+    # A stricter tolerance fails the run within 0.005.
+    strict = {g["run"]: g for g in gains_over_reference(load_reports(src), "zero-shot", 500, search_tolerance=0.0)}
+    assert strict["within"]["search_gate"] == "fail" and strict["above"]["search_gate"] == "pass"
+
+    dest = tmp_path / "results"
+    with pytest.raises(GateError) as refused:
+        publish(src, dest, ["zero-shot", "within", "loses"])
+    message = str(refused.value)
+    assert "loses loses search: title→abstract R@1 on the fresh papers 0.8940 against zero-shot's 0.9000" in message
+    assert "more than 0.005 below" in message and "--allow-failing-gate" in message and "within" not in message
+    assert not dest.exists()
+    assert publish(src, dest, ["zero-shot", "within", "old", "tfidf"]) == ["zero-shot", "within", "old", "tfidf"]
+    comparison = (dest / "comparison.md").read_text()
+    assert "### Title → abstract retrieval" in comparison and "Keeps search on fresh papers" in comparison
+    assert publish(src, dest, ["loses"], allow_failing_gate=True) == ["loses"]
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tmp_path_factory: pytest.TempPathFactory, processed_root: Path, tiny_model_dir: Path, make_cfg):
+    """The tiny model's features of the processed slice (and the fresh slices), and the config and data behind them."""
+    from arxiv_embeddings.evaluation import embed, load_data, load_encoder
+
+    root = tmp_path_factory.mktemp("gate_root")
+    cfg = make_cfg(
+        "evaluate",
+        root,
+        [
+            f"paths.processed_dir={processed_root / 'data' / 'processed'}",
+            f"evaluate.model={tiny_model_dir}",
+            "evaluate.encode.device=cpu",
+            "evaluate.classification.max_train_papers=100",
+            "evaluate.max_test_papers=60",
+        ],
+    )
+    data = load_data(cfg)
+    model, info = load_encoder(cfg)
+    features = embed(model, data, cfg)
+    features.info = info
+    return cfg, data, features
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_publish_refuses_a_real_run_that_loses_search_and_passes_one_that_keeps_it(tiny_features) -> None:
+    """Reports written by the evaluation itself (evaluate_features): a zero-shot run (the tiny model), a run whose
+    fresh paper vectors carry their subject (beats zero-shot on the fresh papers) and one that also scrambles the
+    fresh abstracts (loses title -> abstract search)."""
+    from dataclasses import replace
+
+    from arxiv_embeddings.evaluation import evaluate_features, labels_of, report_dir
+    from arxiv_embeddings.publish import GateError
+
+    cfg, data, features = tiny_features
+    fresh = np.asarray(features.fresh)
+    _, codes = np.unique(labels_of(data.fresh), return_inverse=True)
+    subject = np.eye(fresh.shape[1], dtype=np.float32)[codes % fresh.shape[1]]
+    tuned = replace(features, fresh=_unit(fresh + 0.5 * subject))
+    scrambled = np.roll(np.asarray(features.fresh_abstracts), 1, axis=0)  # title i now finds abstract i - 1
+    for name, feats in (
+        ("zero-shot", features),
+        ("keeps-search", tuned),
+        ("loses-search", replace(tuned, fresh_abstracts=scrambled)),
+    ):
+        evaluate_features(name, "tiny", feats, data, cfg)
+    source = report_dir(cfg, "zero-shot").parent
+    reports = {n: json.loads((source / n / "metrics.json").read_text()) for n in ("zero-shot", "loses-search")}
+    zero_r1 = reports["zero-shot"]["fresh_title_abstract"]["recall@1"]
+    lost_r1 = reports["loses-search"]["fresh_title_abstract"]["recall@1"]
+    assert zero_r1 > 0.1 and lost_r1 < zero_r1 - 0.05
+
+    dest = source.parent / "results"
+    with pytest.raises(GateError) as refused:
+        publish(source, dest, ["zero-shot", "keeps-search", "loses-search"])
+    message = str(refused.value)
+    assert f"loses-search loses search: title→abstract R@1 on the fresh papers {lost_r1:.4f}" in message
+    assert f"against zero-shot's {zero_r1:.4f}" in message and "--allow-failing-gate" in message
+    assert "keeps-search" not in message and "fresh P@10 gain" not in message  # both beat zero-shot on subjects
+    assert not dest.exists()
+
+    assert publish(source, dest, ["zero-shot", "keeps-search"]) == ["zero-shot", "keeps-search"]
+    comparison = (dest / "comparison.md").read_text()
+    row = next(
+        line for line in comparison.split("### Title → abstract retrieval")[1].splitlines() if "keeps-search" in line
+    )
+    assert row.endswith("| **yes** |")
+    assert "### Graded relatedness" in comparison and "natural Spearman gain" in comparison

@@ -351,3 +351,103 @@ def paired_bootstrap(
         "high": high,
         "n": len(x),
     }
+
+
+# ------------------------------------------------------------------------------------------------ graded
+def pair_cosines(vectors: Matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of rows ``a[k]`` and ``b[k]`` of ``vectors`` (dense, torch or SciPy sparse), as float64.
+    For L2-normalized rows (embeddings, TF-IDF) this is their dot product; other rows are normalized here, and a
+    zero row has cosine 0 with anything."""
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    if is_sparse(vectors):
+        x = vectors.tocsr()
+        xa, xb = x[a], x[b]
+        dots = np.asarray(xa.multiply(xb).sum(axis=1), dtype=np.float64).ravel()
+        na = np.sqrt(np.asarray(xa.multiply(xa).sum(axis=1), dtype=np.float64).ravel())
+        nb = np.sqrt(np.asarray(xb.multiply(xb).sum(axis=1), dtype=np.float64).ravel())
+    else:
+        if isinstance(vectors, torch.Tensor):
+            vectors = vectors.detach().float().cpu().numpy()
+        x = np.asarray(vectors, dtype=np.float64)
+        xa, xb = x[a], x[b]
+        dots = np.einsum("ij,ij->i", xa, xb)
+        na, nb = np.linalg.norm(xa, axis=1), np.linalg.norm(xb, axis=1)
+    norms = na * nb
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def _spearman_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho of ``x`` and ``y`` along ``axis`` (ties get their average rank, as ``scipy.stats.spearmanr``):
+    the Pearson correlation of the ranks. NaN where either is constant."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x, axis=axis), rankdata(y, axis=axis)
+    rx = rx - rx.mean(axis=axis, keepdims=True)
+    ry = ry - ry.mean(axis=axis, keepdims=True)
+    num = (rx * ry).sum(axis=axis)
+    den = np.sqrt((rx * rx).sum(axis=axis) * (ry * ry).sum(axis=axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
+    """Spearman's rank correlation of two equal-length sequences (ties averaged); None when either is constant or
+    there are fewer than 2 values."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f"spearman needs two equal-length 1-D arrays; got {xs.shape}, {ys.shape}.")
+    if len(xs) < 2:
+        return None
+    rho = float(_spearman_along(xs, ys))
+    return None if np.isnan(rho) else rho
+
+
+def paired_bootstrap_spearman(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    target: Sequence[float] | np.ndarray,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Spearman's rho of ``a`` with ``target`` minus that of ``b`` with ``target``, over the same pairs (two runs'
+    cosines of the same pairs of papers, ``target`` their graded relatedness), with a percentile bootstrap interval:
+    the pairs are resampled with replacement and both correlations recomputed on each resample
+    (``scipy.stats.bootstrap``, paired). Returns, like :func:`paired_bootstrap`, the two correlations (``a``,
+    ``b``), the difference, the interval (``low``, ``high``) and the number of pairs."""
+    from scipy.stats import bootstrap
+
+    x, y, t = (np.asarray(v, dtype=np.float64) for v in (a, b, target))
+    if not (x.shape == y.shape == t.shape) or x.ndim != 1 or len(x) < 3:
+        raise ValueError(
+            "paired_bootstrap_spearman needs three equal-length 1-D arrays of >= 3 values; "
+            f"got {x.shape}, {y.shape}, {t.shape}."
+        )
+    rho_a, rho_b = spearman(x, t), spearman(y, t)
+    if rho_a is None or rho_b is None:
+        raise ValueError(
+            "paired_bootstrap_spearman: a constant array has no rank correlation (the cosines of a run or the target "
+            "are all equal); draw pairs whose relatedness differs (evaluate.graded.same_subject_fraction)."
+        )
+
+    def statistic(xs: np.ndarray, ys: np.ndarray, ts: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _spearman_along(xs, ts, axis) - _spearman_along(ys, ts, axis)
+
+    diff = rho_a - rho_b
+    if np.array_equal(x, y):  # the same cosines: every resample differs by 0
+        low = high = float(diff)
+    else:
+        ci = bootstrap(
+            (x, y, t),
+            statistic,
+            paired=True,
+            n_resamples=int(resamples),
+            confidence_level=float(confidence),
+            method="percentile",
+            vectorized=True,
+            batch=200,
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    return {"a": rho_a, "b": rho_b, "diff": float(diff), "low": low, "high": high, "n": len(x)}

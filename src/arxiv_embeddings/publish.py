@@ -9,6 +9,10 @@ never changes what the repository publishes. ``results/`` holds the published ru
 documentation site show; this module is the only thing that writes there. Each run folder is replaced as a whole
 (its ``metrics.json``, ``report.md`` and ``plots/``; stage stamps are left behind), atomically, so a failure leaves
 the previous copy intact; then ``comparison.md`` of the destination is rebuilt from every run it holds.
+
+Two gates guard what is published (``--allow-failing-gate`` overrides them): a run must beat the zero-shot run on the
+balanced fresh papers (the whole interval of its P@10 gain above 0), and must not lose search there (its title ->
+abstract R@1 on the fresh papers at least zero-shot's minus 0.005, on the same titles).
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from loguru import logger
 
 from arxiv_embeddings.evaluation import METRICS_FILE, PLOTS_DIR, REPORT_FILE
 from arxiv_embeddings.io import atomic_dir
-from arxiv_embeddings.report import COMPARISON_FILE, REFERENCE_RUN, compare, gains_over_reference, load_reports
+from arxiv_embeddings.report import (
+    COMPARISON_FILE,
+    REFERENCE_RUN,
+    SEARCH_TOLERANCE,
+    compare,
+    gains_over_reference,
+    load_reports,
+    search_failure,
+)
 
 #: Where the published results live, relative to the repository root.
 RESULTS_DIR = "results"
@@ -49,34 +61,55 @@ def _check_run(folder: Path) -> None:
 
 
 class GateError(ValueError):
-    """A model to publish does not beat the zero-shot run on the fresh papers."""
+    """A model to publish does not beat the zero-shot run on the fresh papers, or loses its search."""
 
 
-def check_gate(source: Path, chosen: Sequence[str], reference: str = REFERENCE_RUN) -> None:
-    """Refuse to publish a fine-tuned run that does not beat ``reference`` on the fresh papers (the generalization
-    gate of the comparison), judged against the reference run in ``source``."""
+def check_gate(
+    source: Path, chosen: Sequence[str], reference: str = REFERENCE_RUN, search_tolerance: float = SEARCH_TOLERANCE
+) -> None:
+    """Refuse to publish a run (other than TF-IDF) that fails a gate of the comparison, judged against the
+    ``reference`` run in ``source``: the generalization gate (the interval of its fresh P@10 gain must be above 0)
+    and the search gate (its title -> abstract R@1 on the fresh papers must be at least the reference's minus
+    ``search_tolerance``, on the same titles). A run whose report predates the fresh title -> abstract figures is
+    not checked for search (a warning says so)."""
     reports = [m for m in load_reports(source) if m.get("run") in {*chosen, reference}]
-    failing = [g for g in gains_over_reference(reports, reference) if g["gate"] == "fail" and g["kind"] != "tfidf"]
-    if failing:
-        lines = [
-            f"{g['run']}: fresh P@10 gain {g['gains']['fresh P@10']['diff']:+.4f} "
-            f"[{g['gains']['fresh P@10']['low']:+.4f}, {g['gains']['fresh P@10']['high']:+.4f}]"
-            for g in failing
-        ]
+    problems = []
+    for g in gains_over_reference(reports, reference, search_tolerance=search_tolerance):
+        if g["kind"] == "tfidf":
+            continue
+        if g["gate"] == "fail":
+            fresh = g["gains"]["fresh P@10"]
+            problems.append(
+                f"{g['run']}: fresh P@10 gain {fresh['diff']:+.4f} [{fresh['low']:+.4f}, {fresh['high']:+.4f}] does "
+                f"not beat {reference} on papers it never saw (the interval must be above 0)"
+            )
+        if g["search_gate"] == "fail":
+            problems.append(search_failure(g, reference))
+        elif g["search_gate"] == "not checked" and g["run"] in chosen:
+            logger.warning(
+                f"publish: search gate not checked for {g['run']}: its metrics.json or {reference}'s has no title -> "
+                "abstract figures on the fresh papers (fresh_title_abstract); re-run 'uv run inv evaluate' and "
+                "'uv run inv baseline' to check it."
+            )
+    if problems:
         raise GateError(
-            f"Not published: {'; '.join(lines)} does not beat {reference} on papers it never saw (the interval must "
-            "be above 0). Improve the recipe (docs/training.md), or pass --allow-failing-gate to publish it anyway."
+            f"Not published: {'; '.join(problems)}. Improve the recipe (docs/training.md; to keep search, train on "
+            "title -> abstract pairs as well), or pass --allow-failing-gate to publish it anyway."
         )
 
 
 def publish(
-    source: str | Path, dest: str | Path, runs: Sequence[str] | None = None, allow_failing_gate: bool = False
+    source: str | Path,
+    dest: str | Path,
+    runs: Sequence[str] | None = None,
+    allow_failing_gate: bool = False,
+    search_tolerance: float = SEARCH_TOLERANCE,
 ) -> list[str]:
     """Copy the run reports under ``source`` (all of them, or ``runs``) to ``dest`` and rebuild
     ``dest/comparison.md``. Returns the names of the runs published.
 
-    Every run is checked before anything is copied, so a bad one publishes none; so is the generalization gate
-    (:func:`check_gate`) unless ``allow_failing_gate``. Runs already in ``dest`` that are not published now are kept
+    Every run is checked before anything is copied, so a bad one publishes none; so are the generalization and
+    search gates (:func:`check_gate`) unless ``allow_failing_gate``. Runs already in ``dest`` that are not published now are kept
     (and stay in its comparison).
     """
     source, dest = Path(source), Path(dest)
@@ -97,7 +130,7 @@ def publish(
     for name in chosen:
         _check_run(source / name)
     if not allow_failing_gate:
-        check_gate(source, chosen)
+        check_gate(source, chosen, search_tolerance=search_tolerance)
     for name in chosen:
         src = source / name
         with atomic_dir(dest / name) as tmp:

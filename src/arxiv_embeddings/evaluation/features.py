@@ -1,5 +1,6 @@
 """Turning papers into the vectors that are scored: a model loaded at its own (served) length and precision, or
-any ``encode(texts, what)`` (TF-IDF, a hosted API), into :class:`Features` for the test, train and fresh papers."""
+any ``encode(texts, what)`` (TF-IDF, a hosted API), into :class:`Features` for the test, train and fresh papers
+(both fresh slices: the papers, their titles and their abstracts)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 from loguru import logger
 from omegaconf import DictConfig
 
@@ -34,6 +36,19 @@ class Features:
     train: Matrix  # train papers for the classifier, text = evaluate.text
     info: dict[str, Any] = field(default_factory=dict)
     fresh: Matrix | None = None  # the generalization check's papers, text = evaluate.text
+    fresh_titles: Matrix | None = None  # their titles (title -> abstract queries)
+    fresh_abstracts: Matrix | None = None  # their abstracts (title -> abstract corpus)
+    fresh_natural: Matrix | None = None  # the fresh papers in natural proportions, text = evaluate.text
+    fresh_natural_titles: Matrix | None = None
+    fresh_natural_abstracts: Matrix | None = None
+
+    def slice(self, key: str) -> tuple[Matrix | None, Matrix | None, Matrix | None]:
+        """The papers, titles and abstracts of a set of papers: ``test``, ``fresh`` or ``fresh_natural``."""
+        if key == "test":
+            return self.papers, self.titles, self.abstracts
+        if key not in ("fresh", "fresh_natural"):
+            raise ValueError(f"No set of papers {key!r}; expected test, fresh or fresh_natural.")
+        return getattr(self, key), getattr(self, f"{key}_titles"), getattr(self, f"{key}_abstracts")
 
 
 def _torch_dtype(precision: str, device: str) -> Any:
@@ -108,23 +123,37 @@ def encode_texts(model: SentenceTransformer, texts: list[str], batch_size: int, 
     return np.asarray(emb, dtype=np.float32)
 
 
-def features_from(encode: Callable[[list[str], str], Matrix], data: EvalData, text: str) -> Features:
-    """The test papers (``text``), titles and abstracts, and the classifier's train papers, as ``encode(texts,
-    what)`` turns them into vectors; no text is encoded twice (papers reuse the titles or abstracts when ``text`` is
-    one of them)."""
-    titles = encode(paper_text(data.test, "title"), "test titles")
-    abstracts = encode(paper_text(data.test, "abstract"), "test abstracts")
+def _papers_titles_abstracts(
+    encode: Callable[[list[str], str], Matrix], table: pa.Table, text: str, what: str
+) -> tuple[Matrix, Matrix, Matrix]:
+    """The vectors of ``table``'s papers (``text``), titles and abstracts; no text is encoded twice (the papers reuse
+    the titles or the abstracts when ``text`` is one of them)."""
+    titles = encode(paper_text(table, "title"), f"{what} titles")
+    abstracts = encode(paper_text(table, "abstract"), f"{what} abstracts")
     papers = {"title": titles, "abstract": abstracts}.get(text)
     if papers is None:
-        papers = encode(paper_text(data.test, text), f"test papers ({text})")
+        papers = encode(paper_text(table, text), f"{what} papers ({text})")
+    return papers, titles, abstracts
+
+
+def features_from(encode: Callable[[list[str], str], Matrix], data: EvalData, text: str) -> Features:
+    """The test papers (``text``), titles and abstracts, the classifier's train papers, and the papers, titles and
+    abstracts of each fresh slice, as ``encode(texts, what)`` turns them into vectors; no text is encoded twice
+    (papers reuse the titles or abstracts when ``text`` is one of them)."""
+    papers, titles, abstracts = _papers_titles_abstracts(encode, data.test, text, "test")
     train = encode(paper_text(data.train, text), f"train papers ({text}) for the classifier")
-    fresh = None
-    if data.fresh is not None and data.fresh.num_rows >= 2:
-        fresh = encode(paper_text(data.fresh, text), f"fresh papers ({text}) for the generalization check")
-    return Features(papers=papers, titles=titles, abstracts=abstracts, train=train, fresh=fresh)
+    features = Features(papers=papers, titles=titles, abstracts=abstracts, train=train)
+    for key, what in (("fresh", "fresh"), ("fresh_natural", "fresh (natural proportions)")):
+        table = getattr(data, key)
+        if table is not None and table.num_rows >= 2:
+            vectors = _papers_titles_abstracts(encode, table, text, what)
+            for suffix, matrix in zip(("", "_titles", "_abstracts"), vectors, strict=True):
+                setattr(features, f"{key}{suffix}", matrix)
+    return features
 
 
 def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig) -> Features:
-    """Embed the test papers, titles and abstracts, and the classifier's train papers (no text encoded twice)."""
+    """Embed the test papers, titles and abstracts, the classifier's train papers and the fresh slices (no text
+    encoded twice)."""
     bs = int(cfg.evaluate.encode.batch_size)
     return features_from(lambda texts, what: encode_texts(model, texts, bs, what), data, str(cfg.evaluate.text))

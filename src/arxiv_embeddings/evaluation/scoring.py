@@ -1,6 +1,7 @@
 """Scoring :class:`~arxiv_embeddings.evaluation.features.Features`: subject retrieval, title -> abstract retrieval
-(exact or through a FAISS index), the logistic-regression probe and k-means clustering, per-query figures, and
-the report folder they are written to. Takes vectors, not a model, so every run (fine-tuned, zero-shot, TF-IDF,
+(exact or through a FAISS index), the graded score (Spearman of cosines with subject overlaps), each on the test
+papers and on both fresh slices, the logistic-regression probe and k-means clustering, per-query (and per-pair)
+figures, and the report folder they are written to. Takes vectors, not a model, so every run (fine-tuned, zero-shot, TF-IDF,
 hosted) goes through the same code."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from arxiv_embeddings.config import (
     ConfigError,
     to_plain,
 )
-from arxiv_embeddings.evaluation.data import EvalData
+from arxiv_embeddings.evaluation.data import EvalData, graded_pairs, labels_of
 from arxiv_embeddings.evaluation.features import Features, embed, load_encoder
 from arxiv_embeddings.evaluation.settings import METRICS_FILE, PLOTS_DIR, REPORT_FILE, SCHEMA_VERSION, report_dir
 from arxiv_embeddings.io import atomic_dir, write_json
@@ -28,8 +29,10 @@ from arxiv_embeddings.metrics import (
     clustering_metrics,
     is_sparse,
     label_retrieval,
+    pair_cosines,
     paired_retrieval,
     ranking_metrics,
+    spearman,
 )
 
 
@@ -69,25 +72,42 @@ def faiss_paired_retrieval(
     return result, {"search": f"faiss-{index_type}", **({"index_params": params} if params else {})}
 
 
-def title_abstract_retrieval(features: Features, cfg: DictConfig, device: str = "cpu") -> dict[str, Any]:
+def title_abstract_retrieval(
+    features: Features, cfg: DictConfig, device: str = "cpu", papers: pa.Table | None = None
+) -> dict[str, Any]:
     """Title -> abstract retrieval: each test title against the test abstracts (one relevant: its own), searched in
     a FAISS index of the abstracts (``evaluate.title_abstract.index``); sparse TF-IDF rows are searched exactly.
-    Returns the ``title_abstract`` section of metrics.json: recall@k, precision@k, MRR@k and how it searched."""
+    Returns the ``title_abstract`` section of metrics.json: recall@k, precision@k, MRR@k and how it searched, and
+    with ``papers`` (the test papers, in the order of the vectors) each title's figures by arxiv id."""
+    return paired_title_abstract(features.titles, features.abstracts, cfg, device, papers)
+
+
+def paired_title_abstract(
+    titles: Matrix, abstracts: Matrix, cfg: DictConfig, device: str = "cpu", papers: pa.Table | None = None
+) -> dict[str, Any]:
+    """Title -> abstract retrieval of any set of papers: title ``i`` against the abstracts (relevant: abstract
+    ``i``), as :func:`title_abstract_retrieval` does it, with the per-query figures
+    (:data:`TITLE_ABSTRACT_PER_QUERY_KEYS`, by arxiv id) when ``papers`` is given."""
     e = cfg.evaluate
     ks = tuple(e.title_abstract.recall_at)
     cutoffs = RankingCutoffs(
         precision_recall_at=ks, accuracy_at=(), mrr_at=tuple(e.title_abstract.mrr_at), ndcg_at=(), map_at=()
     )
-    if is_sparse(features.abstracts) or is_sparse(features.titles):
+    if is_sparse(abstracts) or is_sparse(titles):
         result = paired_retrieval(
-            features.titles, features.abstracts, cutoffs=cutoffs, max_scores=int(e.retrieval.max_scores), device=device
+            titles, abstracts, cutoffs=cutoffs, max_scores=int(e.retrieval.max_scores), device=device
         )
         info: dict[str, Any] = {"search": "exact (sparse dot products)"}
     else:
-        titles, abstracts = (np.asarray(_dense(x), dtype=np.float32) for x in (features.titles, features.abstracts))
+        dense_titles, dense_abstracts = (np.asarray(_dense(x), dtype=np.float32) for x in (titles, abstracts))
         index_type = str(e.title_abstract.get("index", "flat"))
-        result, info = faiss_paired_retrieval(titles, abstracts, cutoffs, index_type, e.title_abstract.get("hnsw"))
-    return {"num_queries": result.num_queries, "corpus_size": result.corpus_size, **result.summary(), **info}
+        result, info = faiss_paired_retrieval(
+            dense_titles, dense_abstracts, cutoffs, index_type, e.title_abstract.get("hnsw")
+        )
+    out = {"num_queries": result.num_queries, "corpus_size": result.corpus_size, **result.summary(), **info}
+    if papers is not None:
+        out["per_query"] = per_query(result, papers, TITLE_ABSTRACT_PER_QUERY_KEYS)
+    return out
 
 
 def _dense(x: Matrix) -> np.ndarray:
@@ -96,18 +116,68 @@ def _dense(x: Matrix) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-#: Per-query figures kept in metrics.json (beside the arxiv ids), for the paired bootstrap of ``inv compare``.
+#: Per-query figures of subject retrieval kept in metrics.json (beside the arxiv ids), for the paired bootstrap of
+#: ``inv compare``.
 PER_QUERY_KEYS = ("precision@10", "mrr@10", "ndcg@10")
+#: Per-query figures of title -> abstract retrieval kept in metrics.json (beside the arxiv ids).
+TITLE_ABSTRACT_PER_QUERY_KEYS = ("recall@1", "mrr@10")
 
 
-def per_query(result: RetrievalResult, papers: pa.Table) -> dict[str, list[Any]]:
-    """The scored queries' arxiv ids and their :data:`PER_QUERY_KEYS` values (rounded to 6 digits)."""
+def per_query(
+    result: RetrievalResult, papers: pa.Table, keys: tuple[str, ...] = PER_QUERY_KEYS
+) -> dict[str, list[Any]]:
+    """The scored queries' arxiv ids and their ``keys`` values (rounded to 6 digits)."""
     ids = np.asarray(papers.column("arxiv_id").to_pylist(), dtype=object)[result.query_index]
     out: dict[str, list[Any]] = {"arxiv_id": [str(i) for i in ids]}
-    for key in PER_QUERY_KEYS:
+    for key in keys:
         if key in result.per_query:
             out[key] = [round(float(v), 6) for v in result.per_query[key]]
     return out
+
+
+def subject_section(vectors: Matrix, papers: pa.Table, cfg: DictConfig, device: str = "cpu") -> dict[str, Any]:
+    """Subject retrieval among ``papers`` (each a query against the others, relevant = same primary subject): the
+    ``fresh_retrieval`` / ``fresh_natural_retrieval`` section of metrics.json, with per-query figures."""
+    labels = labels_of(papers)
+    result = label_retrieval(
+        vectors, labels, cutoffs=_cutoffs(cfg), max_scores=int(cfg.evaluate.retrieval.max_scores), device=device
+    )
+    return {
+        "num_queries": result.num_queries,
+        "corpus_size": result.corpus_size,
+        "num_subjects": len(set(labels.tolist())),
+        **result.summary(),
+        "per_query": per_query(result, papers),
+    }
+
+
+def graded_section(vectors: Matrix, papers: pa.Table, cfg: DictConfig, stream: str) -> dict[str, Any] | None:
+    """The graded score of ``papers``: the Spearman correlation of the cosine similarity of two papers with the
+    Jaccard overlap of their subject lists, over the seeded pairs of :func:`~arxiv_embeddings.evaluation.data.
+    graded_pairs` (``evaluate.graded``), with every pair's arxiv ids, overlap and cosine (for the paired bootstrap
+    of ``inv compare``). None when ``evaluate.graded`` is off, the papers have no ``subjects`` column, or fewer than
+    3 pairs can be drawn."""
+    g = cfg.evaluate.get("graded")
+    if g is None or not g.enabled or "subjects" not in papers.column_names:
+        return None
+    a, b, overlap = graded_pairs(papers, int(g.pairs), float(g.same_subject_fraction), int(cfg.seed), stream)
+    if len(a) < 3:
+        return None
+    cosines = pair_cosines(vectors, a, b)
+    ids = np.asarray(papers.column("arxiv_id").to_pylist(), dtype=object)
+    labels = labels_of(papers)
+    return {
+        "num_pairs": len(a),
+        "same_subject_pairs": int((labels[a] == labels[b]).sum()),
+        "mean_overlap": float(overlap.mean()),
+        "spearman": spearman(cosines, overlap),
+        "per_pair": {
+            "a": [str(i) for i in ids[a]],
+            "b": [str(i) for i in ids[b]],
+            "overlap": [round(float(v), 6) for v in overlap],
+            "cosine": [round(float(v), 6) for v in cosines],
+        },
+    }
 
 
 def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]:
@@ -131,23 +201,18 @@ def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]
         "per_subject": {s: {per_key: v, "queries": int(counts[s])} for s, v in subj.by_group(per_key, labels).items()},
     }
     subject_retrieval["per_query"] = per_query(subj, data.test)
-    title_abstract = title_abstract_retrieval(features, cfg, device)
-    fresh_retrieval = None
-    if features.fresh is not None and data.fresh is not None:
-        fresh = label_retrieval(
-            features.fresh,
-            data.fresh_labels,
-            cutoffs=_cutoffs(cfg),
-            max_scores=int(e.retrieval.max_scores),
-            device=device,
-        )
-        fresh_retrieval = {
-            "num_queries": fresh.num_queries,
-            "corpus_size": fresh.corpus_size,
-            "num_subjects": len(set(data.fresh_labels.tolist())),
-            **fresh.summary(),
-            "per_query": per_query(fresh, data.fresh),
-        }
+    title_abstract = title_abstract_retrieval(features, cfg, device, data.test)
+    fresh: dict[str, Any] = {}
+    for key in ("fresh", "fresh_natural"):
+        table = getattr(data, key)
+        papers, titles, abstracts = features.slice(key)
+        if table is None or papers is None or titles is None or abstracts is None:
+            fresh[f"{key}_retrieval"] = fresh[f"{key}_title_abstract"] = fresh[f"{key}_graded"] = None
+            continue
+        fresh[f"{key}_retrieval"] = subject_section(papers, table, cfg, device)
+        fresh[f"{key}_title_abstract"] = paired_title_abstract(titles, abstracts, cfg, device, table)
+        fresh[f"{key}_graded"] = graded_section(papers, table, cfg, key)
+    graded = graded_section(features.papers, data.test, cfg, "test")
     timing["retrieval_s"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
@@ -179,7 +244,8 @@ def score(features: Features, data: EvalData, cfg: DictConfig) -> dict[str, Any]
         "num_subjects": len(set(labels.tolist())),
         "subject_retrieval": subject_retrieval,
         "title_abstract": title_abstract,
-        "fresh_retrieval": fresh_retrieval,
+        "graded": graded,
+        **fresh,
         "classification": classification,
         "clustering": clustering,
         "timing": timing,
@@ -217,6 +283,15 @@ def evaluate_features(
         "subject_retrieval": scores["subject_retrieval"],
         "title_abstract": scores["title_abstract"],
         "fresh_retrieval": scores["fresh_retrieval"],  # None when evaluate.fresh is off or no fresh paper is left
+        # Title -> abstract retrieval among the fresh papers (their titles against their abstracts); None as above.
+        "fresh_title_abstract": scores["fresh_title_abstract"],
+        # The same two on the fresh papers in natural proportions (evaluate.fresh_natural); None when it is off.
+        "fresh_natural_retrieval": scores["fresh_natural_retrieval"],
+        "fresh_natural_title_abstract": scores["fresh_natural_title_abstract"],
+        # Spearman of pair cosines with subject overlaps on the test papers and each fresh slice (evaluate.graded).
+        "graded": scores["graded"],
+        "fresh_graded": scores["fresh_graded"],
+        "fresh_natural_graded": scores["fresh_natural_graded"],
         "classification": scores["classification"],
         "clustering": scores["clustering"],
         "features": features.info,
@@ -241,15 +316,24 @@ def summary_line(result: dict[str, Any]) -> str:
     m = result["metrics"]
     sr, ta, cl, cu = m["subject_retrieval"], m["title_abstract"], m["classification"], m["clustering"]
 
-    def g(d: dict[str, Any], k: str) -> str:
-        return f"{d[k]:.3f}" if k in d else "-"
+    def g(d: dict[str, Any] | None, k: str) -> str:
+        v = (d or {}).get(k)
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
-    fresh = m.get("fresh_retrieval")
-    fresh_text = f", fresh papers P@10 {g(fresh, 'precision@10')}" if fresh else ""
+    extra = ""
+    if m.get("graded"):
+        extra += f", graded Spearman {g(m['graded'], 'spearman')}"
+    for key, what in (("fresh", "fresh papers"), ("fresh_natural", "fresh papers in natural proportions")):
+        if m.get(f"{key}_retrieval"):
+            extra += f"; {what} P@10 {g(m[f'{key}_retrieval'], 'precision@10')}"
+            if m.get(f"{key}_title_abstract"):
+                extra += f", title->abstract R@1 {g(m[f'{key}_title_abstract'], 'recall@1')}"
+            if m.get(f"{key}_graded"):
+                extra += f", Spearman {g(m[f'{key}_graded'], 'spearman')}"
     return (
         f"{m['run']} on {m['data']['test']['papers']:,} test papers: P@10 {g(sr, 'precision@10')}, "
         f"MRR@10 {g(sr, 'mrr@10')}, NDCG@10 {g(sr, 'ndcg@10')}, title->abstract R@1 {g(ta, 'recall@1')}, "
-        f"accuracy {cl['accuracy']:.3f}, macro-F1 {cl['macro_f1']:.3f}, V-measure {cu['v_measure']:.3f}{fresh_text}"
+        f"accuracy {cl['accuracy']:.3f}, macro-F1 {cl['macro_f1']:.3f}, V-measure {cu['v_measure']:.3f}{extra}"
     )
 
 

@@ -18,10 +18,20 @@ from arxiv_embeddings.data import TEXT_FIELDS
 from arxiv_embeddings.io import artifact_path
 from arxiv_embeddings.layout import ModelNotFoundError, as_path, model_location
 
-SCHEMA_VERSION = 2  # 2: fresh_retrieval, per-query figures, each model at its own max_seq_length
+# 2: fresh_retrieval, per-query figures, each model at its own max_seq_length; 3: title_abstract per-query figures,
+# fresh_title_abstract, the fresh_natural_* sections and the graded (Spearman) sections.
+SCHEMA_VERSION = 3
 METRICS_FILE = "metrics.json"
 #: The fresh papers of the generalization check shipped with the package (resources/, beside the sample).
 FRESH_FILE = "arxiv_fresh.parquet"
+#: The fresh papers in arXiv's own proportions shipped with the package (a plain random draw, none in the sample or
+#: in FRESH_FILE).
+FRESH_NATURAL_FILE = "arxiv_fresh_natural.parquet"
+#: The two fresh slices: the ``evaluate.<key>`` of each, and how reports name it.
+FRESH_SLICES = {
+    "fresh": "fresh papers (balanced, 15 per subject)",
+    "fresh_natural": "fresh papers (natural proportions)",
+}
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 #: Top-level keys of every metrics.json, whatever produced the vectors.
@@ -37,6 +47,12 @@ METRICS_KEYS = (
     "subject_retrieval",
     "title_abstract",
     "fresh_retrieval",
+    "fresh_title_abstract",
+    "fresh_natural_retrieval",
+    "fresh_natural_title_abstract",
+    "graded",
+    "fresh_graded",
+    "fresh_natural_graded",
     "classification",
     "clustering",
     "features",
@@ -79,12 +95,29 @@ def validate_evaluation(cfg: DictConfig) -> None:
         f"got {e.retrieval.per_subject_at!r}; it must be one of evaluate.retrieval.precision_recall_at={pr}.",
     )
     check_int(e.retrieval.max_scores, "evaluate.retrieval.max_scores")
-    fresh = e.get("fresh")
-    if fresh is not None:
+    for key in FRESH_SLICES:
+        fresh = e.get(key)
+        if fresh is not None:
+            require(
+                isinstance(fresh.enabled, bool),
+                f"evaluate.{key}.enabled",
+                f"got {fresh.enabled!r}; expected true or false.",
+            )
+            check_int(fresh.min_per_subject, f"evaluate.{key}.min_per_subject", minimum=2)
+    graded = e.get("graded")
+    if graded is not None:
         require(
-            isinstance(fresh.enabled, bool), "evaluate.fresh.enabled", f"got {fresh.enabled!r}; expected true or false."
+            isinstance(graded.enabled, bool),
+            "evaluate.graded.enabled",
+            f"got {graded.enabled!r}; expected true or false.",
         )
-        check_int(fresh.min_per_subject, "evaluate.fresh.min_per_subject", minimum=2)
+        check_int(graded.pairs, "evaluate.graded.pairs", minimum=10)
+        frac = graded.same_subject_fraction
+        require(
+            isinstance(frac, (int, float)) and not isinstance(frac, bool) and 0 <= frac <= 1,
+            "evaluate.graded.same_subject_fraction",
+            f"got {frac!r}; expected a number in [0, 1], e.g. 0.5 (half the pairs of one primary subject).",
+        )
     boot = e.get("bootstrap")
     if boot is not None:
         check_int(boot.resamples, "evaluate.bootstrap.resamples", minimum=100)
