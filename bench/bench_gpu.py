@@ -85,7 +85,10 @@ def main() -> None:
     rows: dict[str, dict] = {}
     try:
         preprocess.run(compose("preprocess", [f"paths.root_dir={root}"]))
-        pairs.run(compose("pairs", [f"paths.root_dir={root}", f"pairs.num_train={args.pairs}", "pairs.num_eval=0"]))
+        # the losses on the main task's pairs alone (mix=none): a mix's other tasks would change what is timed
+        pairs.run(
+            compose("pairs", [f"paths.root_dir={root}", "mix=none", f"pairs.num_train={args.pairs}", "pairs.num_eval=0"])
+        )
         eval_cfg = compose("evaluate", [f"paths.root_dir={root}"])
         test = read_parquet(split_path(eval_cfg, "test")).to_pandas()
         fresh = load_fresh(eval_cfg)[0].to_pandas()
@@ -110,6 +113,7 @@ def main() -> None:
                 "train",
                 [
                     "experiment=full_gpu",
+                    "mix.tasks.search=null",  # the experiment's search task off: the main task's pairs alone
                     "data=sample",
                     "logger=none",
                     f"paths.root_dir={root}",

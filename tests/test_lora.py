@@ -56,7 +56,8 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _root_with_pairs(root: Path, processed_root: Path, *overrides: str) -> Path:
     shutil.copytree(processed_root / "data" / "processed", root / "data" / "processed")
-    pairs.run(compose("pairs", [f"paths.root_dir={root}", "pairs.num_eval=16", *overrides]))
+    # LoRA on one task's pairs (mix=none): the adapter, not the mix, is under test here
+    pairs.run(compose("pairs", [f"paths.root_dir={root}", "mix=none", "pairs.num_eval=16", *overrides]))
     return root
 
 
@@ -67,6 +68,7 @@ def _lora_cfg(root: Path, model: Path, *overrides: str):
             f"paths.root_dir={root}",
             f"model.name={model}",
             "run_name=qwen",
+            "mix=none",
             "loss=infonce",
             "+model.pooling=mean",
             f"+model.lora={{r: 4, alpha: 8, dropout: 0.0, target_modules: {LINEAR}, merge: true}}",

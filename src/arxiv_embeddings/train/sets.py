@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import ConfigError, to_plain
-from arxiv_embeddings.io import read_json, read_parquet
+from arxiv_embeddings.io import artifact_path, read_json, read_parquet
 from arxiv_embeddings.pairing import MANIFEST, main_task, mix_tasks
 from arxiv_embeddings.train.objectives import build_loss, check_loss_matches_pairs
 
@@ -150,14 +150,17 @@ def training_sets(cfg: DictConfig) -> TrainingSets:
     tasks = mix_tasks(cfg)
     main = PairSet(main_task(cfg) if tasks else None, root, pair_type, text, cfg.loss, None)
     sets = [main]
-    built = manifest.get("tasks", {})
+    # The other tasks' pairs are the pairs stage's task folders, whichever pairs the main task reads
+    # (train.pairs_from=label: the label stage's pairs, beside the pairs stage's search pairs).
+    tasks_root = artifact_path(cfg.paths.pairs_dir)
+    built = read_json(tasks_root / MANIFEST).get("tasks", {}) if (tasks_root / MANIFEST).exists() else {}
     fix = f"run 'uv run inv pairs' with the same mix (mix.tasks: {', '.join(t.name for t in tasks)}) to build them"
     for task in tasks:
         key = f"mix.tasks.{task.name}"
-        folder = root / task.name
+        folder = tasks_root / task.name
         if task.name not in built or not (folder / "train.parquet").exists():
             have = f"the tasks {', '.join(built)}" if built else "no task beside the main one"
-            raise ConfigError(f"{key}: no pairs for this task in {root} (it holds {have}); {fix}.")
+            raise ConfigError(f"{key}: no pairs for this task in {tasks_root} (it holds {have}); {fix}.")
         task_manifest = read_json(folder / MANIFEST)
         if task_manifest["type"] != task.pair_type:
             raise ConfigError(f"{key}.pairs={task.pair_type}, but {folder} holds {task_manifest['type']} pairs; {fix}.")

@@ -76,11 +76,6 @@ def validate(cfg: DictConfig) -> None:
             )
         _check_loss(task.loss, f"mix.tasks.{task.name}.loss")
         check_loss_matches_pairs(task.loss, task.pair_type, f"mix.tasks.{task.name}")
-    if tasks and pair_source(cfg) != "pairs":
-        raise ConfigError(
-            f"train.pairs_from={cfg.train.pairs_from} with a multi-task mix: a mix trains on the pairs stage's task "
-            "folders; use mix=none to train on the label stage's pairs alone, or train.pairs_from=pairs."
-        )
     _check_loss(cfg.loss, "loss")  # the main task's
     validate_model(cfg)
     if head_enabled(cfg):
@@ -309,7 +304,8 @@ def _inputs(cfg: DictConfig) -> list[Path]:
 
     d = training_pairs_dir(cfg)
     files = []
-    for folder in [d, *(d / task.name for task in mix_tasks(cfg))]:
+    # the main task's pairs (train.pairs_from) and each other task's folder of the pairs stage
+    for folder in [d, *(artifact_path(cfg.paths.pairs_dir) / task.name for task in mix_tasks(cfg))]:
         files += [folder / "train.parquet", folder / "eval.parquet", folder / "train_meta.parquet"]
         files.append(folder / "manifest.json")
     model_path = Path(str(cfg.model.name))
