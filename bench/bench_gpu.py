@@ -87,7 +87,9 @@ def main() -> None:
         preprocess.run(compose("preprocess", [f"paths.root_dir={root}"]))
         # the losses on the main task's pairs alone (mix=none): a mix's other tasks would change what is timed
         pairs.run(
-            compose("pairs", [f"paths.root_dir={root}", "mix=none", f"pairs.num_train={args.pairs}", "pairs.num_eval=0"])
+            compose(
+                "pairs", [f"paths.root_dir={root}", "mix=none", f"pairs.num_train={args.pairs}", "pairs.num_eval=0"]
+            )
         )
         eval_cfg = compose("evaluate", [f"paths.root_dir={root}"])
         test = read_parquet(split_path(eval_cfg, "test")).to_pandas()

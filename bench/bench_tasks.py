@@ -40,7 +40,12 @@ VARIANTS: dict[str, list[str]] = {
     # The recipe before multi-task training: subject pairs alone.
     "subject-4k": ["mix=none", "pairs.num_train=4096"],
     # Subject + search, search batches drawn like the subject ones (at most one pair per subject a batch).
-    "mix-2k-2k": ["mix=subject_search", "pairs.num_train=2048", f"{SEARCH}.num_train=2048", f"{SEARCH}.batch_sampler=subject"],
+    "mix-2k-2k": [
+        "mix=subject_search",
+        "pairs.num_train=2048",
+        f"{SEARCH}.num_train=2048",
+        f"{SEARCH}.batch_sampler=subject",
+    ],
     # Search batches of 8 subjects x 4 papers: 3 same-subject abstracts as hard negatives of each title.
     "mix-2k-2k-groups": [
         "mix=subject_search",
@@ -174,10 +179,17 @@ def main() -> None:
             for split in sets:
                 zs[split]["graded"] = next(iter(rows.values()))["zero-shot"][f"{split} graded"]
             previous = json.loads(args.out.read_text())["variants"] if args.out.exists() else {}
-            meta = {"cores": cores, "bf16": cpu_supports_bf16(), "cpu_count": os.cpu_count(), "bootstrap": args.bootstrap}
+            meta = {
+                "cores": cores,
+                "bf16": cpu_supports_bf16(),
+                "cpu_count": os.cpu_count(),
+                "bootstrap": args.bootstrap,
+            }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"machine": meta, "zero_shot": zs, "variants": {**previous, **rows}}, indent=2) + "\n")
+            tmp.write_text(
+                json.dumps({"machine": meta, "zero_shot": zs, "variants": {**previous, **rows}}, indent=2) + "\n"
+            )
             tmp.replace(args.out)
 
         t0 = time.perf_counter()
@@ -248,8 +260,7 @@ def main() -> None:
     )
     print(header)
     print(
-        f"{'zero-shot':<20}{'-':>8}{'-':>8}"
-        + "".join(f"{zs[split][m] or 0:>30.4f}" for split in sets for m in metrics)
+        f"{'zero-shot':<20}{'-':>8}{'-':>8}" + "".join(f"{zs[split][m] or 0:>30.4f}" for split in sets for m in metrics)
     )
     for name, r in rows.items():
         cells = []

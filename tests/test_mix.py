@@ -42,7 +42,10 @@ def test_pairs_stage_builds_every_task_of_the_mix(root: Path) -> None:
     d = root / "data" / "pairs"
     manifest = read_json(d / "manifest.json")
     assert manifest["type"] == "anchor_positive" and manifest["main"] == "subject"
-    assert manifest["tasks"] == {"search": {"type": "title_abstract", "dir": "search"}, "graded": {"type": "graded", "dir": "graded"}}
+    assert manifest["tasks"] == {
+        "search": {"type": "title_abstract", "dir": "search"},
+        "graded": {"type": "graded", "dir": "graded"},
+    }
     assert result["counts"] == {
         "train": 64, "eval": 16, "search/train": 48, "search/eval": 16, "graded/train": 32, "graded/eval": 16
     }  # fmt: skip
@@ -64,15 +67,30 @@ def test_pairs_stage_builds_every_task_of_the_mix(root: Path) -> None:
 
 def test_a_task_with_the_wrong_loss_fails_before_training(root: Path, tiny_model_dir: Path) -> None:
     _pairs(root, "subject_search")
-    with pytest.raises(ConfigError, match=r"mix\.tasks\.search: loss CoSENTLoss does not fit its pairs 'title_abstract'.*MultipleNegativesRankingLoss"):
+    with pytest.raises(
+        ConfigError,
+        match=r"mix\.tasks\.search: loss CoSENTLoss does not fit its pairs 'title_abstract'.*MultipleNegativesRankingLoss",
+    ):
         train.validate(_train_cfg(root, tiny_model_dir, f"{SEARCH}.loss.name=CoSENTLoss"))
-    with pytest.raises(ConfigError, match=r"mix\.tasks\.graded: loss MultipleNegativesRankingLoss does not fit its pairs 'graded'.*CoSENTLoss"):
-        train.validate(_train_cfg(root, tiny_model_dir, "mix=subject_search_graded", "mix.tasks.graded.loss.name=MultipleNegativesRankingLoss"))
+    with pytest.raises(
+        ConfigError,
+        match=r"mix\.tasks\.graded: loss MultipleNegativesRankingLoss does not fit its pairs 'graded'.*CoSENTLoss",
+    ):
+        train.validate(
+            _train_cfg(
+                root,
+                tiny_model_dir,
+                "mix=subject_search_graded",
+                "mix.tasks.graded.loss.name=MultipleNegativesRankingLoss",
+            )
+        )
     with pytest.raises(ConfigError, match=r"mix\.tasks\.search\.pairs='titles' is not a pair type"):
         train.validate(_train_cfg(root, tiny_model_dir, f"{SEARCH}.pairs=titles"))
     with pytest.raises(ConfigError, match=r"batch_sampler=subject_groups is for title_abstract pairs, not graded"):
         train.validate(
-            _train_cfg(root, tiny_model_dir, "mix=subject_search_graded", "+mix.tasks.graded.batch_sampler=subject_groups")
+            _train_cfg(
+                root, tiny_model_dir, "mix=subject_search_graded", "+mix.tasks.graded.batch_sampler=subject_groups"
+            )
         )
     with pytest.raises(ConfigError, match=r"mix\.tasks\.search: unknown key\(s\) weight"):
         train.validate(_train_cfg(root, tiny_model_dir, f"+{SEARCH}.weight=2"))
@@ -81,7 +99,9 @@ def test_a_task_with_the_wrong_loss_fails_before_training(root: Path, tiny_model
 def test_a_task_without_pairs_fails_before_training_with_the_command(root: Path, tiny_model_dir: Path) -> None:
     _pairs(root, "subject_search")  # no graded pairs built
     cfg = _train_cfg(root, tiny_model_dir, "mix=subject_search_graded")
-    with pytest.raises(ConfigError, match=r"mix\.tasks\.graded: no pairs for this task.*holds the tasks search.*uv run inv pairs"):
+    with pytest.raises(
+        ConfigError, match=r"mix\.tasks\.graded: no pairs for this task.*holds the tasks search.*uv run inv pairs"
+    ):
         train.run(cfg)
     assert not (root / "models" / "t").exists()
 

@@ -21,10 +21,10 @@ from arxiv_embeddings.io import (
     atomic_dir,
     exists,
     read_json,
-    read_parquet,
     write_json,
 )
-from arxiv_embeddings.layout import PAIR_SOURCES, TASKS_FILE, pair_source
+from arxiv_embeddings.layout import PAIR_SOURCES, TASKS_FILE
+from arxiv_embeddings.pairing import mix_tasks
 from arxiv_embeddings.stage import StageSpec, fingerprint
 from arxiv_embeddings.train.checkpoints import (
     CheckpointUploader,
@@ -36,13 +36,12 @@ from arxiv_embeddings.train.checkpoints import (
     model_dir,
     remote_checkpoint_dir,
 )
-from arxiv_embeddings.pairing import mix_tasks
 from arxiv_embeddings.train.objectives import check_loss_matches_pairs, loss_spec
 from arxiv_embeddings.train.sets import training_sets
 from arxiv_embeddings.train.trainer import (
     BATCH_SAMPLERS,
-    SAMPLER_PAIRS,
     PRECISIONS,
+    SAMPLER_PAIRS,
     _trainer_class,
     _training_args,
     _without_autocast,
@@ -120,7 +119,6 @@ def validate_model(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train; returns the final model's path, the train metrics and the eval/test retrieval metrics."""
     import torch
-    from datasets import Dataset
     from sentence_transformers import SentenceTransformerModelCardData
 
     from arxiv_embeddings.backends.loading import default_device, load_model
@@ -204,7 +202,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         evaluator=evaluator,
         callbacks=list(callbacks) or None,
     )
-    trainer.train_samplers = sets.samplers(cfg)
+    trainer.train_samplers = tuple(sets.samplers(cfg))
     try:
         output = trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU

@@ -35,7 +35,7 @@ def _trainer_class() -> type:
         # mix): a class of arxiv_embeddings.samplers and its keyword arguments beyond the library's
         # (SubjectBatchSampler: subjects; CategoryBatchSampler: subjects, keys, hard_fraction, distinct_subjects;
         # LabelGroupBatchSampler: labels, per_label), or None for the library's own.
-        train_samplers: list[tuple[type, dict[str, Any]] | None] = []
+        train_samplers: tuple[tuple[type, dict[str, Any]] | None, ...] = ()
         _pending: list[tuple[type, dict[str, Any]] | None] | None = None
 
         def get_train_dataloader(self):  # type: ignore[no-untyped-def]
@@ -158,7 +158,11 @@ def _random_batches(dataset: Any, batch_size: int, drop_last: bool, generator: A
     from torch.utils.data import RandomSampler
 
     return DefaultBatchSampler(
-        RandomSampler(dataset, generator=generator), batch_size=batch_size, drop_last=drop_last, generator=generator, **kwargs
+        RandomSampler(dataset, generator=generator),
+        batch_size=batch_size,
+        drop_last=drop_last,
+        generator=generator,
+        **kwargs,
     )
 
 
