@@ -65,6 +65,15 @@ VARIANTS: dict[str, list[str]] = {
         f"{SEARCH}.num_train=1536",
         f"{SEARCH}.batch_sampler=subject_groups",
     ],
+    # The same mix with the subject head (train.head) fit over the trained encoder: subject and graded served by the
+    # head, search by the encoder under it (tasks.json).
+    "mix-3k-1.5k-groups-head": [
+        "mix=subject_search",
+        "pairs.num_train=3072",
+        f"{SEARCH}.num_train=1536",
+        f"{SEARCH}.batch_sampler=subject_groups",
+        "train.head.enabled=true",
+    ],
     # Subject + search + graded (CoSENT on the Jaccard overlap of subject lists).
     "mix3-graded-groups": [
         "mix=subject_search_graded",
@@ -91,7 +100,13 @@ def main() -> None:
     parser.add_argument("--graded-pairs", type=int, default=4000, help="pairs per set for the graded score")
     parser.add_argument("--max-seq-length", type=int, default=256, help="tokens per text when scoring")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tasks.json")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the bench README's table from --out and exit (no training)"
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown_table(json.loads(args.out.read_text())))
+        return
 
     import numpy as np
     import pyarrow as pa
@@ -100,6 +115,7 @@ def main() -> None:
 
     from arxiv_embeddings import pairs, preprocess, train
     from arxiv_embeddings.backends.loading import cpu_supports_bf16
+    from arxiv_embeddings.backends.tasks import tasks_of
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
@@ -143,11 +159,14 @@ def main() -> None:
 
         def score(model: str) -> dict[str, dict[str, np.ndarray]]:
             embedder = TorchEmbedder(model, device="cpu", max_seq_length=args.max_seq_length)
+            # each task through the output the model's tasks.json serves it with (with a head: search -> encoder)
+            tasks = tasks_of(model)
+            subject_out, search_out = tasks.output_of("subject"), tasks.output_of("search")
             out = {}
             for name, s in sets.items():
-                papers = embedder.encode(s["papers"], batch_size=64)
-                titles = embedder.encode(s["titles"], batch_size=64)
-                abstracts = embedder.encode(s["abstracts"], batch_size=64)
+                papers = embedder.encode(s["papers"], batch_size=64, output=subject_out)
+                titles = embedder.encode(s["titles"], batch_size=64, output=search_out)
+                abstracts = embedder.encode(s["abstracts"], batch_size=64, output=search_out)
                 a, b = s["pairs"]
                 subject = label_retrieval(papers, s["labels"], cutoffs=subject_cut).per_query
                 search = paired_retrieval(titles, abstracts, cutoffs=search_cut).per_query
@@ -269,6 +288,26 @@ def main() -> None:
                 value, g = r[f"{split} {m}"], r[f"{split} {m} gain"]
                 cells.append(f"{f'{value:.4f} {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}]':>30}")
         print(f"{name:<20}{r['train_wall_s']:>8.0f}{r['train_cpu_min']:>8.1f}" + "".join(cells))
+
+
+def markdown_table(results: dict) -> str:
+    """The bench README's table of ``bench/results/tasks.json``: every variant's figures and gains [95% CI]."""
+    cells = [(split, metric) for split in ("fresh", "test") for metric in ("subject P@10", "search R@1", "graded")]
+    names = {"subject P@10": "subject P@10", "search R@1": "search R@1", "graded": "graded"}
+    lines = [
+        "| variant | precision | steps | train s | " + " | ".join(f"{s} {names[m]}" for s, m in cells) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(cells),
+        "| zero-shot | – | – | – | " + " | ".join(f"{results['zero_shot'][s][m]:.4f}" for s, m in cells) + " |",
+    ]
+    for name, row in results["variants"].items():
+        figures = []
+        for split, metric in cells:
+            gain = row[f"{split} {metric} gain"]
+            figures.append(f"{row[f'{split} {metric}']:.4f} ({gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}])")
+        lines.append(
+            f"| `{name}` | {row['precision']} | {row['steps']} | {row['train_wall_s']:.0f} | " + " | ".join(figures) + " |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -182,3 +182,37 @@ def test_a_hosted_model_has_only_the_model_output(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"Unknown output 'x'; valid outputs"):
         hosted.encode(TEXTS, output="x")
     assert hosted.requests == 0  # refused before any request
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def test_evaluation_scores_each_task_with_the_output_that_serves_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The evaluation embeds the papers (subject, graded) with the subject output and the titles and abstracts
+    (search) with the search output, as the folder's tasks.json says; without the file, all with the model."""
+    import pyarrow as pa
+    from sentence_transformers import SentenceTransformer
+
+    from arxiv_embeddings.config import compose
+    from arxiv_embeddings.evaluation.data import EvalData
+    from arxiv_embeddings.evaluation.features import embed
+
+    folder = headed_copy(tiny_model_dir, tmp_path / "headed")
+    titles = ["Graph neural networks", "Dark matter halos", "Sparse PCA", "Quantum error correction"]
+    abstracts = ["We predict molecules.", "We simulate dwarf galaxies.", "We find sparse components.", "Codes."]
+    table = pa.table({"title": titles, "abstract": abstracts, "primary_subject": ["cs.LG", "astro-ph", "stat.ML", "q"]})
+    data = EvalData(test=table, train=table, train_path=tmp_path / "train.parquet")
+    cfg = compose("evaluate", [f"paths.root_dir={tmp_path}", "evaluate.text=title", "evaluate.encode.batch_size=2"])
+    reference = TorchEmbedder(folder, device="cpu")
+    model = SentenceTransformer(str(folder), device="cpu")
+
+    split = {"default": "subject", "tasks": {"subject": "model", "search": "encoder", "graded": "model"}}
+    write_tasks(folder, split)
+    features = embed(model, data, cfg, read_tasks(folder))
+    np.testing.assert_allclose(features.titles, reference.encode(titles, output="encoder"), atol=1e-5)
+    np.testing.assert_allclose(features.abstracts, reference.encode(abstracts, output="encoder"), atol=1e-5)
+    # evaluate.text=title: the papers are titles too, but through the subject output (the head), not reused
+    np.testing.assert_allclose(features.papers, reference.encode(titles), atol=1e-5)
+    assert np.abs(features.papers - features.titles).max() > 0.1
+
+    alike = embed(model, data, cfg, DEFAULT_TASKS)  # no tasks.json: every task on the whole model
+    np.testing.assert_allclose(alike.titles, reference.encode(titles), atol=1e-5)
+    assert alike.papers is alike.titles  # one output: the titles are not encoded twice

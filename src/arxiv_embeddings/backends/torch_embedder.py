@@ -18,6 +18,30 @@ _POOLING = "Pooling"
 _DIRECTION_KEEPING = ("Normalize",)
 
 
+def encoder_view(model: Any, dimension: int) -> tuple[Any, int]:
+    """The ``encoder`` output of a SentenceTransformer ``model`` (of ``dimension``): the model up to its Pooling and
+    that output's dimension. The model itself when only Normalize modules follow the Pooling, else a
+    SentenceTransformer around the same module objects (no copy of the weights). ``(None, 0)`` when the model has no
+    Pooling module."""
+    modules = list(model)
+    kinds = [type(m).__name__ for m in modules]
+    if _POOLING not in kinds:
+        return None, 0
+    cut = kinds.index(_POOLING) + 1
+    if all(kind in _DIRECTION_KEEPING for kind in kinds[cut:]):
+        return model, dimension
+    from sentence_transformers import SentenceTransformer
+
+    view = SentenceTransformer(
+        modules=modules[:cut],
+        device=str(model.device),
+        prompts=dict(model.prompts or {}),
+        default_prompt_name=model.default_prompt_name,
+    )
+    dim = getattr(view, "get_embedding_dimension", view.get_sentence_embedding_dimension)()
+    return view, int(dim or 0)
+
+
 class TorchEmbedder:
     """A sentence-transformers model in torch, fp32 or bf16."""
 
@@ -57,26 +81,7 @@ class TorchEmbedder:
         self._encoder, self._encoder_dimension = self._encoder_view()
 
     def _encoder_view(self) -> tuple[Any, int]:
-        """The model up to its Pooling (the ``encoder`` output) and its dimension: the model itself when only
-        Normalize modules follow the Pooling, else a SentenceTransformer around the same module objects. None when
-        the model has no Pooling module."""
-        modules = list(self.model)
-        kinds = [type(m).__name__ for m in modules]
-        if _POOLING not in kinds:
-            return None, 0
-        cut = kinds.index(_POOLING) + 1
-        if all(kind in _DIRECTION_KEEPING for kind in kinds[cut:]):
-            return self.model, self.dimension
-        from sentence_transformers import SentenceTransformer
-
-        view = SentenceTransformer(
-            modules=modules[:cut],
-            device=str(self.model.device),
-            prompts=dict(self.model.prompts or {}),
-            default_prompt_name=self.model.default_prompt_name,
-        )
-        dim = getattr(view, "get_embedding_dimension", view.get_sentence_embedding_dimension)()
-        return view, int(dim or 0)
+        return encoder_view(self.model, self.dimension)
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = MODEL) -> np.ndarray:
         """Embeddings of ``texts``: every module of the model (``output="model"``), or the modules up to the

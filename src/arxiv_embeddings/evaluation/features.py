@@ -13,6 +13,7 @@ import pyarrow as pa
 from loguru import logger
 from omegaconf import DictConfig
 
+from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, MODEL, TASKS, TaskMap
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.evaluation.data import EvalData
 from arxiv_embeddings.evaluation.settings import model_source
@@ -123,37 +124,76 @@ def encode_texts(model: SentenceTransformer, texts: list[str], batch_size: int, 
     return np.asarray(emb, dtype=np.float32)
 
 
+Encode = Callable[[list[str], str], Matrix]
+
+
 def _papers_titles_abstracts(
-    encode: Callable[[list[str], str], Matrix], table: pa.Table, text: str, what: str
+    encode: Encode, table: pa.Table, text: str, what: str, encode_search: Encode | None = None
 ) -> tuple[Matrix, Matrix, Matrix]:
-    """The vectors of ``table``'s papers (``text``), titles and abstracts; no text is encoded twice (the papers reuse
-    the titles or the abstracts when ``text`` is one of them)."""
-    titles = encode(paper_text(table, "title"), f"{what} titles")
-    abstracts = encode(paper_text(table, "abstract"), f"{what} abstracts")
-    papers = {"title": titles, "abstract": abstracts}.get(text)
+    """The vectors of ``table``'s papers (``text``), titles and abstracts, the titles and abstracts by
+    ``encode_search`` when the model serves search with another output; no text is encoded twice by one output (the
+    papers reuse the titles or the abstracts when ``text`` is one of them and one output serves both)."""
+    search = encode_search or encode
+    titles = search(paper_text(table, "title"), f"{what} titles")
+    abstracts = search(paper_text(table, "abstract"), f"{what} abstracts")
+    papers = {"title": titles, "abstract": abstracts}.get(text) if encode_search is None else None
     if papers is None:
         papers = encode(paper_text(table, text), f"{what} papers ({text})")
     return papers, titles, abstracts
 
 
-def features_from(encode: Callable[[list[str], str], Matrix], data: EvalData, text: str) -> Features:
+def features_from(encode: Encode, data: EvalData, text: str, encode_search: Encode | None = None) -> Features:
     """The test papers (``text``), titles and abstracts, the classifier's train papers, and the papers, titles and
-    abstracts of each fresh slice, as ``encode(texts, what)`` turns them into vectors; no text is encoded twice
-    (papers reuse the titles or abstracts when ``text`` is one of them)."""
-    papers, titles, abstracts = _papers_titles_abstracts(encode, data.test, text, "test")
+    abstracts of each fresh slice, as ``encode(texts, what)`` turns them into vectors (the titles and abstracts, the
+    search task's texts, by ``encode_search`` when given); no text is encoded twice by one output."""
+    papers, titles, abstracts = _papers_titles_abstracts(encode, data.test, text, "test", encode_search)
     train = encode(paper_text(data.train, text), f"train papers ({text}) for the classifier")
     features = Features(papers=papers, titles=titles, abstracts=abstracts, train=train)
     for key, what in (("fresh", "fresh"), ("fresh_natural", "fresh (natural proportions)")):
         table = getattr(data, key)
         if table is not None and table.num_rows >= 2:
-            vectors = _papers_titles_abstracts(encode, table, text, what)
+            vectors = _papers_titles_abstracts(encode, table, text, what, encode_search)
             for suffix, matrix in zip(("", "_titles", "_abstracts"), vectors, strict=True):
                 setattr(features, f"{key}{suffix}", matrix)
     return features
 
 
-def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig) -> Features:
+def task_outputs(model: SentenceTransformer, tasks: TaskMap) -> dict[str, SentenceTransformer]:
+    """The model computing each task's output as the model's ``tasks.json`` maps it (``subject``, ``search``,
+    ``graded``): the model itself for ``model``, the model up to its Pooling for ``encoder``."""
+    from arxiv_embeddings.backends.torch_embedder import encoder_view
+
+    views: dict[str, SentenceTransformer] = {MODEL: model}
+    out = {}
+    for task in TASKS:
+        output = tasks.tasks.get(task, tasks.tasks[tasks.default])
+        if output not in views:
+            view, _ = encoder_view(model, _embedding_dim(model))
+            if view is None:
+                raise ValueError(
+                    f"{tasks.source or 'the model'} maps {task} to the {output!r} output, but the model has no Pooling "
+                    f"module ({' -> '.join(type(m).__name__ for m in model)}); map every task to {MODEL!r}."
+                )
+            views[output] = view
+        out[task] = views[output]
+    return out
+
+
+def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig, tasks: TaskMap = DEFAULT_TASKS) -> Features:
     """Embed the test papers, titles and abstracts, the classifier's train papers and the fresh slices (no text
-    encoded twice)."""
+    encoded twice by one output), each with the output ``tasks`` (the model's ``tasks.json``) serves it with: the
+    papers with the subject task's, the titles and abstracts with the search task's. The graded score is computed
+    from the papers' vectors, so from the subject output; a model serving graded with another output gets a warning."""
     bs = int(cfg.evaluate.encode.batch_size)
-    return features_from(lambda texts, what: encode_texts(model, texts, bs, what), data, str(cfg.evaluate.text))
+    views = task_outputs(model, tasks)
+    if views["graded"] is not views["subject"]:
+        logger.warning(
+            f"{tasks.source}: graded relatedness is served by another output than subject; the evaluation scores it "
+            "from the subject output's vectors."
+        )
+
+    def encoder(view: SentenceTransformer) -> Encode:
+        return lambda texts, what: encode_texts(view, texts, bs, what)
+
+    search = encoder(views["search"]) if views["search"] is not views["subject"] else None
+    return features_from(encoder(views["subject"]), data, str(cfg.evaluate.text), search)
