@@ -305,7 +305,9 @@ def markdown_table(results: dict) -> str:
             gain = row[f"{split} {metric} gain"]
             figures.append(f"{row[f'{split} {metric}']:.4f} ({gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}])")
         lines.append(
-            f"| `{name}` | {row['precision']} | {row['steps']} | {row['train_wall_s']:.0f} | " + " | ".join(figures) + " |"
+            f"| `{name}` | {row['precision']} | {row['steps']} | {row['train_wall_s']:.0f} | "
+            + " | ".join(figures)
+            + " |"
         )
     return "\n".join(lines)
 
