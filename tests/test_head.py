@@ -94,6 +94,39 @@ def test_a_head_with_lora_is_refused(tmp_path: Path) -> None:
         train.validate(cfg)
 
 
+def test_the_head_encodes_at_a_batch_size_the_stage_fingerprint_covers(
+    processed_root: Path, tiny_model_dir: Path
+) -> None:
+    """The head embeds its papers trainer.per_device_eval_batch_size at a time (the train stage's own setting, which
+    its fingerprint covers), not at another stage's setting."""
+    from sentence_transformers import SentenceTransformer
+
+    from arxiv_embeddings.head import train_head
+
+    cfg = compose(
+        "train",
+        [
+            f"paths.root_dir={processed_root}",
+            *HEAD,
+            "train.head.papers=40",
+            "train.head.epochs=1",
+            "trainer.per_device_eval_batch_size=7",
+            "evaluate.encode.batch_size=9",
+        ],
+    )
+    assert "trainer" in train.SPEC.config_keys and "evaluate" not in train.SPEC.config_keys
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    encode, batch_sizes = model.encode, []
+
+    def spy(*args, **kwargs):
+        batch_sizes.append(kwargs.get("batch_size"))
+        return encode(*args, **kwargs)
+
+    model.encode = spy
+    info = train_head(cfg, model, "title_abstract", "fp32")
+    assert batch_sizes == [7] and info["papers"] == 40
+
+
 @pytest.fixture(scope="module")
 def headed_model(tmp_path_factory: pytest.TempPathFactory, processed_root: Path, tiny_model_dir: Path) -> Path:
     """The tiny model trained three steps with a subject head (train.head), through the stage's own run."""

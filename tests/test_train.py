@@ -92,6 +92,49 @@ def test_an_export_beside_the_model_keeps_the_run_up_to_date(tmp_path, processed
     assert not is_up_to_date(train.SPEC, cfg)
 
 
+def test_a_changed_split_the_evaluators_read_makes_the_run_stale(tmp_path: Path) -> None:
+    """The stage declares the processed splits it reads: eval (train.eval_papers) and test (train.test_papers)."""
+    from arxiv_embeddings.io import tree_sha256, write_json
+    from arxiv_embeddings.stage import fingerprint, is_up_to_date, stamp_path
+
+    processed = tmp_path / "data" / "processed"
+    processed.mkdir(parents=True)
+    output = tmp_path / "models" / "t" / "final" / "model.safetensors"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(b"weights")
+
+    def cfg_with(*overrides: str):
+        for split in ("train", "eval", "test"):
+            (processed / f"{split}.parquet").write_bytes(split.encode())
+        cfg = compose("train", [f"paths.root_dir={tmp_path}", "run_name=t", *overrides])
+        write_json(  # the stamp of a successful run with these inputs
+            stamp_path(train.SPEC, cfg),
+            {
+                "fingerprint": fingerprint(cfg, train.SPEC.inputs(cfg), train.SPEC.config_keys),
+                "outputs": {str(output): tree_sha256(output)},
+            },
+        )
+        assert is_up_to_date(train.SPEC, cfg)
+        return cfg
+
+    for split in ("eval", "test"):
+        cfg = cfg_with("train.eval_papers=40", "train.test_papers=40")
+        (processed / f"{split}.parquet").write_bytes(b"other papers")
+        assert not is_up_to_date(train.SPEC, cfg), split
+    # With no papers scored, the split is not read, and a change to it leaves the run as it is.
+    for split, override in (("eval", "train.eval_papers=0"), ("test", "train.test_papers=0")):
+        cfg = cfg_with(override)
+        (processed / f"{split}.parquet").write_bytes(b"other papers")
+        assert is_up_to_date(train.SPEC, cfg), split
+    # Without the head the train split is not read; with it, it is.
+    cfg = cfg_with()
+    (processed / "train.parquet").write_bytes(b"other papers")
+    assert is_up_to_date(train.SPEC, cfg)
+    cfg = cfg_with("train.head.enabled=true")
+    (processed / "train.parquet").write_bytes(b"other papers")
+    assert not is_up_to_date(train.SPEC, cfg)
+
+
 def test_loss_and_pair_type_must_agree(tmp_path, processed_root, tiny_model_dir) -> None:
     root = _root_with_pairs(tmp_path, processed_root, "pairs=graded")
     with pytest.raises(

@@ -157,7 +157,9 @@ def train_head(cfg: DictConfig, model: Any, text: str, precision: str) -> dict[s
     """Embed ``train.head.papers`` train papers with ``model``, fit the head on them and add it to the model.
 
     ``precision`` is the training precision: bf16 embeds under autocast (what made the fit cheap on a CPU with AMX);
-    the head itself is fit in fp32. Returns what goes into train_summary.json.
+    the head itself is fit in fp32. The papers are embedded ``trainer.per_device_eval_batch_size`` at a time, the
+    batch size the train stage's evaluators encode with (a setting its fingerprint covers). Returns what goes into
+    train_summary.json.
     """
     import time
 
@@ -180,7 +182,7 @@ def train_head(cfg: DictConfig, model: Any, text: str, precision: str) -> dict[s
     with torch.inference_mode(), autocast:
         embeddings = model.encode(
             texts,
-            batch_size=int(cfg.evaluate.encode.batch_size),
+            batch_size=int(cfg.trainer.per_device_eval_batch_size),
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=True,

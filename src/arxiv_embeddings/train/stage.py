@@ -307,8 +307,14 @@ def _inputs(cfg: DictConfig) -> list[Path]:
         files += [folder / "train.parquet", folder / "eval.parquet", folder / "train_meta.parquet"]
         files.append(folder / "manifest.json")
     model_path = Path(str(cfg.model.name))
+    processed = artifact_path(cfg.paths.processed_dir)
     if head_enabled(cfg):  # the head is fit on papers of the processed train split
-        files.append(artifact_path(cfg.paths.processed_dir) / "train.parquet")
+        files.append(processed / "train.parquet")
+    # the evaluators score papers of the processed eval split during training and of the test split after it
+    if int(cfg.train.eval_papers) > 0:
+        files.append(processed / "eval.parquet")
+    if int(cfg.train.test_papers) > 0:
+        files.append(processed / "test.parquet")
     return files + (model_files(model_path) if model_path.is_dir() else [])
 
 
