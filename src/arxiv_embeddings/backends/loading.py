@@ -177,6 +177,11 @@ def cpu_supports_bf16() -> bool:
     return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
 
 
+#: The precisions a model is trained (``train.precision``) and evaluated (``evaluate.encode.precision``) at: ``auto``
+#: is :func:`best_precision` for the device.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
 def best_precision(device: str) -> str:
     """``bf16`` where the hardware runs it natively (recent GPUs, CPUs with AMX / AVX512-BF16), else ``fp32``."""
     import torch

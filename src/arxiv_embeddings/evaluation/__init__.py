@@ -45,7 +45,6 @@ from arxiv_embeddings.evaluation.settings import MAP_METHODS as MAP_METHODS
 from arxiv_embeddings.evaluation.settings import METRICS_FILE as METRICS_FILE
 from arxiv_embeddings.evaluation.settings import METRICS_KEYS as METRICS_KEYS
 from arxiv_embeddings.evaluation.settings import PLOTS_DIR as PLOTS_DIR
-from arxiv_embeddings.evaluation.settings import PRECISIONS as PRECISIONS
 from arxiv_embeddings.evaluation.settings import REPORT_FILE as REPORT_FILE
 from arxiv_embeddings.evaluation.settings import SCHEMA_VERSION as SCHEMA_VERSION
 from arxiv_embeddings.evaluation.settings import TITLE_ABSTRACT_INDEXES as TITLE_ABSTRACT_INDEXES

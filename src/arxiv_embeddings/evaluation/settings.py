@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from arxiv_embeddings.backends.loading import fetch_model
+from arxiv_embeddings.backends.loading import PRECISIONS, fetch_model
 from arxiv_embeddings.config import (
     check_int,
     is_int,
@@ -62,7 +62,6 @@ METRICS_KEYS = (
 )
 
 
-PRECISIONS = ("fp32", "fp16", "bf16", "auto")
 MAP_METHODS = ("pca", "tsne")
 #: FAISS index types for the title -> abstract search (``evaluate.title_abstract.index``).
 TITLE_ABSTRACT_INDEXES = ("flat", "hnsw")

@@ -43,7 +43,6 @@ from arxiv_embeddings.train.stage import run as run
 from arxiv_embeddings.train.stage import validate as validate
 from arxiv_embeddings.train.stage import validate_model as validate_model
 from arxiv_embeddings.train.trainer import BATCH_SAMPLERS as BATCH_SAMPLERS
-from arxiv_embeddings.train.trainer import PRECISIONS as PRECISIONS
 from arxiv_embeddings.train.trainer import category_batches as category_batches
 from arxiv_embeddings.train.trainer import check_label_batches as check_label_batches
 from arxiv_embeddings.train.trainer import freeze_lower_layers as freeze_lower_layers

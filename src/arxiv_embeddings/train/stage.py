@@ -14,7 +14,7 @@ import hydra
 from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
-from arxiv_embeddings.backends.loading import model_files
+from arxiv_embeddings.backends.loading import PRECISIONS, model_files
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
 from arxiv_embeddings.io import (
     artifact_path,
@@ -40,7 +40,6 @@ from arxiv_embeddings.train.objectives import check_loss_matches_pairs, loss_spe
 from arxiv_embeddings.train.sets import training_sets
 from arxiv_embeddings.train.trainer import (
     BATCH_SAMPLERS,
-    PRECISIONS,
     SAMPLER_PAIRS,
     _trainer_class,
     _training_args,

@@ -17,7 +17,6 @@ from arxiv_embeddings.io import (
     read_parquet,
 )
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 BATCH_SAMPLERS = ("subject", "category", "subject_groups", "no_duplicates", "random")
 #: Pair types each batch sampler suits, where it does not suit them all. subject_groups puts several papers of one
 #: subject in a batch: hard in-batch negatives for title -> abstract pairs, false negatives for same-subject pairs.
