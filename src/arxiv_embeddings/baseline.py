@@ -54,6 +54,7 @@ from arxiv_embeddings.evaluation import (
     validate_evaluation,
 )
 from arxiv_embeddings.io import artifact_path
+from arxiv_embeddings.layout import processed_split
 from arxiv_embeddings.report import compare
 from arxiv_embeddings.stage import StageSpec
 
@@ -237,8 +238,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    processed = artifact_path(cfg.paths.processed_dir)
-    paths = [processed / "test.parquet", processed / "train.parquet", *fresh_inputs(cfg)]
+    paths = [processed_split(cfg, "test"), processed_split(cfg, "train"), *fresh_inputs(cfg)]
     if "zero_shot" in cfg.baseline.runs:
         model_dir = local_model_dir(cfg, str(cfg.baseline.zero_shot.model))
         paths += [model_dir] if model_dir is not None else []

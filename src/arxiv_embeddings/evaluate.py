@@ -41,7 +41,7 @@ from arxiv_embeddings.evaluation.settings import (
     report_name,
     validate_evaluation,
 )
-from arxiv_embeddings.io import artifact_path
+from arxiv_embeddings.layout import processed_split
 from arxiv_embeddings.stage import StageSpec
 
 
@@ -66,12 +66,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    processed = artifact_path(cfg.paths.processed_dir)
     model_dir = local_model_dir(cfg)
     return [
         *(model_files(model_dir) if model_dir is not None else []),
-        processed / "test.parquet",
-        processed / "train.parquet",
+        processed_split(cfg, "test"),
+        processed_split(cfg, "train"),
         *fresh_inputs(cfg),
     ]
 

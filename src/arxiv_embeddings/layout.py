@@ -1,12 +1,15 @@
 """Where the pipeline's artifacts live and what they are called: the one place every stage, the embedding backends,
 the API and the CLI look them up, so that none of them imports another stage for a path.
 
-- processed splits: ``${paths.processed_dir}/{train,eval,test}.parquet`` (:func:`split_path`);
+- processed splits: ``${paths.processed_dir}/{train,eval,test}.parquet`` (:func:`processed_split`,
+  :func:`split_path`);
 - training pairs: ``${paths.pairs_dir}`` (the pairs stage) or ``${paths.labels_dir}`` (the label stage), as
-  ``train.pairs_from`` says (:func:`training_pairs_dir`, :func:`pairs_path`);
-- models: ``${paths.models_dir}/<run>/final``, or a folder, bucket URL or Hub name (:func:`model_location`), with an
-  ONNX export beside the weights in ``onnx/`` and its ``export_report.json``, and ``tasks.json`` (which output of
-  the folder serves each task).
+  ``train.pairs_from`` says (:func:`training_pairs_dir`, :func:`pairs_path`): ``<split>.parquet``
+  (:func:`split_file`) and its ``<split>_meta.parquet`` twin (:func:`pair_meta_file`);
+- models: ``${paths.models_dir}/<run>/final`` (:func:`run_dir`, :func:`final_dir`), with LoRA the adapter in
+  ``<run>/adapter``, or a folder, bucket URL or Hub name (:func:`model_location`), with an ONNX export beside the
+  weights in ``onnx/`` and its ``export_report.json``, ``tasks.json`` (which output of the folder serves each task)
+  and, in a trained one, ``train_summary.json``; the trainer's checkpoints in ``<run>/checkpoints``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ if TYPE_CHECKING:  # the embedding backends import this module: it imports nothi
 
 #: The processed splits, in the order the stages read them.
 SPLITS = ("train", "eval", "test")
+#: A run's folders under ``${paths.models_dir}/<run>``: the trained model, and with ``model.lora`` the adapter (the
+#: merged model is in ``final/``; with ``model.lora.merge=false`` the adapter itself is there).
+FINAL_DIR = "final"
+ADAPTER_DIR = "adapter"
+#: The trainer's checkpoints: ``<run>/checkpoints`` (with the models in a bucket, on local disk in
+#: ``${paths.log_dir}/checkpoints/<run>``, copied to ``<run>/checkpoints`` in the bucket).
+CHECKPOINTS_DIR = "checkpoints"
+#: The file the train stage writes into the final model folder (its metrics and settings): a folder with one is a
+#: model the train stage finished.
+TRAIN_SUMMARY_FILE = "train_summary.json"
 #: The ONNX export's folder inside a model folder, and the export stage's report beside it.
 ONNX_DIR = "onnx"
 REPORT_FILE = "export_report.json"
@@ -33,11 +46,26 @@ class ModelNotFoundError(FileNotFoundError):
     """The model path or name does not lead to a sentence-transformers model."""
 
 
-def split_path(cfg: DictConfig, split: str) -> Path:
-    """Path of a processed split, with an error naming the command that makes it when it is missing."""
+def split_file(split: str) -> str:
+    """The file name of a split: a processed split's and a pair file's, ``<split>.parquet``."""
+    return f"{split}.parquet"
+
+
+def pair_meta_file(split: str) -> str:
+    """The file name of a pair file's twin with each pair's papers (subjects, ids): ``<split>_meta.parquet``."""
+    return f"{split}_meta.parquet"
+
+
+def processed_split(cfg: DictConfig, split: str) -> Path:
+    """Path of a processed split, there or not (a stage's input); :func:`split_path` to read one."""
     from arxiv_embeddings.io import artifact_path
 
-    path = artifact_path(cfg.paths.processed_dir) / f"{split}.parquet"
+    return artifact_path(cfg.paths.processed_dir) / split_file(split)
+
+
+def split_path(cfg: DictConfig, split: str) -> Path:
+    """Path of a processed split, with an error naming the command that makes it when it is missing."""
+    path = processed_split(cfg, split)
     if not path.exists():
         raise FileNotFoundError(f"Processed data not found at {path}; run 'uv run inv preprocess' first.")
     return path
@@ -62,10 +90,31 @@ def training_pairs_dir(cfg: DictConfig) -> Path:
 
 def pairs_path(cfg: DictConfig, split: str) -> Path:
     """Path of a pair file the train stage reads, with an error naming the command that makes it when missing."""
-    path = training_pairs_dir(cfg) / f"{split}.parquet"
+    path = training_pairs_dir(cfg) / split_file(split)
     if not path.exists():
         raise FileNotFoundError(f"Pairs not found at {path}; run '{PAIR_SOURCES[pair_source(cfg)][1]}' first.")
     return path
+
+
+def run_dir(cfg: DictConfig, run: str) -> Path:
+    """A run's folder, ``${paths.models_dir}/<run>`` (a bucket URL with ``paths=gcs``)."""
+    from arxiv_embeddings.io import artifact_path
+
+    return artifact_path(cfg.paths.models_dir) / run
+
+
+def final_dir(cfg: DictConfig, run: str) -> Path:
+    """A run's trained model folder, ``${paths.models_dir}/<run>/final``, there or not."""
+    return run_dir(cfg, run) / FINAL_DIR
+
+
+def model_name(location: str) -> str:
+    """The name a model location goes by: the run of ``<models_dir>/<run>/final``, else the last part of a folder
+    or Hub name (``""`` for none)."""
+    parts = Path(location.rstrip("/")).parts
+    if not parts:
+        return ""
+    return parts[-2] if parts[-1] == FINAL_DIR and len(parts) >= 2 else parts[-1]
 
 
 def is_run_name(value: str) -> bool:
@@ -86,17 +135,15 @@ def model_location(cfg: DictConfig, model: str | None = None) -> str:
 
     Raises :class:`ModelNotFoundError` for a run name without a trained model.
     """
-    from arxiv_embeddings.io import artifact_path
-
     value = str(model if model is not None else cfg.evaluate.model).strip()
     if is_run_name(value):
-        run_dir = artifact_path(cfg.paths.models_dir) / value / "final"
-        if run_dir.exists():
-            return str(run_dir)
+        final = final_dir(cfg, value)
+        if final.exists():
+            return str(final)
         if Path(value).is_dir():
             return value
         raise ModelNotFoundError(
-            f"No trained model for run {value!r}: expected a sentence-transformers folder at {run_dir}. "
+            f"No trained model for run {value!r}: expected a sentence-transformers folder at {final}. "
             f"Train it with 'uv run inv train', or pass a model folder or a Hub name such as "
             "sentence-transformers/all-MiniLM-L6-v2."
         )

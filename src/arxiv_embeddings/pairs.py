@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
 from arxiv_embeddings.data import TEXT_FIELDS, paper_text_array
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, read_parquet, write_json
+from arxiv_embeddings.layout import pair_meta_file, processed_split, split_file
 from arxiv_embeddings.layout import pairs_path as pairs_path
 from arxiv_embeddings.layout import training_pairs_dir as training_pairs_dir
 from arxiv_embeddings.pairing import COLUMNS as COLUMNS
@@ -250,13 +251,13 @@ def _write_folder(
             table, meta = build_pairs(papers, p.type, counts[split], rng, p)
             logger.info(f"{label}{split}: {table.num_rows:,} {p.type} pairs from {papers.num_rows:,} papers.")
             files[split] = {
-                "file": f"{split}.parquet",
-                "meta": f"{split}_meta.parquet",
+                "file": split_file(split),
+                "meta": pair_meta_file(split),
                 "rows": table.num_rows,
                 "source": str(path),
-                "sha256": pool.submit(_write_hashed, table, out / f"{split}.parquet"),
+                "sha256": pool.submit(_write_hashed, table, out / split_file(split)),
             }
-            metas.append(pool.submit(write_pairs, meta, out / f"{split}_meta.parquet"))
+            metas.append(pool.submit(write_pairs, meta, out / pair_meta_file(split)))
             columns[split] = table.column_names
             del papers, table, meta
         for future in metas:
@@ -311,7 +312,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 SPEC = StageSpec(
     name="pairs",
     run=run,
-    inputs=lambda cfg: [artifact_path(cfg.paths.processed_dir) / f"{s}.parquet" for s in PAIR_SPLITS],
+    inputs=lambda cfg: [processed_split(cfg, s) for s in PAIR_SPLITS],
     outputs=lambda cfg: folder_files(cfg.paths.pairs_dir),  # a mix's task folders are hashed whole
     stamp_dir=lambda cfg: artifact_path(cfg.paths.pairs_dir),
     validate=validate,

@@ -44,6 +44,7 @@ from arxiv_embeddings.io import (
     write_parquet_row_groups,
 )
 from arxiv_embeddings.layout import SPLITS as SPLITS
+from arxiv_embeddings.layout import processed_split, split_file
 from arxiv_embeddings.layout import split_path as split_path
 from arxiv_embeddings.stage import StageSpec
 
@@ -310,7 +311,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # zstd compression is the slowest step and one file compresses on one core: write the splits side by side.
         with ThreadPoolExecutor(max_workers=len(positions)) as pool:
             futures = {
-                name: pool.submit(_write_split, takers, schema, rows, tmp / f"{name}.parquet")
+                name: pool.submit(_write_split, takers, schema, rows, tmp / split_file(name))
                 for name, rows in positions.items()
             }
         for name, split_rows in positions.items():
@@ -335,8 +336,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _outputs(cfg: DictConfig) -> list[Path]:
-    d = artifact_path(cfg.paths.processed_dir)
-    return [d / f"{s}.parquet" for s in SPLITS] + [d / MANIFEST]
+    return [processed_split(cfg, s) for s in SPLITS] + [artifact_path(cfg.paths.processed_dir) / MANIFEST]
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:

@@ -24,6 +24,7 @@ from arxiv_embeddings.api.batching import MicroBatcher
 from arxiv_embeddings.api.settings import Settings
 from arxiv_embeddings.backends.onnx_embedder import usable_cpus
 from arxiv_embeddings.backends.tasks import MODEL, TaskMap, tasks_of
+from arxiv_embeddings.layout import FINAL_DIR, TRAIN_SUMMARY_FILE
 from arxiv_embeddings.vectors import normalize_rows
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def latest_trained_model(models_dir: Path) -> Path | None:
     ``train_summary.json`` last). A base model that ``inv export`` saved there from the Hub is not a trained one."""
     if not models_dir.is_dir():
         return None
-    finals = [p for p in models_dir.glob("*/final") if (p / "train_summary.json").exists()]
+    finals = [p for p in models_dir.glob(f"*/{FINAL_DIR}") if (p / TRAIN_SUMMARY_FILE).exists()]
     return max(finals, key=lambda p: p.stat().st_mtime, default=None)
 
 

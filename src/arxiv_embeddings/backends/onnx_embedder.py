@@ -28,6 +28,7 @@ import numpy as np
 
 from arxiv_embeddings.backends.lora import is_adapter_dir
 from arxiv_embeddings.backends.tasks import MODEL, check_output
+from arxiv_embeddings.layout import FINAL_DIR
 from arxiv_embeddings.layout import ONNX_DIR as ONNX_DIR
 from arxiv_embeddings.layout import REPORT_FILE as REPORT_FILE
 from arxiv_embeddings.vectors import normalize_rows
@@ -463,7 +464,7 @@ def load_onnx_embedder(
 
 def adapter_message(path: Path) -> str:
     """Why a LoRA adapter folder cannot run on ONNX, and which folder to serve instead."""
-    merged = path.parent / "final"
+    merged = path.parent / FINAL_DIR
     if merged.is_dir() and merged.resolve() != path.resolve() and not is_adapter_dir(merged):
         instead = f"the merged model {merged}"
     else:

@@ -19,7 +19,7 @@ from arxiv_embeddings.config import (
 from arxiv_embeddings.data import sample_rows
 from arxiv_embeddings.evaluation.settings import FRESH_FILE, FRESH_NATURAL_FILE, FRESH_SLICES
 from arxiv_embeddings.io import artifact_path, exists, file_sha256, read_parquet
-from arxiv_embeddings.layout import split_path
+from arxiv_embeddings.layout import processed_split, split_path
 
 
 @dataclass
@@ -196,7 +196,7 @@ def load_fresh(cfg: DictConfig, key: str = "fresh") -> tuple[pa.Table, dict[str,
 def fresh_inputs(cfg: DictConfig) -> list[Path]:
     """The files the checks on fresh papers read beyond the test and train splits (for the skip check)."""
     paths = [fresh_path(cfg, key) for key in FRESH_SLICES if _enabled(cfg, key)]
-    return [*paths, artifact_path(cfg.paths.processed_dir) / "eval.parquet"] if paths else []
+    return [*paths, processed_split(cfg, "eval")] if paths else []
 
 
 # ---------------------------------------------------------------------------------------------- graded pairs

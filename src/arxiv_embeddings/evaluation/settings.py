@@ -16,7 +16,7 @@ from arxiv_embeddings.config import (
 )
 from arxiv_embeddings.data import TEXT_FIELDS
 from arxiv_embeddings.io import artifact_path
-from arxiv_embeddings.layout import ModelNotFoundError, as_path, model_location
+from arxiv_embeddings.layout import ModelNotFoundError, as_path, final_dir, model_location, model_name
 
 # 2: fresh_retrieval, per-query figures, each model at its own max_seq_length; 3: title_abstract per-query figures,
 # fresh_title_abstract, the fresh_natural_* sections and the graded (Spearman) sections.
@@ -156,12 +156,7 @@ def report_name(cfg: DictConfig, model: str | None = None) -> str:
     if model is None and cfg.evaluate.get("report_name"):
         return str(cfg.evaluate.report_name)
     value = str(model if model is not None else cfg.evaluate.model).rstrip("/")
-    parts = Path(value).parts
-    if not parts:
-        return value
-    if parts[-1] == "final" and len(parts) >= 2:
-        return parts[-2]
-    return parts[-1]
+    return model_name(value) or value
 
 
 def model_source(cfg: DictConfig, model: str | None = None) -> str:
@@ -178,7 +173,7 @@ def local_model_dir(cfg: DictConfig, model: str | None = None) -> Path | None:
     try:
         location = as_path(model_location(cfg, model))
     except ModelNotFoundError:
-        return artifact_path(cfg.paths.models_dir) / str(model or cfg.evaluate.model) / "final"
+        return final_dir(cfg, str(model or cfg.evaluate.model))
     return location if location.exists() else None
 
 

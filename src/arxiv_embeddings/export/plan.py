@@ -21,8 +21,8 @@ from arxiv_embeddings.backends.onnx_embedder import (
 from arxiv_embeddings.config import (
     ConfigError,
 )
-from arxiv_embeddings.io import artifact_path, atomic_dir, is_remote
-from arxiv_embeddings.layout import as_path, model_location
+from arxiv_embeddings.io import atomic_dir, is_remote
+from arxiv_embeddings.layout import as_path, final_dir, model_location
 
 SCHEMA_VERSION = 1
 OPTIMIZATION_LEVELS = ("O1", "O2", "O3", "O4")
@@ -113,7 +113,7 @@ def planned_variants(cfg: DictConfig) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ model folder
 def _hub_folder(cfg: DictConfig, name: str) -> Path:
-    return artifact_path(cfg.paths.models_dir) / name.rstrip("/").split("/")[-1] / "final"
+    return final_dir(cfg, name.rstrip("/").split("/")[-1])
 
 
 def model_target(cfg: DictConfig) -> tuple[Path, str | None]:

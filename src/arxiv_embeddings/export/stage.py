@@ -66,7 +66,7 @@ from arxiv_embeddings.export.plan import (
     save_hub_model,
 )
 from arxiv_embeddings.io import artifact_path, atomic_dir, write_json
-from arxiv_embeddings.layout import as_path, model_location
+from arxiv_embeddings.layout import as_path, model_location, processed_split
 from arxiv_embeddings.stage import StageSpec
 
 
@@ -335,7 +335,7 @@ def _outputs(cfg: DictConfig) -> list[Path]:
 def _inputs(cfg: DictConfig) -> list[Path]:
     """The model's own files (for a Hub name, those of its local source, the same before and after it is saved
     under models/) and the test split."""
-    processed = artifact_path(cfg.paths.processed_dir) / "test.parquet"
+    processed = processed_split(cfg, "test")
     value = str(cfg.export.model).strip()
     try:
         path = as_path(model_location(cfg, value))

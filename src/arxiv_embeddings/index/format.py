@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from arxiv_embeddings.backends.loading import model_fingerprint, model_folder
 from arxiv_embeddings.io import artifact_path
+from arxiv_embeddings.layout import model_name
 
 SCHEMA_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -55,10 +56,7 @@ def index_name(cfg: DictConfig) -> str:
     the last part of a folder or Hub name."""
     if cfg.index.get("name"):
         return str(cfg.index.name)
-    parts = Path(str(cfg.index.model).rstrip("/")).parts
-    if not parts:
-        return str(cfg.index.model)
-    return parts[-2] if parts[-1] == "final" and len(parts) >= 2 else parts[-1]
+    return model_name(str(cfg.index.model)) or str(cfg.index.model)
 
 
 def index_dir(cfg: DictConfig) -> Path:

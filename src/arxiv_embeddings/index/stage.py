@@ -43,6 +43,7 @@ from arxiv_embeddings.index.format import (
 )
 from arxiv_embeddings.index.quality import evaluate_index
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote
+from arxiv_embeddings.layout import processed_split
 from arxiv_embeddings.stage import StageSpec
 
 
@@ -200,7 +201,7 @@ def _inputs(cfg: DictConfig) -> list[Path]:
 
     c = cfg.index.corpus
     if c.path is None:
-        files = [artifact_path(cfg.paths.processed_dir) / f"{s}.parquet" for s in c.splits]
+        files = [processed_split(cfg, s) for s in c.splits]
     else:
         files = [Path(p) for p in sorted(glob.glob(str(c.path)))] or [Path(str(c.path))]
     try:

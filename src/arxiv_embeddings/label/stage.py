@@ -30,6 +30,7 @@ from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remot
 from arxiv_embeddings.label.candidates import ScoringError, sample_candidates
 from arxiv_embeddings.label.csv_import import CSV_HEADER, PAIR_TYPE, PAPER_COLUMNS, SOURCES, _csv_splits
 from arxiv_embeddings.label.scorers import SCORERS, build_scorer
+from arxiv_embeddings.layout import pair_meta_file, processed_split, split_file
 from arxiv_embeddings.pairing import MANIFEST, PAIR_SPLITS, SAMPLING, write_pairs
 from arxiv_embeddings.stage import StageSpec, folder_files
 
@@ -150,12 +151,12 @@ def _write(cfg: DictConfig, splits: dict[str, tuple[pa.Table, pa.Table]], info: 
     files: dict[str, dict[str, Any]] = {}
     with atomic_dir(out_dir) as tmp:
         for split, (table, meta) in splits.items():
-            write_pairs(meta, tmp / f"{split}_meta.parquet")
+            write_pairs(meta, tmp / pair_meta_file(split))
             files[split] = {
-                "file": f"{split}.parquet",
-                "meta": f"{split}_meta.parquet",
+                "file": split_file(split),
+                "meta": pair_meta_file(split),
                 "rows": table.num_rows,
-                "sha256": file_sha256(write_pairs(table, tmp / f"{split}.parquet")),
+                "sha256": file_sha256(write_pairs(table, tmp / split_file(split))),
             }
         manifest = {
             "stage": "label",
@@ -197,7 +198,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _inputs(cfg: DictConfig) -> list[Path]:
     if cfg.label.source == "csv":
         return [Path(str(cfg.label.csv.path))]
-    return [artifact_path(cfg.paths.processed_dir) / f"{s}.parquet" for s in PAIR_SPLITS]
+    return [processed_split(cfg, s) for s in PAIR_SPLITS]
 
 
 SPEC = StageSpec(

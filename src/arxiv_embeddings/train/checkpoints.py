@@ -14,7 +14,6 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.io import (
-    artifact_path,
     download_dir,
     exists,
     is_remote,
@@ -23,6 +22,7 @@ from arxiv_embeddings.io import (
     remove_tree,
     write_json,
 )
+from arxiv_embeddings.layout import CHECKPOINTS_DIR, run_dir
 
 
 def _checkpoint_to_resume(cfg: DictConfig, ckpt_dir: Path, fp: str) -> str | None:
@@ -53,7 +53,8 @@ def _checkpoint_to_resume(cfg: DictConfig, ckpt_dir: Path, fp: str) -> str | Non
 
 
 def model_dir(cfg: DictConfig) -> Path:
-    return artifact_path(cfg.paths.models_dir) / str(cfg.run_name)
+    """This run's folder, ``${paths.models_dir}/<run_name>``."""
+    return run_dir(cfg, str(cfg.run_name))
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
@@ -62,8 +63,8 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     files. The final model is published to the bucket, and with ``train.checkpoint_sync`` each checkpoint is copied
     there too (:func:`remote_checkpoint_dir`), so a run resumes on another machine."""
     if is_remote(cfg.paths.models_dir):
-        return Path(cfg.paths.log_dir) / "checkpoints" / str(cfg.run_name)
-    return model_dir(cfg) / "checkpoints"
+        return Path(cfg.paths.log_dir) / CHECKPOINTS_DIR / str(cfg.run_name)
+    return model_dir(cfg) / CHECKPOINTS_DIR
 
 
 def remote_checkpoint_dir(cfg: DictConfig) -> Path | None:
@@ -71,7 +72,7 @@ def remote_checkpoint_dir(cfg: DictConfig) -> Path | None:
     are on local disk (the checkpoints are there already) or ``train.checkpoint_sync`` is false."""
     if not is_remote(cfg.paths.models_dir) or not cfg.train.checkpoint_sync:
         return None
-    return model_dir(cfg) / "checkpoints"
+    return model_dir(cfg) / CHECKPOINTS_DIR
 
 
 def _step(name: str) -> int:

@@ -23,8 +23,18 @@ from arxiv_embeddings.io import (
     read_json,
     write_json,
 )
-from arxiv_embeddings.layout import PAIR_SOURCES, TASKS_FILE
-from arxiv_embeddings.pairing import mix_tasks
+from arxiv_embeddings.layout import (
+    ADAPTER_DIR,
+    FINAL_DIR,
+    PAIR_SOURCES,
+    TASKS_FILE,
+    TRAIN_SUMMARY_FILE,
+    pair_meta_file,
+    processed_split,
+    split_file,
+    training_pairs_dir,
+)
+from arxiv_embeddings.pairing import MANIFEST, mix_tasks
 from arxiv_embeddings.stage import StageSpec, fingerprint
 from arxiv_embeddings.train.checkpoints import (
     CheckpointUploader,
@@ -239,7 +249,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     # 9. save the final model with its card and config, atomically; with LoRA the adapter (in adapter/), and the
     #    merged model in final/ (model.lora.merge, the default) or the adapter itself there
-    final = out / "final"
+    final = out / FINAL_DIR
     lora_info: dict[str, Any] | None = None
     if lora:
         lora_info = save_lora(model, out, cfg, base, sets.first_train_set(train_ds))
@@ -274,7 +284,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "batch_sampler": cfg.train.batch_sampler,
             "seconds": round(time.perf_counter() - started, 1),
         }
-        write_json(tmp / "train_summary.json", summary)
+        write_json(tmp / TRAIN_SUMMARY_FILE, summary)
         # Which output serves each task (the API's `task`): every module of the folder, for all three. With the mix
         # the encoder itself learnt search (bench/README.md#tasks); a subject head is fit on subjects alone, so
         # with one the search task is served by the encoder under it.
@@ -297,23 +307,20 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    from arxiv_embeddings.layout import training_pairs_dir
-
     d = training_pairs_dir(cfg)
     files = []
     # the main task's pairs (train.pairs_from) and each other task's folder of the pairs stage
     for folder in [d, *(artifact_path(cfg.paths.pairs_dir) / task.name for task in mix_tasks(cfg))]:
-        files += [folder / "train.parquet", folder / "eval.parquet", folder / "train_meta.parquet"]
-        files.append(folder / "manifest.json")
+        files += [folder / split_file("train"), folder / split_file("eval"), folder / pair_meta_file("train")]
+        files.append(folder / MANIFEST)
     model_path = Path(str(cfg.model.name))
-    processed = artifact_path(cfg.paths.processed_dir)
     if head_enabled(cfg):  # the head is fit on papers of the processed train split
-        files.append(processed / "train.parquet")
+        files.append(processed_split(cfg, "train"))
     # the evaluators score papers of the processed eval split during training and of the test split after it
     if int(cfg.train.eval_papers) > 0:
-        files.append(processed / "eval.parquet")
+        files.append(processed_split(cfg, "eval"))
     if int(cfg.train.test_papers) > 0:
-        files.append(processed / "test.parquet")
+        files.append(processed_split(cfg, "test"))
     return files + (model_files(model_path) if model_path.is_dir() else [])
 
 
@@ -324,8 +331,8 @@ SPEC = StageSpec(
     # The model's own files: an export beside them (onnx/, export_report.json) does not make the run look stale.
     # With a merged LoRA model, its adapter (adapter/) too.
     outputs=lambda cfg: (
-        model_files(model_dir(cfg) / "final")
-        + (model_files(model_dir(cfg) / "adapter") if cfg.model.get("lora") else [])
+        model_files(model_dir(cfg) / FINAL_DIR)
+        + (model_files(model_dir(cfg) / ADAPTER_DIR) if cfg.model.get("lora") else [])
     ),
     stamp_dir=model_dir,
     validate=validate,

@@ -16,6 +16,7 @@ from arxiv_embeddings.io import (
     atomic_dir,
     read_parquet,
 )
+from arxiv_embeddings.layout import ADAPTER_DIR, FINAL_DIR, pair_meta_file
 
 BATCH_SAMPLERS = ("subject", "category", "subject_groups", "no_duplicates", "random")
 #: Pair types each batch sampler suits, where it does not suit them all. subject_groups puts several papers of one
@@ -106,7 +107,7 @@ def category_batches(cfg: DictConfig, train_file: Path, pair_type: str) -> dict[
     abstract twice in a batch), and for same-subject pairs (``anchor_positive``) the subject as a key too."""
     from arxiv_embeddings.samplers import conflict_keys
 
-    meta = read_parquet(train_file.with_name("train_meta.parquet"))
+    meta = read_parquet(train_file.with_name(pair_meta_file("train")))
     pairs = read_parquet(train_file)
     ids = [meta.column(c).to_numpy(zero_copy_only=False) for c in ("a_id", "b_id", "neg_id") if c in meta.column_names]
     text_columns = [c for c in pairs.column_names if c not in ("label", "score")]
@@ -131,13 +132,13 @@ def train_sampler(
         labels = read_parquet(train_file, columns=["label"]).column("label").to_numpy()
         return LabelGroupBatchSampler, {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
     if batch_sampler == "subject":
-        meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
+        meta = read_parquet(train_file.with_name(pair_meta_file("train")), columns=["a_subject"])
         return SubjectBatchSampler, {"subjects": meta.column("a_subject").to_numpy(zero_copy_only=False)}
     if batch_sampler == "category":
         return CategoryBatchSampler, category_batches(cfg, train_file, pair_type)
     if batch_sampler == "subject_groups":  # train.papers_per_subject papers of each of several subjects a batch
         check_label_batches(cfg, "subject_groups")
-        meta = read_parquet(train_file.with_name("train_meta.parquet"), columns=["a_subject"])
+        meta = read_parquet(train_file.with_name(pair_meta_file("train")), columns=["a_subject"])
         labels = meta.column("a_subject").to_numpy(zero_copy_only=False)
         return LabelGroupBatchSampler, {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
     if batch_sampler == str(cfg.train.batch_sampler):
@@ -179,11 +180,11 @@ def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) 
         "dropout": float(lora.get("dropout", 0.0)),
         "target_modules": to_plain(lora.target_modules),
         "merged": merge,
-        "adapter": str(out / ("adapter" if merge else "final")),
+        "adapter": str(out / (ADAPTER_DIR if merge else FINAL_DIR)),
     }
     if not merge:
         return info
-    with atomic_dir(out / "adapter") as tmp:
+    with atomic_dir(out / ADAPTER_DIR) as tmp:
         save_adapter(model, tmp, base)
         (tmp / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     probe = [str(t) for t in train_ds[train_ds.column_names[0]][:16]]
@@ -194,7 +195,7 @@ def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) 
     if info["merge_max_abs_diff"] > 1e-3:
         logger.warning(
             f"The merged model's embeddings differ from the adapter model's by up to {info['merge_max_abs_diff']:.2e}; "
-            f"the adapter in {out / 'adapter'} is the reference."
+            f"the adapter in {out / ADAPTER_DIR} is the reference."
         )
     return info
 
