@@ -52,10 +52,10 @@ def main() -> None:
     from arxiv_embeddings.data import paper_text
     from arxiv_embeddings.evaluation import load_fresh
     from arxiv_embeddings.io import read_parquet
+    from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.losses import SupervisedContrastiveLoss
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap
-    from arxiv_embeddings.preprocess import split_path
 
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="bench-head-"))

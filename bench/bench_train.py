@@ -61,9 +61,9 @@ def main() -> None:
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
+    from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
-    from arxiv_embeddings.preprocess import split_path
 
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))

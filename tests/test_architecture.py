@@ -1,6 +1,7 @@
 """The package's import graph: no import circles, and data flows one way through the layers of docs/architecture.md
 (low-level rooms never import a stage, the API or the CLI; the embedding backends never import a stage; a stage
-never imports another stage)."""
+never imports another stage), and a module imports a name from the module that defines it, never through another
+that forwards it."""
 
 from __future__ import annotations
 
@@ -129,3 +130,18 @@ def test_the_checks_see_a_circle_and_an_upward_import(tmp_path: Path) -> None:
     planted = tmp_path / "planted.py"
     planted.write_text("def f():\n    from arxiv_embeddings.train import run\n    from arxiv_embeddings import cli\n")
     assert _imports(planted) == {"train", "cli"}
+
+
+def test_a_module_never_forwards_a_name() -> None:
+    """A name has one address, the module that defines it: no module (the packages' ``__init__`` tables aside)
+    imports a name of the package ``as`` itself to pass it on."""
+    wrong = [
+        f"{name}: from {node.module} import {alias.name} as {alias.asname}"
+        for name, path in _modules().items()
+        if path.name != "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("arxiv_embeddings")
+        for alias in node.names
+        if alias.asname == alias.name
+    ]
+    assert not wrong, "\n".join(wrong)

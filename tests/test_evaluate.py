@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from arxiv_embeddings import evaluate, evaluation
-from arxiv_embeddings.backends.loading import ModelNotFoundError
 from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.layout import ModelNotFoundError
 from arxiv_embeddings.stage import execute
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

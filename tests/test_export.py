@@ -17,7 +17,7 @@ import pytest
 
 from arxiv_embeddings import export
 from arxiv_embeddings.backends import Embedder, TorchEmbedder, load_embedder
-from arxiv_embeddings.backends.loading import ModelNotFoundError, resolve_model
+from arxiv_embeddings.backends.loading import resolve_model
 from arxiv_embeddings.backends.onnx_embedder import (
     VARIANT_FILES,
     ExportNotFoundError,
@@ -29,6 +29,7 @@ from arxiv_embeddings.backends.onnx_embedder import (
 from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.io import tree_sha256
+from arxiv_embeddings.layout import ModelNotFoundError
 from arxiv_embeddings.stage import execute
 
 LEVELS = ["O1", "O3"]

@@ -337,7 +337,8 @@ def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
 
 def test_missing_models_in_a_bucket_name_the_url_and_the_command(gcs, stage_bucket: str, tmp_path: Path) -> None:
     from arxiv_embeddings import evaluate, export, index
-    from arxiv_embeddings.backends.loading import ModelNotFoundError, fetch_model
+    from arxiv_embeddings.backends.loading import fetch_model
+    from arxiv_embeddings.layout import ModelNotFoundError
 
     remote = _remote(STAGES, tmp_path)
     expected = rf"gs://{stage_bucket}/models/nope/final.*uv run inv train"

@@ -13,6 +13,7 @@ import pytest
 from arxiv_embeddings import pairs
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.io import file_sha256, read_json
+from arxiv_embeddings.pairing import SubjectIndex
 
 
 @pytest.fixture
@@ -197,6 +198,6 @@ def test_same_subject_pairs_need_two_papers_in_a_subject() -> None:
     import pyarrow as pa
 
     papers = pa.table({"primary_subject": ["a", "b", "c"]})
-    index = pairs.SubjectIndex.from_table(papers)
+    index = SubjectIndex.from_table(papers)
     with pytest.raises(ConfigError, match="2 or more papers"):
         index.same_subject(5, np.random.default_rng(0), "balanced")

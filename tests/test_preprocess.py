@@ -12,6 +12,7 @@ from arxiv_embeddings import preprocess
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.data import normalize
 from arxiv_embeddings.io import file_sha256, read_json
+from arxiv_embeddings.layout import SPLITS, split_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WORDS = [
@@ -144,7 +145,7 @@ def test_upstream_label_file_end_to_end(tmp_path: Path) -> None:
     assert funnel["loaded"] == 80
     assert funnel["dropped_bad_subject"] == 8  # the misaligned rows of the fixture
     assert funnel["dropped_duplicate_id"] == 6  # six papers listed twice
-    papers = pa.concat_tables(_read_split(tmp_path, s) for s in preprocess.SPLITS)
+    papers = pa.concat_tables(_read_split(tmp_path, s) for s in SPLITS)
     assert all("(" not in s for s in papers.column("primary_subject").to_pylist())
     for primary, subjects in zip(
         papers.column("primary_subject").to_pylist(), papers.column("subjects").to_pylist(), strict=True
@@ -170,11 +171,11 @@ def test_dedupes_by_id_and_by_exact_abstract_independent_of_order(tmp_path: Path
         result = preprocess.run(_cfg(root, path))
         assert result["funnel"]["dropped_duplicate_id"] == 1
         assert result["funnel"]["dropped_duplicate_abstract"] == 1
-        papers = pa.concat_tables(_read_split(root, s) for s in preprocess.SPLITS)
+        papers = pa.concat_tables(_read_split(root, s) for s in SPLITS)
         ids = papers.column("arxiv_id").to_pylist()
         assert len(ids) == len(set(ids)) == 60
         assert "2401.99999" not in ids  # the copy with the larger id goes, whatever the input order
-        outputs.append({s: file_sha256(root / "data" / "processed" / f"{s}.parquet") for s in preprocess.SPLITS})
+        outputs.append({s: file_sha256(root / "data" / "processed" / f"{s}.parquet") for s in SPLITS})
     assert outputs[0] == outputs[1]
 
 
@@ -188,13 +189,13 @@ def test_split_is_stable_when_papers_are_added_and_never_leaks(tmp_path: Path) -
     preprocess.run(_cfg(tmp_path / "b", big))
 
     def assignment(root: Path) -> dict[str, str]:
-        return {i: s for s in preprocess.SPLITS for i in _read_split(root, s).column("arxiv_id").to_pylist()}
+        return {i: s for s in SPLITS for i in _read_split(root, s).column("arxiv_id").to_pylist()}
 
     small_split, big_split = assignment(tmp_path / "a"), assignment(tmp_path / "b")
     assert all(big_split[i] == s for i, s in small_split.items())
-    abstracts = [set(_read_split(tmp_path / "b", s).column("abstract").to_pylist()) for s in preprocess.SPLITS]
+    abstracts = [set(_read_split(tmp_path / "b", s).column("abstract").to_pylist()) for s in SPLITS]
     assert not (abstracts[0] & abstracts[1] or abstracts[0] & abstracts[2] or abstracts[1] & abstracts[2])
-    counts = {s: sum(1 for v in big_split.values() if v == s) for s in preprocess.SPLITS}
+    counts = {s: sum(1 for v in big_split.values() if v == s) for s in SPLITS}
     assert 720 <= counts["train"] <= 880 and counts["eval"] > 60 and counts["test"] > 60  # ~80/10/10 of 1000
 
 
@@ -270,7 +271,7 @@ def test_missing_input_file(tmp_path: Path) -> None:
 
 def test_split_path_names_the_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="uv run inv preprocess"):
-        preprocess.split_path(compose("preprocess", [f"paths.root_dir={tmp_path}"]), "train")
+        split_path(compose("preprocess", [f"paths.root_dir={tmp_path}"]), "train")
 
 
 def test_reads_jsonl_gz_and_csv(tmp_path: Path) -> None:

@@ -224,7 +224,7 @@ def test_missing_pairs_name_the_command(tmp_path, tiny_model_dir) -> None:
 
 
 def test_a_model_path_that_is_not_a_model_says_what_was_expected(tmp_path, processed_root) -> None:
-    from arxiv_embeddings.backends.loading import ModelNotFoundError
+    from arxiv_embeddings.layout import ModelNotFoundError
 
     root = _root_with_pairs(tmp_path, processed_root)
     (tmp_path / "empty").mkdir()

@@ -23,8 +23,7 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import PACKAGE_DIR, ConfigError, choose
-from arxiv_embeddings.texts import TEXT_FIELDS as TEXT_FIELDS
-from arxiv_embeddings.texts import TITLE_ABSTRACT_SEPARATOR as TITLE_ABSTRACT_SEPARATOR
+from arxiv_embeddings.texts import TEXT_FIELDS, TITLE_ABSTRACT_SEPARATOR
 
 SAMPLE_PATH = PACKAGE_DIR / "resources" / "arxiv_sample.parquet"
 TEXT_COLUMNS = ("arxiv_id", "title", "abstract")

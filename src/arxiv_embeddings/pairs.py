@@ -35,21 +35,24 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
-from arxiv_embeddings.data import TEXT_FIELDS, paper_text_array
+from arxiv_embeddings.data import paper_text_array
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, read_parquet, write_json
 from arxiv_embeddings.layout import pair_meta_file, processed_split, split_file
-from arxiv_embeddings.layout import pairs_path as pairs_path
-from arxiv_embeddings.layout import training_pairs_dir as training_pairs_dir
-from arxiv_embeddings.pairing import COLUMNS as COLUMNS
-from arxiv_embeddings.pairing import MANIFEST as MANIFEST
-from arxiv_embeddings.pairing import PAIR_SPLITS as PAIR_SPLITS
-from arxiv_embeddings.pairing import SAMPLING as SAMPLING
-from arxiv_embeddings.pairing import WITH_NEGATIVES as WITH_NEGATIVES
-from arxiv_embeddings.pairing import SubjectIndex as SubjectIndex
-from arxiv_embeddings.pairing import Task, main_task, mix_tasks
-from arxiv_embeddings.pairing import jaccard as jaccard
-from arxiv_embeddings.pairing import write_pairs as write_pairs
+from arxiv_embeddings.pairing import (
+    COLUMNS,
+    MANIFEST,
+    PAIR_SPLITS,
+    SAMPLING,
+    WITH_NEGATIVES,
+    SubjectIndex,
+    Task,
+    jaccard,
+    main_task,
+    mix_tasks,
+    write_pairs,
+)
 from arxiv_embeddings.stage import StageSpec, folder_files
+from arxiv_embeddings.texts import TEXT_FIELDS
 
 
 @dataclass

@@ -43,9 +43,7 @@ from arxiv_embeddings.io import (
     write_json,
     write_parquet_row_groups,
 )
-from arxiv_embeddings.layout import SPLITS as SPLITS
-from arxiv_embeddings.layout import processed_split, split_file
-from arxiv_embeddings.layout import split_path as split_path
+from arxiv_embeddings.layout import SPLITS, processed_split, split_file
 from arxiv_embeddings.stage import StageSpec
 
 MANIFEST = "manifest.json"

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from arxiv_embeddings.io import file_sha256
-from arxiv_embeddings.layout import ONNX_DIR, REPORT_FILE
-from arxiv_embeddings.layout import ModelNotFoundError as ModelNotFoundError
+from arxiv_embeddings.layout import ONNX_DIR, REPORT_FILE, ModelNotFoundError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -28,9 +28,7 @@ import numpy as np
 
 from arxiv_embeddings.backends.lora import is_adapter_dir
 from arxiv_embeddings.backends.tasks import MODEL, check_output
-from arxiv_embeddings.layout import FINAL_DIR
-from arxiv_embeddings.layout import ONNX_DIR as ONNX_DIR
-from arxiv_embeddings.layout import REPORT_FILE as REPORT_FILE
+from arxiv_embeddings.layout import FINAL_DIR, ONNX_DIR, REPORT_FILE
 from arxiv_embeddings.vectors import normalize_rows
 
 #: File of every ONNX variant under ``<model>/onnx/``. ``fp32`` is the plain export; ``O1``-``O4`` are optimum's

@@ -14,9 +14,9 @@ from arxiv_embeddings.config import (
     require,
     require_in,
 )
-from arxiv_embeddings.data import TEXT_FIELDS
 from arxiv_embeddings.io import artifact_path
 from arxiv_embeddings.layout import ModelNotFoundError, as_path, final_dir, model_location, model_name
+from arxiv_embeddings.texts import TEXT_FIELDS
 
 # 2: fresh_retrieval, per-query figures, each model at its own max_seq_length; 3: title_abstract per-query figures,
 # fresh_title_abstract, the fresh_natural_* sections and the graded (Spearman) sections.

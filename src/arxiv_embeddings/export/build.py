@@ -15,10 +15,10 @@ from typing import Any
 from loguru import logger
 
 from arxiv_embeddings.backends.onnx_embedder import (
-    ONNX_DIR,
     VARIANT_FILES,
     int8_variant,
 )
+from arxiv_embeddings.layout import ONNX_DIR
 
 
 @contextlib.contextmanager

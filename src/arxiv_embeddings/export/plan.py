@@ -12,7 +12,6 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.backends.loading import (
-    ModelNotFoundError,
     resolve_model,
 )
 from arxiv_embeddings.backends.onnx_embedder import (
@@ -22,7 +21,7 @@ from arxiv_embeddings.config import (
     ConfigError,
 )
 from arxiv_embeddings.io import atomic_dir, is_remote
-from arxiv_embeddings.layout import as_path, final_dir, model_location
+from arxiv_embeddings.layout import ModelNotFoundError, as_path, final_dir, model_location
 
 SCHEMA_VERSION = 1
 OPTIMIZATION_LEVELS = ("O1", "O2", "O3", "O4")

@@ -14,14 +14,11 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.backends.loading import (
-    ModelNotFoundError,
     fetch_model,
     model_files,
     resolve_model,
 )
 from arxiv_embeddings.backends.onnx_embedder import (
-    ONNX_DIR,
-    REPORT_FILE,
     VARIANT_FILES,
     OnnxEmbedder,
     usable_cpus,
@@ -36,7 +33,6 @@ from arxiv_embeddings.config import (
     require_model_name,
     to_plain,
 )
-from arxiv_embeddings.data import TEXT_FIELDS
 from arxiv_embeddings.export.build import build_onnx
 from arxiv_embeddings.export.measure import (
     _geomean,
@@ -66,8 +62,9 @@ from arxiv_embeddings.export.plan import (
     save_hub_model,
 )
 from arxiv_embeddings.io import artifact_path, atomic_dir, write_json
-from arxiv_embeddings.layout import as_path, model_location, processed_split
+from arxiv_embeddings.layout import ONNX_DIR, REPORT_FILE, ModelNotFoundError, as_path, model_location, processed_split
 from arxiv_embeddings.stage import StageSpec
+from arxiv_embeddings.texts import TEXT_FIELDS
 
 
 def validate(cfg: DictConfig) -> None:

@@ -50,8 +50,8 @@ from arxiv_embeddings.stage import StageSpec
 def validate(cfg: DictConfig) -> None:
     """Check the ``index`` settings before any work, naming the offending key and the fix."""
     from arxiv_embeddings.backends import BACKENDS
-    from arxiv_embeddings.data import TEXT_FIELDS
     from arxiv_embeddings.layout import SPLITS
+    from arxiv_embeddings.texts import TEXT_FIELDS
 
     check_missing(cfg)
     ix = cfg.index

@@ -25,7 +25,6 @@ from arxiv_embeddings.config import (
     require_in,
     to_plain,
 )
-from arxiv_embeddings.data import TEXT_FIELDS
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, read_parquet, write_json
 from arxiv_embeddings.label.candidates import ScoringError, sample_candidates
 from arxiv_embeddings.label.csv_import import CSV_HEADER, PAIR_TYPE, PAPER_COLUMNS, SOURCES, _csv_splits
@@ -33,6 +32,7 @@ from arxiv_embeddings.label.scorers import SCORERS, build_scorer
 from arxiv_embeddings.layout import pair_meta_file, processed_split, split_file
 from arxiv_embeddings.pairing import MANIFEST, PAIR_SPLITS, SAMPLING, write_pairs
 from arxiv_embeddings.stage import StageSpec, folder_files
+from arxiv_embeddings.texts import TEXT_FIELDS
 
 
 def _paper_splits(cfg: DictConfig) -> tuple[dict[str, tuple[pa.Table, pa.Table]], dict[str, Any]]:
