@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "export.json")
     args = parser.parse_args()
 
-    from arxiv_embeddings import export
     from arxiv_embeddings.config import compose
+    from arxiv_embeddings.export import stage as export_stage
+    from arxiv_embeddings.export.measure import format_table
     from arxiv_embeddings.logging_utils import setup_logging
 
     setup_logging()
@@ -61,7 +62,7 @@ def main() -> None:
     ]
     load_before = os.getloadavg()
     try:
-        result = export.run(compose("export", overrides))
+        result = export_stage.run(compose("export", overrides))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report = result["report"]
@@ -79,7 +80,7 @@ def main() -> None:
         f"{t['batch_size']}, best of {t['repeats']}"
     )
     print()
-    print(export.format_table(report))
+    print(format_table(report))
     print(f"serving default: {report['serving_default']['name']} ({report['serving_default']['reason']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

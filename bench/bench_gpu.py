@@ -62,16 +62,17 @@ def main() -> None:
 
     import torch
 
-    from arxiv_embeddings import pairs, preprocess, train
+    from arxiv_embeddings import pairs, preprocess
     from arxiv_embeddings.backends.loading import default_device
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
-    from arxiv_embeddings.evaluation import load_fresh
+    from arxiv_embeddings.evaluation.data import load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap
+    from arxiv_embeddings.train import stage as train_stage
 
     device = default_device() if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -139,7 +140,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            result = train.run(cfg)
+            result = train_stage.run(cfg)
             wall = time.perf_counter() - t0
             summary = result["summary"]
             row: dict = {

@@ -50,7 +50,7 @@ def main() -> None:
     from arxiv_embeddings.backends.loading import load_model
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
-    from arxiv_embeddings.evaluation import load_fresh
+    from arxiv_embeddings.evaluation.data import load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging

@@ -88,7 +88,7 @@ def import_seconds(python: Path, module: str) -> float:
 def exported_minilm(folder: Path) -> Path:
     """A copy of the bundled all-MiniLM-L6-v2 with its fp32 ONNX export (what `inv export` writes first)."""
     from arxiv_embeddings.backends.loading import resolve_model
-    from arxiv_embeddings.export import build_onnx
+    from arxiv_embeddings.export.build import build_onnx
 
     model = folder / "minilm"
     shutil.copytree(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), model)

@@ -134,7 +134,7 @@ def shape_stats(x: np.ndarray) -> str:
 
 
 def write_shards(gen: Generator, n: int, folder: Path, shard: int, seed: int) -> Any:
-    from arxiv_embeddings.index import Embeddings
+    from arxiv_embeddings.index.format import Embeddings
 
     rng = np.random.default_rng([seed, 1])
     paths = []
@@ -202,7 +202,7 @@ def measure(
     from loguru import logger
 
     from arxiv_embeddings.config import compose
-    from arxiv_embeddings.index import build_index
+    from arxiv_embeddings.index.build import build_index
 
     logger.remove()
     faiss.omp_set_num_threads(args.threads)

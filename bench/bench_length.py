@@ -29,7 +29,7 @@ def main() -> None:
 
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.data import SAMPLE_PATH, paper_text
-    from arxiv_embeddings.evaluation import FRESH_FILE
+    from arxiv_embeddings.evaluation.settings import FRESH_FILE
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap

@@ -69,16 +69,17 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from arxiv_embeddings import pairs, preprocess, train
+    from arxiv_embeddings import pairs, preprocess
     from arxiv_embeddings.backends.loading import cpu_supports_bf16
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
-    from arxiv_embeddings.evaluation import load_fresh
+    from arxiv_embeddings.evaluation.data import load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap
+    from arxiv_embeddings.train import stage as train_stage
 
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="bench-recipe-"))
@@ -124,7 +125,7 @@ def main() -> None:
                 ],
             )
             t0 = time.perf_counter()
-            result = train.run(cfg)
+            result = train_stage.run(cfg)
             wall = time.perf_counter() - t0
             per_query[name] = score(str(result["model"]))
             s = result["summary"]

@@ -56,7 +56,7 @@ def main() -> None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from arxiv_embeddings import pairs, preprocess, train
+    from arxiv_embeddings import pairs, preprocess
     from arxiv_embeddings.backends.loading import cpu_supports_bf16
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
@@ -64,6 +64,7 @@ def main() -> None:
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
+    from arxiv_embeddings.train import stage as train_stage
 
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -98,7 +99,7 @@ def main() -> None:
                 ],
             )
             t0 = time.perf_counter()
-            result = train.run(cfg)
+            result = train_stage.run(cfg)
             wall = time.perf_counter() - t0
             per_query[name] = score(str(result["model"]))
             metrics = {k: float(v.mean()) for k, v in per_query[name].items()}

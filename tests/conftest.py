@@ -59,7 +59,7 @@ def root_overrides(root: Path) -> list[str]:
 @pytest.fixture(scope="session", autouse=True)
 def fresh_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped fresh papers (resources/arxiv_fresh.parquet) of the slice's subjects: about 15 per subject."""
-    from arxiv_embeddings.evaluation import FRESH_FILE
+    from arxiv_embeddings.evaluation.settings import FRESH_FILE
 
     table = pq.read_table(SAMPLE_PATH.parent / FRESH_FILE)
     table = table.filter(pc.is_in(table.column("primary_subject"), pa.array(SLICE_SUBJECTS)))
@@ -75,7 +75,7 @@ def fresh_natural_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     of the slice's subjects: still in natural proportions, fast to encode."""
     import numpy as np
 
-    from arxiv_embeddings.evaluation import FRESH_NATURAL_FILE
+    from arxiv_embeddings.evaluation.settings import FRESH_NATURAL_FILE
 
     table = pq.read_table(SAMPLE_PATH.parent / FRESH_NATURAL_FILE)
     table = table.filter(pc.is_in(table.column("primary_subject"), pa.array(SLICE_SUBJECTS)))

@@ -40,16 +40,16 @@ def server(tiny_model_dir: Path, processed_root: Path, tmp_path_factory: pytest.
     seconds, without importing torch), with the tiny model and an index of its test split."""
     import shutil
 
-    from arxiv_embeddings import index
     from arxiv_embeddings.config import compose
-    from arxiv_embeddings.export import build_onnx
+    from arxiv_embeddings.export.build import build_onnx
+    from arxiv_embeddings.index import stage as index_stage
 
     root = tmp_path_factory.mktemp("abuse")
     model = root / "tiny"
     shutil.copytree(tiny_model_dir, model)
     (model / "onnx").mkdir()
     build_onnx(model, model / "onnx", levels=[], arch=None)
-    built = index.run(
+    built = index_stage.run(
         compose(
             "index",
             [

@@ -20,7 +20,7 @@ TEXTS = ["Graph neural networks for molecules", "Dark matter halos in dwarf gala
 
 @pytest.fixture(scope="module")
 def onnx_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from arxiv_embeddings.export import build_onnx
+    from arxiv_embeddings.export.build import build_onnx
 
     model = tmp_path_factory.mktemp("onnx") / "tiny"
     shutil.copytree(tiny_model_dir, model)
@@ -140,9 +140,9 @@ def test_onnx_serving_imports_no_torch_transformers_pandas_or_pyarrow(
     assert (out["health"], out["embed"], out["loaded"]) == (200, 200, []), out
     assert "tqdm._monitor.TMonitor" not in out["threads"], out
 
-    from arxiv_embeddings import index
+    from arxiv_embeddings.index import stage as index_stage
 
-    built = index.run(
+    built = index_stage.run(
         make_cfg(
             "index",
             tmp_path,

@@ -17,10 +17,10 @@ import pytest
 from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
 from fastapi.testclient import TestClient
 
-from arxiv_embeddings import index as ix
 from arxiv_embeddings.api import create_app
 from arxiv_embeddings.backends import load_embedder
-from arxiv_embeddings.index import PaperIndex
+from arxiv_embeddings.index import stage as index_stage
+from arxiv_embeddings.index.search import PaperIndex
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def index_path(processed_root: Path, tiny_model_dir: Path, make_cfg, tmp_path_fa
         "index.eval.queries=50",
         "index.threads=1",
     ]
-    ix.run(make_cfg("index", root, overrides))
+    index_stage.run(make_cfg("index", root, overrides))
     return root / "indexes" / "tiny"
 
 

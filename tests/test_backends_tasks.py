@@ -38,7 +38,7 @@ def headed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="module")
 def onnx_pair(tiny_model_dir: Path, headed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(tiny model, headed copy), both with one fp32 ONNX export of their shared Transformer."""
-    from arxiv_embeddings.export import build_onnx
+    from arxiv_embeddings.export.build import build_onnx
 
     root = tmp_path_factory.mktemp("onnx_tasks")
     headed_onnx = root / "headed"

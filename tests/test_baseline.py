@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from arxiv_embeddings import baseline, evaluate, evaluation
+from arxiv_embeddings import baseline, evaluate
 from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.evaluation.settings import METRICS_KEYS
 from arxiv_embeddings.report import COMPARE_COLUMNS, compare
 
 SECTIONS = ("subject_retrieval", "title_abstract", "classification", "clustering")
@@ -43,7 +44,7 @@ def _metrics(reports: Path, run: str) -> dict:
 
 def test_tfidf_has_the_schema_of_a_model_evaluation(reports: Path) -> None:
     tfidf, tiny = _metrics(reports, "tfidf"), _metrics(reports, "tiny")
-    assert tuple(tfidf) == tuple(tiny) == evaluation.METRICS_KEYS
+    assert tuple(tfidf) == tuple(tiny) == METRICS_KEYS
     for section in SECTIONS:
         assert set(tfidf[section]) == set(tiny[section]), section
     assert tfidf["kind"] == "tfidf" and tfidf["model"] == "tfidf"
@@ -179,7 +180,7 @@ def test_zero_shot_minilm_loads_offline_and_beats_the_random_model(
     result = baseline.run(cfg)["runs"]["zero-shot"]
     m = result["metrics"]
     assert result["dir"] == reports / "zero-shot"
-    assert tuple(m) == evaluation.METRICS_KEYS
+    assert tuple(m) == METRICS_KEYS
     assert m["model"] == "sentence-transformers/all-MiniLM-L6-v2" and m["features"]["dim"] == 384
     tiny = _metrics(reports, "tiny")
     assert m["subject_retrieval"]["ndcg@10"] > tiny["subject_retrieval"]["ndcg@10"] + 0.1

@@ -10,8 +10,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from arxiv_embeddings import evaluate, evaluation
+from arxiv_embeddings import evaluate
 from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.evaluation.data import fresh_path, graded_pairs, labels_of, load_fresh
+from arxiv_embeddings.evaluation.settings import (
+    FRESH_FILE,
+    FRESH_NATURAL_FILE,
+    METRICS_KEYS,
+    local_model_dir,
+    report_name,
+)
 from arxiv_embeddings.layout import ModelNotFoundError
 from arxiv_embeddings.stage import execute
 
@@ -49,7 +57,7 @@ def test_run_name_resolves_to_the_final_model_and_writes_the_report(tiny_result:
     out = project / "reports" / "tiny"
     assert tiny_result["dir"] == out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert tuple(metrics) == evaluation.METRICS_KEYS
+    assert tuple(metrics) == METRICS_KEYS
     assert metrics["run"] == "tiny" and metrics["kind"] == "sentence-transformers" and metrics["split"] == "test"
     assert metrics["features"]["model_path"] == str(project / "models" / "tiny" / "final")
     for name in ("per_subject_precision.png", "confusion_matrix.png", "embedding_map.png"):
@@ -148,11 +156,11 @@ def test_tsne_map(tmp_path: Path) -> None:
 def test_a_model_folder_path_and_report_name(project: Path, processed_root: Path, make_cfg) -> None:
     model = project / "models" / "tiny" / "final"
     cfg = make_cfg("evaluate", project, eval_overrides(processed_root, f"evaluate.model={model}"))
-    assert evaluation.report_name(cfg) == "tiny"
-    assert evaluation.local_model_dir(cfg) == model
+    assert report_name(cfg) == "tiny"
+    assert local_model_dir(cfg) == model
     hub = make_cfg("evaluate", project, ["evaluate.model=sentence-transformers/all-MiniLM-L6-v2"])
-    assert evaluation.report_name(hub) == "all-MiniLM-L6-v2"
-    assert evaluation.local_model_dir(hub) is None
+    assert report_name(hub) == "all-MiniLM-L6-v2"
+    assert local_model_dir(hub) is None
 
 
 @pytest.mark.parametrize(
@@ -250,13 +258,13 @@ def test_fresh_papers_that_a_split_holds_are_left_out(
     path = tmp_path / "mixed.parquet"
     mixed.to_parquet(path)
     cfg = make_cfg("evaluate", project, eval_overrides(processed_root, "run_name=tiny", f"evaluate.fresh.path={path}"))
-    kept, info = evaluation.load_fresh(cfg)
+    kept, info = load_fresh(cfg)
     assert info["file_papers"] == len(mixed) and info["dropped_seen"] == 8
     assert info["dropped_small_subjects"] == 4  # 4 < evaluate.fresh.min_per_subject (5)
     assert sorted(kept.column("arxiv_id").to_pylist()) == sorted(fresh.arxiv_id)
 
     with pytest.raises(FileNotFoundError, match=r"evaluate\.fresh\.path=.*evaluate\.fresh\.enabled=false"):
-        evaluation.load_fresh(make_cfg("evaluate", project, [f"evaluate.fresh.path={tmp_path / 'none.parquet'}"]))
+        load_fresh(make_cfg("evaluate", project, [f"evaluate.fresh.path={tmp_path / 'none.parquet'}"]))
 
 
 def test_fresh_check_off_and_each_model_at_its_own_length(
@@ -293,7 +301,7 @@ def test_checks_off_leave_their_sections_empty(project: Path, processed_root: Pa
         ),
     )
     metrics = evaluate.run(cfg)["metrics"]
-    assert tuple(metrics) == evaluation.METRICS_KEYS
+    assert tuple(metrics) == METRICS_KEYS
     assert "fresh_natural" not in metrics["data"]
     for key in ("fresh_natural_retrieval", "fresh_natural_title_abstract", "graded", "fresh_graded"):
         assert metrics[key] is None, key
@@ -343,9 +351,9 @@ def test_the_natural_slice_is_scored_beside_the_balanced_one(tiny_result: dict, 
 def test_shipped_natural_slice_is_a_random_draw_outside_the_sample_and_the_balanced_papers() -> None:
     from arxiv_embeddings.data import SAMPLE_PATH
 
-    natural = pq.read_table(SAMPLE_PATH.parent / evaluation.FRESH_NATURAL_FILE).to_pandas()
+    natural = pq.read_table(SAMPLE_PATH.parent / FRESH_NATURAL_FILE).to_pandas()
     assert len(natural) == 2000 and natural.arxiv_id.is_unique and natural.abstract.is_unique
-    for other in (SAMPLE_PATH, SAMPLE_PATH.parent / evaluation.FRESH_FILE):
+    for other in (SAMPLE_PATH, SAMPLE_PATH.parent / FRESH_FILE):
         table = pq.read_table(other).to_pandas()
         assert not set(natural.arxiv_id) & set(table.arxiv_id) and not set(natural.abstract) & set(table.abstract)
     counts = natural.primary_subject.value_counts()
@@ -359,12 +367,12 @@ def test_a_missing_natural_slice_names_its_key(project: Path, processed_root: Pa
     with pytest.raises(
         FileNotFoundError, match=r"evaluate\.fresh_natural\.path=.*evaluate\.fresh_natural\.enabled=false"
     ):
-        evaluation.load_fresh(cfg, "fresh_natural")
+        load_fresh(cfg, "fresh_natural")
     bad = tmp_path / "no-abstracts.parquet"
-    pq.write_table(pq.read_table(evaluation.fresh_path(cfg, "fresh")).drop_columns(["abstract"]), bad)
+    pq.write_table(pq.read_table(fresh_path(cfg, "fresh")).drop_columns(["abstract"]), bad)
     cfg = make_cfg("evaluate", project, eval_overrides(processed_root, f"evaluate.fresh_natural.path={bad}"))
     with pytest.raises(ConfigError, match=r"evaluate\.fresh_natural\.path: .* no column\(s\) abstract"):
-        evaluation.load_fresh(cfg, "fresh_natural")
+        load_fresh(cfg, "fresh_natural")
 
 
 # ------------------------------------------------------------------------------------------------- graded
@@ -402,17 +410,17 @@ def test_graded_score_on_the_test_papers_and_both_fresh_slices(
 
 def test_graded_pairs_are_seeded_distinct_and_half_of_one_subject(processed_root: Path) -> None:
     table = pq.read_table(processed_root / "data" / "processed" / "train.parquet")
-    a, b, overlap = evaluation.graded_pairs(table, 1000, 0.5, seed=42, stream="test")
-    again = evaluation.graded_pairs(table, 1000, 0.5, seed=42, stream="test")
-    other = evaluation.graded_pairs(table, 1000, 0.5, seed=42, stream="fresh")
+    a, b, overlap = graded_pairs(table, 1000, 0.5, seed=42, stream="test")
+    again = graded_pairs(table, 1000, 0.5, seed=42, stream="test")
+    other = graded_pairs(table, 1000, 0.5, seed=42, stream="fresh")
     assert all(np.array_equal(x, y) for x, y in zip((a, b, overlap), again, strict=True))
     assert not np.array_equal(a, other[0])  # another stream, other pairs
     assert (a < b).all() and len(set(zip(a.tolist(), b.tolist(), strict=True))) == len(a) == 1000
-    labels = evaluation.labels_of(table)
+    labels = labels_of(table)
     same = labels[a] == labels[b]
     assert same[:500].all()  # 500 drawn of one subject first
     assert 0.5 <= same.mean() <= 0.56  # and a few of the random pairs share one too
     assert (overlap[same] > 0).all() and overlap[~same].mean() < overlap[same].mean()
     assert len(np.unique(overlap)) > 3  # graded, not 0 / 1
-    a0, b0, _ = evaluation.graded_pairs(table, 500, 0.0, seed=42, stream="test")
+    a0, b0, _ = graded_pairs(table, 500, 0.0, seed=42, stream="test")
     assert (labels[a0] == labels[b0]).mean() < 0.2  # random pairs only

@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from arxiv_embeddings import export
 from arxiv_embeddings.backends import Embedder, TorchEmbedder, load_embedder
 from arxiv_embeddings.backends.loading import resolve_model
 from arxiv_embeddings.backends.onnx_embedder import (
@@ -28,6 +27,18 @@ from arxiv_embeddings.backends.onnx_embedder import (
 )
 from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.data import paper_text
+from arxiv_embeddings.export import plan
+from arxiv_embeddings.export import stage as export_stage
+from arxiv_embeddings.export.build import activation_matmuls, build_onnx
+from arxiv_embeddings.export.measure import format_table, parity, subject_p10
+from arxiv_embeddings.export.plan import (
+    REPORT_KEYS,
+    VARIANT_KEYS,
+    ParityError,
+    detect_quantization_arch,
+    model_target,
+    planned_variants,
+)
 from arxiv_embeddings.io import tree_sha256
 from arxiv_embeddings.layout import ModelNotFoundError
 from arxiv_embeddings.stage import execute
@@ -67,7 +78,7 @@ def exported(project: Path, processed_root: Path, make_cfg) -> dict:
     """The export stage run once through the stage runner (so its stamp is written too)."""
     cfg = make_cfg("export", project, export_overrides(processed_root))
     assert cfg.export.model == "tiny"  # by default, the model this run trained
-    result = execute(export.SPEC, cfg)
+    result = execute(export_stage.SPEC, cfg)
     assert result is not None
     return result
 
@@ -81,7 +92,7 @@ def texts(processed_root: Path) -> list[str]:
 def test_every_variant_is_written_where_sentence_transformers_loads_it_and_passes_parity(
     exported: dict, model_dir: Path, texts: list[str]
 ) -> None:
-    arch = export.detect_quantization_arch()
+    arch = detect_quantization_arch()
     expected = ["fp32", *LEVELS, f"int8-{arch}"]
     assert exported_variants(model_dir) == expected
     report = exported["report"]
@@ -94,7 +105,7 @@ def test_every_variant_is_written_where_sentence_transformers_loads_it_and_passe
     # int8: the weight MatMuls are quantized, the attention (activation x activation) ones stay fp32.
     import onnx
 
-    attention = export.activation_matmuls(model_dir / "onnx" / "model.onnx")
+    attention = activation_matmuls(model_dir / "onnx" / "model.onnx")
     assert len(attention) == 2 * 2  # two per layer: scores and weighted values
     int8 = onnx.load(str(model_dir / "onnx" / VARIANT_FILES[f"int8-{arch}"])).graph.node
     assert sorted(n.name for n in int8 if n.op_type == "MatMul") == sorted(attention)
@@ -113,17 +124,17 @@ def test_every_variant_is_written_where_sentence_transformers_loads_it_and_passe
 def test_report_schema_and_serving_default(exported: dict, model_dir: Path) -> None:
     report = json.loads((model_dir / "export_report.json").read_text())
     assert report == json.loads(json.dumps(exported["report"]))
-    assert tuple(report) == export.REPORT_KEYS
+    assert tuple(report) == REPORT_KEYS
     assert report["parity"]["reference"] == "torch-fp32" and report["parity"]["max_seq_length"] == 64
     assert report["parity"]["data"]["papers"] >= 10
     assert report["throughput"]["seq_lengths"] == LENGTHS
     for n in LENGTHS:  # every throughput text fills the length (special tokens included)
         assert report["throughput"]["mean_tokens"][str(n)] == n
-    assert report["machine"]["quantization_arch"] == export.detect_quantization_arch()
+    assert report["machine"]["quantization_arch"] == detect_quantization_arch()
     names = list(report["variants"])
     assert names[:2] == ["torch-fp32", "torch-bf16"] and all(n.startswith("onnx-") for n in names[2:])
     for name, entry in report["variants"].items():
-        assert tuple(entry) == export.VARIANT_KEYS, name
+        assert tuple(entry) == VARIANT_KEYS, name
         assert set(entry["throughput"]) == {str(n) for n in LENGTHS} and min(entry["throughput"].values()) > 0
         assert entry["speedup_vs_torch_fp32"].keys() == entry["throughput"].keys()
     assert report["variants"]["torch-fp32"]["parity"]["mean_cosine"] == pytest.approx(1.0)
@@ -145,14 +156,14 @@ def test_report_schema_and_serving_default(exported: dict, model_dir: Path) -> N
     assert serving_default(model_dir) == (default["backend"], default["variant"])
     # With no variant asked for, the ONNX loader takes the serving default (or the fastest ONNX one).
     assert load_onnx_embedder(model_dir).variant == report["onnx_default"]
-    assert "* = serving default" in export.format_table(report) and f"{best} *" in export.format_table(report)
+    assert "* = serving default" in format_table(report) and f"{best} *" in format_table(report)
 
 
 def test_unchanged_export_is_skipped_and_the_model_files_are_untouched(
     exported: dict, project: Path, processed_root: Path, make_cfg, tiny_model_dir: Path, model_dir: Path
 ) -> None:
     cfg = make_cfg("export", project, export_overrides(processed_root))
-    assert execute(export.SPEC, cfg) is None
+    assert execute(export_stage.SPEC, cfg) is None
     assert (model_dir / "onnx" / ".stage-export.json").exists()
     # The export adds files next to the model and changes none of the model's own.
     for path in tiny_model_dir.rglob("*"):
@@ -185,10 +196,10 @@ def test_parity_gate_fails_a_broken_export_naming_both_numbers_and_keeps_the_pre
 ) -> None:
     before = {p: tree_sha256(p) for p in (model_dir / "onnx", model_dir / "export_report.json")}
     # The stage module calls build_onnx: patch it where it is looked up.
-    monkeypatch.setattr(export.stage, "build_onnx", _break_o1(export.build_onnx))
+    monkeypatch.setattr(export_stage, "build_onnx", _break_o1(build_onnx))
     cfg = make_cfg("export", project, export_overrides(processed_root, "force=true"))
-    with pytest.raises(export.ParityError) as err:
-        export.run(cfg)
+    with pytest.raises(ParityError) as err:
+        export_stage.run(cfg)
     message = str(err.value)
     # Noise in place of the token embeddings: the cosine to torch is near zero, of either sign.
     assert re.search(r"onnx-O1: mean cosine -?0\.\d{4}", message) and "needs >= 0.9900" in message
@@ -205,16 +216,16 @@ def test_parity_figures_and_gate() -> None:
     centers = rng.normal(size=(3, 16))
     ref = centers[np.repeat(np.arange(3), 20)] + 0.3 * rng.normal(size=(60, 16))
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    ref_p10 = export.subject_p10(ref, labels)
-    same = export.parity(ref, ref, labels, ref_p10, 0.99, 0.01)
+    ref_p10 = subject_p10(ref, labels)
+    same = parity(ref, ref, labels, ref_p10, 0.99, 0.01)
     assert same["passed"] and same["mean_cosine"] == pytest.approx(1.0) and same["p10_diff"] == 0
     noisy = ref + 0.5 * rng.normal(size=ref.shape)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-    bad = export.parity(ref, noisy, labels, ref_p10, 0.99, 0.01)
+    bad = parity(ref, noisy, labels, ref_p10, 0.99, 0.01)
     assert not bad["passed"] and bad["mean_cosine"] < 0.99 and bad["p10"] < ref_p10
     # A P@10 drop alone fails it too, and the thresholds are inclusive.
-    assert not export.parity(ref, ref, labels, ref_p10 + 0.02, 0.99, 0.01)["passed"]
-    assert export.parity(ref, ref, labels, ref_p10 + 0.01, 0.99, 0.01)["passed"]
+    assert not parity(ref, ref, labels, ref_p10 + 0.02, 0.99, 0.01)["passed"]
+    assert parity(ref, ref, labels, ref_p10 + 0.01, 0.99, 0.01)["passed"]
 
 
 def test_auto_backend_follows_the_serving_default(exported: dict, model_dir: Path, tmp_path: Path) -> None:
@@ -296,7 +307,7 @@ def test_onnx_embedder_runs_without_torch_installed(
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     script = tmp_path / "torch_free.py"
     script.write_text(_TORCH_FREE)
-    env = {**os.environ, "PYTHONPATH": str(Path(export.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(export_stage.__file__).parents[2])}
     proc = subprocess.run(
         [sys.executable, str(script), str(model_dir), str(tmp_path / "texts.json"), str(tmp_path)],
         capture_output=True,
@@ -328,43 +339,43 @@ def test_clear_errors(exported: dict, project: Path, processed_root: Path, make_
         return make_cfg("export", project, export_overrides(processed_root, *extra))
 
     with pytest.raises(ModelNotFoundError, match=r"No trained model for run 'missing'.*uv run inv train"):
-        export.run(cfg("export.model=missing"))
+        export_stage.run(cfg("export.model=missing"))
     with pytest.raises(ModelNotFoundError, match="Model path not found"):
-        export.run(cfg(f"export.model={tmp_path / 'no' / 'such' / 'model'}"))
+        export_stage.run(cfg(f"export.model={tmp_path / 'no' / 'such' / 'model'}"))
     with pytest.raises(ConfigError, match=r"export.quantization_arch='sse4'.*avx512_vnni, avx512, avx2, arm64"):
-        export.validate(cfg("export.quantization_arch=sse4"))
+        export_stage.validate(cfg("export.quantization_arch=sse4"))
     with pytest.raises(ConfigError, match=r"export.optimization_levels=.O5"):
-        export.validate(cfg("export.optimization_levels=[O5]"))
-    if not export.plan._cuda_onnxruntime():
+        export_stage.validate(cfg("export.optimization_levels=[O5]"))
+    if not plan._cuda_onnxruntime():
         with pytest.raises(ConfigError, match="O4 is fp16 and runs on a GPU only"):
-            export.validate(cfg("export.optimization_levels=[O4]"))
+            export_stage.validate(cfg("export.optimization_levels=[O4]"))
     with pytest.raises(ConfigError, match=r"export\.parity\.min_cosine"):
-        export.validate(cfg("export.parity.min_cosine=1.5"))
+        export_stage.validate(cfg("export.parity.min_cosine=1.5"))
     with pytest.raises(ConfigError, match=r"export\.throughput\.torch"):
-        export.validate(cfg("export.throughput.torch=[fp8]"))
+        export_stage.validate(cfg("export.throughput.torch=[fp8]"))
     with pytest.raises(ConfigError, match="has 256 positions"):
-        export.run(cfg("export.throughput.seq_lengths=[512]"))
+        export_stage.run(cfg("export.throughput.seq_lengths=[512]"))
 
 
 def test_quantization_arch_detection_and_hub_names(project: Path, processed_root: Path, make_cfg) -> None:
-    assert export.detect_quantization_arch({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "x86_64") == "avx512_vnni"
-    assert export.detect_quantization_arch({"avx2", "avx512f", "avx512bw"}, "x86_64") == "avx512"
-    assert export.detect_quantization_arch({"avx2", "fma"}, "x86_64") == "avx2"
-    assert export.detect_quantization_arch(set(), "aarch64") == "arm64"
-    assert export.detect_quantization_arch({"sse4_2"}, "x86_64") is None
-    assert export.planned_variants(make_cfg("export", project, ["export.quantize=false"])) == ["fp32", "O3"]
+    assert detect_quantization_arch({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "x86_64") == "avx512_vnni"
+    assert detect_quantization_arch({"avx2", "avx512f", "avx512bw"}, "x86_64") == "avx512"
+    assert detect_quantization_arch({"avx2", "fma"}, "x86_64") == "avx2"
+    assert detect_quantization_arch(set(), "aarch64") == "arm64"
+    assert detect_quantization_arch({"sse4_2"}, "x86_64") is None
+    assert planned_variants(make_cfg("export", project, ["export.quantize=false"])) == ["fp32", "O3"]
     # A Hub name is exported into a folder of its own under models/ (the installed package is read-only).
     cfg = make_cfg("export", project, ["export.model=sentence-transformers/all-MiniLM-L6-v2"])
-    target, hub = export.model_target(cfg)
+    target, hub = model_target(cfg)
     assert (
         target == project / "models" / "all-MiniLM-L6-v2" / "final" and hub == "sentence-transformers/all-MiniLM-L6-v2"
     )
     # Its stage inputs are the files of its local source, the same before and after it is saved under models/.
     source = Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
-    inputs = export.SPEC.inputs(cfg)
+    inputs = export_stage.SPEC.inputs(cfg)
     assert source / "model.safetensors" in inputs and inputs[-1].name == "test.parquet"
     assert all(p.is_relative_to(source) for p in inputs[:-1])
-    assert [p.parent.name for p in export.SPEC.outputs(cfg)[:-1]] == ["onnx"] * len(export.planned_variants(cfg))
+    assert [p.parent.name for p in export_stage.SPEC.outputs(cfg)[:-1]] == ["onnx"] * len(planned_variants(cfg))
 
 
 @pytest.mark.slow

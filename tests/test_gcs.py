@@ -225,7 +225,7 @@ def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
     gcs, tmp_path: Path, processed_root: Path, tiny_model_dir: Path
 ) -> None:
     """What a Vertex AI job does: pairs in the bucket -> train -> the final model in the bucket."""
-    from arxiv_embeddings import train
+    from arxiv_embeddings.train import stage as train_stage
 
     fs = gcs
     prefix = f"{BUCKET}/vertex-like"
@@ -243,7 +243,7 @@ def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
         "train.freeze_layers=1",
     ]
     cfg = compose("train", [*remote, *fast])
-    result = execute(train.SPEC, cfg)
+    result = execute(train_stage.SPEC, cfg)
     assert result is not None and str(result["model"]) == f"gs://{prefix}/models/t/final"
     saved = set(_objects(fs, f"{prefix}/models/t/final"))
     assert {"modules.json", "config_sentence_transformers.json", "train_summary.json", "train_config.yaml"} <= saved
@@ -257,7 +257,7 @@ def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
     local = tmp_path / "downloaded"
     fs.get(f"{prefix}/models/t/final", str(local), recursive=True)
     assert SentenceTransformer(str(local), device="cpu").encode(["a title"]).shape == (1, 32)
-    assert execute(train.SPEC, compose("train", [*remote, *fast])) is None  # unchanged: skipped
+    assert execute(train_stage.SPEC, compose("train", [*remote, *fast])) is None  # unchanged: skipped
 
 
 # ------------------------------------------------------------------ evaluate, baseline, compare, export, index
@@ -284,7 +284,8 @@ def stage_bucket(gcs, processed_root: Path, tiny_model_dir: Path) -> str:
 def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
     gcs, stage_bucket: str, tmp_path: Path, processed_root: Path, tiny_model_dir: Path, make_cfg
 ) -> None:
-    from arxiv_embeddings import baseline, evaluate, evaluation
+    from arxiv_embeddings import baseline, evaluate
+    from arxiv_embeddings.evaluation.settings import model_source
     from arxiv_embeddings.report import compare
 
     fs, prefix = gcs, stage_bucket
@@ -314,7 +315,7 @@ def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
 
     # Unchanged: skipped, from the stamp and the checksums in the bucket; the model is not downloaded again.
     assert execute(evaluate.SPEC, compose("evaluate", [*remote, *EVAL])) is None
-    assert evaluation.model_source(compose("evaluate", [*remote, *EVAL])) == str(copies[0])
+    assert model_source(compose("evaluate", [*remote, *EVAL])) == str(copies[0])
     assert [p for p in (tmp_path / "cache").glob("*/*") if p.is_dir()] == copies
     assert copies[0].stat().st_mtime_ns == copied_at
 
@@ -336,8 +337,10 @@ def test_evaluate_baseline_and_compare_in_a_bucket_match_local_disk(
 
 
 def test_missing_models_in_a_bucket_name_the_url_and_the_command(gcs, stage_bucket: str, tmp_path: Path) -> None:
-    from arxiv_embeddings import evaluate, export, index
+    from arxiv_embeddings import evaluate
     from arxiv_embeddings.backends.loading import fetch_model
+    from arxiv_embeddings.export import stage as export_stage
+    from arxiv_embeddings.index import stage as index_stage
     from arxiv_embeddings.layout import ModelNotFoundError
 
     remote = _remote(STAGES, tmp_path)
@@ -345,9 +348,9 @@ def test_missing_models_in_a_bucket_name_the_url_and_the_command(gcs, stage_buck
     with pytest.raises(ModelNotFoundError, match=expected):
         evaluate.run(compose("evaluate", [*remote, *EVAL, "evaluate.model=nope"]))
     with pytest.raises(ModelNotFoundError, match=expected):
-        export.run(compose("export", [*remote, "export.model=nope", "export.quantize=false"]))
+        export_stage.run(compose("export", [*remote, "export.model=nope", "export.quantize=false"]))
     with pytest.raises(ModelNotFoundError, match=expected):
-        index.run(compose("index", [*remote, "index.model=nope"]))
+        index_stage.run(compose("index", [*remote, "index.model=nope"]))
     url = f"gs://{stage_bucket}/models/other/final"
     with pytest.raises(ModelNotFoundError, match=rf"No sentence-transformers model at {url}.*uv run inv train"):
         fetch_model(url, tmp_path / "cache")
@@ -360,7 +363,9 @@ def test_missing_models_in_a_bucket_name_the_url_and_the_command(gcs, stage_buck
 def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_path: Path, make_cfg) -> None:
     import numpy as np
 
-    from arxiv_embeddings import export, index
+    from arxiv_embeddings.export import stage as export_stage
+    from arxiv_embeddings.index import stage as index_stage
+    from arxiv_embeddings.index.search import PaperIndex
     from arxiv_embeddings.io import local_copy
 
     fs, prefix = gcs, stage_bucket
@@ -378,7 +383,7 @@ def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_p
         "export.throughput.repeats=1",
         "export.throughput.torch=[fp32]",
     ]
-    result = execute(export.SPEC, compose("export", [*remote, *export_args]))
+    result = execute(export_stage.SPEC, compose("export", [*remote, *export_args]))
     assert result is not None and str(result["dir"]) == f"gs://{model}"
     after = _objects(fs, model)
     assert {k: v for k, v in after.items() if k in model_before} == model_before  # the model's own files untouched
@@ -386,7 +391,7 @@ def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_p
     report = read_json(f"gs://{model}/export_report.json")
     assert report["model"] == f"gs://{model}" and report["variants"]["onnx-fp32"]["parity"]["passed"]
     assert [n for n in fs.find(prefix) if ".tmp-" in n] == []
-    assert execute(export.SPEC, compose("export", [*remote, *export_args])) is None  # unchanged: skipped
+    assert execute(export_stage.SPEC, compose("export", [*remote, *export_args])) is None  # unchanged: skipped
 
     # The index embeds with the ONNX export read from the bucket (through the model's local copy).
     index_args = [
@@ -398,7 +403,7 @@ def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_p
         "index.eval.queries=50",
         "index.threads=1",
     ]
-    result = execute(index.SPEC, compose("index", [*remote, *index_args]))
+    result = execute(index_stage.SPEC, compose("index", [*remote, *index_args]))
     assert result is not None and str(result["dir"]) == f"gs://{prefix}/indexes/tiny"
     assert set(_objects(fs, f"{prefix}/indexes")) == {
         "tiny/index.faiss",
@@ -411,14 +416,16 @@ def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_p
     # The embedding shards (the resume cache) stay on local disk, under paths.cache_dir.
     assert Path(result["embeddings"]).is_relative_to(tmp_path / "cache" / "embeddings")
     assert list(Path(result["embeddings"]).glob("shard-*.npy"))
-    assert execute(index.SPEC, compose("index", [*remote, *index_args])) is None  # unchanged: skipped
+    assert execute(index_stage.SPEC, compose("index", [*remote, *index_args])) is None  # unchanged: skipped
 
     # The same build on local disk, from a local copy of the exported model: the same papers and vectors.
     local_model = local_copy(f"gs://{model}", tmp_path / "copy")
     local_args = [f"paths.processed_dir={local_copy(f'gs://{prefix}/data/processed', tmp_path / 'copy')}"]
-    local = index.run(make_cfg("index", tmp_path / "local", [*local_args, *index_args, f"index.model={local_model}"]))
-    built = index.PaperIndex.load(local_copy(f"gs://{prefix}/indexes/tiny", tmp_path / "copy"), verify=True)
-    reference = index.PaperIndex.load(local["dir"])
+    local = index_stage.run(
+        make_cfg("index", tmp_path / "local", [*local_args, *index_args, f"index.model={local_model}"])
+    )
+    built = PaperIndex.load(local_copy(f"gs://{prefix}/indexes/tiny", tmp_path / "copy"), verify=True)
+    reference = PaperIndex.load(local["dir"])
     assert built.metadata.equals(reference.metadata) and len(built) > 500
     np.testing.assert_allclose(
         built.index.reconstruct_n(0, len(built)), reference.index.reconstruct_n(0, len(built)), atol=1e-5
@@ -436,13 +443,14 @@ def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
     from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
     from fastapi.testclient import TestClient
 
-    from arxiv_embeddings import index
     from arxiv_embeddings.api import create_app
     from arxiv_embeddings.backends import load_embedder
+    from arxiv_embeddings.index import stage as index_stage
+    from arxiv_embeddings.index.search import PaperIndex
 
     clear_serving_env(monkeypatch)
     fs = gcs
-    built = index.run(
+    built = index_stage.run(
         make_cfg(
             "index",
             tmp_path / "local",
@@ -465,7 +473,7 @@ def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
     texts = ["Graph neural networks for molecules", "Dark matter halos in dwarf galaxies"]
     with TestClient(create_app(settings)) as client:
         health = wait_ready(client)
-        assert health["model"] == model_url and health["index_size"] == len(index.PaperIndex.load(built["dir"]))
+        assert health["model"] == model_url and health["index_size"] == len(PaperIndex.load(built["dir"]))
         served = np.asarray(client.post("/embed", json={"input": texts}).json()["embeddings"])
         hits = client.post("/search", json={"text": texts[0], "k": 3})
         assert hits.status_code == 200 and len(hits.json()["results"]) == 3
@@ -500,16 +508,17 @@ def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
 
 # ------------------------------------------------------------------------------------- checkpoints in a bucket
 def test_checkpoint_sync_applies_to_a_bucket_only(tmp_path: Path) -> None:
-    from arxiv_embeddings import train
     from arxiv_embeddings.config import ConfigError
+    from arxiv_embeddings.train import stage as train_stage
+    from arxiv_embeddings.train.checkpoints import remote_checkpoint_dir
 
     remote = compose("train", ["paths=gcs", f"paths.bucket={BUCKET}", "run_name=r"])
-    assert str(train.remote_checkpoint_dir(remote)) == f"gs://{BUCKET}/arxiv-embeddings/models/r/checkpoints"
-    assert train.remote_checkpoint_dir(compose("train", [f"paths.root_dir={tmp_path}"])) is None
+    assert str(remote_checkpoint_dir(remote)) == f"gs://{BUCKET}/arxiv-embeddings/models/r/checkpoints"
+    assert remote_checkpoint_dir(compose("train", [f"paths.root_dir={tmp_path}"])) is None
     off = compose("train", ["paths=gcs", f"paths.bucket={BUCKET}", "train.checkpoint_sync=false"])
-    assert train.remote_checkpoint_dir(off) is None
+    assert remote_checkpoint_dir(off) is None
     with pytest.raises(ConfigError, match=r"train\.checkpoint_sync: got 'yes'"):
-        train.validate(compose("train", ["train.checkpoint_sync=yes"]))
+        train_stage.validate(compose("train", ["train.checkpoint_sync=yes"]))
 
 
 @pytest.mark.slow
@@ -519,7 +528,7 @@ def test_checkpoints_are_copied_to_the_bucket_and_a_new_machine_resumes_from_the
     """A SPOT VM: the run is killed after its step-2 checkpoint, the next VM has an empty disk and resumes."""
     from transformers import TrainerCallback
 
-    from arxiv_embeddings import train
+    from arxiv_embeddings.train import stage as train_stage
 
     fs = gcs
     prefix = f"{BUCKET}/spot"
@@ -545,7 +554,7 @@ def test_checkpoints_are_copied_to_the_bucket_and_a_new_machine_resumes_from_the
                 raise KeyboardInterrupt("the VM is gone after the step-2 checkpoint")
 
     with pytest.raises(KeyboardInterrupt):
-        train.run(compose("train", args), callbacks=[Preempted()])
+        train_stage.run(compose("train", args), callbacks=[Preempted()])
     local = tmp_path / "logs" / "checkpoints" / "t"
     remote_ckpts = f"{prefix}/models/t/checkpoints"
     uploaded = _objects(fs, f"{remote_ckpts}/checkpoint-2")
@@ -566,7 +575,7 @@ def test_checkpoints_are_copied_to_the_bucket_and_a_new_machine_resumes_from_the
         def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             seen.append(state.global_step)
 
-    result = train.run(compose("train", args), callbacks=[Record()])
+    result = train_stage.run(compose("train", args), callbacks=[Record()])
     assert seen[0] == 2  # picked up after the downloaded checkpoint, not from step 0
     assert result["summary"]["global_step"] == 4
     assert fs.exists(f"{prefix}/models/t/final/modules.json")
@@ -576,7 +585,7 @@ def test_checkpoints_are_copied_to_the_bucket_and_a_new_machine_resumes_from_the
     assert marker["checkpoints"] == ["checkpoint-4"] and marker["completed"] is True
 
     # Another config starts afresh: the finished run's checkpoints are moved aside in the bucket, not resumed.
-    train.run(compose("train", [*args, "trainer.max_steps=2"]))
+    train_stage.run(compose("train", [*args, "trainer.max_steps=2"]))
     stale = [n for n in fs.ls(f"{prefix}/models/t") if ".old-" in n]
     assert len(stale) == 1 and fs.exists(f"{stale[0]}/checkpoint-4/trainer_state.json")
     marker = read_json(f"gs://{remote_ckpts}/run.json")

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 from train_helpers import FAST
 
-from arxiv_embeddings import export, pairs, train
+from arxiv_embeddings import pairs
 from arxiv_embeddings.backends import TorchEmbedder, load_embedder
 from arxiv_embeddings.backends.onnx_embedder import read_pipeline
 from arxiv_embeddings.config import ConfigError, compose
+from arxiv_embeddings.export import stage as export_stage
 from arxiv_embeddings.head import HeadFit, add_head, fit_linear_head
 from arxiv_embeddings.io import read_json
 from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
+from arxiv_embeddings.train import stage as train_stage
 
 CUTOFFS = RankingCutoffs(precision_recall_at=(10,), mrr_at=(10,), ndcg_at=(), map_at=(), accuracy_at=())
 #: The fp32 ONNX export alone, timed on a handful of texts.
@@ -85,13 +87,13 @@ def test_the_head_refuses_what_it_cannot_fit() -> None:
 def test_bad_head_settings_are_named(tmp_path: Path, override: str, message: str) -> None:
     cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.head.enabled=true", override])
     with pytest.raises(ConfigError, match=message):
-        train.validate(cfg)
+        train_stage.validate(cfg)
 
 
 def test_a_head_with_lora_is_refused(tmp_path: Path) -> None:
     cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.head.enabled=true", "experiment=qwen_lora"])
     with pytest.raises(ConfigError, match=r"train.head.enabled=true with model.lora"):
-        train.validate(cfg)
+        train_stage.validate(cfg)
 
 
 def test_the_head_encodes_at_a_batch_size_the_stage_fingerprint_covers(
@@ -114,7 +116,7 @@ def test_the_head_encodes_at_a_batch_size_the_stage_fingerprint_covers(
             "evaluate.encode.batch_size=9",
         ],
     )
-    assert "trainer" in train.SPEC.config_keys and "evaluate" not in train.SPEC.config_keys
+    assert "trainer" in train_stage.SPEC.config_keys and "evaluate" not in train_stage.SPEC.config_keys
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     encode, batch_sizes = model.encode, []
 
@@ -134,8 +136,8 @@ def headed_model(tmp_path_factory: pytest.TempPathFactory, processed_root: Path,
     shutil.copytree(processed_root / "data" / "processed", root / "data" / "processed")
     pairs.run(compose("pairs", [f"paths.root_dir={root}", "pairs.num_train=64", "pairs.num_eval=16"]))
     cfg = compose("train", [f"paths.root_dir={root}", f"model.name={tiny_model_dir}", "run_name=h", *FAST, *HEAD])
-    assert str(root / "data" / "processed" / "train.parquet") in map(str, train.SPEC.inputs(cfg))
-    return Path(train.run(cfg)["model"])
+    assert str(root / "data" / "processed" / "train.parquet") in map(str, train_stage.SPEC.inputs(cfg))
+    return Path(train_stage.run(cfg)["model"])
 
 
 def test_training_with_a_head_saves_it_in_the_model(headed_model: Path, processed_root: Path) -> None:
@@ -174,7 +176,7 @@ def test_the_onnx_embedder_serves_the_head_like_torch(
     shutil.copytree(headed_model, project / "models" / "h" / "final")
     model_dir = project / "models" / "h" / "final"
     cfg = make_cfg("export", project, [f"paths.processed_dir={processed_root / 'data' / 'processed'}", *EXPORT])
-    export.run(cfg)
+    export_stage.run(cfg)
     pipeline = read_pipeline(model_dir)
     assert [kind for kind, _, _ in pipeline.post] == ["normalize", "dense", "normalize"] and pipeline.normalize
     texts = ["A survey of black hole thermodynamics", "Graph neural networks for molecules", "Sparse PCA bounds"]

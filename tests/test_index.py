@@ -12,20 +12,24 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from arxiv_embeddings import index as ix
 from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.backends.loading import load_model, model_fingerprint
 from arxiv_embeddings.cli import app
 from arxiv_embeddings.config import ConfigError
-from arxiv_embeddings.index import (
+from arxiv_embeddings.index import stage as index_stage
+from arxiv_embeddings.index.build import build_index
+from arxiv_embeddings.index.format import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    METADATA_FILE,
     Embeddings,
-    Hit,
     IndexCorruptedError,
     IndexNotFoundError,
     ModelMismatchError,
-    PaperIndex,
     UnknownPaperError,
 )
+from arxiv_embeddings.index.quality import evaluate_index, recall_at_k
+from arxiv_embeddings.index.search import Hit, PaperIndex, query_embedder
 from arxiv_embeddings.io import read_json
 from arxiv_embeddings.stage import execute
 
@@ -67,7 +71,7 @@ def build(root: Path, processed_root: Path, tiny_model_dir: Path, make_cfg):
     """Build an index on the processed slice with the tiny model (shards shared between builds by their key)."""
 
     def _build(*extra: str, at: Path | None = None) -> dict[str, Any]:
-        return ix.run(make_cfg("index", at or root, index_overrides(processed_root, tiny_model_dir, *extra)))
+        return index_stage.run(make_cfg("index", at or root, index_overrides(processed_root, tiny_model_dir, *extra)))
 
     return _build
 
@@ -159,7 +163,7 @@ def test_search_by_id_excludes_the_paper_itself(flat: dict[str, Any]) -> None:
 
 def test_search_text_embeds_with_the_model_that_built_it(flat: dict[str, Any], tiny_model_dir: Path) -> None:
     index = PaperIndex.load(flat["dir"], expected_model=str(tiny_model_dir))
-    embedder = ix.query_embedder(index)
+    embedder = query_embedder(index)
     title = index.metadata.column("title")[10].as_py()
     direct = index.search(embedder.encode([title]), k=3)
     assert index.search_text(embedder, [title], k=3) == direct and len(direct[0]) == 3
@@ -181,24 +185,24 @@ def test_approximate_types_reach_the_configured_recall(
     cfg = make_cfg("index", tmp_path, [f"index.type={index_type}", *extra])
     vectors = clustered(6000, 32, clusters=40)
     embeddings = shard_files(tmp_path / "shards", vectors, size=2500)
-    index, params = ix.build_index(index_type, embeddings, cfg.index, seed=0)
+    index, params = build_index(index_type, embeddings, cfg.index, seed=0)
     assert index.ntotal == len(vectors)
-    report = ix.evaluate_index(index, embeddings, queries=300, k=10, seed=0)
+    report = evaluate_index(index, embeddings, queries=300, k=10, seed=0)
     assert report["recall_at_10"] >= cfg.index.eval.min_recall, (report, params)
     # The recall is measured, not assumed: a crippled search of the same type scores lower.
     if index_type == "ivf":
         import faiss
 
         faiss.extract_index_ivf(index).nprobe = 1
-        assert ix.evaluate_index(index, embeddings, queries=300, k=10, seed=0)["recall_at_10"] < report["recall_at_10"]
+        assert evaluate_index(index, embeddings, queries=300, k=10, seed=0)["recall_at_10"] < report["recall_at_10"]
 
 
 def test_recall_leaves_out_the_query_row() -> None:
     exact = np.array([[0, 1, 2, 3], [1, 5, 6, 7]])
     rows = np.array([0, 1])
-    assert ix.recall_at_k(exact, exact, rows, k=3) == 1.0
+    assert recall_at_k(exact, exact, rows, k=3) == 1.0
     found = np.array([[0, 1, 9, 8], [1, 5, 6, 9]])
-    assert ix.recall_at_k(found, exact, rows, k=3) == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert recall_at_k(found, exact, rows, k=3) == pytest.approx((1 / 3 + 2 / 3) / 2)
 
 
 def test_recall_counts_a_tie_with_the_kth_exact_neighbour_but_nothing_farther() -> None:
@@ -206,12 +210,12 @@ def test_recall_counts_a_tie_with_the_kth_exact_neighbour_but_nothing_farther() 
     exact_scores = np.array([[1.0, 0.9, 0.8, 0.8]])
     rows = np.array([0])
     tied = np.array([[0, 1, 3, 2]])  # rows 2 and 3 are equally near: either order is exact
-    assert ix.recall_at_k(tied, exact, rows, k=2) == pytest.approx(0.5)  # without the scores, a miss
+    assert recall_at_k(tied, exact, rows, k=2) == pytest.approx(0.5)  # without the scores, a miss
     scores = np.array([[1.0, 0.9, 0.8, 0.8]])
-    assert ix.recall_at_k(tied, exact, rows, k=2, found_scores=scores, exact_scores=exact_scores) == 1.0
+    assert recall_at_k(tied, exact, rows, k=2, found_scores=scores, exact_scores=exact_scores) == 1.0
     farther = np.array([[0, 1, 7, 2]])
     far_scores = np.array([[1.0, 0.9, 0.5, 0.8]])
-    assert ix.recall_at_k(farther, exact, rows, k=2, found_scores=far_scores, exact_scores=exact_scores) == 0.5
+    assert recall_at_k(farther, exact, rows, k=2, found_scores=far_scores, exact_scores=exact_scores) == 0.5
 
 
 def test_approximate_build_of_the_corpus_loads_with_its_search_settings(build) -> None:
@@ -274,16 +278,16 @@ def test_loading_with_another_model_or_dimension_fails(
 def test_a_corrupted_index_is_refused(flat: dict[str, Any], tmp_path: Path, damage: str) -> None:
     folder = Path(shutil.copytree(flat["dir"], tmp_path / "copy"))
     if damage == "flip":
-        data = bytearray((folder / ix.INDEX_FILE).read_bytes())
+        data = bytearray((folder / INDEX_FILE).read_bytes())
         data[len(data) // 2] ^= 0xFF
-        (folder / ix.INDEX_FILE).write_bytes(bytes(data))
+        (folder / INDEX_FILE).write_bytes(bytes(data))
     elif damage == "truncate":
-        data = (folder / ix.INDEX_FILE).read_bytes()
-        (folder / ix.INDEX_FILE).write_bytes(data[: len(data) // 2])
+        data = (folder / INDEX_FILE).read_bytes()
+        (folder / INDEX_FILE).write_bytes(data[: len(data) // 2])
     elif damage == "metadata":
-        (folder / ix.METADATA_FILE).unlink()
+        (folder / METADATA_FILE).unlink()
     else:
-        (folder / ix.MANIFEST_FILE).write_text("{not json")
+        (folder / MANIFEST_FILE).write_text("{not json")
     with pytest.raises(IndexCorruptedError, match="uv run inv index --force"):
         PaperIndex.load(folder)
     with pytest.raises(IndexNotFoundError, match="uv run inv index"):
@@ -303,9 +307,9 @@ def test_empty_corpus_fails_and_keeps_the_previous_index(build, root: Path, proc
 
 def test_config_errors_name_the_key(build, make_cfg, root: Path) -> None:
     with pytest.raises(ConfigError, match=r"index\.type='annoy'.*flat, hnsw, ivf"):
-        ix.validate(make_cfg("index", root, ["index.type=annoy"]))
+        index_stage.validate(make_cfg("index", root, ["index.type=annoy"]))
     with pytest.raises(ConfigError, match=r"index\.corpus\.splits"):
-        ix.validate(make_cfg("index", root, ["index.corpus.splits=[train,dev]"]))
+        index_stage.validate(make_cfg("index", root, ["index.corpus.splits=[train,dev]"]))
     with pytest.raises(ConfigError, match=r"index.ivf.pq_m=5 does not divide .* 32"):
         build("index.type=ivf", "index.ivf.pq_m=5", "index.name=bad-pq")
     assert not (root / "indexes" / "bad-pq").exists()
@@ -370,10 +374,10 @@ def test_an_interrupted_build_resumes_from_its_shards(
 
 def test_stage_skips_when_unchanged(root: Path, processed_root: Path, tiny_model_dir: Path, make_cfg) -> None:
     cfg = make_cfg("index", root, index_overrides(processed_root, tiny_model_dir, "index.name=skip"))
-    assert execute(ix.SPEC, cfg) is not None
-    assert execute(ix.SPEC, cfg) is None
+    assert execute(index_stage.SPEC, cfg) is not None
+    assert execute(index_stage.SPEC, cfg) is None
     cfg = make_cfg("index", root, index_overrides(processed_root, tiny_model_dir, "index.name=skip", "index.hnsw.m=8"))
-    assert execute(ix.SPEC, cfg) is not None
+    assert execute(index_stage.SPEC, cfg) is not None
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -386,7 +390,7 @@ def test_search_cli_prints_the_nearest_papers(flat: dict[str, Any], root: Path, 
     title = index.metadata.column("title")[42].as_py()
     result = runner.invoke(app, ["search", title, "-k", "3", *where])
     assert result.exit_code == 0, result.output
-    hits = index.search_text(ix.query_embedder(index), [title], k=3)[0]
+    hits = index.search_text(query_embedder(index), [title], k=3)[0]
     for hit in hits:
         assert hit.arxiv_id in result.output and f"{hit.score:.3f}" in result.output
     assert "score" in result.output and "subject" in result.output

@@ -23,10 +23,17 @@ import pytest
 from http_helpers import send_json
 from train_helpers import FAST
 
-from arxiv_embeddings import label, pairs, train
+from arxiv_embeddings import pairs
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.io import read_json, tree_sha256
+from arxiv_embeddings.label import stage as label_stage
+from arxiv_embeddings.label.cache import ScoreCache
+from arxiv_embeddings.label.csv_import import CsvPairsError, read_scored_csv
+from arxiv_embeddings.label.llm import LLMRequestError, LLMScorer, retry_after_seconds
+from arxiv_embeddings.label.prompts import paper_prompt_text, parse_score
+from arxiv_embeddings.label.scorers import build_scorer
 from arxiv_embeddings.stage import execute
+from arxiv_embeddings.train import stage as train_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +72,7 @@ def test_good_csv_round_trips_into_graded_pairs(tmp_path: Path) -> None:
 
     path = _write_csv(tmp_path / "scored.csv", GOOD_CSV)
     cfg = _cfg(tmp_path, "label.source=csv", f"label.csv.path={path}", "label.csv.eval_fraction=0.25")
-    result = execute(label.SPEC, cfg)
+    result = execute(label_stage.SPEC, cfg)
     assert result is not None and result["counts"] == {"train": 6, "eval": 2}
 
     with open(path, newline="", encoding="utf-8") as fh:
@@ -87,12 +94,12 @@ def test_good_csv_round_trips_into_graded_pairs(tmp_path: Path) -> None:
     assert manifest["columns"] == ["sentence1", "sentence2", "score"]
     assert manifest["config"]["text"] == "title_abstract"  # what the train stage reads
     assert manifest["csv_sha256"] == tree_sha256(path)
-    assert execute(label.SPEC, cfg) is None  # unchanged file and config: skipped
+    assert execute(label_stage.SPEC, cfg) is None  # unchanged file and config: skipped
 
 
 def test_bad_csv_lists_every_bad_row_and_writes_nothing(tmp_path: Path) -> None:
     good = _write_csv(tmp_path / "good.csv", GOOD_CSV)
-    label.run(_cfg(tmp_path, "label.source=csv", f"label.csv.path={good}"))
+    label_stage.run(_cfg(tmp_path, "label.source=csv", f"label.csv.path={good}"))
     pairs_dir = tmp_path / "data" / "labelled-pairs"
     before = {p.name: p.read_bytes() for p in pairs_dir.iterdir()}
 
@@ -111,8 +118,8 @@ def test_bad_csv_lists_every_bad_row_and_writes_nothing(tmp_path: Path) -> None:
         "a paper,another paper,nan\n"  # 12 not finite
         ",,\n",  # 13 empty texts and score
     )
-    with pytest.raises(label.CsvPairsError) as err:
-        label.run(_cfg(tmp_path, "label.source=csv", f"label.csv.path={bad}"))
+    with pytest.raises(CsvPairsError) as err:
+        label_stage.run(_cfg(tmp_path, "label.source=csv", f"label.csv.path={bad}"))
     message = str(err.value)
     assert "8 bad row(s) of 11; nothing was written" in message
     for line in (3, 5, 6, 7, 8, 9, 12, 13):
@@ -129,15 +136,15 @@ def test_bad_csv_lists_every_bad_row_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_csv_header_and_error_cap(tmp_path: Path) -> None:
     wrong = _write_csv(tmp_path / "wrong.csv", "text_a,text_b,label\na,b,1\n")
-    with pytest.raises(label.CsvPairsError, match=r"line 1: the header is 'text_a,text_b,label'"):
-        label.read_scored_csv(wrong)
-    with pytest.raises(label.CsvPairsError, match="is empty"):
-        label.read_scored_csv(_write_csv(tmp_path / "empty.csv", ""))
-    with pytest.raises(label.CsvPairsError, match="no pairs"):
-        label.read_scored_csv(_write_csv(tmp_path / "header.csv", "sentence1,sentence2,score\n"))
+    with pytest.raises(CsvPairsError, match=r"line 1: the header is 'text_a,text_b,label'"):
+        read_scored_csv(wrong)
+    with pytest.raises(CsvPairsError, match="is empty"):
+        read_scored_csv(_write_csv(tmp_path / "empty.csv", ""))
+    with pytest.raises(CsvPairsError, match="no pairs"):
+        read_scored_csv(_write_csv(tmp_path / "header.csv", "sentence1,sentence2,score\n"))
     many = _write_csv(tmp_path / "many.csv", "sentence1,sentence2,score\n" + "a,b,2\n" * 25 + "a,b,1\n")
-    with pytest.raises(label.CsvPairsError) as err:
-        label.read_scored_csv(many, max_errors_shown=20)
+    with pytest.raises(CsvPairsError) as err:
+        read_scored_csv(many, max_errors_shown=20)
     message = str(err.value)
     assert "25 bad row(s) of 26" in message and "... and 5 more" in message
     assert message.count("is outside [0, 1]") == 20 and "line 21:" in message and "line 22:" not in message
@@ -163,23 +170,23 @@ def test_label_cli_exits_nonzero_on_a_bad_csv(tmp_path: Path) -> None:
 def test_train_reads_the_label_stage_pairs_only_when_told(tmp_path: Path) -> None:
     cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.pairs_from=label"])
     with pytest.raises(FileNotFoundError, match=r"labelled-pairs/train.parquet; run 'uv run inv label' first"):
-        train.run(cfg)
+        train_stage.run(cfg)
     with pytest.raises(ConfigError, match=r"train.pairs_from"):
-        train.validate(compose("train", [f"paths.root_dir={tmp_path}", "train.pairs_from=teacher"]))
+        train_stage.validate(compose("train", [f"paths.root_dir={tmp_path}", "train.pairs_from=teacher"]))
 
 
 def test_unknown_scorer_and_missing_settings_are_config_errors(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="cross_encoder, llm, subject_overlap"):
-        label.validate(_cfg(tmp_path, "label.scorer=gpt"))
+        label_stage.validate(_cfg(tmp_path, "label.scorer=gpt"))
     with pytest.raises(ConfigError, match=r"label\.cross_encoder\.model"):
-        label.validate(_cfg(tmp_path, "label.scorer=cross_encoder"))
+        label_stage.validate(_cfg(tmp_path, "label.scorer=cross_encoder"))
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(ConfigError, match="NO_SUCH_KEY_VAR is not set"):
-        label.validate(_cfg(tmp_path, "label.scorer=llm", "label.llm.api_key_env=NO_SUCH_KEY_VAR"))
+        label_stage.validate(_cfg(tmp_path, "label.scorer=llm", "label.llm.api_key_env=NO_SUCH_KEY_VAR"))
     with pytest.raises(ConfigError, match=r"label\.csv\.path"):
-        label.validate(_cfg(tmp_path, "label.source=csv"))
+        label_stage.validate(_cfg(tmp_path, "label.source=csv"))
     with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
-        label.validate(_cfg(tmp_path, "label.source=csv", f"label.csv.path={tmp_path / 'missing.csv'}"))
+        label_stage.validate(_cfg(tmp_path, "label.source=csv", f"label.csv.path={tmp_path / 'missing.csv'}"))
 
 
 @pytest.mark.parametrize(
@@ -200,24 +207,24 @@ def test_unknown_scorer_and_missing_settings_are_config_errors(tmp_path: Path, m
     ],
 )
 def test_parse_score_reads_the_number_in_a_reply(reply: str, score: float) -> None:
-    assert label.parse_score(reply) == pytest.approx(score)
+    assert parse_score(reply) == pytest.approx(score)
 
 
 @pytest.mark.parametrize("reply", ["", "related", "7", "1.2", "-0.5", "between 0.2 and 0.4", "0/0"])
 def test_parse_score_rejects_replies_without_a_usable_score(reply: str) -> None:
     with pytest.raises(ValueError):
-        label.parse_score(reply)
+        parse_score(reply)
 
 
 def test_retry_after_seconds_reads_seconds_milliseconds_and_dates() -> None:
     import email.utils
 
-    assert label.retry_after_seconds({"Retry-After": "2"}) == 2.0
-    assert label.retry_after_seconds({"retry-after-ms": "1500", "Retry-After": "2"}) == 1.5
+    assert retry_after_seconds({"Retry-After": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "1500", "Retry-After": "2"}) == 1.5
     in_30s = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 <= label.retry_after_seconds({"Retry-After": in_30s}) <= 31  # type: ignore[operator]
-    assert label.retry_after_seconds({"Retry-After": "soon"}) is None
-    assert label.retry_after_seconds({}) is None
+    assert 25 <= retry_after_seconds({"Retry-After": in_30s}) <= 31  # type: ignore[operator]
+    assert retry_after_seconds({"Retry-After": "soon"}) is None
+    assert retry_after_seconds({}) is None
 
 
 # ---------------------------------------------------------------------------------- a local OpenAI-compatible API
@@ -340,14 +347,14 @@ def _llm_overrides(server: FakeLLM, cache: Path, *extra: str) -> list[str]:
 
 def _papers(ids: Iterable[int]) -> list[str]:
     """Papers as the prompt shows them, titled 'Paper <i>'."""
-    return [label.paper_prompt_text(f"Paper {i}", f"The abstract of paper {i}.") for i in ids]
+    return [paper_prompt_text(f"Paper {i}", f"The abstract of paper {i}.") for i in ids]
 
 
-def _scorer(tmp_path: Path, server: FakeLLM, *extra: str) -> label.LLMScorer:
+def _scorer(tmp_path: Path, server: FakeLLM, *extra: str) -> LLMScorer:
     cfg = _cfg(tmp_path, *_llm_overrides(server, tmp_path / "cache.jsonl", *extra))
-    label.validate(cfg)
-    scorer = label.build_scorer(cfg)
-    assert isinstance(scorer, label.LLMScorer)
+    label_stage.validate(cfg)
+    scorer = build_scorer(cfg)
+    assert isinstance(scorer, LLMScorer)
     return scorer
 
 
@@ -397,10 +404,10 @@ def test_llm_scorer_retries_rate_limits_errors_and_timeouts(tmp_path: Path, fake
 def test_llm_scorer_stops_on_a_status_retrying_cannot_fix(tmp_path: Path, fake_llm: FakeLLM) -> None:
     fake_llm.fail_after = 0
     scorer = _scorer(tmp_path, fake_llm, "label.llm.concurrency=2")
-    with pytest.raises(label.LLMRequestError, match=r"HTTP 401.*api_key_env"):
+    with pytest.raises(LLMRequestError, match=r"HTTP 401.*api_key_env"):
         scorer.score_texts(_papers(range(20)), _papers(range(1, 21)))
     assert 1 <= len(fake_llm.log) <= 2  # not retried, and no new request after the first answer
-    with pytest.raises(label.LLMRequestError, match=r"HTTP 404.*base_url"):
+    with pytest.raises(LLMRequestError, match=r"HTTP 404.*base_url"):
         _scorer(tmp_path, fake_llm, f"label.llm.base_url={fake_llm.url}/wrong").score_texts(_papers([1]), _papers([2]))
 
 
@@ -431,8 +438,8 @@ def test_label_stage_with_llm_resumes_after_a_crash(tmp_path: Path, processed_ro
     ]
     # A crash after 7 answers (the server starts refusing the key): nothing is written, 7 scores are cached.
     fake_llm.fail_after = 7
-    with pytest.raises(label.LLMRequestError):
-        label.run(_cfg(tmp_path, *overrides))
+    with pytest.raises(LLMRequestError):
+        label_stage.run(_cfg(tmp_path, *overrides))
     assert not (tmp_path / "data" / "labelled-pairs").exists()
     assert len(cache.read_text().splitlines()) == 7
     # ... and a crash in the middle of writing the 8th score leaves a torn last line.
@@ -442,7 +449,7 @@ def test_label_stage_with_llm_resumes_after_a_crash(tmp_path: Path, processed_ro
     fake_llm.log.clear()
     fake_llm.fail_after = None
 
-    result = label.run(_cfg(tmp_path, *overrides))
+    result = label_stage.run(_cfg(tmp_path, *overrides))
     assert result["counts"] == {"train": 12, "eval": 4}
     prompts = [r["prompt"] for r in fake_llm.log]
     distinct = len(set(first_prompts[:7]) | set(prompts))
@@ -456,12 +463,12 @@ def test_label_stage_with_llm_resumes_after_a_crash(tmp_path: Path, processed_ro
             assert score == pytest.approx(expected, abs=1e-6)
     lines = cache.read_text().splitlines()
     assert len(lines) == 8 + len(prompts)  # 7 + the torn line + the new scores, each on its own line
-    assert label.ScoreCache(cache).ignored_lines == 1
+    assert ScoreCache(cache).ignored_lines == 1
 
     # A third run requests nothing and writes the same pairs.
     before = (tmp_path / "data" / "labelled-pairs" / "train.parquet").read_bytes()
     fake_llm.log.clear()
-    label.run(_cfg(tmp_path, *overrides))
+    label_stage.run(_cfg(tmp_path, *overrides))
     assert fake_llm.log == []
     assert (tmp_path / "data" / "labelled-pairs" / "train.parquet").read_bytes() == before
 
@@ -469,7 +476,7 @@ def test_label_stage_with_llm_resumes_after_a_crash(tmp_path: Path, processed_ro
 # ------------------------------------------------------------------------------------------- local scorers
 def test_subject_overlap_scores_are_the_jaccard_of_the_subject_lists(tmp_path: Path, processed_root: Path) -> None:
     processed = processed_root / "data" / "processed"
-    result = label.run(
+    result = label_stage.run(
         _cfg(tmp_path, f"paths.processed_dir={processed}", "label.candidates.num_train=200", "label.text=title")
     )
     assert result["counts"] == {"train": 200, "eval": 200}
@@ -518,12 +525,12 @@ def test_cross_encoder_scorer_on_a_tiny_model(tmp_path: Path, processed_root: Pa
         "label.candidates.num_train=24",
         "label.candidates.num_eval=0",
     ]
-    label.run(_cfg(tmp_path, *overrides, f"label.cross_encoder.model={tiny_cross_encoder}"))
+    label_stage.run(_cfg(tmp_path, *overrides, f"label.cross_encoder.model={tiny_cross_encoder}"))
     scores = np.array(_pairs(tmp_path, "train").column("score").to_pylist())
     assert len(scores) == 24 and ((scores > 0) & (scores < 1)).all() and scores.std() > 0
     assert not (tmp_path / "data" / "labelled-pairs" / "eval.parquet").exists()
     with pytest.raises(ConfigError, match="could not be loaded"):
-        label.run(_cfg(tmp_path, *overrides, f"label.cross_encoder.model={tmp_path / 'no-such-model'}"))
+        label_stage.run(_cfg(tmp_path, *overrides, f"label.cross_encoder.model={tmp_path / 'no-such-model'}"))
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -544,7 +551,7 @@ def test_tiny_model_trains_with_cosent_on_imported_pairs(
             a, b = papers[i], papers[j]
             overlap = len(set(a["subjects"]) & set(b["subjects"])) / len(set(a["subjects"]) | set(b["subjects"]))
             writer.writerow([f"{a['title']}\n{a['abstract']}", f"{b['title']}\n{b['abstract']}", round(overlap, 3)])
-    label.run(_cfg(tmp_path, "label.source=csv", f"label.csv.path={path}", "label.csv.eval_fraction=0.2"))
+    label_stage.run(_cfg(tmp_path, "label.source=csv", f"label.csv.path={path}", "label.csv.eval_fraction=0.2"))
 
     overrides = [
         f"paths.root_dir={tmp_path}",
@@ -559,10 +566,10 @@ def test_tiny_model_trains_with_cosent_on_imported_pairs(
     pairs.run(compose("pairs", [f"paths.root_dir={tmp_path}", "pairs.num_train=32", "pairs.num_eval=8"]))
     assert {p.name: p.read_bytes() for p in (tmp_path / "data" / "labelled-pairs").iterdir()} == teacher
     assert read_json(tmp_path / "data" / "pairs" / "manifest.json")["type"] == "anchor_positive"
-    result = train.run(compose("train", overrides))
+    result = train_stage.run(compose("train", overrides))
     summary = read_json(Path(result["model"]) / "train_summary.json")
     assert summary["pair_type"] == "graded" and summary["global_step"] == 3
     assert str(tmp_path / "data" / "labelled-pairs" / "train.parquet") in map(
-        str, train.SPEC.inputs(compose("train", overrides))
+        str, train_stage.SPEC.inputs(compose("train", overrides))
     )
     assert np.isfinite(summary["train"]["train_loss"])

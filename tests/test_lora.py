@@ -18,12 +18,16 @@ import numpy as np
 import pytest
 from http_helpers import send_json
 
-from arxiv_embeddings import baseline, evaluate, evaluation, pairs, train
+from arxiv_embeddings import baseline, evaluate, pairs
 from arxiv_embeddings.backends.loading import load_model
 from arxiv_embeddings.backends.lora import ADAPTER_CONFIG, add_lora, is_adapter_dir
 from arxiv_embeddings.config import ConfigError, compose
+from arxiv_embeddings.evaluation.scoring import faiss_paired_retrieval
 from arxiv_embeddings.metrics import RankingCutoffs, paired_retrieval
 from arxiv_embeddings.samplers import CategoryBatchSampler, archive_of, conflict_keys
+from arxiv_embeddings.train import stage as train_stage
+from arxiv_embeddings.train.objectives import build_loss, check_loss_matches_pairs
+from arxiv_embeddings.train.trainer import category_batches
 
 LINEAR = "[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
 TEXTS = ["Graph neural networks for molecules", "Dark matter halos in dwarf galaxies", "A proof of the conjecture"]
@@ -97,7 +101,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, processed_root: Path, tin
     )
     # bf16 on every CPU: what precision=auto picks on a CPU with AMX / AVX512-BF16. The saved and the in-memory
     # model must still embed alike in fp32 afterwards (the trainer's autocast wrapper is dropped after training).
-    return {"root": root, **train.run(_lora_cfg(root, tiny_qwen_dir, "train.precision=bf16"))}
+    return {"root": root, **train_stage.run(_lora_cfg(root, tiny_qwen_dir, "train.precision=bf16"))}
 
 
 def _encode(model, texts: list[str] = TEXTS) -> np.ndarray:
@@ -153,8 +157,8 @@ def test_lora_trains_the_adapter_only_and_saves_adapter_and_merged_model(lora_ru
 def test_stages_accept_the_saved_adapter_and_merged_model(lora_run: dict, make_cfg) -> None:
     """evaluate scores the merged model (the run name) and the adapter folder alike; index builds over the adapter
     folder; export refuses the adapter and names the merged model."""
-    from arxiv_embeddings import export
-    from arxiv_embeddings import index as ix
+    from arxiv_embeddings.export.plan import model_target
+    from arxiv_embeddings.index import stage as index_stage
 
     root = lora_run["root"]
     adapter = root / "models" / "qwen" / "adapter"
@@ -173,7 +177,7 @@ def test_stages_accept_the_saved_adapter_and_merged_model(lora_run: dict, make_c
         with_adapter["subject_retrieval"]["ndcg@10"], abs=1e-6
     )
 
-    built = ix.run(
+    built = index_stage.run(
         make_cfg(
             "index",
             root,
@@ -192,7 +196,7 @@ def test_stages_accept_the_saved_adapter_and_merged_model(lora_run: dict, make_c
     assert built["manifest"]["count"] == test_papers and built["manifest"]["dimension"] == 32
 
     with pytest.raises(ConfigError, match=r"holds a LoRA adapter.*models/<run>/final"):
-        export.model_target(make_cfg("export", root, [f"export.model={adapter}"]))
+        model_target(make_cfg("export", root, [f"export.model={adapter}"]))
 
 
 def test_the_api_serves_the_adapter_folder_with_torch_and_names_the_merged_model_for_onnx(
@@ -232,20 +236,20 @@ def test_lora_checkpoints_resume(tmp_path: Path, processed_root: Path, tiny_qwen
     root = _root_with_pairs(tmp_path, processed_root, "pairs=title_abstract", "pairs.num_train=64")
     overrides = ["trainer.max_steps=4", "trainer.save_steps=2", "train.eval_papers=0", "train.test_papers=0"]
     with pytest.raises(KeyboardInterrupt):
-        train.run(_lora_cfg(root, tiny_qwen_dir, *overrides), callbacks=[Crash()])
+        train_stage.run(_lora_cfg(root, tiny_qwen_dir, *overrides), callbacks=[Crash()])
     checkpoint = root / "models" / "qwen" / "checkpoints" / "checkpoint-2"
     assert is_adapter_dir(checkpoint) and (checkpoint / "config.json").exists()
-    result = train.run(_lora_cfg(root, tiny_qwen_dir, *overrides))
+    result = train_stage.run(_lora_cfg(root, tiny_qwen_dir, *overrides))
     assert result["summary"]["global_step"] == 4
 
 
 def test_lora_config_errors_name_the_key(tmp_path: Path, tiny_qwen_dir: Path) -> None:
     cfg = _lora_cfg(tmp_path, tiny_qwen_dir, "model.lora.r=0")
     with pytest.raises(ConfigError, match=r"model\.lora\.r: got 0"):
-        train.validate(cfg)
+        train_stage.validate(cfg)
     cfg = _lora_cfg(tmp_path, tiny_qwen_dir, "model.lora.target_modules=[]")
     with pytest.raises(ConfigError, match=r"model\.lora\.target_modules"):
-        train.validate(cfg)
+        train_stage.validate(cfg)
     model = load_model(tiny_qwen_dir, device="cpu")
     lora = _lora_cfg(tmp_path, tiny_qwen_dir, "model.lora.target_modules=[query]").model.lora
     with pytest.raises(ConfigError, match=r"matches no layer of Qwen2Model.*q_proj"):
@@ -257,14 +261,14 @@ def test_infonce_is_mnrl_with_scale_one_over_temperature(tiny_model_dir: Path, t
     from sentence_transformers import SentenceTransformer, losses
 
     cfg = compose("train", [f"paths.root_dir={tmp_path}", "loss=infonce", "loss.temperature=0.1"])
-    loss = train.build_loss(SentenceTransformer(str(tiny_model_dir), device="cpu"), cfg.loss)
+    loss = build_loss(SentenceTransformer(str(tiny_model_dir), device="cpu"), cfg.loss)
     assert isinstance(loss, losses.MultipleNegativesRankingLoss)
     assert loss.scale == pytest.approx(10.0) and loss.directions == ("query_to_doc", "doc_to_query")
-    train.check_loss_matches_pairs(cfg.loss, "title_abstract")
+    check_loss_matches_pairs(cfg.loss, "title_abstract")
     with pytest.raises(ConfigError, match=r"does not fit pairs of type 'graded'"):
-        train.check_loss_matches_pairs(cfg.loss, "graded")
+        check_loss_matches_pairs(cfg.loss, "graded")
     with pytest.raises(ConfigError, match=r"loss\.temperature=0"):
-        train.build_loss(
+        build_loss(
             SentenceTransformer(str(tiny_model_dir), device="cpu"),
             compose("train", ["loss=infonce", "loss.temperature=0"]).loss,
         )
@@ -342,7 +346,7 @@ def test_category_batches_of_real_title_abstract_pairs(tmp_path: Path, processed
 
     root = _root_with_pairs(tmp_path, processed_root, "pairs=title_abstract", "pairs.num_train=1500")
     train_file = root / "data" / "pairs" / "train.parquet"
-    args = train.category_batches(compose("train", [f"paths.root_dir={root}"]), train_file, "title_abstract")
+    args = category_batches(compose("train", [f"paths.root_dir={root}"]), train_file, "title_abstract")
     table = pq.read_table(train_file).to_pandas()
     meta = pq.read_table(root / "data" / "pairs" / "train_meta.parquet").to_pandas()
     assert meta.a_id.duplicated().any()  # the situation that makes false negatives in plain batches
@@ -361,11 +365,11 @@ def test_faiss_title_abstract_search_matches_exact_search() -> None:
     abstracts /= np.linalg.norm(abstracts, axis=1, keepdims=True)
     cutoffs = RankingCutoffs(precision_recall_at=(1, 10), accuracy_at=(), mrr_at=(10,), ndcg_at=(), map_at=())
     exact = paired_retrieval(titles, abstracts, cutoffs=cutoffs).summary()
-    flat, info = evaluation.faiss_paired_retrieval(titles, abstracts, cutoffs, "flat")
+    flat, info = faiss_paired_retrieval(titles, abstracts, cutoffs, "flat")
     assert info == {"search": "faiss-flat"}
     assert flat.summary() == pytest.approx(exact)
     assert 0.2 < exact["recall@1"] < 1.0 and exact["precision@10"] == pytest.approx(exact["recall@10"] / 10)
-    hnsw, info = evaluation.faiss_paired_retrieval(
+    hnsw, info = faiss_paired_retrieval(
         titles, abstracts, cutoffs, "hnsw", {"m": 16, "ef_construction": 40, "ef_search": 64}
     )
     assert info["search"] == "faiss-hnsw" and info["index_params"]["ef_search"] == 64

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from train_helpers import FAST
 
-from arxiv_embeddings import pairs, train
+from arxiv_embeddings import pairs
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.io import read_json, read_parquet
+from arxiv_embeddings.train import stage as train_stage
 
 SEARCH = "mix.tasks.search"
 
@@ -71,12 +72,12 @@ def test_a_task_with_the_wrong_loss_fails_before_training(root: Path, tiny_model
         ConfigError,
         match=r"mix\.tasks\.search: loss CoSENTLoss does not fit its pairs 'title_abstract'.*MultipleNegativesRankingLoss",
     ):
-        train.validate(_train_cfg(root, tiny_model_dir, f"{SEARCH}.loss.name=CoSENTLoss"))
+        train_stage.validate(_train_cfg(root, tiny_model_dir, f"{SEARCH}.loss.name=CoSENTLoss"))
     with pytest.raises(
         ConfigError,
         match=r"mix\.tasks\.graded: loss MultipleNegativesRankingLoss does not fit its pairs 'graded'.*CoSENTLoss",
     ):
-        train.validate(
+        train_stage.validate(
             _train_cfg(
                 root,
                 tiny_model_dir,
@@ -85,15 +86,15 @@ def test_a_task_with_the_wrong_loss_fails_before_training(root: Path, tiny_model
             )
         )
     with pytest.raises(ConfigError, match=r"mix\.tasks\.search\.pairs='titles' is not a pair type"):
-        train.validate(_train_cfg(root, tiny_model_dir, f"{SEARCH}.pairs=titles"))
+        train_stage.validate(_train_cfg(root, tiny_model_dir, f"{SEARCH}.pairs=titles"))
     with pytest.raises(ConfigError, match=r"batch_sampler=subject_groups is for title_abstract pairs, not graded"):
-        train.validate(
+        train_stage.validate(
             _train_cfg(
                 root, tiny_model_dir, "mix=subject_search_graded", "+mix.tasks.graded.batch_sampler=subject_groups"
             )
         )
     with pytest.raises(ConfigError, match=r"mix\.tasks\.search: unknown key\(s\) weight"):
-        train.validate(_train_cfg(root, tiny_model_dir, f"+{SEARCH}.weight=2"))
+        train_stage.validate(_train_cfg(root, tiny_model_dir, f"+{SEARCH}.weight=2"))
 
 
 def test_a_task_without_pairs_fails_before_training_with_the_command(root: Path, tiny_model_dir: Path) -> None:
@@ -102,7 +103,7 @@ def test_a_task_without_pairs_fails_before_training_with_the_command(root: Path,
     with pytest.raises(
         ConfigError, match=r"mix\.tasks\.graded: no pairs for this task.*holds the tasks search.*uv run inv pairs"
     ):
-        train.run(cfg)
+        train_stage.run(cfg)
     assert not (root / "models" / "t").exists()
 
 
@@ -152,7 +153,7 @@ def test_subject_groups_put_several_papers_of_one_subject_in_a_search_batch(root
 
 def test_a_mix_trains_every_task_and_records_them(root: Path, tiny_model_dir: Path) -> None:
     _pairs(root, "subject_search")
-    result = train.run(_train_cfg(root, tiny_model_dir))
+    result = train_stage.run(_train_cfg(root, tiny_model_dir))
     summary = read_json(Path(result["model"]) / "train_summary.json")
     assert summary["pair_type"] == "anchor_positive"
     assert summary["tasks"]["search"]["pairs"] == "title_abstract"

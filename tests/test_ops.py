@@ -470,12 +470,12 @@ def _get(url: str, data: dict | None = None) -> tuple[int, dict]:
 def test_api_image_install_is_torch_free_and_serves_an_onnx_export(
     tmp_path: Path, processed_root: Path, tiny_model_dir: Path
 ) -> None:
-    from arxiv_embeddings import export
     from arxiv_embeddings.config import compose
+    from arxiv_embeddings.export import stage as export_stage
 
     model = tmp_path / "models" / "tiny" / "final"
     shutil.copytree(tiny_model_dir, model)
-    export.run(
+    export_stage.run(
         compose(
             "export",
             [

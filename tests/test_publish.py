@@ -211,7 +211,8 @@ def test_search_gate_is_a_point_comparison_of_fresh_r1_with_a_tolerance(tmp_path
 @pytest.fixture(scope="module")
 def tiny_features(tmp_path_factory: pytest.TempPathFactory, processed_root: Path, tiny_model_dir: Path, make_cfg):
     """The tiny model's features of the processed slice (and the fresh slices), and the config and data behind them."""
-    from arxiv_embeddings.evaluation import embed, load_data, load_encoder
+    from arxiv_embeddings.evaluation.data import load_data
+    from arxiv_embeddings.evaluation.features import embed, load_encoder
 
     root = tmp_path_factory.mktemp("gate_root")
     cfg = make_cfg(
@@ -242,7 +243,9 @@ def test_publish_refuses_a_real_run_that_loses_search_and_passes_one_that_keeps_
     fresh abstracts (loses title -> abstract search)."""
     from dataclasses import replace
 
-    from arxiv_embeddings.evaluation import evaluate_features, labels_of, report_dir
+    from arxiv_embeddings.evaluation.data import labels_of
+    from arxiv_embeddings.evaluation.scoring import evaluate_features
+    from arxiv_embeddings.evaluation.settings import report_dir
     from arxiv_embeddings.publish import GateError
 
     cfg, data, features = tiny_features

@@ -34,11 +34,12 @@ from api_helpers import (
 )
 from fastapi.testclient import TestClient
 
-from arxiv_embeddings import index as ix
 from arxiv_embeddings.api import create_app
 from arxiv_embeddings.api.app import task_of_model
 from arxiv_embeddings.backends import TorchEmbedder, load_embedder
 from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, read_tasks
+from arxiv_embeddings.index import stage as index_stage
+from arxiv_embeddings.index.search import PaperIndex
 
 #: search on the encoder under the head, as the train stage writes it for a model with a subject head.
 OUTPUT_OF = {"subject": "model", "search": "encoder", "graded": "model"}
@@ -223,7 +224,7 @@ def test_search_embeds_query_texts_in_the_index_space(
     """The index holds `model` vectors (what `inv index` builds, recorded in its manifest) and tasks.json serves
     search with the encoder: /search keeps the index's output for query texts, so both live in one space."""
     root = tmp_path / "project"
-    built = ix.run(
+    built = index_stage.run(
         make_cfg(
             "index",
             root,
@@ -240,7 +241,7 @@ def test_search_embeds_query_texts_in_the_index_space(
         )
     )
     assert built["manifest"]["output"] == "model"
-    index = ix.PaperIndex.load(built["dir"])
+    index = PaperIndex.load(built["dir"])
     assert index.output == "model"
     title = index.metadata.column("title")[5].as_py()
     settings = make_settings(tmp_path, headed, "serve.search=true", f"serve.index_path={built['dir']}")
@@ -292,7 +293,7 @@ _LEAN_TASKS = textwrap.dedent(
 def test_the_onnx_server_without_torch_serves_each_task(
     headed: Path, references: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
-    from arxiv_embeddings.export import build_onnx
+    from arxiv_embeddings.export.build import build_onnx
 
     model = tmp_path / "headed-onnx"
     shutil.copytree(headed, model)

@@ -13,10 +13,14 @@ import pytest
 from train_helpers import FAST
 from transformers import TrainerCallback
 
-from arxiv_embeddings import pairs, train
+from arxiv_embeddings import pairs
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.io import read_json
 from arxiv_embeddings.samplers import SubjectBatchSampler
+from arxiv_embeddings.train import checkpoints
+from arxiv_embeddings.train import stage as train_stage
+from arxiv_embeddings.train.checkpoints import CheckpointUploader, upload_checkpoint
+from arxiv_embeddings.train.trainer import freeze_lower_layers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +55,7 @@ def _train_cfg(root: Path, model: Path | str, *overrides: str):
 def test_tiny_model_trains_on_each_pair_type(tmp_path, processed_root, tiny_model_dir, pair_override, loss) -> None:
     root = _root_with_pairs(tmp_path, processed_root, pair_override)
     extra = ["loss.mini_batch_size=4"] if loss == "loss=cached_mnrl" else []
-    result = train.run(_train_cfg(root, tiny_model_dir, loss, *extra))
+    result = train_stage.run(_train_cfg(root, tiny_model_dir, loss, *extra))
     final = Path(result["model"])
     summary = read_json(final / "train_summary.json")
     assert summary["global_step"] == 3
@@ -70,7 +74,7 @@ def test_tiny_model_trains_on_each_pair_type(tmp_path, processed_root, tiny_mode
 
 def test_matryoshka_wrapper_trains(tmp_path, processed_root, tiny_model_dir) -> None:
     root = _root_with_pairs(tmp_path, processed_root)
-    result = train.run(_train_cfg(root, tiny_model_dir, "loss=matryoshka", "loss.dims=[32,16,8]"))
+    result = train_stage.run(_train_cfg(root, tiny_model_dir, "loss=matryoshka", "loss.dims=[32,16,8]"))
     assert "MatryoshkaLoss" in (Path(result["model"]) / "README.md").read_text()
 
 
@@ -79,17 +83,17 @@ def test_an_export_beside_the_model_keeps_the_run_up_to_date(tmp_path, processed
 
     root = _root_with_pairs(tmp_path, processed_root)
     cfg = _train_cfg(root, tiny_model_dir)
-    final = Path(execute(train.SPEC, cfg)["model"])
-    assert is_up_to_date(train.SPEC, cfg)
+    final = Path(execute(train_stage.SPEC, cfg)["model"])
+    assert is_up_to_date(train_stage.SPEC, cfg)
     # What `inv export` adds next to the model: ONNX files and its report.
     (final / "onnx").mkdir()
     (final / "onnx" / "model.onnx").write_bytes(b"onnx graph")
     (final / "export_report.json").write_text("{}")
-    assert is_up_to_date(train.SPEC, cfg)
+    assert is_up_to_date(train_stage.SPEC, cfg)
     # A change to the model's own files does make it stale.
     with (final / "config.json").open("a") as f:
         f.write(" ")
-    assert not is_up_to_date(train.SPEC, cfg)
+    assert not is_up_to_date(train_stage.SPEC, cfg)
 
 
 def test_a_changed_split_the_evaluators_read_makes_the_run_stale(tmp_path: Path) -> None:
@@ -108,31 +112,31 @@ def test_a_changed_split_the_evaluators_read_makes_the_run_stale(tmp_path: Path)
             (processed / f"{split}.parquet").write_bytes(split.encode())
         cfg = compose("train", [f"paths.root_dir={tmp_path}", "run_name=t", *overrides])
         write_json(  # the stamp of a successful run with these inputs
-            stamp_path(train.SPEC, cfg),
+            stamp_path(train_stage.SPEC, cfg),
             {
-                "fingerprint": fingerprint(cfg, train.SPEC.inputs(cfg), train.SPEC.config_keys),
+                "fingerprint": fingerprint(cfg, train_stage.SPEC.inputs(cfg), train_stage.SPEC.config_keys),
                 "outputs": {str(output): tree_sha256(output)},
             },
         )
-        assert is_up_to_date(train.SPEC, cfg)
+        assert is_up_to_date(train_stage.SPEC, cfg)
         return cfg
 
     for split in ("eval", "test"):
         cfg = cfg_with("train.eval_papers=40", "train.test_papers=40")
         (processed / f"{split}.parquet").write_bytes(b"other papers")
-        assert not is_up_to_date(train.SPEC, cfg), split
+        assert not is_up_to_date(train_stage.SPEC, cfg), split
     # With no papers scored, the split is not read, and a change to it leaves the run as it is.
     for split, override in (("eval", "train.eval_papers=0"), ("test", "train.test_papers=0")):
         cfg = cfg_with(override)
         (processed / f"{split}.parquet").write_bytes(b"other papers")
-        assert is_up_to_date(train.SPEC, cfg), split
+        assert is_up_to_date(train_stage.SPEC, cfg), split
     # Without the head the train split is not read; with it, it is.
     cfg = cfg_with()
     (processed / "train.parquet").write_bytes(b"other papers")
-    assert is_up_to_date(train.SPEC, cfg)
+    assert is_up_to_date(train_stage.SPEC, cfg)
     cfg = cfg_with("train.head.enabled=true")
     (processed / "train.parquet").write_bytes(b"other papers")
-    assert not is_up_to_date(train.SPEC, cfg)
+    assert not is_up_to_date(train_stage.SPEC, cfg)
 
 
 def test_loss_and_pair_type_must_agree(tmp_path, processed_root, tiny_model_dir) -> None:
@@ -140,22 +144,22 @@ def test_loss_and_pair_type_must_agree(tmp_path, processed_root, tiny_model_dir)
     with pytest.raises(
         ConfigError, match=r"MultipleNegativesRankingLoss does not fit pairs of type 'graded'.*CoSENTLoss"
     ):
-        train.run(_train_cfg(root, tiny_model_dir, "loss=mnrl"))
+        train_stage.run(_train_cfg(root, tiny_model_dir, "loss=mnrl"))
 
 
 def test_label_aware_losses_need_labelled_rows_and_fitting_batches(tmp_path, processed_root, tiny_model_dir) -> None:
     pairs_root = _root_with_pairs(tmp_path / "pairs", processed_root, "pairs=anchor_positive")
     with pytest.raises(ConfigError, match=r"SupervisedContrastiveLoss does not fit pairs of type 'anchor_positive'"):
-        train.run(_train_cfg(pairs_root, tiny_model_dir, "loss=supcon"))
+        train_stage.run(_train_cfg(pairs_root, tiny_model_dir, "loss=supcon"))
     rows_root = _root_with_pairs(tmp_path / "rows", processed_root, "pairs=labelled")
     with pytest.raises(
         ConfigError, match=r"MultipleNegativesRankingLoss does not fit pairs of type 'labelled'.*Supervised"
     ):
-        train.run(_train_cfg(rows_root, tiny_model_dir, "loss=mnrl"))
+        train_stage.run(_train_cfg(rows_root, tiny_model_dir, "loss=mnrl"))
     with pytest.raises(ConfigError, match=r"train\.papers_per_subject.*got 3.*per_device_train_batch_size=8"):
-        train.run(_train_cfg(rows_root, tiny_model_dir, "loss=supcon", "train.papers_per_subject=3"))
+        train_stage.run(_train_cfg(rows_root, tiny_model_dir, "loss=supcon", "train.papers_per_subject=3"))
     with pytest.raises(ConfigError, match=r"train\.batch_sampler=category does not apply to labelled rows"):
-        train.run(_train_cfg(rows_root, tiny_model_dir, "loss=supcon", "train.batch_sampler=category"))
+        train_stage.run(_train_cfg(rows_root, tiny_model_dir, "loss=supcon", "train.batch_sampler=category"))
 
 
 def test_label_group_sampler_gives_each_subject_k_papers_per_batch() -> None:
@@ -215,12 +219,12 @@ def test_unknown_loss_lists_valid_names(tmp_path, tiny_model_dir) -> None:
     with pytest.raises(
         ConfigError, match="valid values: BatchAllTripletLoss, BatchHardSoftMarginTripletLoss, CachedMultipleNegatives"
     ):
-        train.validate(_train_cfg(tmp_path, tiny_model_dir, "loss.name=TripletLoss"))
+        train_stage.validate(_train_cfg(tmp_path, tiny_model_dir, "loss.name=TripletLoss"))
 
 
 def test_missing_pairs_name_the_command(tmp_path, tiny_model_dir) -> None:
     with pytest.raises(FileNotFoundError, match="uv run inv pairs"):
-        train.run(_train_cfg(tmp_path, tiny_model_dir))
+        train_stage.run(_train_cfg(tmp_path, tiny_model_dir))
 
 
 def test_a_model_path_that_is_not_a_model_says_what_was_expected(tmp_path, processed_root) -> None:
@@ -229,7 +233,7 @@ def test_a_model_path_that_is_not_a_model_says_what_was_expected(tmp_path, proce
     root = _root_with_pairs(tmp_path, processed_root)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"expected a folder with modules\.json"):
-        train.run(_train_cfg(root, tmp_path / "empty"))
+        train_stage.run(_train_cfg(root, tmp_path / "empty"))
 
 
 class _Crash(TrainerCallback):
@@ -242,7 +246,7 @@ def test_resume_continues_an_interrupted_run_from_its_checkpoint(tmp_path, proce
     root = _root_with_pairs(tmp_path, processed_root)
     overrides = ["trainer.max_steps=5", "trainer.save_steps=2", "trainer.eval_steps=100"]
     with pytest.raises(KeyboardInterrupt):
-        train.run(_train_cfg(root, tiny_model_dir, *overrides), callbacks=[_Crash()])
+        train_stage.run(_train_cfg(root, tiny_model_dir, *overrides), callbacks=[_Crash()])
     ckpts = root / "models" / "t" / "checkpoints"
     assert (ckpts / "checkpoint-2").is_dir() and not (root / "models" / "t" / "final").exists()
 
@@ -252,7 +256,7 @@ def test_resume_continues_an_interrupted_run_from_its_checkpoint(tmp_path, proce
         def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             seen.append(state.global_step)
 
-    result = train.run(_train_cfg(root, tiny_model_dir, *overrides), callbacks=[_Record()])
+    result = train_stage.run(_train_cfg(root, tiny_model_dir, *overrides), callbacks=[_Record()])
     assert seen[0] == 2  # picked up after the checkpoint, not from step 0
     assert result["summary"]["global_step"] == 5
     assert read_json(ckpts / "run.json")["completed"] is True
@@ -279,7 +283,7 @@ def test_subject_sampler_keeps_one_pair_per_subject_per_batch() -> None:
 @pytest.mark.slow
 def test_real_minilm_trains_a_handful_of_steps(tmp_path, processed_root) -> None:
     root = _root_with_pairs(tmp_path, processed_root)
-    result = train.run(
+    result = train_stage.run(
         _train_cfg(root, "sentence-transformers/all-MiniLM-L6-v2", "trainer.max_steps=4", "train.test_papers=200")
     )
     summary = result["summary"]
@@ -333,12 +337,12 @@ def test_freeze_lower_layers_freezes_embeddings_and_the_lowest_layers(tiny_model
 
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     backbone = model[0].auto_model
-    assert "1/2 layers frozen" in train.freeze_lower_layers(model, 1)
+    assert "1/2 layers frozen" in freeze_lower_layers(model, 1)
     assert not any(p.requires_grad for p in backbone.embeddings.parameters())
     assert not any(p.requires_grad for p in backbone.encoder.layer[0].parameters())
     assert all(p.requires_grad for p in backbone.encoder.layer[1].parameters())
     with pytest.raises(ConfigError, match="would freeze all 2 layers"):
-        train.freeze_lower_layers(model, 2)
+        freeze_lower_layers(model, 2)
 
 
 def _checkpoint(root: Path, step: int) -> Path:
@@ -356,15 +360,15 @@ def test_checkpoint_uploads_run_in_the_background_and_keep_the_newest(tmp_path: 
 
     local, remote = tmp_path / "ckpts", tmp_path / "bucket" / "checkpoints"
     gate, started = threading.Event(), threading.Event()
-    real_upload = train.upload_checkpoint
+    real_upload = upload_checkpoint
 
     def gated(staged: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
         started.set()
         assert gate.wait(30)
         return real_upload(staged, *args, **kwargs)
 
-    monkeypatch.setattr(train.checkpoints, "upload_checkpoint", gated)  # where the uploader looks it up
-    uploader = train.CheckpointUploader(local, remote, "fp", keep=2)
+    monkeypatch.setattr(checkpoints, "upload_checkpoint", gated)  # where the uploader looks it up
+    uploader = CheckpointUploader(local, remote, "fp", keep=2)
     first = _checkpoint(local, 1)
     uploader.submit(first)
     assert started.wait(30)  # the upload of checkpoint-1 is under way, held by the gate ...
@@ -386,7 +390,7 @@ def test_a_failed_checkpoint_upload_is_logged_and_training_goes_on(tmp_path: Pat
     local = tmp_path / "ckpts"
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the bucket folder should be")
-    uploader = train.CheckpointUploader(local, blocker / "checkpoints", "fp", keep=None)
+    uploader = CheckpointUploader(local, blocker / "checkpoints", "fp", keep=None)
     uploader.submit(_checkpoint(local, 5))
     uploader.wait()
     assert uploader.uploaded == [] and len(uploader.errors) == 1 and uploader.errors[0].startswith("checkpoint-5: ")

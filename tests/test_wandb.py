@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from arxiv_embeddings import pairs, train
+from arxiv_embeddings import pairs
 from arxiv_embeddings.config import compose
+from arxiv_embeddings.train import stage as train_stage
 
 STEPS = 4
 
@@ -77,7 +78,7 @@ def test_offline_wandb_run_has_config_metrics_and_summary(
         for name in [k for k in os.environ if k.startswith("WANDB_")]:
             del os.environ[name]
         os.environ |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-        result = train.run(compose("train", overrides))
+        result = train_stage.run(compose("train", overrides))
         import wandb
 
         wandb.finish()  # the trainer leaves the run open; a process exit would close it the same way

@@ -36,21 +36,15 @@ from arxiv_embeddings.config import (
     to_plain,
 )
 from arxiv_embeddings.data import paper_text
-from arxiv_embeddings.evaluation import (
-    EvalData,
-    Features,
+from arxiv_embeddings.evaluation.data import EvalData, fresh_inputs, load_data, read_sample
+from arxiv_embeddings.evaluation.features import Features, features_from
+from arxiv_embeddings.evaluation.scoring import evaluate_features, evaluate_model, summary_line
+from arxiv_embeddings.evaluation.settings import (
     check_report_name,
-    evaluate_features,
-    evaluate_model,
-    features_from,
-    fresh_inputs,
-    load_data,
     local_model_dir,
     model_source,
-    read_sample,
     report_dir,
     report_files,
-    summary_line,
     validate_evaluation,
 )
 from arxiv_embeddings.io import artifact_path

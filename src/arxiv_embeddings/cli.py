@@ -93,7 +93,8 @@ def search(
 ) -> None:
     """Nearest papers to a text, or to an indexed paper (--id), in the index 'uv run inv index' built."""
     from arxiv_embeddings.config import compose
-    from arxiv_embeddings.index import PaperIndex, index_dir, query_embedder
+    from arxiv_embeddings.index.format import index_dir
+    from arxiv_embeddings.index.search import PaperIndex, query_embedder
 
     if (query is None) == (arxiv_id is None):
         console.print("[red]Give either a query text or --id ARXIV_ID.[/red]")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from arxiv_embeddings.evaluation import METRICS_FILE, PLOTS_DIR, REPORT_FILE
+from arxiv_embeddings.evaluation.settings import METRICS_FILE, PLOTS_DIR, REPORT_FILE
 from arxiv_embeddings.io import atomic_dir
 from arxiv_embeddings.report import (
     COMPARISON_FILE,

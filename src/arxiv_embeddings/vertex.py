@@ -207,9 +207,9 @@ def render(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any], str]:
     cfg = compose("vertex", list(overrides))
     validate(cfg)
     # The container composes the train config from the same overrides: fail here, not an hour into a job.
-    from arxiv_embeddings import train
+    from arxiv_embeddings.train.stage import validate as validate_train
 
-    train.validate(compose("train", train_overrides))
+    validate_train(compose("train", train_overrides))
     project = resolve_project(cfg)
     return cfg, job_spec(cfg, train_overrides, project), project
 

@@ -258,7 +258,7 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
         summary="Nearest papers to a text (or paper), or to an indexed paper given by its arXiv id.",
     )
     async def search(body: SearchRequest) -> Any:
-        from arxiv_embeddings.index import UnknownPaperError
+        from arxiv_embeddings.index.format import UnknownPaperError
 
         svc = ready()
         index = svc.index

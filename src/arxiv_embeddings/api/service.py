@@ -29,7 +29,7 @@ from arxiv_embeddings.vectors import normalize_rows
 
 if TYPE_CHECKING:
     from arxiv_embeddings.backends import Embedder
-    from arxiv_embeddings.index import PaperIndex
+    from arxiv_embeddings.index.search import PaperIndex
 
 #: Signature of :func:`arxiv_embeddings.backends.load_embedder`.
 LoadEmbedder = Callable[..., "Embedder"]
@@ -297,7 +297,7 @@ class Service:
         if not s.search:
             logger.info("Search is off (serve.search=false).")
             return None
-        from arxiv_embeddings.index import PaperIndex
+        from arxiv_embeddings.index.search import PaperIndex
 
         if s.index_path is not None:  # asked for explicitly: failing to load it fails the start-up
             folder = local_copy_of(s.index_path, s.cache_dir, "index", "INDEX_PATH / serve.index_path")

@@ -28,37 +28,6 @@ exported and measured there, and the ``onnx`` folder and the report are publishe
 The package's modules: :mod:`~arxiv_embeddings.export.plan` (report names, the int8 target of this CPU, the variants,
 the model folder), :mod:`~arxiv_embeddings.export.build` (the ONNX files, with optimum),
 :mod:`~arxiv_embeddings.export.measure` (parity, throughput, the serving default, the table) and
-:mod:`~arxiv_embeddings.export.stage` (``validate``, ``run``, ``SPEC``, ``main``). The names above are importable
-from here.
+:mod:`~arxiv_embeddings.export.stage` (``validate``, ``run``, ``SPEC``, ``main``). Each name is imported from the
+module that defines it; ``python -m arxiv_embeddings.export`` runs the stage.
 """
-
-from __future__ import annotations
-
-from arxiv_embeddings.export.build import activation_matmuls as activation_matmuls
-from arxiv_embeddings.export.build import build_onnx as build_onnx
-from arxiv_embeddings.export.build import int8_config as int8_config
-from arxiv_embeddings.export.measure import choose_default as choose_default
-from arxiv_embeddings.export.measure import format_table as format_table
-from arxiv_embeddings.export.measure import load_texts as load_texts
-from arxiv_embeddings.export.measure import parity as parity
-from arxiv_embeddings.export.measure import parity_failure as parity_failure
-from arxiv_embeddings.export.measure import subject_p10 as subject_p10
-from arxiv_embeddings.export.measure import texts_per_second as texts_per_second
-from arxiv_embeddings.export.plan import OPTIMIZATION_LEVELS as OPTIMIZATION_LEVELS
-from arxiv_embeddings.export.plan import QUANTIZATION_ARCHS as QUANTIZATION_ARCHS
-from arxiv_embeddings.export.plan import REFERENCE as REFERENCE
-from arxiv_embeddings.export.plan import REPORT_KEYS as REPORT_KEYS
-from arxiv_embeddings.export.plan import SCHEMA_VERSION as SCHEMA_VERSION
-from arxiv_embeddings.export.plan import TORCH_PRECISIONS as TORCH_PRECISIONS
-from arxiv_embeddings.export.plan import VARIANT_KEYS as VARIANT_KEYS
-from arxiv_embeddings.export.plan import ParityError as ParityError
-from arxiv_embeddings.export.plan import cpu_flags as cpu_flags
-from arxiv_embeddings.export.plan import detect_quantization_arch as detect_quantization_arch
-from arxiv_embeddings.export.plan import model_target as model_target
-from arxiv_embeddings.export.plan import planned_variants as planned_variants
-from arxiv_embeddings.export.plan import quantization_arch as quantization_arch
-from arxiv_embeddings.export.plan import save_hub_model as save_hub_model
-from arxiv_embeddings.export.stage import SPEC as SPEC
-from arxiv_embeddings.export.stage import main as main
-from arxiv_embeddings.export.stage import run as run
-from arxiv_embeddings.export.stage import validate as validate
