@@ -27,7 +27,6 @@ from arxiv_embeddings.backends.onnx_embedder import (
 )
 from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.data import paper_text
-from arxiv_embeddings.export import plan
 from arxiv_embeddings.export import stage as export_stage
 from arxiv_embeddings.export.build import activation_matmuls, build_onnx
 from arxiv_embeddings.export.measure import format_table, parity, subject_p10
@@ -35,6 +34,7 @@ from arxiv_embeddings.export.plan import (
     REPORT_KEYS,
     VARIANT_KEYS,
     ParityError,
+    cuda_onnxruntime,
     detect_quantization_arch,
     model_target,
     planned_variants,
@@ -346,7 +346,7 @@ def test_clear_errors(exported: dict, project: Path, processed_root: Path, make_
         export_stage.validate(cfg("export.quantization_arch=sse4"))
     with pytest.raises(ConfigError, match=r"export.optimization_levels=.O5"):
         export_stage.validate(cfg("export.optimization_levels=[O5]"))
-    if not plan._cuda_onnxruntime():
+    if not cuda_onnxruntime():
         with pytest.raises(ConfigError, match="O4 is fp16 and runs on a GPU only"):
             export_stage.validate(cfg("export.optimization_levels=[O4]"))
     with pytest.raises(ConfigError, match=r"export\.parity\.min_cosine"):

@@ -111,14 +111,14 @@ def _batches(root: Path, model: Path, seed: int) -> list[tuple[str, tuple[str, .
     """The (task, first texts) of every training batch the trainer would draw for this mix."""
     from arxiv_embeddings.backends.loading import load_model
     from arxiv_embeddings.train.sets import training_sets
-    from arxiv_embeddings.train.trainer import _trainer_class, _training_args
+    from arxiv_embeddings.train.trainer import trainer_class, training_args
 
     cfg = _train_cfg(root, model, f"seed={seed}", "trainer.max_steps=-1")
     sets = training_sets(cfg)
     st = load_model(str(model), device="cpu")
     train_ds, _ = sets.datasets()
-    args = _training_args(cfg, root / "ckpt", "fp32", "cpu", has_eval=False)
-    trainer = _trainer_class()(model=st, args=args, train_dataset=train_ds, loss=sets.losses(st))
+    args = training_args(cfg, root / "ckpt", "fp32", "cpu", has_eval=False)
+    trainer = trainer_class()(model=st, args=args, train_dataset=train_ds, loss=sets.losses(st))
     trainer.train_samplers = sets.samplers(cfg)
     out = []
     for batch in trainer.get_train_dataloader():

@@ -301,9 +301,9 @@ def test_real_minilm_trains_a_handful_of_steps(tmp_path, processed_root) -> None
     assert reloaded.max_seq_length == 256
     long_text = "word " * 400
     assert len(reloaded.tokenize([long_text])["input_ids"][0]) == 256
-    from arxiv_embeddings.backends.onnx_embedder import _max_seq_length
+    from arxiv_embeddings.backends.onnx_embedder import read_pipeline
 
-    assert _max_seq_length(Path(result["model"])) == 256
+    assert read_pipeline(Path(result["model"])).max_seq_length == 256
 
 
 @pytest.mark.slow

@@ -68,7 +68,8 @@ def fetch_model(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathLi
     return str(copy)
 
 
-def _from_hf_cache(name: str) -> Path | None:
+def from_hf_cache(name: str) -> Path | None:
+    """The folder of the Hub model ``name`` in the local Hugging Face cache, or None when it is not cached."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -97,7 +98,7 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
             f"Model path not found: {text}. Train one with 'uv run inv train', or pass a Hub name such as "
             "sentence-transformers/all-MiniLM-L6-v2."
         )
-    cached = _from_hf_cache(text)
+    cached = from_hf_cache(text)
     if cached is not None:
         return str(cached)
     if text in BUNDLED:

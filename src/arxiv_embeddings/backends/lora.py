@@ -129,12 +129,12 @@ def has_lora(model: SentenceTransformer) -> bool:
 def base_reference(name: str) -> str:
     """What an adapter records as its base model: a Hub name as given when it loads from the Hugging Face cache or
     the Hub, else the absolute path of the folder it resolves to (a local base, or a package's copy)."""
-    from arxiv_embeddings.backends.loading import _from_hf_cache, resolve_model
+    from arxiv_embeddings.backends.loading import from_hf_cache, resolve_model
 
     source = resolve_model(name)
     if source == name and not Path(name).exists():
         return name  # a Hub name, downloaded when loaded
-    if _from_hf_cache(name) is not None:
+    if from_hf_cache(name) is not None:
         return name
     return str(Path(source).resolve())
 

@@ -108,7 +108,8 @@ def texts_per_second(encode: Callable[[list[str]], Any], texts: list[str], batch
     return len(texts) / max(best, 1e-9)
 
 
-def _position_limit(model_dir: Path) -> int | None:
+def position_limit(model_dir: Path) -> int | None:
+    """The model's ``max_position_embeddings`` (its config.json), or None when it does not say."""
     from arxiv_embeddings.io import read_json
 
     config = model_dir / "config.json"
@@ -116,14 +117,15 @@ def _position_limit(model_dir: Path) -> int | None:
     return int(value) if value else None
 
 
-def _geomean(values: Sequence[float]) -> float:
+def geomean(values: Sequence[float]) -> float:
+    """The geometric mean of ``values`` (0 for none): how the report ranks variants by speed."""
     return float(math.exp(sum(math.log(max(v, 1e-12)) for v in values) / len(values))) if values else 0.0
 
 
 def choose_default(variants: dict[str, dict[str, Any]]) -> tuple[str | None, str | None]:
     """(fastest passing entry overall, fastest passing ONNX entry), by the geometric mean of texts/s over the lengths."""
     timed = {k: v for k, v in variants.items() if v["parity"]["passed"] and v["throughput"]}
-    speed = {k: _geomean(list(v["throughput"].values())) for k, v in timed.items()}
+    speed = {k: geomean(list(v["throughput"].values())) for k, v in timed.items()}
     best = max(speed, key=lambda k: speed[k], default=None)
     onnx = [k for k in speed if variants[k]["backend"] == "onnx"]
     best_onnx = max(onnx, key=lambda k: speed[k], default=None)
@@ -165,7 +167,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ machine
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The installed versions of the packages an export depends on (the report's ``versions``)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -175,7 +178,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _machine(threads: int, arch: str | None) -> dict[str, Any]:
+def machine(threads: int, arch: str | None) -> dict[str, Any]:
+    """The machine the figures were measured on (the report's ``machine``): CPU, SIMD flags, threads, load."""
     model_name = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():

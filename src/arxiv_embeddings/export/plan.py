@@ -53,7 +53,8 @@ class ParityError(RuntimeError):
     """An exported variant's embeddings differ from the torch model's by more than the parity thresholds."""
 
 
-def _cuda_onnxruntime() -> bool:
+def cuda_onnxruntime() -> bool:
+    """Whether the installed onnxruntime has the CUDA execution provider (what the O4 level, fp16 for a GPU, needs)."""
     import onnxruntime as ort
 
     return "CUDAExecutionProvider" in ort.get_available_providers()
@@ -152,7 +153,9 @@ def model_target(cfg: DictConfig) -> tuple[Path, str | None]:
     return target, value
 
 
-def _spec_model_dir(cfg: DictConfig) -> Path | None:
+def spec_model_dir(cfg: DictConfig) -> Path | None:
+    """The model folder ``export.model`` resolves to (:func:`model_target`), or None when it names no model: what the
+    stage's inputs, outputs and stamp folder use, so that they never fail before the stage names the problem."""
     try:
         return model_target(cfg)[0]
     except (ModelNotFoundError, ConfigError):

@@ -35,17 +35,17 @@ from arxiv_embeddings.config import (
 )
 from arxiv_embeddings.export.build import build_onnx
 from arxiv_embeddings.export.measure import (
-    _geomean,
-    _machine,
-    _position_limit,
-    _versions,
     choose_default,
     format_table,
+    geomean,
     load_texts,
+    machine,
     parity,
     parity_failure,
+    position_limit,
     subject_p10,
     texts_per_second,
+    versions,
 )
 from arxiv_embeddings.export.plan import (
     OPTIMIZATION_LEVELS,
@@ -54,12 +54,12 @@ from arxiv_embeddings.export.plan import (
     SCHEMA_VERSION,
     TORCH_PRECISIONS,
     ParityError,
-    _cuda_onnxruntime,
-    _spec_model_dir,
+    cuda_onnxruntime,
     model_target,
     planned_variants,
     quantization_arch,
     save_hub_model,
+    spec_model_dir,
 )
 from arxiv_embeddings.io import artifact_path, atomic_dir, write_json
 from arxiv_embeddings.layout import ONNX_DIR, REPORT_FILE, ModelNotFoundError, as_path, model_location, processed_split
@@ -80,7 +80,7 @@ def validate(cfg: DictConfig) -> None:
     )
     for level in levels or []:
         require_in("export.optimization_levels", level, OPTIMIZATION_LEVELS)
-    if "O4" in (levels or []) and not _cuda_onnxruntime():
+    if "O4" in (levels or []) and not cuda_onnxruntime():
         raise ConfigError(
             "export.optimization_levels: O4 is fp16 and runs on a GPU only, and this onnxruntime has no "
             "CUDAExecutionProvider; drop O4 (e.g. export.optimization_levels=[O3]) or install onnxruntime-gpu on a "
@@ -147,7 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     x, p, t = cfg.export, cfg.export.parity, cfg.export.throughput
     arch = quantization_arch(cfg)
     threads = int(t.threads or usable_cpus())
-    limit = _position_limit(source)
+    limit = position_limit(source)
     lengths = [int(n) for n in t.seq_lengths]
     if limit is not None and any(n > limit for n in lengths):
         raise ConfigError(
@@ -226,7 +226,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "schema_version": SCHEMA_VERSION,
             "model": str(model_dir),
             "source": str(x.model),
-            "machine": _machine(threads, arch),
+            "machine": machine(threads, arch),
             "parity": {
                 "reference": REFERENCE,
                 "split": "test",
@@ -249,7 +249,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "variants": entries,
             "serving_default": _default_entry(entries, best, lengths),
             "onnx_default": entries[best_onnx]["variant"] if best_onnx else None,
-            "versions": _versions(),
+            "versions": versions(),
             "config": {"seed": cfg.seed, "export": to_plain(x)},
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -310,7 +310,7 @@ def _default_entry(entries: dict[str, dict[str, Any]], name: str | None, lengths
     if name is None:
         return None
     e = entries[name]
-    speed = _geomean(list(e["throughput"].values()))
+    speed = geomean(list(e["throughput"].values()))
     return {
         "name": name,
         "backend": e["backend"],
@@ -322,7 +322,7 @@ def _default_entry(entries: dict[str, dict[str, Any]], name: str | None, lengths
 
 
 def _outputs(cfg: DictConfig) -> list[Path]:
-    model_dir = _spec_model_dir(cfg)
+    model_dir = spec_model_dir(cfg)
     if model_dir is None:
         return []
     files = [model_dir / ONNX_DIR / VARIANT_FILES[v] for v in planned_variants(cfg)]
@@ -352,7 +352,7 @@ SPEC = StageSpec(
     inputs=_inputs,
     outputs=_outputs,
     # Inside onnx/, so the stamp is neither an input (the model files) nor one of the hashed outputs.
-    stamp_dir=lambda cfg: (_spec_model_dir(cfg) or artifact_path(cfg.paths.models_dir)) / ONNX_DIR,
+    stamp_dir=lambda cfg: (spec_model_dir(cfg) or artifact_path(cfg.paths.models_dir)) / ONNX_DIR,
     validate=validate,
     config_keys=("export", "seed"),
 )

@@ -112,7 +112,9 @@ def read_scored_csv(path: str | Path, max_errors_shown: int = 20) -> pa.Table:
     )
 
 
-def _csv_splits(cfg: DictConfig) -> tuple[dict[str, tuple[pa.Table, pa.Table]], dict[str, Any]]:
+def csv_splits(cfg: DictConfig) -> tuple[dict[str, tuple[pa.Table, pa.Table]], dict[str, Any]]:
+    """The pairs of ``label.csv.path`` split into train and eval at random (``label.csv.eval_fraction``, seeded),
+    each as (pairs, meta) tables, and what the manifest records of the source."""
     c = cfg.label.csv
     path = Path(str(c.path))
     table = read_scored_csv(path, int(c.max_errors_shown))

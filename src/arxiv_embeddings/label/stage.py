@@ -27,7 +27,7 @@ from arxiv_embeddings.config import (
 )
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote, read_parquet, write_json
 from arxiv_embeddings.label.candidates import ScoringError, sample_candidates
-from arxiv_embeddings.label.csv_import import CSV_HEADER, PAIR_TYPE, PAPER_COLUMNS, SOURCES, _csv_splits
+from arxiv_embeddings.label.csv_import import CSV_HEADER, PAIR_TYPE, PAPER_COLUMNS, SOURCES, csv_splits
 from arxiv_embeddings.label.scorers import SCORERS, build_scorer
 from arxiv_embeddings.layout import pair_meta_file, processed_split, split_file
 from arxiv_embeddings.pairing import MANIFEST, PAIR_SPLITS, SAMPLING, write_pairs
@@ -177,7 +177,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     folder, the pair counts and, for a scorer, its statistics."""
     validate(cfg)
     started = time.perf_counter()
-    splits, info = _csv_splits(cfg) if cfg.label.source == "csv" else _paper_splits(cfg)
+    splits, info = csv_splits(cfg) if cfg.label.source == "csv" else _paper_splits(cfg)
     out_dir = _write(cfg, splits, info)
     counts = {split: table.num_rows for split, (table, _) in splits.items()}
     scores = np.concatenate([table.column("score").to_numpy() for table, _ in splits.values()])

@@ -25,7 +25,7 @@ from arxiv_embeddings.io import (
 from arxiv_embeddings.layout import CHECKPOINTS_DIR, run_dir
 
 
-def _checkpoint_to_resume(cfg: DictConfig, ckpt_dir: Path, fp: str) -> str | None:
+def checkpoint_to_resume(cfg: DictConfig, ckpt_dir: Path, fp: str) -> str | None:
     """The checkpoint to resume from, per ``train.resume``; checkpoints of another config are set aside."""
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -125,7 +125,7 @@ def download_checkpoint(cfg: DictConfig, ckpt_dir: Path, remote_dir: Path, fp: s
     return target
 
 
-def _set_aside_remote_checkpoints(remote_dir: Path) -> None:
+def set_aside_remote_checkpoints(remote_dir: Path) -> None:
     """Move the checkpoints of a finished run or of another config out of the way (server-side), as is done on
     local disk, so that they never mix with the new run's."""
     if not exists(remote_dir):
@@ -197,7 +197,8 @@ class CheckpointUploader:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def _checkpoint_sync_callback(uploader: CheckpointUploader) -> Any:
+def checkpoint_sync_callback(uploader: CheckpointUploader) -> Any:
+    """A trainer callback that hands each checkpoint the trainer saves to ``uploader``."""
     from transformers import TrainerCallback
 
     class CheckpointSync(TrainerCallback):  # type: ignore[misc]

@@ -38,25 +38,25 @@ from arxiv_embeddings.pairing import MANIFEST, mix_tasks
 from arxiv_embeddings.stage import StageSpec, fingerprint
 from arxiv_embeddings.train.checkpoints import (
     CheckpointUploader,
-    _checkpoint_sync_callback,
-    _checkpoint_to_resume,
-    _set_aside_remote_checkpoints,
     checkpoint_dir,
+    checkpoint_sync_callback,
+    checkpoint_to_resume,
     download_checkpoint,
     model_dir,
     remote_checkpoint_dir,
+    set_aside_remote_checkpoints,
 )
 from arxiv_embeddings.train.objectives import check_loss_matches_pairs, loss_spec
 from arxiv_embeddings.train.sets import training_sets
 from arxiv_embeddings.train.trainer import (
     BATCH_SAMPLERS,
     SAMPLER_PAIRS,
-    _trainer_class,
-    _training_args,
-    _without_autocast,
     freeze_lower_layers,
     resolve_precision,
     save_lora,
+    trainer_class,
+    training_args,
+    without_autocast,
 )
 
 
@@ -184,25 +184,25 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     uploader: CheckpointUploader | None = None
     if rank0 and remote_ckpts is not None:
         download_checkpoint(cfg, ckpt_dir, remote_ckpts, fp)
-    resume_from = _checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
+    resume_from = checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
     if rank0:
         write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": False})
     if rank0 and remote_ckpts is not None:
         info = read_json(remote_ckpts / "run.json") if exists(remote_ckpts / "run.json") else {}
         continuing = resume_from is not None and info.get("fingerprint") == fp and not info.get("completed")
         if not continuing:
-            _set_aside_remote_checkpoints(remote_ckpts)
+            set_aside_remote_checkpoints(remote_ckpts)
         write_json(
             remote_ckpts / "run.json",
             {"fingerprint": fp, "completed": False, "checkpoints": info.get("checkpoints", []) if continuing else []},
         )
         limit = cfg.trainer.get("save_total_limit")
         uploader = CheckpointUploader(ckpt_dir, remote_ckpts, fp, int(limit) if limit else None)
-        callbacks = [*callbacks, _checkpoint_sync_callback(uploader)]
-    args = _training_args(cfg, ckpt_dir, precision, device, has_eval=eval_ds is not None or evaluator is not None)
+        callbacks = [*callbacks, checkpoint_sync_callback(uploader)]
+    args = training_args(cfg, ckpt_dir, precision, device, has_eval=eval_ds is not None or evaluator is not None)
 
     # 6. trainer
-    trainer = _trainer_class()(
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -227,7 +227,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     # With bf16/fp16 training, accelerate wraps the model's forward in autocast (on a CPU with AMX, bf16 is chosen
     # automatically). The saved model has no such wrapper, so drop it: the test evaluation and the LoRA merge check
     # below then see the model as `inv evaluate` and the API run it (fp32), whatever precision trained it.
-    model = _without_autocast(model)
+    model = without_autocast(model)
     # Trained at train.max_seq_length tokens (fast on a CPU), saved, tested and so served at the base model's own
     # length (model.max_seq_length), like the zero-shot model it is compared with.
     trained_length = model.max_seq_length

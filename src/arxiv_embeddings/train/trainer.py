@@ -24,7 +24,9 @@ BATCH_SAMPLERS = ("subject", "category", "subject_groups", "no_duplicates", "ran
 SAMPLER_PAIRS = {"subject_groups": ("title_abstract",)}
 
 
-def _trainer_class() -> type:
+def trainer_class() -> type:
+    """The trainer class (``SentenceTransformerTrainer`` with per-set batch samplers and LoRA checkpoints), defined
+    on first use so that importing this module does not import sentence-transformers."""
     from sentence_transformers import SentenceTransformerTrainer
 
     class ArxivTrainer(SentenceTransformerTrainer):  # type: ignore[misc]
@@ -200,7 +202,7 @@ def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) 
     return info
 
 
-def _without_autocast(model: Any) -> Any:
+def without_autocast(model: Any) -> Any:
     """``model`` with the mixed-precision (autocast) forward wrapper that accelerate adds during training removed."""
     from accelerate.utils import extract_model_from_parallel
 
@@ -253,7 +255,9 @@ def _setup_wandb(cfg: DictConfig) -> list[str]:
     return ["wandb"]
 
 
-def _training_args(cfg: DictConfig, out_dir: Path, precision: str, device: str, has_eval: bool) -> Any:
+def training_args(cfg: DictConfig, out_dir: Path, precision: str, device: str, has_eval: bool) -> Any:
+    """``SentenceTransformerTrainingArguments`` from the ``trainer:`` section, the batch samplers, precision, device
+    and W&B; no evaluation strategy without an eval set (``has_eval``)."""
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.training_args import BatchSamplers, MultiDatasetBatchSamplers
 
