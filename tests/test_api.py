@@ -24,9 +24,10 @@ from api_helpers import (
 )
 from fastapi.testclient import TestClient
 
-from arxiv_embeddings.api import Settings, create_app
+from arxiv_embeddings.api.app import create_app
 from arxiv_embeddings.api.errors import BodyLimitMiddleware
 from arxiv_embeddings.api.service import choose_model, latest_trained_model
+from arxiv_embeddings.api.settings import Settings
 from arxiv_embeddings.config import ConfigError
 
 TEXTS = [

@@ -12,7 +12,7 @@ import pytest
 from api_helpers import clear_serving_env, make_settings, wait_ready
 from fastapi.testclient import TestClient
 
-from arxiv_embeddings.api import create_app
+from arxiv_embeddings.api.app import create_app
 from arxiv_embeddings.backends import load_embedder
 
 TEXTS = ["Graph neural networks for molecules", "Dark matter halos in dwarf galaxies\nWe simulate rotation curves."]
@@ -82,7 +82,7 @@ _LEAN_SERVER = textwrap.dedent(
     sys.meta_path.insert(0, Block())
     from fastapi.testclient import TestClient
 
-    from arxiv_embeddings.api import create_app
+    from arxiv_embeddings.api.app import create_app
     from arxiv_embeddings.api.settings import Settings
 
     root, model, index, backend = sys.argv[1], sys.argv[2], sys.argv[4], sys.argv[6]

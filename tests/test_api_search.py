@@ -17,7 +17,7 @@ import pytest
 from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
 from fastapi.testclient import TestClient
 
-from arxiv_embeddings.api import create_app
+from arxiv_embeddings.api.app import create_app
 from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.index import stage as index_stage
 from arxiv_embeddings.index.search import PaperIndex

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from api_helpers import head_weights, headed_copy, with_onnx_of, write_tasks
 
-from arxiv_embeddings.backends import TorchEmbedder, load_embedder
+from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.backends.tasks import (
     DEFAULT_TASKS,
     TASKS,
@@ -20,6 +20,7 @@ from arxiv_embeddings.backends.tasks import (
     read_tasks,
     tasks_of,
 )
+from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 from arxiv_embeddings.layout import TASKS_FILE
 from arxiv_embeddings.vectors import normalize_rows
 

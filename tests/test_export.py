@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from arxiv_embeddings.backends import Embedder, TorchEmbedder, load_embedder
+from arxiv_embeddings.backends import Embedder, load_embedder
 from arxiv_embeddings.backends.loading import resolve_model
 from arxiv_embeddings.backends.onnx_embedder import (
     VARIANT_FILES,
@@ -25,6 +25,7 @@ from arxiv_embeddings.backends.onnx_embedder import (
     load_onnx_embedder,
     serving_default,
 )
+from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.export import stage as export_stage

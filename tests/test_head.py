@@ -12,8 +12,9 @@ import pytest
 from train_helpers import FAST
 
 from arxiv_embeddings import pairs
-from arxiv_embeddings.backends import TorchEmbedder, load_embedder
+from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.backends.onnx_embedder import read_pipeline
+from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.export import stage as export_stage
 from arxiv_embeddings.head import HeadFit, add_head, fit_linear_head

@@ -205,7 +205,7 @@ def test_the_api_serves_the_adapter_folder_with_torch_and_names_the_merged_model
     from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
     from fastapi.testclient import TestClient
 
-    from arxiv_embeddings.api import create_app
+    from arxiv_embeddings.api.app import create_app
     from arxiv_embeddings.backends.loading import load_model
 
     clear_serving_env(monkeypatch)

@@ -34,10 +34,10 @@ from api_helpers import (
 )
 from fastapi.testclient import TestClient
 
-from arxiv_embeddings.api import create_app
-from arxiv_embeddings.api.app import task_of_model
-from arxiv_embeddings.backends import TorchEmbedder, load_embedder
+from arxiv_embeddings.api.app import create_app, task_of_model
+from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, read_tasks
+from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 from arxiv_embeddings.index import stage as index_stage
 from arxiv_embeddings.index.search import PaperIndex
 
@@ -267,7 +267,7 @@ _LEAN_TASKS = textwrap.dedent(
     sys.meta_path.insert(0, Block())
     from fastapi.testclient import TestClient
 
-    from arxiv_embeddings.api import create_app
+    from arxiv_embeddings.api.app import create_app
     from arxiv_embeddings.api.settings import Settings
 
     root, model, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

@@ -9,8 +9,8 @@ TF-IDF: a ``TfidfVectorizer`` fit on the train split; retrieval is the cosine si
 TF-IDF rows and the classifier a logistic regression on them. Zero-shot: the sentence-transformers model before
 fine-tuning (``sentence-transformers/all-MiniLM-L6-v2`` by default). Hosted API (off by default): the vectors of an
 OpenAI-compatible embeddings endpoint (:mod:`arxiv_embeddings.backends.hosted`, cached on disk). All go through
-:func:`arxiv_embeddings.evaluate.evaluate_features`, so their ``metrics.json`` have the schema of a trained
-model's and :func:`compare` can put every run side by side.
+:func:`arxiv_embeddings.evaluation.scoring.evaluate_features`, so their ``metrics.json`` have the schema of a trained
+model's and :func:`arxiv_embeddings.report.compare` can put every run side by side.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from arxiv_embeddings.stage import StageSpec
 RUNS = ("tfidf", "zero_shot", "hosted_api")
 STOP_WORDS = ("english",)
 
-__all__ = ["RUNS", "SPEC", "compare", "run", "tfidf_features", "validate"]
+__all__ = ["RUNS", "SPEC", "run", "tfidf_features", "validate"]
 
 
 # --------------------------------------------------------------------------------------------- validation

@@ -12,14 +12,16 @@ Run it (the container command)::
 
 In Python::
 
-    from arxiv_embeddings.api import Settings, create_app
+    from arxiv_embeddings.api.app import create_app
+    from arxiv_embeddings.api.settings import Settings
+
     app = create_app(Settings.load(["serve.model_path=models/my-run/final"]))
 
 Importing this package loads no model: the app's lifespan does, in the background, and ``/health`` answers 503
 until the model is ready.
 """
 
+# The one name this package holds: the factory of ``uvicorn arxiv_embeddings.api:create_app --factory``.
 from arxiv_embeddings.api.app import create_app
-from arxiv_embeddings.api.settings import Settings
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["create_app"]

@@ -9,7 +9,8 @@ The package's modules:
 
 - :mod:`~arxiv_embeddings.backends.loading`: where a model comes from (a run's folder, a path, the bundled
   all-MiniLM-L6-v2, the Hub), loading it with sentence-transformers, device and precision, the weights' fingerprint;
-- :mod:`~arxiv_embeddings.backends.torch_embedder`: :class:`TorchEmbedder`, a sentence-transformers model in torch;
+- :mod:`~arxiv_embeddings.backends.torch_embedder`: :class:`~arxiv_embeddings.backends.torch_embedder.TorchEmbedder`,
+  a sentence-transformers model in torch;
 - :mod:`~arxiv_embeddings.backends.onnx_embedder`: the ONNX export with onnxruntime and tokenizers only, no torch;
 - :mod:`~arxiv_embeddings.backends.lora`: LoRA adapters (add, save, merge, recognise an adapter folder);
 - :mod:`~arxiv_embeddings.backends.hosted`: a hosted OpenAI-compatible embeddings API (a baseline);
@@ -24,16 +25,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
-from arxiv_embeddings.vectors import normalize_rows as normalize_rows
-
-if TYPE_CHECKING:
-    from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
-
-__all__ = ["BACKENDS", "Embedder", "TorchEmbedder", "load_embedder", "normalize_rows"]
 
 #: Backends :func:`load_embedder` knows. ``auto`` = the serving default recorded by the export (ONNX variant or torch
 #: precision), else torch fp32.
@@ -104,12 +98,3 @@ def _serving_default(name_or_path: str | os.PathLike[str]) -> tuple[str, str | N
         return "torch", None
     default = serving_default(name_or_path)
     return (default[0], default[1]) if default else ("torch", None)
-
-
-def __getattr__(name: str) -> Any:
-    """``TorchEmbedder`` on first use, so that importing the interface never imports torch."""
-    if name == "TorchEmbedder":
-        from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
-
-        return TorchEmbedder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
