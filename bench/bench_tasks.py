@@ -16,6 +16,10 @@ stages, in a temporary root) with the same optimizer settings, and is scored lik
 The sets are the test split (815 papers) and the fresh papers of the generalization check (1,740 papers of 116
 subjects, none in the sample). Prints, per variant: training seconds and CPU-minutes on this machine, each figure,
 and its gain over zero-shot with a 95% paired-bootstrap interval (the same queries, or pairs, for both models).
+Each task goes through the output the trained folder's tasks.json serves it with; a variant with the subject head
+(train.head) also gets a row "<variant> (encoder)": the encoder under its head scored alone, which is the same
+training without the head (the head is fit after training and leaves the encoder as it is), its seconds those of
+training without the head's embedding pass and fit.
 Writes the figures to bench/results/tasks.json (merged with the variants already there, so the variants can be run
 in several sittings).
 """
@@ -65,8 +69,15 @@ VARIANTS: dict[str, list[str]] = {
         f"{SEARCH}.num_train=1536",
         f"{SEARCH}.batch_sampler=subject_groups",
     ],
-    # The same mix with the subject head (train.head) fit over the trained encoder: subject and graded served by the
+    # These mixes with the subject head (train.head) fit over the trained encoder: subject and graded served by the
     # head, search by the encoder under it (tasks.json).
+    "mix-2k-2k-groups-head": [
+        "mix=subject_search",
+        "pairs.num_train=2048",
+        f"{SEARCH}.num_train=2048",
+        f"{SEARCH}.batch_sampler=subject_groups",
+        "train.head.enabled=true",
+    ],
     "mix-3k-1.5k-groups-head": [
         "mix=subject_search",
         "pairs.num_train=3072",
@@ -113,18 +124,19 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from arxiv_embeddings import pairs, preprocess, train
+    from arxiv_embeddings import pairs, preprocess
     from arxiv_embeddings.backends.loading import cpu_supports_bf16
     from arxiv_embeddings.backends.tasks import tasks_of
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.data import paper_text
-    from arxiv_embeddings.evaluation import load_fresh
+    from arxiv_embeddings.evaluation.data import load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap, paired_retrieval
     from arxiv_embeddings.pairing import SubjectIndex, jaccard
+    from arxiv_embeddings.train import stage as train_stage
 
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="bench-tasks-"))
@@ -157,11 +169,13 @@ def main() -> None:
                 "overlap": jaccard(pa.chunked_array(table.column("subjects").chunks), a, b),
             }
 
-        def score(model: str) -> dict[str, dict[str, np.ndarray]]:
+        def score(model: str, outputs: dict[str, str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+            """Every figure of ``model``, each task through the output its tasks.json serves it with (with a head:
+            subject and graded through the head, search through the encoder), or through ``outputs`` when given."""
             embedder = TorchEmbedder(model, device="cpu", max_seq_length=args.max_seq_length)
-            # each task through the output the model's tasks.json serves it with (with a head: search -> encoder)
             tasks = tasks_of(model)
-            subject_out, search_out = tasks.output_of("subject"), tasks.output_of("search")
+            subject_out, search_out = (outputs or {}).get("subject"), (outputs or {}).get("search")
+            subject_out, search_out = subject_out or tasks.output_of("subject"), search_out or tasks.output_of("search")
             out = {}
             for name, s in sets.items():
                 papers = embedder.encode(s["papers"], batch_size=64, output=subject_out)
@@ -211,6 +225,31 @@ def main() -> None:
             )
             tmp.replace(args.out)
 
+        def make_row(overrides: list[str], summary: dict, wall: float, mine: dict[str, dict[str, np.ndarray]]) -> dict:
+            row: dict = {
+                "overrides": overrides,
+                "precision": summary["precision"],
+                "steps": summary["global_step"],
+                "pairs_per_s": summary["pairs_per_second"],
+                "train_wall_s": round(wall, 1),
+                "train_cpu_min": round(wall * cores / 60, 2),
+            }
+            for split, s in sets.items():
+                for metric in ("subject P@10", "subject MRR@10", "search R@1", "search MRR@10"):
+                    g = paired_bootstrap(
+                        mine[split][metric], figures["zero-shot"][split][metric], resamples=args.bootstrap
+                    )
+                    row[f"{split} {metric}"] = round(g["a"], 4)
+                    row[f"{split} {metric} gain"] = [round(g["diff"], 4), round(g["low"], 4), round(g["high"], 4)]
+                g = spearman_gain(mine[split]["cosine"], figures["zero-shot"][split]["cosine"], s["overlap"])
+                row[f"{split} graded"] = round(g["a"], 4)
+                row[f"{split} graded gain"] = [round(g["diff"], 4), round(g["low"], 4), round(g["high"], 4)]
+                row.setdefault("zero-shot", {})[f"{split} graded"] = round(g["b"], 4)
+            row["fresh subject P@10 gain per CPU-minute"] = round(
+                row["fresh subject P@10 gain"][0] / row["train_cpu_min"], 5
+            )
+            return row
+
         t0 = time.perf_counter()
         figures = {"zero-shot": score("sentence-transformers/all-MiniLM-L6-v2")}
         score_s = time.perf_counter() - t0
@@ -229,34 +268,21 @@ def main() -> None:
                 ],
             )
             t0 = time.perf_counter()
-            result = train.run(cfg)
+            result = train_stage.run(cfg)
             wall = time.perf_counter() - t0
-            figures[name] = score(str(result["model"]))
-            s = result["summary"]
-            row: dict = {
-                "overrides": VARIANTS[name],
-                "precision": s["precision"],
-                "steps": s["global_step"],
-                "pairs_per_s": s["pairs_per_second"],
-                "train_wall_s": round(wall, 1),
-                "train_cpu_min": round(wall * cores / 60, 2),
-            }
-            for split, s in sets.items():
-                for metric in ("subject P@10", "subject MRR@10", "search R@1", "search MRR@10"):
-                    g = paired_bootstrap(
-                        figures[name][split][metric], figures["zero-shot"][split][metric], resamples=args.bootstrap
-                    )
-                    row[f"{split} {metric}"] = round(g["a"], 4)
-                    row[f"{split} {metric} gain"] = [round(g["diff"], 4), round(g["low"], 4), round(g["high"], 4)]
-                g = spearman_gain(figures[name][split]["cosine"], figures["zero-shot"][split]["cosine"], s["overlap"])
-                row[f"{split} graded"] = round(g["a"], 4)
-                row[f"{split} graded gain"] = [round(g["diff"], 4), round(g["low"], 4), round(g["high"], 4)]
-                row.setdefault("zero-shot", {})[f"{split} graded"] = round(g["b"], 4)
-            row["fresh subject P@10 gain per CPU-minute"] = round(
-                row["fresh subject P@10 gain"][0] / row["train_cpu_min"], 5
-            )
-            rows[name] = row
-            print(name, json.dumps(row), flush=True)
+            model = str(result["model"])
+            figures[name] = score(model)
+            summary = result["summary"]
+            rows[name] = make_row(VARIANTS[name], summary, wall, figures[name])
+            print(name, json.dumps(rows[name]), flush=True)
+            if "encoder" in tasks_of(model).outputs:  # a head: its encoder alone is the same recipe without the head
+                head = summary.get("head") or {}
+                head_s = float(head.get("embed_seconds", 0.0)) + float(head.get("fit_seconds", 0.0))
+                encoder = f"{name} (encoder)"
+                figures[encoder] = score(model, {"subject": "encoder", "search": "encoder"})
+                rows[encoder] = make_row(VARIANTS[name], summary, wall - head_s, figures[encoder])
+                rows[encoder]["note"] = "the encoder under the head of the variant: every task through the encoder"
+                print(encoder, json.dumps(rows[encoder]), flush=True)
             save(rows)  # after each variant: a long run interrupted keeps what it measured
             shutil.rmtree(Path(str(result["model"])).parent, ignore_errors=True)
     finally:
