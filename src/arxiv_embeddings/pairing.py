@@ -185,5 +185,6 @@ def mix_tasks(cfg: DictConfig) -> list[Task]:
             own,
             {"type": pair_type, **{k: task[k] for k in TASK_PAIR_OPTIONS if k in task}},
         )
+        assert isinstance(options, DictConfig)  # merged onto a mapping: a mapping
         out.append(Task(str(name), pair_type, num_train, num_eval, options, loss, task.get("batch_sampler")))
     return out

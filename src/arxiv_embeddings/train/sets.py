@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -15,6 +15,9 @@ from arxiv_embeddings.config import ConfigError, to_plain
 from arxiv_embeddings.io import artifact_path, read_json, read_parquet
 from arxiv_embeddings.pairing import MANIFEST, main_task, mix_tasks
 from arxiv_embeddings.train.objectives import build_loss, check_loss_matches_pairs
+
+if TYPE_CHECKING:
+    from arxiv_embeddings.train.trainer import SamplerSpec
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class TrainingSets:
             return build_loss(model, self.sets[0].loss)
         return {s.task: build_loss(model, s.loss) for s in self.sets}
 
-    def samplers(self, cfg: DictConfig) -> list[tuple[type, dict[str, Any]] | None]:
+    def samplers(self, cfg: DictConfig) -> list[SamplerSpec | None]:
         """Each set's batch sampler, in the order of :meth:`datasets`."""
         from arxiv_embeddings.train.trainer import train_sampler
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from arxiv_embeddings.io import (
     read_parquet,
 )
 from arxiv_embeddings.layout import ADAPTER_DIR, FINAL_DIR, pair_meta_file
+
+#: A training set's batch sampler: a batch sampler class (or a function that builds one) and its keyword arguments
+#: beyond the library's.
+SamplerSpec = tuple[Callable[..., Any], dict[str, Any]]
 
 BATCH_SAMPLERS = ("subject", "category", "subject_groups", "no_duplicates", "random")
 #: Pair types each batch sampler suits, where it does not suit them all. subject_groups puts several papers of one
@@ -37,8 +42,8 @@ def trainer_class() -> type:
         # mix): a class of arxiv_embeddings.samplers and its keyword arguments beyond the library's
         # (SubjectBatchSampler: subjects; CategoryBatchSampler: subjects, keys, hard_fraction, distinct_subjects;
         # LabelGroupBatchSampler: labels, per_label), or None for the library's own.
-        train_samplers: tuple[tuple[type, dict[str, Any]] | None, ...] = ()
-        _pending: list[tuple[type, dict[str, Any]] | None] | None = None
+        train_samplers: tuple[SamplerSpec | None, ...] = ()
+        _pending: list[SamplerSpec | None] | None = None
 
         def get_train_dataloader(self):  # type: ignore[no-untyped-def]
             # The library asks for one batch sampler per training set, in their order (DatasetDict order for a mix);
@@ -124,7 +129,7 @@ def category_batches(cfg: DictConfig, train_file: Path, pair_type: str) -> dict[
 
 def train_sampler(
     cfg: DictConfig, train_file: Path, pair_type: str, batch_sampler: str | None = None
-) -> tuple[type, dict[str, Any]] | None:
+) -> SamplerSpec | None:
     """A training set's batch sampler and its arguments, or None for the library's: ``batch_sampler`` (a mix task's
     own) or ``train.batch_sampler``."""
     from arxiv_embeddings.samplers import CategoryBatchSampler, LabelGroupBatchSampler, SubjectBatchSampler
