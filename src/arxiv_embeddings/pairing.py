@@ -162,6 +162,12 @@ def mix_tasks(cfg: DictConfig) -> list[Task]:
         if unknown:
             raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)}; a task takes {', '.join(_TASK_KEYS)}.")
         pair_type = task.get("pairs")
+        if pair_type is None:  # e.g. mix=none beside an experiment that sets some keys of its tasks
+            raise ConfigError(
+                f"{key} has no pair type ({key}.pairs), only {', '.join(map(str, task)) or 'no keys'}: a task names "
+                f"its pairs, e.g. pairs: title_abstract. To drop the task (also one an experiment configures), pass "
+                f"{key}=null."
+            )
         if pair_type not in COLUMNS:
             raise ConfigError(f"{key}.pairs={pair_type!r} is not a pair type; choose one of: {', '.join(COLUMNS)}.")
         num_train = task.get("num_train")
