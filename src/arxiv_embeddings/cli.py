@@ -1,4 +1,5 @@
-"""``arxiv-embed``: utilities outside the experiment (inspecting data, searching, serving).
+"""``arxiv-embed``: utilities outside the experiment: inspecting data (``data-info``), searching an index
+(``search``, ``similar``) and publishing run reports (``publish``). Serving is ``uv run inv serve``.
 
 Experiment settings live in the Hydra configs; this CLI only reads what the stages wrote, locating it through
 the same ``paths`` config (``--override paths.root_dir=...`` points it elsewhere).
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(
-    help="arxiv-embeddings utilities: inspect processed data, search papers, serve embeddings.",
+    help="arxiv-embeddings utilities: inspect processed data, search papers, publish run reports.",
     no_args_is_help=True,
     add_completion=False,
 )
