@@ -173,9 +173,9 @@ def main() -> None:
             """Every figure of ``model``, each task through the output its tasks.json serves it with (with a head:
             subject and graded through the head, search through the encoder), or through ``outputs`` when given."""
             embedder = TorchEmbedder(model, device="cpu", max_seq_length=args.max_seq_length)
-            tasks = tasks_of(model)
-            subject_out, search_out = (outputs or {}).get("subject"), (outputs or {}).get("search")
-            subject_out, search_out = subject_out or tasks.output_of("subject"), search_out or tasks.output_of("search")
+            served, chosen = tasks_of(model), outputs or {}
+            subject_out = chosen.get("subject") or served.output_of("subject")
+            search_out = chosen.get("search") or served.output_of("search")
             out = {}
             for name, s in sets.items():
                 papers = embedder.encode(s["papers"], batch_size=64, output=subject_out)
@@ -319,9 +319,8 @@ def main() -> None:
 def markdown_table(results: dict) -> str:
     """The bench README's table of ``bench/results/tasks.json``: every variant's figures and gains [95% CI]."""
     cells = [(split, metric) for split in ("fresh", "test") for metric in ("subject P@10", "search R@1", "graded")]
-    names = {"subject P@10": "subject P@10", "search R@1": "search R@1", "graded": "graded"}
     lines = [
-        "| variant | precision | steps | train s | " + " | ".join(f"{s} {names[m]}" for s, m in cells) + " |",
+        "| variant | precision | steps | train s | " + " | ".join(f"{s} {m}" for s, m in cells) + " |",
         "|---|---|---:|---:|" + "---:|" * len(cells),
         "| zero-shot | – | – | – | " + " | ".join(f"{results['zero_shot'][s][m]:.4f}" for s, m in cells) + " |",
     ]

@@ -78,10 +78,7 @@ class TorchEmbedder:
             raise ValueError(f"{self.name} does not declare an embedding dimension.")
         self.dimension = int(dim)
         self.max_seq_length = int(self.model.max_seq_length or 0)
-        self._encoder, self._encoder_dimension = self._encoder_view()
-
-    def _encoder_view(self) -> tuple[Any, int]:
-        return encoder_view(self.model, self.dimension)
+        self._encoder, self._encoder_dimension = encoder_view(self.model, self.dimension)
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = MODEL) -> np.ndarray:
         """Embeddings of ``texts``: every module of the model (``output="model"``), or the modules up to the
@@ -113,5 +110,5 @@ class TorchEmbedder:
         shared = {id(t): t for t in itertools.chain(self.model.parameters(), self.model.buffers())}
         clone = copy.copy(self)
         clone.model = copy.deepcopy(self.model, memo=shared)
-        clone._encoder, clone._encoder_dimension = clone._encoder_view()  # over the clone's own modules
+        clone._encoder, clone._encoder_dimension = encoder_view(clone.model, clone.dimension)  # the clone's modules
         return clone

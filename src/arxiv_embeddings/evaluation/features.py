@@ -13,7 +13,7 @@ import pyarrow as pa
 from loguru import logger
 from omegaconf import DictConfig
 
-from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, MODEL, TASKS, TaskMap
+from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, MODEL, TASKS, TaskMap, tasks_of
 from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.evaluation.data import EvalData
 from arxiv_embeddings.evaluation.settings import model_source
@@ -107,6 +107,8 @@ def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTra
         "max_seq_length": int(st.max_seq_length or 0),
         "batch_size": int(enc.batch_size),
         "dim": _embedding_dim(st),
+        # which output serves each task: the folder's tasks.json (every task on the whole model without one)
+        "tasks": tasks_of(location).as_dict(),
     }
     return st, info
 
