@@ -241,6 +241,7 @@ def test_train_reads_pairs_from_and_writes_the_model_to_the_bucket(
         "train.test_papers=40",
         "train.max_seq_length=32",
         "train.freeze_layers=1",
+        "train.head.enabled=false",
     ]
     cfg = compose("train", [*remote, *fast])
     result = execute(train_stage.SPEC, cfg)
@@ -546,6 +547,7 @@ def test_checkpoints_are_copied_to_the_bucket_and_a_new_machine_resumes_from_the
         "train.test_papers=0",
         "train.max_seq_length=32",
         "train.freeze_layers=1",
+        "train.head.enabled=false",
     ]
 
     class Preempted(TrainerCallback):

@@ -91,10 +91,22 @@ def test_bad_head_settings_are_named(tmp_path: Path, override: str, message: str
         train_stage.validate(cfg)
 
 
-def test_a_head_with_lora_is_refused(tmp_path: Path) -> None:
-    cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.head.enabled=true", "experiment=qwen_lora"])
-    with pytest.raises(ConfigError, match=r"train.head.enabled=true with model.lora"):
+def test_a_lora_run_trains_without_the_head_and_says_so(tmp_path: Path) -> None:
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="WARNING")
+    try:
+        cfg = compose("train", [f"paths.root_dir={tmp_path}", "model=bge_large"])  # the head is on by default
         train_stage.validate(cfg)
+    finally:
+        logger.remove(sink)
+    assert not train_stage.head_enabled(cfg)
+    assert any("train.head.enabled=true with model.lora" in m for m in messages), messages
+    # A full model keeps it, and the LoRA experiment turns it off itself (no warning).
+    assert train_stage.head_enabled(compose("train", [f"paths.root_dir={tmp_path}"]))
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", "experiment=qwen_lora"])
+    assert not cfg.train.head.enabled
 
 
 def test_the_head_encodes_at_a_batch_size_the_stage_fingerprint_covers(

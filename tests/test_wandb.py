@@ -72,6 +72,7 @@ def test_offline_wandb_run_has_config_metrics_and_summary(
         "train.test_papers=40",
         "train.max_seq_length=32",
         "train.freeze_layers=1",
+        "train.head.enabled=false",
     ]
     saved = dict(os.environ)
     try:

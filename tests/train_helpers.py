@@ -13,4 +13,6 @@ FAST = [
     "train.test_papers=40",
     "train.max_seq_length=32",
     "train.freeze_layers=1",
+    # the subject head (on by default) has tests of its own (test_head.py)
+    "train.head.enabled=false",
 ]

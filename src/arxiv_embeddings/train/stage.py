@@ -90,11 +90,11 @@ def validate(cfg: DictConfig) -> None:
         from arxiv_embeddings.head import validate_head
 
         validate_head(cfg.train.head)
-        if cfg.model.get("lora"):
-            raise ConfigError(
-                "train.head.enabled=true with model.lora: the subject head is fit over full models only; set "
-                "train.head.enabled=false, or train without model.lora."
-            )
+    elif cfg.train.get("head") is not None and cfg.train.head.get("enabled"):
+        logger.warning(
+            "train.head.enabled=true with model.lora: the subject head is fit over full models only, so this run "
+            "trains without it (every task served by the model itself). Set train.head.enabled=false to say so."
+        )
 
 
 def _check_loss(loss_cfg: DictConfig, key: str) -> None:
@@ -104,9 +104,10 @@ def _check_loss(loss_cfg: DictConfig, key: str) -> None:
 
 
 def head_enabled(cfg: DictConfig) -> bool:
-    """True when ``train.head`` asks for a subject head after training."""
+    """True when ``train.head`` asks for a subject head after training and the model is a full one (a LoRA run,
+    ``model.lora``, trains without the head)."""
     head = cfg.train.get("head")
-    return bool(head is not None and head.get("enabled"))
+    return bool(head is not None and head.get("enabled") and not cfg.model.get("lora"))
 
 
 def validate_model(cfg: DictConfig) -> None:
