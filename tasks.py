@@ -114,7 +114,7 @@ def index(ctx: Context, overrides: str = "", force: bool = False) -> None:
 def compare(ctx: Context, overrides: str = "") -> None:
     """Print and write reports/comparison.md: every run in reports/ side by side."""
     args = " ".join(map(shlex.quote, shlex.split(overrides)))
-    ctx.run(f"{PYTHON} -m arxiv_embeddings.baseline compare {args}", echo=True, pty=not WINDOWS and sys.stdout.isatty())
+    ctx.run(f"{PYTHON} -m arxiv_embeddings.compare {args}", echo=True, pty=not WINDOWS and sys.stdout.isatty())
 
 
 @task(
@@ -173,7 +173,7 @@ def loadtest(
 ) -> None:
     """Load-test a running API: requests/s, p50/p95/p99 latency, errors (API_KEY from the environment)."""
     args = ["--url", url, "--concurrency", str(concurrency), "--duration", str(duration), "--route", route]
-    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.api.loadtest", *map(shlex.quote, args)])
+    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.loadtest", *map(shlex.quote, args)])
     ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
 
 
@@ -186,7 +186,7 @@ def loadtest(
 def vertex_train(ctx: Context, overrides: str = "", dry_run: bool = False) -> None:
     """Train on Vertex AI with the train image: render the CustomJob spec (configs/vertex/) and submit it."""
     args = [*shlex.split(overrides), *(["--dry-run"] if dry_run else [])]
-    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.vertex", *map(shlex.quote, args)])
+    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.vertex_jobs", *map(shlex.quote, args)])
     ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
 
 

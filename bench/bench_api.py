@@ -12,7 +12,7 @@ each keep one request in flight, one abstract per request:
   layout (its workers in parallel threads, each encoding its share of ``--clients`` texts per call with its own
   replica of the model and its intra-op threads); the best of the four runs is the limit;
 - (a) service: ``python -m arxiv_embeddings.api`` in its own process, driven by the async (aiohttp) load generator of
-  ``arxiv_embeddings.api.loadtest`` for ``--duration`` seconds after a warm-up; its resident memory is sampled
+  ``arxiv_embeddings.loadtest`` for ``--duration`` seconds after a warm-up; its resident memory is sampled
   through the run (start, end, peak) and its mean batch size read from ``/metrics``;
 - (b) naive: a FastAPI server that encodes each request on its own, as blocking code is usually written (a plain
   ``def`` route, which FastAPI runs in its thread pool, so requests encode concurrently); and (b') the same
@@ -167,7 +167,7 @@ class Server:
 
 def drive(server: Server, texts: list[str], clients: int, duration: float, warmup: float) -> tuple[Any, float]:
     """Warm up, then the measured load; also the server's texts per CPU-second over the measured run."""
-    from arxiv_embeddings.api.loadtest import run_load
+    from arxiv_embeddings.loadtest import run_load
 
     if warmup > 0:
         asyncio.run(run_load(server.url, texts, clients, warmup))
@@ -284,7 +284,7 @@ def main() -> None:
     naive_duration = args.naive_duration if args.naive_duration is not None else min(30.0, args.duration)
     limit_duration = args.limit_duration if args.limit_duration is not None else min(20.0, args.duration)
 
-    from arxiv_embeddings.api.loadtest import sample_abstracts
+    from arxiv_embeddings.loadtest import sample_abstracts
 
     texts = sample_abstracts(2000)
     print(
@@ -293,7 +293,7 @@ def main() -> None:
         f"niceness {os.nice(0)}; {_load()}"
     )
 
-    from arxiv_embeddings.api.service import cpu_layout
+    from arxiv_embeddings.api.runtime import cpu_layout
     from arxiv_embeddings.backends import load_embedder
     from arxiv_embeddings.backends.onnx_embedder import usable_cpus
 
@@ -353,7 +353,7 @@ def main() -> None:
         server.wait_ready()
         service = None
         try:
-            from arxiv_embeddings.api.loadtest import run_load
+            from arxiv_embeddings.loadtest import run_load
 
             asyncio.run(run_load(server.url, texts, args.clients, args.warmup))
             sampler = server.sample_rss()

@@ -66,12 +66,12 @@ def main() -> None:
     from arxiv_embeddings.backends.loading import default_device
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
-    from arxiv_embeddings.data import paper_text
     from arxiv_embeddings.evaluation.data import load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap
+    from arxiv_embeddings.papers import paper_text
     from arxiv_embeddings.train import stage as train_stage
 
     device = default_device() if args.device == "auto" else args.device

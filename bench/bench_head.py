@@ -6,13 +6,13 @@
 The embedded sample's train split (6,384 papers), its test split (815) and the fresh papers of the generalization
 check (1,740) are embedded once by the base model (title + abstract, 256 tokens). A 384 x 384 linear map
 (initialized to the identity) is then trained on the train embeddings alone with the supervised contrastive loss
-(arxiv_embeddings.losses.SupervisedContrastiveLoss: every same-subject paper of a batch a positive), and the head's
+(arxiv_embeddings.train.losses.SupervisedContrastiveLoss: every same-subject paper of a batch a positive), and the head's
 outputs are scored like the base embeddings: subject retrieval among the test papers and among the fresh papers
 (P@10, gain over zero-shot with a 95% paired-bootstrap interval). It also tries the closed-form alternative, a
 within-subject whitening (the inverse square root of the regularized within-subject covariance).
 
 Prints the seconds spent embedding (the cost of the approach) and training each head, and the figures of each.
-The training stage fits the same head into the saved model with train.head (arxiv_embeddings/head.py); this
+The training stage fits the same head into the saved model with train.head (arxiv_embeddings/train/head.py); this
 script measures it alone, over any frozen encoder (--model), on any corpus (Hydra overrides).
 """
 
@@ -49,13 +49,13 @@ def main() -> None:
     from arxiv_embeddings import preprocess
     from arxiv_embeddings.backends.loading import load_model
     from arxiv_embeddings.config import compose
-    from arxiv_embeddings.data import paper_text
     from arxiv_embeddings.evaluation.data import load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
-    from arxiv_embeddings.losses import SupervisedContrastiveLoss
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap
+    from arxiv_embeddings.papers import paper_text
+    from arxiv_embeddings.train.losses import SupervisedContrastiveLoss
 
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="bench-head-"))

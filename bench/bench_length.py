@@ -28,11 +28,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
-    from arxiv_embeddings.data import SAMPLE_PATH, paper_text
     from arxiv_embeddings.evaluation.settings import FRESH_FILE
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap
+    from arxiv_embeddings.papers import SAMPLE_PATH, paper_text
 
     setup_logging("WARNING")
     papers = read_parquet(SAMPLE_PATH.parent / FRESH_FILE).to_pandas()

@@ -129,13 +129,13 @@ def main() -> None:
     from arxiv_embeddings.backends.tasks import tasks_of
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
-    from arxiv_embeddings.data import paper_text
     from arxiv_embeddings.evaluation.data import load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap, paired_retrieval
-    from arxiv_embeddings.pairing import SubjectIndex, jaccard
+    from arxiv_embeddings.pair_format import SubjectIndex, jaccard
+    from arxiv_embeddings.papers import paper_text
     from arxiv_embeddings.train import stage as train_stage
 
     setup_logging("WARNING")

@@ -60,10 +60,10 @@ def main() -> None:
     from arxiv_embeddings.backends.loading import cpu_supports_bf16
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
-    from arxiv_embeddings.data import paper_text
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
     from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
+    from arxiv_embeddings.papers import paper_text
     from arxiv_embeddings.train import stage as train_stage
 
     setup_logging("WARNING")

@@ -54,11 +54,11 @@ def head_weights(dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def headed_copy(tiny: Path, dest: Path, tasks: dict[str, Any] | None = None) -> Path:
     """The tiny model with a linear subject head as training adds it (Transformer -> Pooling -> Normalize -> Dense
-    -> Normalize, :func:`arxiv_embeddings.head.add_head`), saved to ``dest``, with ``tasks`` as its tasks.json.
+    -> Normalize, :func:`arxiv_embeddings.train.head.add_head`), saved to ``dest``, with ``tasks`` as its tasks.json.
     Its encoder (everything up to the Pooling) is the tiny model's: the tiny model is the reference for it."""
     from sentence_transformers import SentenceTransformer
 
-    from arxiv_embeddings.head import HeadFit, add_head
+    from arxiv_embeddings.train.head import HeadFit, add_head
 
     model = SentenceTransformer(str(tiny), device="cpu")
     weight, bias = head_weights(int(model.get_embedding_dimension()))

@@ -19,7 +19,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from arxiv_embeddings.config import compose
-from arxiv_embeddings.data import SAMPLE_PATH
+from arxiv_embeddings.papers import SAMPLE_PATH
 
 SLICE_SUBJECTS = (
     "cs.CV",

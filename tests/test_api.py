@@ -25,10 +25,11 @@ from api_helpers import (
 from fastapi.testclient import TestClient
 
 from arxiv_embeddings.api.app import create_app
-from arxiv_embeddings.api.errors import BodyLimitMiddleware
-from arxiv_embeddings.api.service import choose_model, latest_trained_model
+from arxiv_embeddings.api.middleware import BodyLimitMiddleware
+from arxiv_embeddings.api.runtime import choose_model
 from arxiv_embeddings.api.settings import Settings
 from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.layout import latest_trained_model
 
 TEXTS = [
     "Graph neural networks for molecular property prediction",
@@ -460,7 +461,7 @@ def test_default_model_is_the_latest_trained_else_the_base(tmp_path: Path) -> No
 
 
 def test_cpu_layout_fills_the_cores() -> None:
-    from arxiv_embeddings.api.service import cpu_layout
+    from arxiv_embeddings.api.runtime import cpu_layout
 
     assert cpu_layout(None, None, cores=8) == (1, 8)  # one single-threaded worker per core
     assert cpu_layout(2, None, cores=8) == (2, 4) and cpu_layout(3, None, cores=2) == (3, 1)
@@ -516,7 +517,7 @@ def test_several_workers_share_the_weights_and_each_caller_gets_its_rows(tiny_mo
 
 
 def test_memory_trimmer_runs_at_most_once_per_interval() -> None:
-    from arxiv_embeddings.api.service import MemoryTrimmer
+    from arxiv_embeddings.api.runtime import MemoryTrimmer
 
     assert MemoryTrimmer(None).maybe_trim() is False
     trimmer = MemoryTrimmer(0.05)

@@ -47,7 +47,7 @@ def test_server_process_serves_load_and_exits_cleanly_on_sigterm(tiny_model_dir:
         assert httpx.get(f"{url}/health").json()["model"] == str(tiny_model_dir)
 
         load = subprocess.run(
-            [sys.executable, "-m", "arxiv_embeddings.api.loadtest", "--url", url, "--duration", "2", "--json"],
+            [sys.executable, "-m", "arxiv_embeddings.loadtest", "--url", url, "--duration", "2", "--json"],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -142,7 +142,7 @@ def test_lora_adapter_folder_serves_both_outputs(tiny_model_dir: Path, tmp_path:
     from sentence_transformers import SentenceTransformer
 
     from arxiv_embeddings.backends.lora import add_lora, is_adapter_dir, save_adapter
-    from arxiv_embeddings.head import HeadFit, add_head
+    from arxiv_embeddings.train.head import HeadFit, add_head
 
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     add_lora(model, OmegaConf.create({"r": 4, "alpha": 8, "target_modules": ["query", "value"]}))

@@ -193,8 +193,7 @@ def test_compare_command_line(reports: Path) -> None:
         [
             sys.executable,
             "-m",
-            "arxiv_embeddings.baseline",
-            "compare",
+            "arxiv_embeddings.compare",
             f"paths.reports_dir={reports}",
             "hydra.run.dir=.",
         ],

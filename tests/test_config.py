@@ -77,3 +77,17 @@ def test_choose_lists_the_valid_names() -> None:
     assert choose("loss", "b", {"a": 1, "b": 2}) == 2
     with pytest.raises(ConfigError, match=r"loss='c' is not known; valid values: a, b\."):
         choose("loss", "c", {"b": 2, "a": 1})
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "pairs", "label", "train", "evaluate", "baseline", "export", "index"])
+def test_each_entry_config_names_what_its_stage_reads(stage: str) -> None:
+    """A reader who opens configs/<stage>.yaml finds the sections the stage reads: its 'Reads' line is the stage's
+    fingerprint keys (StageSpec.config_keys), so neither can change without the other."""
+    import importlib
+
+    module = "train.stage" if stage == "train" else f"{stage}.stage" if stage in ("label", "export", "index") else stage
+    spec = importlib.import_module(f"arxiv_embeddings.{module}").SPEC
+    lines = [line for line in (CONFIG_DIR / f"{stage}.yaml").read_text().splitlines() if line.startswith("# Reads")]
+    assert len(lines) == 1, f"configs/{stage}.yaml has no single '# Reads (...): ...' line"
+    named = lines[0].split(":", 1)[1]
+    assert [k.strip() for k in named.split(",")] == list(spec.config_keys)

@@ -21,7 +21,7 @@ from arxiv_embeddings.evaluation.settings import (
     report_name,
 )
 from arxiv_embeddings.layout import ModelNotFoundError
-from arxiv_embeddings.stage import execute
+from arxiv_embeddings.runner import execute
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRAIN_CAP = 200
@@ -349,7 +349,7 @@ def test_the_natural_slice_is_scored_beside_the_balanced_one(tiny_result: dict, 
 
 
 def test_shipped_natural_slice_is_a_random_draw_outside_the_sample_and_the_balanced_papers() -> None:
-    from arxiv_embeddings.data import SAMPLE_PATH
+    from arxiv_embeddings.papers import SAMPLE_PATH
 
     natural = pq.read_table(SAMPLE_PATH.parent / FRESH_NATURAL_FILE).to_pandas()
     assert len(natural) == 2000 and natural.arxiv_id.is_unique and natural.abstract.is_unique

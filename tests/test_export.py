@@ -27,7 +27,6 @@ from arxiv_embeddings.backends.onnx_embedder import (
 )
 from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 from arxiv_embeddings.config import ConfigError
-from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.export import stage as export_stage
 from arxiv_embeddings.export.build import activation_matmuls, build_onnx
 from arxiv_embeddings.export.measure import format_table, parity, subject_p10
@@ -42,7 +41,8 @@ from arxiv_embeddings.export.plan import (
 )
 from arxiv_embeddings.io import tree_sha256
 from arxiv_embeddings.layout import ModelNotFoundError
-from arxiv_embeddings.stage import execute
+from arxiv_embeddings.papers import paper_text
+from arxiv_embeddings.runner import execute
 
 LEVELS = ["O1", "O3"]
 LENGTHS = [32, 64]

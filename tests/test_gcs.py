@@ -22,7 +22,7 @@ from conftest import fresh_overrides
 from arxiv_embeddings import pairs, preprocess
 from arxiv_embeddings.config import compose
 from arxiv_embeddings.io import artifact_path, atomic_dir, exists, read_json, read_parquet, tree_sha256, write_json
-from arxiv_embeddings.stage import execute
+from arxiv_embeddings.runner import execute
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "test-bucket"
@@ -510,8 +510,8 @@ def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
 # ------------------------------------------------------------------------------------- checkpoints in a bucket
 def test_checkpoint_sync_applies_to_a_bucket_only(tmp_path: Path) -> None:
     from arxiv_embeddings.config import ConfigError
+    from arxiv_embeddings.layout import remote_checkpoint_dir
     from arxiv_embeddings.train import stage as train_stage
-    from arxiv_embeddings.train.checkpoints import remote_checkpoint_dir
 
     remote = compose("train", ["paths=gcs", f"paths.bucket={BUCKET}", "run_name=r"])
     assert str(remote_checkpoint_dir(remote)) == f"gs://{BUCKET}/arxiv-embeddings/models/r/checkpoints"

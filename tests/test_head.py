@@ -17,10 +17,10 @@ from arxiv_embeddings.backends.onnx_embedder import read_pipeline
 from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.export import stage as export_stage
-from arxiv_embeddings.head import HeadFit, add_head, fit_linear_head
 from arxiv_embeddings.io import read_json
 from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
 from arxiv_embeddings.train import stage as train_stage
+from arxiv_embeddings.train.head import HeadFit, add_head, fit_linear_head
 
 CUTOFFS = RankingCutoffs(precision_recall_at=(10,), mrr_at=(10,), ndcg_at=(), map_at=(), accuracy_at=())
 #: The fp32 ONNX export alone, timed on a handful of texts.
@@ -109,27 +109,16 @@ def test_a_lora_run_trains_without_the_head_and_says_so(tmp_path: Path) -> None:
     assert not cfg.train.head.enabled
 
 
-def test_the_head_encodes_at_a_batch_size_the_stage_fingerprint_covers(
-    processed_root: Path, tiny_model_dir: Path
-) -> None:
-    """The head embeds its papers trainer.per_device_eval_batch_size at a time (the train stage's own setting, which
-    its fingerprint covers), not at another stage's setting."""
+def test_the_head_encodes_its_papers_at_the_batch_size_it_is_given(processed_root: Path, tiny_model_dir: Path) -> None:
+    """The stage passes the head trainer.per_device_eval_batch_size (its own setting, which its fingerprint covers,
+    unlike another stage's evaluate.encode.batch_size); the head embeds its papers that many at a time."""
     from sentence_transformers import SentenceTransformer
 
-    from arxiv_embeddings.head import train_head
+    from arxiv_embeddings.io import read_parquet
+    from arxiv_embeddings.train.head import sample_papers, train_head
 
-    cfg = compose(
-        "train",
-        [
-            f"paths.root_dir={processed_root}",
-            *HEAD,
-            "train.head.papers=40",
-            "train.head.epochs=1",
-            "trainer.per_device_eval_batch_size=7",
-            "evaluate.encode.batch_size=9",
-        ],
-    )
     assert "trainer" in train_stage.SPEC.config_keys and "evaluate" not in train_stage.SPEC.config_keys
+    papers = sample_papers(read_parquet(processed_root / "data" / "processed" / "train.parquet"), 40, seed=3)
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     encode, batch_sizes = model.encode, []
 
@@ -138,8 +127,19 @@ def test_the_head_encodes_at_a_batch_size_the_stage_fingerprint_covers(
         return encode(*args, **kwargs)
 
     model.encode = spy
-    info = train_head(cfg, model, "title_abstract", "fp32")
-    assert batch_sizes == [7] and info["papers"] == 40
+    info = train_head(
+        model,
+        papers,
+        "title_abstract",
+        "fp32",
+        epochs=1,
+        learning_rate=1e-3,
+        batch_size=16,
+        temperature=0.1,
+        seed=3,
+        encode_batch_size=7,
+    )
+    assert batch_sizes == [7] and info["papers"] == 40 and info["epochs"] == 1
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from arxiv_embeddings.index import stage as index_stage
 from arxiv_embeddings.index.build import build_index
 from arxiv_embeddings.index.format import (
     INDEX_FILE,
-    MANIFEST_FILE,
     METADATA_FILE,
     Embeddings,
     IndexCorruptedError,
@@ -31,7 +30,8 @@ from arxiv_embeddings.index.format import (
 from arxiv_embeddings.index.quality import evaluate_index, recall_at_k
 from arxiv_embeddings.index.search import Hit, PaperIndex, query_embedder
 from arxiv_embeddings.io import read_json
-from arxiv_embeddings.stage import execute
+from arxiv_embeddings.layout import MANIFEST_FILE
+from arxiv_embeddings.runner import execute
 
 SPLITS = ("train", "eval", "test")
 

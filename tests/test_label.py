@@ -32,7 +32,7 @@ from arxiv_embeddings.label.csv_import import CsvPairsError, read_scored_csv
 from arxiv_embeddings.label.llm import LLMRequestError, LLMScorer, retry_after_seconds
 from arxiv_embeddings.label.prompts import paper_prompt_text, parse_score
 from arxiv_embeddings.label.scorers import build_scorer
-from arxiv_embeddings.stage import execute
+from arxiv_embeddings.runner import execute
 from arxiv_embeddings.train import stage as train_stage
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from typing import ClassVar
 import pytest
 from http_helpers import send_json
 
-from arxiv_embeddings.api.loadtest import run_load
+from arxiv_embeddings.loadtest import run_load
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -24,10 +24,10 @@ from arxiv_embeddings.backends.lora import ADAPTER_CONFIG, add_lora, is_adapter_
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.evaluation.scoring import faiss_paired_retrieval
 from arxiv_embeddings.metrics import RankingCutoffs, paired_retrieval
-from arxiv_embeddings.samplers import CategoryBatchSampler, archive_of, conflict_keys
 from arxiv_embeddings.train import stage as train_stage
 from arxiv_embeddings.train.objectives import build_loss, check_loss_matches_pairs
-from arxiv_embeddings.train.trainer import category_batches
+from arxiv_embeddings.train.samplers import CategoryBatchSampler, archive_of, conflict_keys
+from arxiv_embeddings.train.sets import category_batches
 
 LINEAR = "[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
 TEXTS = ["Graph neural networks for molecules", "Dark matter halos in dwarf galaxies", "A proof of the conjecture"]
@@ -346,9 +346,10 @@ def test_category_batches_of_real_title_abstract_pairs(tmp_path: Path, processed
 
     root = _root_with_pairs(tmp_path, processed_root, "pairs=title_abstract", "pairs.num_train=1500")
     train_file = root / "data" / "pairs" / "train.parquet"
-    args = category_batches(compose("train", [f"paths.root_dir={root}"]), train_file, "title_abstract")
-    table = pq.read_table(train_file).to_pandas()
-    meta = pq.read_table(root / "data" / "pairs" / "train_meta.parquet").to_pandas()
+    pairs_table, meta_table = pq.read_table(train_file), pq.read_table(root / "data" / "pairs" / "train_meta.parquet")
+    hard = float(compose("train", [f"paths.root_dir={root}"]).train.category_batches.hard_fraction)
+    args = category_batches(pairs_table, meta_table, "title_abstract", hard)
+    table, meta = pairs_table.to_pandas(), meta_table.to_pandas()
     assert meta.a_id.duplicated().any()  # the situation that makes false negatives in plain batches
     sampler = CategoryBatchSampler(list(range(len(table))), 64, False, **args)
     for batch in sampler:

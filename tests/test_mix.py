@@ -122,7 +122,7 @@ def _batches(root: Path, model: Path, seed: int) -> list[tuple[str, tuple[str, .
     train_ds, _ = sets.datasets()
     args = training_args(cfg, root / "ckpt", "fp32", "cpu", has_eval=False)
     trainer = trainer_class()(model=st, args=args, train_dataset=train_ds, loss=sets.losses(st))
-    trainer.train_samplers = sets.samplers(cfg)
+    trainer.train_samplers = sets.samplers()
     out = []
     for batch in trainer.get_train_dataloader():
         out.append((batch["dataset_name"], tuple(batch["anchor_input_ids"][:, 1].tolist())))
@@ -146,7 +146,7 @@ def test_subject_groups_put_several_papers_of_one_subject_in_a_search_batch(root
     _pairs(root, "subject_search", f"{SEARCH}.num_train=64")
     cfg = compose("train", [f"paths.root_dir={root}", "mix=subject_search", "train.papers_per_subject=4", *FAST])
     search = next(s for s in training_sets(cfg).sets if s.task == "search")
-    cls, kwargs = training_sets(cfg).samplers(cfg)[1]
+    cls, kwargs = training_sets(cfg).samplers()[1]
     sampler = cls(list(range(64)), 8, False, seed=42, **kwargs)
     subjects = read_parquet(search.folder / "train_meta.parquet").column("a_subject").to_numpy(zero_copy_only=False)
     grouped = [np.unique(subjects[b], return_counts=True)[1] for b in sampler]

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 import yaml
 
-from arxiv_embeddings import launch, vertex
+from arxiv_embeddings import train_launcher as launch
+from arxiv_embeddings import vertex_jobs as vertex
 from arxiv_embeddings.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +250,7 @@ def test_inv_vertex_train_dry_run_then_submit_through_gcloud(tmp_path: Path) -> 
 
 def test_vertex_cli_exits_nonzero_on_a_bad_override(tmp_path: Path) -> None:
     proc = _run(
-        [sys.executable, "-m", "arxiv_embeddings.vertex", "--dry-run", *PROJECT, *GCS, "vertex.replica_count=0"]
+        [sys.executable, "-m", "arxiv_embeddings.vertex_jobs", "--dry-run", *PROJECT, *GCS, "vertex.replica_count=0"]
     )
     assert proc.returncode == 2 and "vertex.replica_count" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -411,7 +412,10 @@ def test_images_install_their_part_of_the_lock_in_a_cached_layer_before_the_sour
         copy_src = next(i for i, (ins, a) in enumerate(instructions) if ins == "COPY" and a.startswith("src"))
         assert first_sync < copy_src  # the dependency layer does not depend on the source
         assert "--mount=type=cache,target=/root/.cache/uv" in instructions[first_sync][1]
-    assert _instructions("train.dockerfile")[-1] == ("ENTRYPOINT", '["python", "-m", "arxiv_embeddings.launch"]')
+    assert _instructions("train.dockerfile")[-1] == (
+        "ENTRYPOINT",
+        '["python", "-m", "arxiv_embeddings.train_launcher"]',
+    )
     api = dict(_instructions("api.dockerfile"))
     assert api["ENTRYPOINT"] == '["python", "-m", "arxiv_embeddings.api"]'
     assert api["USER"] == "10001" and "HEALTHCHECK" in api and "PORT=8080" in api["ENV"]
@@ -548,7 +552,7 @@ def test_train_image_install_and_entry_point(tmp_path: Path) -> None:
     # The image's entry point with two GPUs' worth of processes: torchrun starts two train stages, and Hydra's
     # --cfg job makes each print the config it composed from the arguments.
     proc = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.launch", "--cfg", "job", "trainer.max_steps=3"],
+        [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.train_launcher", "--cfg", "job", "trainer.max_steps=3"],
         cwd=REPO,
         env={**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
         capture_output=True,

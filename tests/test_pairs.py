@@ -13,7 +13,7 @@ import pytest
 from arxiv_embeddings import pairs
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.io import file_sha256, read_json
-from arxiv_embeddings.pairing import SubjectIndex
+from arxiv_embeddings.pair_format import SubjectIndex
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 
 from arxiv_embeddings import preprocess
 from arxiv_embeddings.config import ConfigError, compose
-from arxiv_embeddings.data import normalize
 from arxiv_embeddings.io import file_sha256, read_json
 from arxiv_embeddings.layout import SPLITS, split_path
+from arxiv_embeddings.sources import normalize
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WORDS = [
@@ -300,7 +300,7 @@ def test_keep_columns_naming_a_cleaned_column_is_refused(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", ["papers.parquet", "papers.csv"])
 def test_only_the_columns_the_pipeline_uses_are_read(tmp_path: Path, name: str) -> None:
-    from arxiv_embeddings.data import load_raw
+    from arxiv_embeddings.sources import load_raw
 
     data = {**_papers(30), "full_text": ["x" * 1000] * 30, "authors": ["A. Author"] * 30, "paper_id": None}
     data["paper_id"] = data.pop("arxiv_id")

@@ -34,7 +34,8 @@ from api_helpers import (
 )
 from fastapi.testclient import TestClient
 
-from arxiv_embeddings.api.app import create_app, task_of_model
+from arxiv_embeddings.api.app import create_app
+from arxiv_embeddings.api.service import task_of_model
 from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, read_tasks
 from arxiv_embeddings.backends.torch_embedder import TorchEmbedder

@@ -16,11 +16,11 @@ from transformers import TrainerCallback
 from arxiv_embeddings import pairs
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.io import read_json
-from arxiv_embeddings.samplers import SubjectBatchSampler
 from arxiv_embeddings.train import checkpoints
 from arxiv_embeddings.train import stage as train_stage
 from arxiv_embeddings.train.checkpoints import CheckpointUploader, upload_checkpoint
-from arxiv_embeddings.train.trainer import freeze_lower_layers
+from arxiv_embeddings.train.model import freeze_lower_layers
+from arxiv_embeddings.train.samplers import SubjectBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_matryoshka_wrapper_trains(tmp_path, processed_root, tiny_model_dir) -> 
 
 
 def test_an_export_beside_the_model_keeps_the_run_up_to_date(tmp_path, processed_root, tiny_model_dir) -> None:
-    from arxiv_embeddings.stage import execute, is_up_to_date
+    from arxiv_embeddings.runner import execute, is_up_to_date
 
     root = _root_with_pairs(tmp_path, processed_root)
     cfg = _train_cfg(root, tiny_model_dir)
@@ -99,7 +99,7 @@ def test_an_export_beside_the_model_keeps_the_run_up_to_date(tmp_path, processed
 def test_a_changed_split_the_evaluators_read_makes_the_run_stale(tmp_path: Path) -> None:
     """The stage declares the processed splits it reads: eval (train.eval_papers) and test (train.test_papers)."""
     from arxiv_embeddings.io import tree_sha256, write_json
-    from arxiv_embeddings.stage import fingerprint, is_up_to_date, stamp_path
+    from arxiv_embeddings.runner import fingerprint, is_up_to_date, stamp_path
 
     processed = tmp_path / "data" / "processed"
     processed.mkdir(parents=True)
@@ -163,7 +163,7 @@ def test_label_aware_losses_need_labelled_rows_and_fitting_batches(tmp_path, pro
 
 
 def test_label_group_sampler_gives_each_subject_k_papers_per_batch() -> None:
-    from arxiv_embeddings.samplers import LabelGroupBatchSampler
+    from arxiv_embeddings.train.samplers import LabelGroupBatchSampler
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 30, 2000)
@@ -187,7 +187,7 @@ def test_label_group_sampler_gives_each_subject_k_papers_per_batch() -> None:
 def test_supervised_contrastive_loss_is_the_multi_positive_infonce() -> None:
     import torch
 
-    from arxiv_embeddings.losses import SupervisedContrastiveLoss
+    from arxiv_embeddings.train.losses import SupervisedContrastiveLoss
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(6, 5))

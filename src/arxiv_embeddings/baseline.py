@@ -3,7 +3,6 @@
     uv run inv baseline                                   # reports/tfidf and reports/zero-shot
     uv run inv baseline --overrides "baseline.runs=[tfidf]"
     OPENAI_API_KEY=... uv run inv baseline --overrides "baseline.runs=[hosted_api]"   # reports/hosted-api
-    python -m arxiv_embeddings.baseline compare           # reports/comparison.md from every reports/<run>/
 
 TF-IDF: a ``TfidfVectorizer`` fit on the train split; retrieval is the cosine similarity of the (L2-normalized)
 TF-IDF rows and the classifier a logistic regression on them. Zero-shot: the sentence-transformers model before
@@ -15,7 +14,6 @@ model's and :func:`arxiv_embeddings.report.compare` can put every run side by si
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,6 @@ from arxiv_embeddings.config import (
     require_in,
     to_plain,
 )
-from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.evaluation.data import EvalData, fresh_inputs, load_data, read_sample
 from arxiv_embeddings.evaluation.features import Features, features_from
 from arxiv_embeddings.evaluation.scoring import evaluate_features, evaluate_model, summary_line
@@ -49,8 +46,8 @@ from arxiv_embeddings.evaluation.settings import (
 )
 from arxiv_embeddings.io import artifact_path
 from arxiv_embeddings.layout import processed_split
-from arxiv_embeddings.report import compare
-from arxiv_embeddings.stage import StageSpec
+from arxiv_embeddings.papers import paper_text
+from arxiv_embeddings.runner import StageSpec
 
 RUNS = ("tfidf", "zero_shot", "hosted_api")
 STOP_WORDS = ("english",)
@@ -257,33 +254,10 @@ SPEC = StageSpec(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baseline")
 def main(cfg: DictConfig) -> None:
-    from arxiv_embeddings.stage import cli_main
+    from arxiv_embeddings.runner import cli_main
 
     cli_main(SPEC, cfg)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="baseline")
-def compare_main(cfg: DictConfig) -> None:
-    """``python -m arxiv_embeddings.baseline compare [paths.reports_dir=...]``: the comparison of every report."""
-    from arxiv_embeddings.logging_utils import setup_logging
-
-    setup_logging()
-    try:
-        boot = cfg.evaluate.bootstrap
-        compare(
-            cfg.paths.reports_dir,
-            reference=str(cfg.baseline.zero_shot.name),
-            resamples=int(boot.resamples),
-            confidence=float(boot.confidence),
-        )
-    except FileNotFoundError as err:
-        logger.error(str(err))
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["compare"]:
-        sys.argv.pop(1)
-        compare_main()
-    else:
-        main()
+    main()

@@ -46,9 +46,9 @@ def data_info(
 ) -> None:
     """Counts per split and per primary subject of what preprocess wrote."""
     from arxiv_embeddings.io import read_json
-    from arxiv_embeddings.preprocess import MANIFEST
+    from arxiv_embeddings.layout import MANIFEST_FILE
 
-    path = _processed_dir(overrides) / MANIFEST
+    path = _processed_dir(overrides) / MANIFEST_FILE
     if not path.exists():
         console.print(f"[red]No processed data at {path.parent}[/red]; run 'uv run inv preprocess' first.")
         raise typer.Exit(code=1)

@@ -42,7 +42,7 @@ from arxiv_embeddings.evaluation.settings import (
     validate_evaluation,
 )
 from arxiv_embeddings.layout import processed_split
-from arxiv_embeddings.stage import StageSpec
+from arxiv_embeddings.runner import StageSpec
 
 
 def validate(cfg: DictConfig) -> None:
@@ -88,7 +88,7 @@ SPEC = StageSpec(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from arxiv_embeddings.stage import cli_main
+    from arxiv_embeddings.runner import cli_main
 
     cli_main(SPEC, cfg)
 

@@ -9,7 +9,9 @@ the API and the CLI look them up, so that none of them imports another stage for
 - models: ``${paths.models_dir}/<run>/final`` (:func:`run_dir`, :func:`final_dir`), with LoRA the adapter in
   ``<run>/adapter``, or a folder, bucket URL or Hub name (:func:`model_location`), with an ONNX export beside the
   weights in ``onnx/`` and its ``export_report.json``, ``tasks.json`` (which output of the folder serves each task)
-  and, in a trained one, ``train_summary.json``; the trainer's checkpoints in ``<run>/checkpoints``.
+  and, in a trained one, ``train_summary.json``; the trainer's checkpoints in ``<run>/checkpoints``
+  (:func:`checkpoint_dir`, :func:`remote_checkpoint_dir`); the newest
+  trained model under a models folder (:func:`latest_trained_model`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ REPORT_FILE = "export_report.json"
 #: The file in a model folder that says which output serves each task (read by
 #: :func:`arxiv_embeddings.backends.tasks.read_tasks`; written by the train stage).
 TASKS_FILE = "tasks.json"
+#: The manifest every artifact folder carries (processed splits, pairs, labels, an index): what made it, and how.
+MANIFEST_FILE = "manifest.json"
 #: Where each source of training pairs lives (``train.pairs_from``): its ``paths`` key and the command that writes it.
 PAIR_SOURCES = {"pairs": ("pairs_dir", "uv run inv pairs"), "label": ("labels_dir", "uv run inv label")}
 
@@ -108,6 +112,33 @@ def final_dir(cfg: DictConfig, run: str) -> Path:
     return run_dir(cfg, run) / FINAL_DIR
 
 
+def this_run_dir(cfg: DictConfig) -> Path:
+    """The folder of the run the config names, ``${paths.models_dir}/<run_name>``."""
+    return run_dir(cfg, str(cfg.run_name))
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where the trainer keeps its checkpoints: beside the model, or on local disk
+    (``${paths.log_dir}/checkpoints/<run_name>``) when the models are in a bucket, since the trainer writes plain
+    files. The final model is published to the bucket, and with ``train.checkpoint_sync`` each checkpoint is copied
+    there too (:func:`remote_checkpoint_dir`), so a run resumes on another machine."""
+    from arxiv_embeddings.io import is_remote
+
+    if is_remote(cfg.paths.models_dir):
+        return Path(cfg.paths.log_dir) / CHECKPOINTS_DIR / str(cfg.run_name)
+    return this_run_dir(cfg) / CHECKPOINTS_DIR
+
+
+def remote_checkpoint_dir(cfg: DictConfig) -> Path | None:
+    """Where checkpoints are copied in the bucket, ``<models_dir>/<run_name>/checkpoints``; None when the models
+    are on local disk (the checkpoints are there already) or ``train.checkpoint_sync`` is false."""
+    from arxiv_embeddings.io import is_remote
+
+    if not is_remote(cfg.paths.models_dir) or not cfg.train.checkpoint_sync:
+        return None
+    return this_run_dir(cfg) / CHECKPOINTS_DIR
+
+
 def model_name(location: str) -> str:
     """The name a model location goes by: the run of ``<models_dir>/<run>/final``, else the last part of a folder
     or Hub name (``""`` for none)."""
@@ -148,3 +179,12 @@ def model_location(cfg: DictConfig, model: str | None = None) -> str:
             "sentence-transformers/all-MiniLM-L6-v2."
         )
     return value
+
+
+def latest_trained_model(models_dir: Path) -> Path | None:
+    """The most recently written ``<models_dir>/*/final`` that the train stage finished (it writes
+    ``train_summary.json`` last). A base model that ``inv export`` saved there from the Hub is not a trained one."""
+    if not models_dir.is_dir():
+        return None
+    finals = [p for p in models_dir.glob(f"*/{FINAL_DIR}") if (p / TRAIN_SUMMARY_FILE).exists()]
+    return max(finals, key=lambda p: p.stat().st_mtime, default=None)

@@ -35,12 +35,10 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
-from arxiv_embeddings.data import paper_text_array
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, read_parquet, write_json
-from arxiv_embeddings.layout import pair_meta_file, processed_split, split_file
-from arxiv_embeddings.pairing import (
+from arxiv_embeddings.layout import MANIFEST_FILE, pair_meta_file, processed_split, split_file
+from arxiv_embeddings.pair_format import (
     COLUMNS,
-    MANIFEST,
     PAIR_SPLITS,
     SAMPLING,
     WITH_NEGATIVES,
@@ -51,7 +49,8 @@ from arxiv_embeddings.pairing import (
     mix_tasks,
     write_pairs,
 )
-from arxiv_embeddings.stage import StageSpec, folder_files
+from arxiv_embeddings.papers import paper_text_array
+from arxiv_embeddings.runner import StageSpec, folder_files
 from arxiv_embeddings.texts import TEXT_FIELDS
 
 
@@ -275,7 +274,7 @@ def _write_folder(
         "seed": cfg.seed,
         "files": files,
     }
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST_FILE, manifest)
     return manifest
 
 
@@ -301,7 +300,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 manifest["tasks"][task.name] = {"type": m["type"], "dir": task.name}
                 result.update({f"{task.name}/{split}": entry["rows"] for split, entry in m["files"].items()})
             manifest["sampler"] = str(cfg.mix.get("sampler", "proportional"))
-            write_json(tmp / MANIFEST, manifest)
+            write_json(tmp / MANIFEST_FILE, manifest)
     what = p.type
     if tasks:
         what = f"{main_task(cfg)}: {p.type}, " + ", ".join(f"{t.name}: {t.pair_type}" for t in tasks)
@@ -325,7 +324,7 @@ SPEC = StageSpec(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pairs")
 def main(cfg: DictConfig) -> None:
-    from arxiv_embeddings.stage import cli_main
+    from arxiv_embeddings.runner import cli_main
 
     cli_main(SPEC, cfg)
 

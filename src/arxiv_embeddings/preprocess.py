@@ -24,17 +24,6 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, to_plain
-from arxiv_embeddings.data import (
-    LOADERS,
-    RowTaker,
-    hash_strings,
-    load_raw,
-    normalize_columns,
-    take_rows,
-    text_keys,
-    unit_interval,
-    word_counts,
-)
 from arxiv_embeddings.io import (
     PARQUET_ROW_GROUP_SIZE,
     artifact_path,
@@ -43,10 +32,10 @@ from arxiv_embeddings.io import (
     write_json,
     write_parquet_row_groups,
 )
-from arxiv_embeddings.layout import SPLITS, processed_split, split_file
-from arxiv_embeddings.stage import StageSpec
-
-MANIFEST = "manifest.json"
+from arxiv_embeddings.layout import MANIFEST_FILE, SPLITS, processed_split, split_file
+from arxiv_embeddings.papers import hash_strings, unit_interval
+from arxiv_embeddings.runner import StageSpec
+from arxiv_embeddings.sources import LOADERS, RowTaker, load_raw, normalize_columns, take_rows, text_keys, word_counts
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -323,7 +312,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             }
         all_subjects = sorted(set().union(*(m["subjects"] for m in manifest["splits"].values())))
         manifest["num_subjects"] = len(all_subjects)
-        write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST_FILE, manifest)
     rows = ", ".join(f"{k} {v['rows']:,}" for k, v in manifest["splits"].items())
     seconds = time.perf_counter() - started
     logger.success(
@@ -334,7 +323,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _outputs(cfg: DictConfig) -> list[Path]:
-    return [processed_split(cfg, s) for s in SPLITS] + [artifact_path(cfg.paths.processed_dir) / MANIFEST]
+    return [processed_split(cfg, s) for s in SPLITS] + [artifact_path(cfg.paths.processed_dir) / MANIFEST_FILE]
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
@@ -342,7 +331,7 @@ def _inputs(cfg: DictConfig) -> list[Path]:
         return []  # the dataset name and revision are in the config fingerprint
     import glob
 
-    from arxiv_embeddings.data import SAMPLE_PATH
+    from arxiv_embeddings.papers import SAMPLE_PATH
 
     path = str(cfg.data.path or SAMPLE_PATH)
     return [Path(p) for p in sorted(glob.glob(path))] or [Path(path)]
@@ -361,7 +350,7 @@ SPEC = StageSpec(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="preprocess")
 def main(cfg: DictConfig) -> None:
-    from arxiv_embeddings.stage import cli_main
+    from arxiv_embeddings.runner import cli_main
 
     cli_main(SPEC, cfg)
 

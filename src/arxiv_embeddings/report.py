@@ -193,7 +193,7 @@ def write_plots(
     directory: Path, metrics: dict[str, Any], papers: Matrix, labels: np.ndarray, cfg: DictConfig
 ) -> dict[str, Path]:
     """Write the per-subject P@k bars, the confusion matrix and the 2-D map; returns their paths by name."""
-    from arxiv_embeddings.data import sample_rows
+    from arxiv_embeddings.papers import sample_rows
 
     p = cfg.evaluate.plots
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """How a paper becomes one text, as every stage and the API build it: the text fields a config may name and the
-separator between a title and its abstract. Plain Python (the API imports it; :mod:`arxiv_embeddings.data` builds
+separator between a title and its abstract. Plain Python (the API imports it; :mod:`arxiv_embeddings.papers` builds
 the texts of whole tables with it)."""
 
 from __future__ import annotations

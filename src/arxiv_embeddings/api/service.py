@@ -1,5 +1,7 @@
-"""What the API holds while it runs: the embedder, the tasks it serves (the model folder's ``tasks.json``), the
-micro-batcher, the optional search index and their state.
+"""What the API holds while it runs and what a request means: the embedder, the tasks it serves (the model folder's
+``tasks.json``), the micro-batcher, the optional search index, their state, and :meth:`Service.embed` and
+:meth:`Service.search`, which own a request's semantics (readiness, limits, the task, the 429 of a full queue, token
+counts, truncation and normalization) so that each route is a few lines.
 
 :meth:`Service.start` loads everything in a background thread, so the server answers ``/health`` (503) while the
 model loads and ``/health`` turns 200 once it is ready (or stays 503 with the reason when loading failed).
@@ -7,29 +9,36 @@ model loads and ``/health`` turns 200 once it is ready (or stays 503 with the re
 
 from __future__ import annotations
 
-import copy
-import sys
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from arxiv_embeddings.api.batching import MicroBatcher
+from arxiv_embeddings.api.batching import BatcherClosedError, MicroBatcher, QueueFullError
+from arxiv_embeddings.api.errors import ApiError
+from arxiv_embeddings.api.metrics import Metrics
+from arxiv_embeddings.api.runtime import (
+    MemoryTrimmer,
+    choose_model,
+    cpu_layout,
+    local_copy_of,
+    no_progress_monitor,
+    token_counter,
+)
 from arxiv_embeddings.api.settings import Settings
-from arxiv_embeddings.backends.onnx_embedder import usable_cpus
-from arxiv_embeddings.backends.tasks import MODEL, TaskMap, tasks_of
-from arxiv_embeddings.layout import FINAL_DIR, TRAIN_SUMMARY_FILE
-from arxiv_embeddings.vectors import normalize_rows
+from arxiv_embeddings.backends.tasks import MODEL, TaskMap, UnknownTaskError, tasks_of
+from arxiv_embeddings.layout import MANIFEST_FILE
+from arxiv_embeddings.vectors import truncate_rows
 
 if TYPE_CHECKING:
     from arxiv_embeddings.backends import Embedder
-    from arxiv_embeddings.index.search import PaperIndex
+    from arxiv_embeddings.index.search import Hit, PaperIndex
 
 #: Signature of :func:`arxiv_embeddings.backends.load_embedder`.
 LoadEmbedder = Callable[..., "Embedder"]
@@ -40,136 +49,28 @@ except PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 
 
-def cpu_layout(threads: int | None, workers: int | None, cores: int | None = None) -> tuple[int, int]:
-    """(intra-op threads per worker, workers) on a CPU of ``cores`` usable cores (default: this process's).
+@dataclass(frozen=True)
+class Embedding:
+    """What :meth:`Service.embed` answers: the vectors, the tokens the model read (0 when not counted or without a
+    tokenizer), and the task and the output that computed them."""
 
-    Neither set: one thread per worker, one worker per core. One set: the other fills the cores. Both: as given.
-    """
-    cores = cores or usable_cpus()
-    if threads and workers:
-        return threads, workers
-    if threads:
-        return threads, max(1, cores // threads)
-    if workers:
-        return max(1, cores // workers), workers
-    return 1, cores
+    vectors: np.ndarray
+    tokens: int
+    task: str
+    output: str
 
 
-def latest_trained_model(models_dir: Path) -> Path | None:
-    """The most recently written ``<models_dir>/*/final`` that the train stage finished (it writes
-    ``train_summary.json`` last). A base model that ``inv export`` saved there from the Hub is not a trained one."""
-    if not models_dir.is_dir():
-        return None
-    finals = [p for p in models_dir.glob(f"*/{FINAL_DIR}") if (p / TRAIN_SUMMARY_FILE).exists()]
-    return max(finals, key=lambda p: p.stat().st_mtime, default=None)
+@dataclass(frozen=True)
+class SearchResult:
+    """What :meth:`Service.search` answers: the query as read, the nearest papers, the index's size."""
 
-
-def choose_model(settings: Settings) -> str:
-    """``model_path`` if set; else the last trained model under ``models_dir``; else ``base_model``."""
-    if settings.model_path:
-        return settings.model_path
-    latest = latest_trained_model(settings.models_dir)
-    if latest is not None:
-        logger.info(f"Serving the most recently trained model {latest} (set MODEL_PATH or serve.model_path to choose).")
-        return str(latest)
-    logger.info(f"No trained model under {settings.models_dir}; serving the base model {settings.base_model}.")
-    return settings.base_model
-
-
-def no_progress_monitor() -> None:
-    """Keep tqdm from starting its monitor thread in the server: tqdm starts one on the first bar it makes, even a
-    disabled one, and sentence-transformers' ``encode`` makes one per call (with ``show_progress_bar=False``), so a
-    torch server would carry a thread that wakes every 10 s to watch bars nobody sees."""
-    from tqdm import tqdm
-
-    tqdm.monitor_interval = 0
-
-
-class BucketCopyError(RuntimeError):
-    """A model or index folder in a bucket could not be copied to the local cache."""
-
-
-def local_copy_of(location: str, cache_dir: Path, what: str, setting: str) -> str:
-    """``location`` itself, or for a bucket folder (``gs://...``) its local copy under ``cache_dir``, downloaded once
-    per content (:func:`arxiv_embeddings.io.local_copy`): a restart with the same files downloads nothing."""
-    from arxiv_embeddings.io import is_remote
-
-    if not is_remote(location):
-        return location
-    from arxiv_embeddings.io import local_copy
-
-    started = time.perf_counter()
-    logger.info(f"Copying the {what} {location} to {cache_dir} (skipped when a copy of the same files is there).")
-    try:
-        folder = local_copy(location, cache_dir)
-    except Exception as err:  # no such folder, no access, no network, a full disk: all end the start-up the same way
-        raise BucketCopyError(
-            f"could not copy the {what} {location} to {cache_dir}: {type(err).__name__}: {err}. Check {setting} "
-            "(a folder such as gs://bucket/models/<run>/final) and that this service's account may read it."
-        ) from err
-    logger.info(f"The {what} {location} is read from {folder} ({time.perf_counter() - started:.1f}s).")
-    return str(folder)
-
-
-class Metrics:
-    """The API's own Prometheus metrics (HTTP counts and latencies come from prometheus-fastapi-instrumentator)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.batch_size = Histogram(
-            "embedding_batch_size",
-            "Texts per model call of the micro-batcher.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-            registry=registry,
-        )
-        self.batch_seconds = Histogram(
-            "embedding_batch_seconds",
-            "Seconds per model call of the micro-batcher.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=registry,
-        )
-        self.texts = Counter("embedding_texts", "Texts embedded.", registry=registry)
-        self.queue = Gauge("embedding_queue_texts", "Texts waiting for the model.", registry=registry)
-        self.rejected = Counter(
-            "embedding_rejected_requests", "Requests refused with 429 (queue full).", registry=registry
-        )
-
-    def observe_batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.batch_seconds.observe(seconds)
-        self.texts.inc(size)
-
-
-class MemoryTrimmer:
-    """Calls glibc's ``malloc_trim(0)`` at most every ``interval`` seconds (a no-op without glibc).
-
-    Tensors of many sizes (batches padded to different lengths) leave free chunks all over the heap; glibc keeps
-    them, so RSS creeps up for minutes under load. Trimming returns the free pages to the OS; it takes a few
-    milliseconds, run in the model's worker thread between batches.
-    """
-
-    def __init__(self, interval: float | None) -> None:
-        self.interval = interval
-        self._last = time.monotonic()
-        self._trim: Callable[[int], int] | None = None
-        if interval and sys.platform.startswith("linux"):
-            import ctypes
-            import ctypes.util
-
-            try:
-                self._trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-            except (OSError, AttributeError):  # not glibc (e.g. musl)
-                self._trim = None
-
-    def maybe_trim(self) -> bool:
-        if self._trim is None or self.interval is None or time.monotonic() - self._last < self.interval:
-            return False
-        self._trim(0)
-        self._last = time.monotonic()
-        return True
+    query: str
+    hits: list[Hit]
+    index_size: int
 
 
 class Service:
-    """Loads the model (and index) once and serves them to the routes."""
+    """Loads the model (and index) once, and answers the routes' requests with them."""
 
     def __init__(self, settings: Settings, load_embedder: LoadEmbedder, metrics: Metrics) -> None:
         self.settings = settings
@@ -303,7 +204,7 @@ class Service:
             folder = local_copy_of(s.index_path, s.cache_dir, "index", "INDEX_PATH / serve.index_path")
             return PaperIndex.load(folder, expected_model=self.model_folder)
         default = s.default_index_path
-        if default is None or not (default / "manifest.json").exists():
+        if default is None or not (default / MANIFEST_FILE).exists():
             logger.info(f"No search index at {default}; /search answers 404 (build one with 'uv run inv index').")
             return None
         try:
@@ -333,6 +234,137 @@ class Service:
         if self.batcher is not None and not self.batcher.close(timeout=self.settings.shutdown_timeout_s):
             logger.warning(f"The model worker did not finish within {self.settings.shutdown_timeout_s}s.")
 
+    # ------------------------------------------------------------------------------------------- requests
+    def ready(self) -> None:
+        """Nothing when the model is loaded; otherwise the 503 that says why (loading, failed, shutting down)."""
+        if self.status == "ready":
+            return
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        if self.status == "loading":
+            raise ApiError(503, "not_ready", "The model is still loading; retry in a few seconds.", retry)
+        if self.status == "failed":
+            raise ApiError(
+                503,
+                "model_load_failed",
+                f"The model or its index failed to load ({self.error}); fix serve.model_path / MODEL_PATH (or "
+                "serve.index_path / INDEX_PATH, as the reason says) and restart.",
+            )
+        raise ApiError(503, "shutting_down", "The server is shutting down; retry on another instance.", retry)
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        count_tokens: bool = False,
+    ) -> Embedding:
+        """Embed ``texts`` (the request's ``input``) for ``task`` (None: the default task), or for the task that an
+        OpenAI-style ``model`` names (:func:`task_of_model`); truncated to ``dimensions`` (Matryoshka), then
+        normalized. ``count_tokens``: also count the tokens the model reads, while it encodes."""
+        self.ready()
+        assert self.tasks is not None and self.model_name is not None
+        if model is not None:
+            example = self.tasks.names[-1]
+            fix = f' Send model="{example}" or model="{self.model_name}:{example}".'
+            task, output = self._resolve(task_of_model(model, self.model_name, self.tasks), "model: ", fix)
+        else:
+            task, output = self._resolve(task)
+        texts = self._check_texts(texts, "input")
+        full = self.dimensions[output]
+        if dimensions is not None and dimensions > full:
+            raise ApiError(
+                422,
+                "invalid_dimensions",
+                f"dimensions={dimensions} is larger than the model's {full}; choose 1 to {full}.",
+            )
+        # Tokens are counted in a thread while the batcher encodes (usage is informational: 0 without a tokenizer).
+        counter = self.count_tokens if count_tokens else None
+        counting = asyncio.create_task(asyncio.to_thread(counter, texts)) if counter is not None else None
+        try:
+            vectors = await self._encode(texts, output)
+        except BaseException:
+            if counting is not None:
+                counting.cancel()
+            raise
+        tokens = int(await counting) if counting is not None else 0
+        return Embedding(truncate_rows(vectors, dimensions, normalize), tokens, task, output)
+
+    async def search(self, *, k: int, text: str | None = None, arxiv_id: str | None = None) -> SearchResult:
+        """The ``k`` nearest papers to ``text`` (embedded with the output the index was built with) or to the
+        indexed paper ``arxiv_id``; 404 without an index or for an id it does not hold."""
+        from arxiv_embeddings.index.format import UnknownPaperError
+
+        self.ready()
+        index = self.index
+        if index is None:
+            raise ApiError(
+                404,
+                "search_unavailable",
+                "No search index is loaded on this server: build one with 'uv run inv index' (for the served "
+                "model), or point INDEX_PATH / serve.index_path at one, and restart.",
+            )
+        if k > self.settings.max_k:
+            raise ApiError(422, "invalid_k", f"k={k} is over the limit of {self.settings.max_k} (serve.max_k).")
+        if arxiv_id is not None:
+            query = arxiv_id.strip()
+            check_encodable(query, "arxiv_id")
+            try:
+                hits = await asyncio.to_thread(index.search_id, query, k)
+            except UnknownPaperError as err:
+                raise ApiError(404, "unknown_paper", err.message) from None
+        else:
+            query = self._check_texts([text or ""], "text")[0]
+            vector = await self._encode([query], self.search_output)  # the output the index was built with
+            hits = (await asyncio.to_thread(index.search, vector, k))[0]
+        return SearchResult(query, list(hits), len(index))
+
+    def _resolve(self, task: str | None, where: str = "", fix: str = "") -> tuple[str, str]:
+        """``(task, output)`` of a request's task (None = the default task); 422 ``unknown_task`` otherwise."""
+        assert self.tasks is not None
+        try:
+            return self.tasks.resolve(task)
+        except UnknownTaskError as err:
+            raise ApiError(422, "unknown_task", f"{where}{err.message}{fix}") from None
+
+    def _check_texts(self, texts: Sequence[str], field: str) -> list[str]:
+        s = self.settings
+        if len(texts) > s.max_batch:
+            raise ApiError(
+                422,
+                "too_many_texts",
+                f"{field} has {len(texts)} texts, over the limit of {s.max_batch} per request (serve.max_batch); "
+                "split it into several requests.",
+            )
+        for i, text in enumerate(texts):
+            where = f"{field}.{i}" if len(texts) > 1 or field == "input" else field
+            if not text.strip():
+                raise ApiError(422, "empty_text", f"{where} is empty or only whitespace; send some text.")
+            if len(text) > s.max_chars:
+                raise ApiError(
+                    422,
+                    "text_too_long",
+                    f"{where} has {len(text):,} characters, over the limit of {s.max_chars:,} (serve.max_chars); "
+                    "shorten it (the model reads only its first few hundred tokens anyway).",
+                )
+            check_encodable(text, where)
+        return list(texts)
+
+    async def _encode(self, texts: list[str], output: str) -> np.ndarray:
+        """``texts`` through the micro-batcher (batched only with texts of the same ``output``)."""
+        if self.batcher is None:
+            raise ApiError(503, "not_ready", "The model is not loaded.")
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        try:
+            return await self.batcher.embed(texts, output)
+        except QueueFullError as err:
+            self.metrics.rejected.inc()
+            raise ApiError(429, "queue_full", f"The server is busy: {err}", retry) from None
+        except BatcherClosedError as err:
+            raise ApiError(503, "shutting_down", str(err), retry) from None
+
     # ------------------------------------------------------------------------------------------- info
     def health(self) -> dict[str, Any]:
         e = self.embedder
@@ -358,36 +390,25 @@ class Service:
         }
 
 
-def token_counter(embedder: Embedder) -> Callable[[list[str]], int] | None:
-    """Tokens the model reads for some texts (truncated as it truncates), for OpenAI-style ``usage``; None when
-    the embedder exposes no tokenizer."""
-    # Counting runs in its own threads while the model thread encodes. A Rust tokenizer must not be used from two
-    # threads at once (it fails with "Already borrowed"), so counting uses a private copy, one call at a time.
-    lock = threading.Lock()
-    counts = getattr(embedder, "token_counts", None)  # the ONNX backend counts as it tokenizes
-    if callable(counts):
-
-        def count_own(texts: list[str]) -> int:
-            with lock:
-                return int(np.sum(counts(texts)))
-
-        return count_own
-    limit = int(embedder.max_seq_length)
-    model = getattr(embedder, "model", None)
-    hf = getattr(model, "tokenizer", None)  # sentence-transformers' Hugging Face tokenizer (torch backend)
-    if hf is not None:
-        own = copy.deepcopy(hf)
-
-        def count_hf(texts: list[str]) -> int:
-            with lock:
-                ids = own(texts, truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
-            return int(sum(len(row) for row in ids))
-
-        return count_hf
+def task_of_model(model: str, served: str, tasks: TaskMap) -> str | None:
+    """The task a /v1/embeddings ``model`` names: ``<task>`` itself, or ``<served>:<task>`` (``served`` = the model
+    /health reports); None (the default task) for any other name, so that clients which send a fixed model name
+    (``text-embedding-3-small``) keep working. ``<served>:<anything>`` returns ``<anything>``, which the caller
+    refuses when it is not a task."""
+    name = model.strip()
+    if name in tasks.tasks:
+        return name
+    prefix, colon, task = name.rpartition(":")
+    if colon and prefix == served:
+        return task
     return None
 
 
-def postprocess(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
-    """Matryoshka truncation to ``dimensions``, then L2-normalization; a new array (shared rows stay untouched)."""
-    out = np.array(vectors[:, :dimensions] if dimensions else vectors, dtype=np.float32, copy=True)
-    return normalize_rows(out) if normalize else out
+def check_encodable(text: str, where: str) -> None:
+    """422 ``invalid_text`` for text that is not valid Unicode (an unpaired UTF-16 surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            422, "invalid_text", f"{where} holds an unpaired UTF-16 surrogate (e.g. '\\ud800'); send valid Unicode."
+        ) from None

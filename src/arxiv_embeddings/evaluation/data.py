@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from arxiv_embeddings.config import (
     ConfigError,
 )
-from arxiv_embeddings.data import sample_rows
+from arxiv_embeddings.papers import sample_rows
 from arxiv_embeddings.evaluation.settings import FRESH_FILE, FRESH_NATURAL_FILE, FRESH_SLICES
 from arxiv_embeddings.io import artifact_path, exists, file_sha256, read_parquet
 from arxiv_embeddings.layout import processed_split, split_path
@@ -119,7 +119,7 @@ def _slice_key(key: str) -> str:
 def fresh_path(cfg: DictConfig, key: str = "fresh") -> Path:
     """The papers of a fresh slice (``key``: ``fresh`` or ``fresh_natural``): ``evaluate.<key>.path``, or the file
     shipped with the package."""
-    from arxiv_embeddings.data import SAMPLE_PATH
+    from arxiv_embeddings.papers import SAMPLE_PATH
 
     path = cfg.evaluate[_slice_key(key)].path
     shipped = {"fresh": FRESH_FILE, "fresh_natural": FRESH_NATURAL_FILE}[key]
@@ -211,7 +211,7 @@ def graded_pairs(
     overlap of their ``subjects`` lists: ``round(pairs * same_subject_fraction)`` of them two papers of one primary
     subject (a random paper of a subject with at least two, and another of its subject), then the rest two random
     papers. Fewer when the papers have fewer distinct pairs of a kind (a handful of papers per subject)."""
-    from arxiv_embeddings.pairing import jaccard
+    from arxiv_embeddings.pair_format import jaccard
 
     n = table.num_rows
     empty = np.zeros(0, np.int64)

@@ -14,7 +14,6 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, MODEL, TASKS, TaskMap, tasks_of
-from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.evaluation.data import EvalData
 from arxiv_embeddings.evaluation.settings import model_source
 from arxiv_embeddings.io import is_remote
@@ -22,6 +21,7 @@ from arxiv_embeddings.layout import ModelNotFoundError, model_location
 from arxiv_embeddings.metrics import (
     Matrix,
 )
+from arxiv_embeddings.papers import paper_text
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

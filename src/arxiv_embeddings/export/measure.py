@@ -25,11 +25,11 @@ from arxiv_embeddings.backends.onnx_embedder import (
 from arxiv_embeddings.config import (
     ConfigError,
 )
-from arxiv_embeddings.data import paper_text
 from arxiv_embeddings.evaluation.data import read_sample
 from arxiv_embeddings.export.plan import REFERENCE, cpu_flags
 from arxiv_embeddings.io import file_sha256
 from arxiv_embeddings.layout import split_path
+from arxiv_embeddings.papers import paper_text
 
 
 # ---------------------------------------------------------------------------------------------------- data

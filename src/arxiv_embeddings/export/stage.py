@@ -1,4 +1,4 @@
-"""The export stage: ``validate(cfg)``, ``run(cfg)``, its :class:`~arxiv_embeddings.stage.StageSpec` and the
+"""The export stage: ``validate(cfg)``, ``run(cfg)``, its :class:`~arxiv_embeddings.runner.StageSpec` and the
 ``@hydra.main`` entry point of ``python -m arxiv_embeddings.export``."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from arxiv_embeddings.export.plan import (
 )
 from arxiv_embeddings.io import artifact_path, atomic_dir, write_json
 from arxiv_embeddings.layout import ONNX_DIR, REPORT_FILE, ModelNotFoundError, as_path, model_location, processed_split
-from arxiv_embeddings.stage import StageSpec
+from arxiv_embeddings.runner import StageSpec
 from arxiv_embeddings.texts import TEXT_FIELDS
 
 
@@ -360,7 +360,7 @@ SPEC = StageSpec(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
-    from arxiv_embeddings.stage import cli_main
+    from arxiv_embeddings.runner import cli_main
 
     try:
         cli_main(SPEC, cfg)

@@ -68,8 +68,8 @@ def load_corpus(cfg: DictConfig) -> Corpus:
     """The processed splits named in ``index.corpus.splits``, or the file(s) at ``index.corpus.path``."""
     import glob
 
-    from arxiv_embeddings.data import load_raw, normalize
     from arxiv_embeddings.layout import split_path
+    from arxiv_embeddings.sources import load_raw, normalize
 
     c = cfg.index.corpus
     if c.path is None:
@@ -149,8 +149,8 @@ def embed_corpus(
     """
     from tqdm import tqdm
 
-    from arxiv_embeddings.data import paper_text_array
     from arxiv_embeddings.io import write_json
+    from arxiv_embeddings.papers import paper_text_array
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     key_file = cache_dir / "key.json"

@@ -19,7 +19,6 @@ from arxiv_embeddings.layout import model_name
 SCHEMA_VERSION = 1
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.parquet"
-MANIFEST_FILE = "manifest.json"
 METADATA_COLUMNS = ("arxiv_id", "title", "primary_subject")
 
 

@@ -17,7 +17,6 @@ from arxiv_embeddings.ann import apply_search_params
 from arxiv_embeddings.backends.tasks import MODEL
 from arxiv_embeddings.index.format import (
     INDEX_FILE,
-    MANIFEST_FILE,
     METADATA_COLUMNS,
     METADATA_FILE,
     IndexCorruptedError,
@@ -27,6 +26,7 @@ from arxiv_embeddings.index.format import (
     check_model,
 )
 from arxiv_embeddings.io import file_sha256, read_json
+from arxiv_embeddings.layout import MANIFEST_FILE
 from arxiv_embeddings.vectors import normalize_rows
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ class PaperIndex:
 
         ``expected_model``: the model (folder, run folder, or Hub name) that will embed the queries; loading fails
         with :class:`ModelMismatchError` unless it is the model that built the index (same file fingerprint for a
-        local folder, same name otherwise). ``verify`` checks the files' sha256 against the manifest (about 1 s
-        per GB); sizes and counts are always checked.
+        local folder, same name otherwise). ``verify`` checks the files' sha256 against the manifest (it reads
+        every byte); sizes and counts are always checked.
         """
         import faiss
 
@@ -196,7 +196,7 @@ class PaperIndex:
 
     def row_of(self, arxiv_id: str) -> int:
         """Vector id (metadata row) of a paper; :class:`UnknownPaperError` when it is not indexed."""
-        from arxiv_embeddings.data import hash_strings
+        from arxiv_embeddings.papers import hash_strings
 
         with self._ids_lock:
             if self._ids is None:

@@ -1,4 +1,4 @@
-"""The index stage: ``validate(cfg)``, ``run(cfg)``, its :class:`~arxiv_embeddings.stage.StageSpec` and the
+"""The index stage: ``validate(cfg)``, ``run(cfg)``, its :class:`~arxiv_embeddings.runner.StageSpec` and the
 ``@hydra.main`` entry point of ``python -m arxiv_embeddings.index``."""
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from arxiv_embeddings.index.build import (
 )
 from arxiv_embeddings.index.format import (
     INDEX_FILE,
-    MANIFEST_FILE,
     METADATA_FILE,
     SCHEMA_VERSION,
     index_dir,
@@ -43,8 +42,8 @@ from arxiv_embeddings.index.format import (
 )
 from arxiv_embeddings.index.quality import evaluate_index
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote
-from arxiv_embeddings.layout import processed_split
-from arxiv_embeddings.stage import StageSpec
+from arxiv_embeddings.layout import MANIFEST_FILE, processed_split
+from arxiv_embeddings.runner import StageSpec
 
 
 def validate(cfg: DictConfig) -> None:
@@ -225,6 +224,6 @@ SPEC = StageSpec(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="index")
 def main(cfg: DictConfig) -> None:
-    from arxiv_embeddings.stage import cli_main
+    from arxiv_embeddings.runner import cli_main
 
     cli_main(SPEC, cfg)

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arxiv_embeddings.config import ConfigError
-from arxiv_embeddings.data import paper_text_array
-from arxiv_embeddings.pairing import SubjectIndex
+from arxiv_embeddings.pair_format import SubjectIndex
+from arxiv_embeddings.papers import paper_text_array
 
 
 class ScoringError(RuntimeError):

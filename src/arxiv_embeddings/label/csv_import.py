@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.io import file_sha256
-from arxiv_embeddings.pairing import COLUMNS
+from arxiv_embeddings.pair_format import COLUMNS
 
 PAIR_TYPE = "graded"
 CSV_HEADER: tuple[str, ...] = COLUMNS[PAIR_TYPE]  # sentence1, sentence2, score

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from arxiv_embeddings.config import ConfigError, choose
 from arxiv_embeddings.label.candidates import Candidates, Scorer
 from arxiv_embeddings.label.llm import LLMScorer, LLMSettings
-from arxiv_embeddings.pairing import jaccard
+from arxiv_embeddings.pair_format import jaccard
 
 
 class SubjectOverlapScorer:

@@ -1,4 +1,4 @@
-"""The label stage: ``validate(cfg)``, ``run(cfg)``, its :class:`~arxiv_embeddings.stage.StageSpec` and the
+"""The label stage: ``validate(cfg)``, ``run(cfg)``, its :class:`~arxiv_embeddings.runner.StageSpec` and the
 ``@hydra.main`` entry point of ``python -m arxiv_embeddings.label``."""
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remot
 from arxiv_embeddings.label.candidates import ScoringError, sample_candidates
 from arxiv_embeddings.label.csv_import import CSV_HEADER, PAIR_TYPE, PAPER_COLUMNS, SOURCES, csv_splits
 from arxiv_embeddings.label.scorers import SCORERS, build_scorer
-from arxiv_embeddings.layout import pair_meta_file, processed_split, split_file
-from arxiv_embeddings.pairing import MANIFEST, PAIR_SPLITS, SAMPLING, write_pairs
-from arxiv_embeddings.stage import StageSpec, folder_files
+from arxiv_embeddings.layout import MANIFEST_FILE, pair_meta_file, processed_split, split_file
+from arxiv_embeddings.pair_format import PAIR_SPLITS, SAMPLING, write_pairs
+from arxiv_embeddings.runner import StageSpec, folder_files
 from arxiv_embeddings.texts import TEXT_FIELDS
 
 
@@ -168,7 +168,7 @@ def _write(cfg: DictConfig, splits: dict[str, tuple[pa.Table, pa.Table]], info: 
             **info,
             "files": files,
         }
-        write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST_FILE, manifest)
     return out_dir
 
 
@@ -214,6 +214,6 @@ SPEC = StageSpec(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="label")
 def main(cfg: DictConfig) -> None:
-    from arxiv_embeddings.stage import cli_main
+    from arxiv_embeddings.runner import cli_main
 
     cli_main(SPEC, cfg)

@@ -11,32 +11,33 @@ from pathlib import Path
 from typing import Any, cast
 
 from loguru import logger
-from omegaconf import DictConfig
 
 from arxiv_embeddings.io import (
     download_dir,
     exists,
-    is_remote,
     publish_dir,
     read_json,
     remove_tree,
     write_json,
 )
-from arxiv_embeddings.layout import CHECKPOINTS_DIR, run_dir
+
+#: The marker of a run's checkpoints folder (local and in the bucket): its config's fingerprint, whether it
+#: completed, and in the bucket the checkpoints whose upload completed.
+RUN_FILE = "run.json"
 
 
-def checkpoint_to_resume(cfg: DictConfig, ckpt_dir: Path, fp: str) -> str | None:
-    """The checkpoint to resume from, per ``train.resume``; checkpoints of another config are set aside."""
+def checkpoint_to_resume(mode: str, ckpt_dir: Path, fp: str) -> str | None:
+    """The checkpoint to resume from, per ``mode`` (``train.resume``: auto, never or a checkpoint folder);
+    checkpoints of another config are set aside."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    mode = str(cfg.train.resume)
     if mode not in ("auto", "never"):
         if not Path(mode).is_dir():
             raise FileNotFoundError(
                 f"train.resume={mode} is not a checkpoint folder; use auto, never or a checkpoint-N path."
             )
         return mode
-    marker = ckpt_dir / "run.json"
+    marker = ckpt_dir / RUN_FILE
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     if last is None:
         return None
@@ -52,29 +53,6 @@ def checkpoint_to_resume(cfg: DictConfig, ckpt_dir: Path, fp: str) -> str | None
     return None
 
 
-def model_dir(cfg: DictConfig) -> Path:
-    """This run's folder, ``${paths.models_dir}/<run_name>``."""
-    return run_dir(cfg, str(cfg.run_name))
-
-
-def checkpoint_dir(cfg: DictConfig) -> Path:
-    """Where the trainer keeps its checkpoints: beside the model, or on local disk
-    (``${paths.log_dir}/checkpoints/<run_name>``) when the models are in a bucket, since the trainer writes plain
-    files. The final model is published to the bucket, and with ``train.checkpoint_sync`` each checkpoint is copied
-    there too (:func:`remote_checkpoint_dir`), so a run resumes on another machine."""
-    if is_remote(cfg.paths.models_dir):
-        return Path(cfg.paths.log_dir) / CHECKPOINTS_DIR / str(cfg.run_name)
-    return model_dir(cfg) / CHECKPOINTS_DIR
-
-
-def remote_checkpoint_dir(cfg: DictConfig) -> Path | None:
-    """Where checkpoints are copied in the bucket, ``<models_dir>/<run_name>/checkpoints``; None when the models
-    are on local disk (the checkpoints are there already) or ``train.checkpoint_sync`` is false."""
-    if not is_remote(cfg.paths.models_dir) or not cfg.train.checkpoint_sync:
-        return None
-    return model_dir(cfg) / CHECKPOINTS_DIR
-
-
 def _step(name: str) -> int:
     return int(name.rsplit("-", 1)[-1])
 
@@ -86,7 +64,7 @@ def upload_checkpoint(local: Path, remote_dir: Path, fp: str, keep: int | None) 
     never picks a half-uploaded one."""
     started = time.perf_counter()
     publish_dir(local, remote_dir / local.name)
-    marker = remote_dir / "run.json"
+    marker = remote_dir / RUN_FILE
     info = read_json(marker) if exists(marker) else {}
     listed = info.get("checkpoints", []) if info.get("fingerprint") == fp else []
     names = sorted({*listed, local.name}, key=_step)
@@ -103,15 +81,15 @@ def upload_checkpoint(local: Path, remote_dir: Path, fp: str, keep: int | None) 
     return kept
 
 
-def download_checkpoint(cfg: DictConfig, ckpt_dir: Path, remote_dir: Path, fp: str) -> Path | None:
-    """With ``train.resume=auto`` and no checkpoint in ``ckpt_dir`` (a new machine, e.g. after a preemption): the
+def download_checkpoint(mode: str, ckpt_dir: Path, remote_dir: Path, fp: str) -> Path | None:
+    """With ``mode`` (``train.resume``) auto and no checkpoint in ``ckpt_dir`` (a new machine, e.g. after a preemption): the
     last checkpoint that an interrupted run of the same config copied to the bucket, downloaded into ``ckpt_dir``
     (with its run.json, so the usual resume picks it up). None when there is nothing to resume."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    if str(cfg.train.resume) != "auto" or (ckpt_dir.is_dir() and get_last_checkpoint(str(ckpt_dir)) is not None):
+    if mode != "auto" or (ckpt_dir.is_dir() and get_last_checkpoint(str(ckpt_dir)) is not None):
         return None
-    marker = remote_dir / "run.json"
+    marker = remote_dir / RUN_FILE
     info = read_json(marker) if exists(marker) else {}
     if info.get("fingerprint") != fp or info.get("completed") or not info.get("checkpoints"):
         return None
@@ -120,7 +98,7 @@ def download_checkpoint(cfg: DictConfig, ckpt_dir: Path, remote_dir: Path, fp: s
     remove_tree(target)  # a partial folder of a crashed download (downloads are renamed into place, but be sure)
     started = time.perf_counter()
     download_dir(remote_dir / name, target)
-    write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": False})
+    write_json(ckpt_dir / RUN_FILE, {"fingerprint": fp, "completed": False})
     logger.info(f"Downloaded checkpoint {remote_dir / name} to {target} in {time.perf_counter() - started:.1f}s.")
     return target
 
@@ -210,3 +188,57 @@ def checkpoint_sync_callback(uploader: CheckpointUploader) -> Any:
             return control
 
     return CheckpointSync()
+
+
+class CheckpointRun:
+    """The resume protocol of one training run, behind one seam: :meth:`open` (before training: fetch the last
+    checkpoint from the bucket onto a new machine, choose the one to resume from, mark the folders as this config's
+    unfinished run, start the uploads), :meth:`wait` (when training ends, however it ends: the last checkpoint saved
+    reaches the bucket) and :meth:`finish` (after the model is saved: the run is marked completed, so the next run
+    starts afresh).
+
+    ``local``: the trainer's checkpoints folder; ``remote``: its copy in the bucket (None: no copies); ``fp``: the
+    run's fingerprint; ``mode``: ``train.resume``; ``keep``: the trainer's ``save_total_limit``. Only the main
+    process (``rank0``) touches the markers and the bucket.
+    """
+
+    def __init__(
+        self, local: Path, remote: Path | None, fp: str, mode: str, keep: int | None, rank0: bool = True
+    ) -> None:
+        self.local, self.remote, self.fp, self.mode, self.keep, self.rank0 = local, remote, fp, mode, keep, rank0
+        self.uploader: CheckpointUploader | None = None
+
+    def open(self) -> tuple[str | None, list[Any]]:
+        """The checkpoint to resume from (None: from the start) and the trainer callbacks the run needs."""
+        if not self.rank0:
+            return None, []
+        if self.remote is not None:
+            download_checkpoint(self.mode, self.local, self.remote, self.fp)
+        resume_from = checkpoint_to_resume(self.mode, self.local, self.fp)
+        write_json(self.local / RUN_FILE, {"fingerprint": self.fp, "completed": False})
+        if self.remote is None:
+            return resume_from, []
+        marker = self.remote / RUN_FILE
+        info = read_json(marker) if exists(marker) else {}
+        continuing = resume_from is not None and info.get("fingerprint") == self.fp and not info.get("completed")
+        if not continuing:
+            set_aside_remote_checkpoints(self.remote)
+        listed = info.get("checkpoints", []) if continuing else []
+        write_json(marker, {"fingerprint": self.fp, "completed": False, "checkpoints": listed})
+        self.uploader = CheckpointUploader(self.local, self.remote, self.fp, self.keep)
+        return resume_from, [checkpoint_sync_callback(self.uploader)]
+
+    def wait(self) -> None:
+        """Block until the queued checkpoint uploads have finished (nothing to do without a bucket copy)."""
+        if self.uploader is not None:
+            self.uploader.wait()
+
+    def finish(self) -> None:
+        """Mark the run completed, locally and in the bucket."""
+        if not self.rank0:
+            return
+        write_json(self.local / RUN_FILE, {"fingerprint": self.fp, "completed": True})
+        if self.remote is not None:
+            marker = self.remote / RUN_FILE
+            info = read_json(marker) if exists(marker) else {}
+            write_json(marker, {**info, "fingerprint": self.fp, "completed": True})

@@ -1,29 +1,26 @@
-"""The evaluators run during training, on the **eval** split only: subject retrieval (same primary subject =
-relevant) and title -> abstract retrieval, through sentence-transformers' InformationRetrievalEvaluator."""
+"""The train stage's evaluators, on the **eval** split during training and the test split after it: subject retrieval (same primary subject =
+relevant) and title -> abstract retrieval, through sentence-transformers' InformationRetrievalEvaluator, built from
+the papers the stage read."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
 
-from arxiv_embeddings.data import paper_text
-from arxiv_embeddings.io import (
-    read_parquet,
-)
+from arxiv_embeddings.papers import paper_text
 
 
-def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, name: str) -> Any | None:
-    """Subject retrieval on ``n_papers`` papers of ``split``: a quarter are queries, the rest the corpus,
-    relevant = same primary subject. Returns None when ``n_papers`` is 0."""
-    from arxiv_embeddings.layout import split_path
+def _sample(papers: Any, n_papers: int, rng: np.random.Generator) -> Any:
+    """``n_papers`` rows of ``papers`` (a pandas frame) drawn with ``rng``, in their order."""
+    return papers.iloc[np.sort(rng.permutation(len(papers))[: min(n_papers, len(papers))])].reset_index(drop=True)
 
-    if n_papers <= 0:
-        return None
-    papers = read_parquet(split_path(cfg, split)).to_pandas()
-    rng = np.random.default_rng(int(cfg.seed))
-    papers = papers.iloc[np.sort(rng.permutation(len(papers))[: min(n_papers, len(papers))])].reset_index(drop=True)
+
+def retrieval_evaluator(papers: Any, n_papers: int, text: str, name: str, *, seed: int, batch_size: int) -> Any:
+    """Subject retrieval on ``n_papers`` of ``papers`` (a processed split as a pyarrow Table): a quarter are
+    queries, the rest the corpus, relevant = same primary subject."""
+    rng = np.random.default_rng(int(seed))
+    papers = _sample(papers.to_pandas(), n_papers, rng)
     is_query = rng.random(len(papers)) < 0.25
     texts = paper_text(papers, text)
     corpus = {pid: texts[i] for i, pid in enumerate(papers.arxiv_id) if not is_query[i]}
@@ -36,31 +33,22 @@ def retrieval_evaluator(cfg: DictConfig, split: str, n_papers: int, text: str, n
         if is_query[i] and by_subject.get(subject):
             queries[pid] = texts[i]
             relevant[pid] = by_subject[subject]
-    return _ir_evaluator(cfg, queries, corpus, relevant, name)
+    return _ir_evaluator(queries, corpus, relevant, name, batch_size)
 
 
-def title_abstract_evaluator(cfg: DictConfig, split: str, n_papers: int, name: str) -> Any | None:
-    """Title -> abstract retrieval on ``n_papers`` papers of ``split``: each title is a query, the papers'
-    abstracts the corpus, relevant = its own abstract. Returns None when ``n_papers`` is 0."""
-    from arxiv_embeddings.layout import split_path
-
-    if n_papers <= 0:
-        return None
-    papers = read_parquet(split_path(cfg, split), columns=["arxiv_id", "title", "abstract"]).to_pandas()
-    rng = np.random.default_rng(int(cfg.seed))
-    papers = papers.iloc[np.sort(rng.permutation(len(papers))[: min(n_papers, len(papers))])]
+def title_abstract_evaluator(papers: Any, n_papers: int, name: str, *, seed: int, batch_size: int) -> Any:
+    """Title -> abstract retrieval on ``n_papers`` of ``papers`` (a processed split as a pyarrow Table): each title
+    is a query, the papers' abstracts the corpus, relevant = its own abstract."""
+    rng = np.random.default_rng(int(seed))
+    papers = _sample(papers.select(["arxiv_id", "title", "abstract"]).to_pandas(), n_papers, rng)
     ids = papers.arxiv_id.astype(str).tolist()
     titles = dict(zip(ids, papers.title, strict=True))
     abstracts = dict(zip(ids, papers.abstract, strict=True))
-    return _ir_evaluator(cfg, titles, abstracts, {pid: {pid} for pid in ids}, name)
+    return _ir_evaluator(titles, abstracts, {pid: {pid} for pid in ids}, name, batch_size)
 
 
 def _ir_evaluator(
-    cfg: DictConfig,
-    queries: dict[str, str],
-    corpus: dict[str, str],
-    relevant: dict[str, set[str]],
-    name: str,
+    queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]], name: str, batch_size: int
 ) -> Any:
     """The library's retrieval evaluator with the cut-offs every evaluation during training reports."""
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
@@ -75,14 +63,6 @@ def _ir_evaluator(
         ndcg_at_k=[10],
         map_at_k=[100],
         accuracy_at_k=[1, 10],
-        batch_size=int(cfg.trainer.per_device_eval_batch_size),
+        batch_size=int(batch_size),
         show_progress_bar=False,
     )
-
-
-def task_evaluator(cfg: DictConfig, pair_type: str, split: str, n_papers: int, text: str, name: str) -> Any | None:
-    """The evaluator of what the pairs teach: title -> abstract retrieval for ``title_abstract`` pairs, subject
-    retrieval for the others."""
-    if pair_type == "title_abstract":
-        return title_abstract_evaluator(cfg, split, n_papers, name)
-    return retrieval_evaluator(cfg, split, n_papers, text, name)

@@ -1,5 +1,6 @@
 """The training objectives: each ``loss`` name with the pair format it needs (checked against the pairs before
-training, with the fix named) and how it is built, sentence-transformers' losses and the supervised contrastive one."""
+training, with the fix named) and how it is built, sentence-transformers' losses and the supervised contrastive one;
+the batch samplers and the pairs each suits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from arxiv_embeddings.config import ConfigError, choose, to_plain
+from arxiv_embeddings.config import ConfigError, choose, require, to_plain
+
+BATCH_SAMPLERS = ("subject", "category", "subject_groups", "no_duplicates", "random")
+#: Pair types each batch sampler suits, where it does not suit them all. subject_groups puts several papers of one
+#: subject in a batch: hard in-batch negatives for title -> abstract pairs, false negatives for same-subject pairs.
+SAMPLER_PAIRS = {"subject_groups": ("title_abstract",)}
 
 
 @dataclass(frozen=True)
@@ -18,7 +24,7 @@ class LossSpec:
     cls: str
     pair_types: tuple[str, ...]
     kwargs: tuple[str, ...] = ()
-    #: The module the class lives in: sentence-transformers' losses, or this package's (arxiv_embeddings.losses).
+    #: The module the class lives in: sentence-transformers' losses, or this package's (arxiv_embeddings.train.losses).
     module: str = "sentence_transformers.losses"
 
 
@@ -37,7 +43,7 @@ LOSSES: dict[str, LossSpec] = {
     "CosineSimilarityLoss": LossSpec("CosineSimilarityLoss", ("graded",)),
     # Label-aware: (text, label) rows, every same-subject paper of a batch a positive (train.papers_per_subject).
     "SupervisedContrastiveLoss": LossSpec(
-        "SupervisedContrastiveLoss", ("labelled",), ("temperature",), module="arxiv_embeddings.losses"
+        "SupervisedContrastiveLoss", ("labelled",), ("temperature",), module="arxiv_embeddings.train.losses"
     ),
     "BatchAllTripletLoss": LossSpec("BatchAllTripletLoss", ("labelled",), ("margin",)),
     "BatchHardSoftMarginTripletLoss": LossSpec("BatchHardSoftMarginTripletLoss", ("labelled",)),
@@ -94,3 +100,36 @@ def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
             raise ConfigError(f"loss.dims={dims} has a dimension above the model's embedding size {width}.")
         loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=dims)
     return loss
+
+
+def check_sampler_suits(batch_sampler: str, pair_type: str, key: str) -> None:
+    """Fail with the fix when ``batch_sampler`` (the setting ``key``) does not suit ``pair_type`` pairs."""
+    suits = SAMPLER_PAIRS.get(batch_sampler)
+    if suits and pair_type not in suits:
+        raise ConfigError(
+            f"{key}={batch_sampler} is for {' or '.join(suits)} pairs, not {pair_type}: it would put same-subject "
+            "papers in a batch as each other's negatives. Use subject, category, no_duplicates or random for these "
+            "pairs."
+        )
+
+
+def check_labelled_sampler(batch_sampler: str) -> None:
+    """Labelled rows batch by subject groups (``train.batch_sampler=subject``) or at random."""
+    if batch_sampler not in ("subject", "random"):
+        raise ConfigError(
+            f"train.batch_sampler={batch_sampler} does not apply to labelled rows (pairs=labelled); use subject "
+            "(batches of train.papers_per_subject papers of each of several subjects) or random."
+        )
+
+
+def check_group_size(papers_per_subject: Any, batch_size: int) -> None:
+    """Batches of subject groups (labelled rows, ``subject_groups``): the group size must divide the batch."""
+    require(
+        isinstance(papers_per_subject, int)
+        and not isinstance(papers_per_subject, bool)
+        and papers_per_subject >= 2
+        and batch_size % papers_per_subject == 0,
+        "train.papers_per_subject",
+        f"got {papers_per_subject!r}; expected an integer >= 2 that divides "
+        f"trainer.per_device_train_batch_size={batch_size}.",
+    )

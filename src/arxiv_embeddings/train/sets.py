@@ -1,39 +1,54 @@
 """The training sets of a run: the main task's pairs (the ``pairs`` and ``loss`` groups), alone (``mix=none``) or
 with the other tasks of a multi-task mix (``mix.tasks``), each with its loss, batch sampler and evaluator, in the
 shapes sentence-transformers' trainer takes: a Dataset and a loss, or a dict of each for its multi-dataset training
-(the batches of the tasks interleaved by ``mix.sampler``, every batch drawn from one task and scored by its loss)."""
+(the batches of the tasks interleaved by ``mix.sampler``, every batch drawn from one task and scored by its loss).
+
+:func:`training_sets` is the one place that reads the pairs: it checks them against the config and loads every
+table; the rest of this module works on those tables and plain values."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig
 
 from arxiv_embeddings.config import ConfigError, to_plain
 from arxiv_embeddings.io import artifact_path, read_json, read_parquet
-from arxiv_embeddings.pairing import MANIFEST, main_task, mix_tasks
-from arxiv_embeddings.train.objectives import build_loss, check_loss_matches_pairs
+from arxiv_embeddings.layout import MANIFEST_FILE, pair_meta_file, pairs_path, split_file
+from arxiv_embeddings.pair_format import main_task, mix_tasks
+from arxiv_embeddings.train.objectives import (
+    build_loss,
+    check_group_size,
+    check_labelled_sampler,
+    check_loss_matches_pairs,
+    check_sampler_suits,
+)
 
-if TYPE_CHECKING:
-    from arxiv_embeddings.train.trainer import SamplerSpec
+#: A training set's batch sampler: a batch sampler class (or a function that builds one) and its keyword arguments
+#: beyond the library's.
+SamplerSpec = tuple[Callable[..., Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class PairSet:
-    """One folder of train (and eval) pairs with the loss that learns from it."""
+    """One folder of train (and eval) pairs, loaded, with the loss that learns from it."""
 
     task: str | None  # the mix task's name; None for the single set of mix=none
     folder: Path
     pair_type: str
     text: str
     loss: DictConfig
-    batch_sampler: str | None  # None = train.batch_sampler
+    batch_sampler: str  # the task's own, or train.batch_sampler
+    train: Any  # pyarrow Table of the train pairs
+    meta: Any  # pyarrow Table of their meta rows (paper ids and subjects), one per pair
+    eval: Any | None  # pyarrow Table of the eval pairs, None when the folder has none
 
     @property
     def train_file(self) -> Path:
-        return self.folder / "train.parquet"
+        return self.folder / split_file("train")
 
     @property
     def teaches(self) -> str:
@@ -45,6 +60,10 @@ class PairSet:
 class TrainingSets:
     sets: tuple[PairSet, ...]
     mix: bool
+    #: train.batch_sampler: the sampler the training arguments name (the library's, unless one of ours replaces it)
+    default_sampler: str
+    papers_per_subject: int
+    hard_fraction: float
 
     @property
     def train_files(self) -> list[Path]:
@@ -74,13 +93,11 @@ class TrainingSets:
         """The train and eval datasets: one each, or a dict by task name (tasks without eval pairs left out)."""
         from datasets import Dataset
 
-        def load(path: Path) -> Any:
-            return Dataset(read_parquet(path)) if path.exists() else None
-
         if not self.mix:
-            return load(self.sets[0].train_file), load(self.sets[0].folder / "eval.parquet")
-        train = {s.task: load(s.train_file) for s in self.sets}
-        evals = {s.task: ds for s in self.sets if (ds := load(s.folder / "eval.parquet")) is not None}
+            first = self.sets[0]
+            return Dataset(first.train), (Dataset(first.eval) if first.eval is not None else None)
+        train = {s.task: Dataset(s.train) for s in self.sets}
+        evals = {s.task: Dataset(s.eval) for s in self.sets if s.eval is not None}
         return train, (evals or None)
 
     def losses(self, model: Any) -> Any:
@@ -88,86 +105,189 @@ class TrainingSets:
             return build_loss(model, self.sets[0].loss)
         return {s.task: build_loss(model, s.loss) for s in self.sets}
 
-    def samplers(self, cfg: DictConfig) -> list[SamplerSpec | None]:
+    def samplers(self) -> list[SamplerSpec | None]:
         """Each set's batch sampler, in the order of :meth:`datasets`."""
-        from arxiv_embeddings.train.trainer import train_sampler
+        return [
+            train_sampler(
+                s.train,
+                s.meta,
+                s.pair_type,
+                s.batch_sampler,
+                default=self.default_sampler,
+                papers_per_subject=self.papers_per_subject,
+                hard_fraction=self.hard_fraction,
+            )
+            for s in self.sets
+        ]
 
-        return [train_sampler(cfg, s.train_file, s.pair_type, s.batch_sampler) for s in self.sets]
-
-    def evaluator(self, cfg: DictConfig, split: str, n_papers: int) -> Any | None:
-        """Retrieval on ``n_papers`` papers of ``split``: for one set, of what it teaches (named ``split``); for a mix,
-        subject retrieval (named ``split``) and title -> abstract retrieval (``<split>_title_abstract``)."""
+    def evaluator(self, papers: Any, name: str, n_papers: int, *, seed: int, batch_size: int) -> Any | None:
+        """Retrieval on ``n_papers`` of ``papers`` (a processed split): for one set, of what it teaches (named
+        ``name``); for a mix, subject retrieval (named ``name``) and title -> abstract retrieval
+        (``<name>_title_abstract``)."""
         from arxiv_embeddings.train.evaluators import retrieval_evaluator, title_abstract_evaluator
 
+        if papers is None or n_papers <= 0:
+            return None
+        settings = {"seed": seed, "batch_size": batch_size}
         if not self.mix:  # one set: the evaluator of what it teaches, named after the split
             if self.sets[0].teaches == "search":
-                return title_abstract_evaluator(cfg, split, n_papers, split)
-            return retrieval_evaluator(cfg, split, n_papers, self.text, split)
+                return title_abstract_evaluator(papers, n_papers, name, **settings)
+            return retrieval_evaluator(papers, n_papers, self.text, name, **settings)
         # a mix is scored on subject retrieval (named after the split) and title -> abstract retrieval, whatever its tasks
-        found = [
-            retrieval_evaluator(cfg, split, n_papers, self.text, split),
-            title_abstract_evaluator(cfg, split, n_papers, f"{split}_title_abstract"),
-        ]
-        found = [e for e in found if e is not None]
-        if not found:
-            return None
-        if len(found) == 1:
-            return found[0]
         from sentence_transformers.evaluation import SequentialEvaluator
 
-        return SequentialEvaluator(found)
+        return SequentialEvaluator(
+            [
+                retrieval_evaluator(papers, n_papers, self.text, name, **settings),
+                title_abstract_evaluator(papers, n_papers, f"{name}_title_abstract", **settings),
+            ]
+        )
 
     def summary(self) -> dict[str, Any] | None:
         """What train_summary.json records of the tasks (None without a mix)."""
         if not self.mix:
             return None
         return {
-            s.task: {"pairs": s.pair_type, "loss": to_plain(s.loss), "batch_sampler": s.batch_sampler}
+            s.task: {
+                "pairs": s.pair_type,
+                "loss": to_plain(s.loss),
+                "batch_sampler": None if s.batch_sampler == self.default_sampler else s.batch_sampler,
+            }
             for s in self.sets
             if s.task is not None
         }
 
-    def first_train_set(self, train: Any) -> Any:
-        return train[self.sets[0].task] if self.mix else train
+    def probe_texts(self, n: int = 16) -> list[str]:
+        """The first ``n`` texts of the main task's train pairs (the LoRA merge check embeds them)."""
+        first = self.sets[0].train
+        return [str(t) for t in first.column(0).slice(0, n).to_pylist()]
+
+
+def _load_set(
+    task: str | None, folder: Path, pair_type: str, text: str, loss: DictConfig, batch_sampler: str
+) -> PairSet:
+    eval_file = folder / split_file("eval")
+    return PairSet(
+        task,
+        folder,
+        pair_type,
+        text,
+        loss,
+        batch_sampler,
+        train=read_parquet(folder / split_file("train")),
+        meta=read_parquet(folder / pair_meta_file("train")),
+        eval=read_parquet(eval_file) if eval_file.exists() else None,
+    )
 
 
 def training_sets(cfg: DictConfig) -> TrainingSets:
-    """The run's training sets, checked against the pairs on disk: the main task's pairs (the ``pairs`` and ``loss``
-    groups) and every task of the mix, each built as it says; a mismatch fails before training with the fix."""
-    from arxiv_embeddings.layout import pairs_path
-    from arxiv_embeddings.train.trainer import SAMPLER_PAIRS, check_label_batches
-
-    train_file = pairs_path(cfg, "train")
-    root = train_file.parent
-    manifest = read_json(root / MANIFEST)
+    """The run's training sets, checked against the pairs on disk and loaded: the main task's pairs (the ``pairs``
+    and ``loss`` groups) and every task of the mix, each built as it says; a mismatch fails before training with the
+    fix."""
+    default = str(cfg.train.batch_sampler)
+    papers_per_subject = cfg.train.get("papers_per_subject")
+    batch_size = int(cfg.trainer.per_device_train_batch_size)
+    root = pairs_path(cfg, "train").parent  # a missing file fails naming the command that makes it
+    manifest = read_json(root / MANIFEST_FILE)
     pair_type, text = manifest["type"], manifest["config"]["text"]
     check_loss_matches_pairs(cfg.loss, pair_type)
-    suits = SAMPLER_PAIRS.get(str(cfg.train.batch_sampler))
-    if suits and pair_type not in suits:
-        raise ConfigError(
-            f"train.batch_sampler={cfg.train.batch_sampler} is for {' or '.join(suits)} pairs, not {pair_type}: "
-            "same-subject papers would be each other's negatives. Use subject, category, no_duplicates or random."
-        )
+    check_sampler_suits(default, pair_type, "train.batch_sampler")
     if pair_type == "labelled":
-        check_label_batches(cfg)
+        check_labelled_sampler(default)
     tasks = mix_tasks(cfg)
-    main = PairSet(main_task(cfg) if tasks else None, root, pair_type, text, cfg.loss, None)
-    sets = [main]
+    found = [(main_task(cfg) if tasks else None, root, pair_type, text, cfg.loss, default)]
     # The other tasks' pairs are the pairs stage's task folders, whichever pairs the main task reads
     # (train.pairs_from=label: the label stage's pairs, beside the pairs stage's search pairs).
     tasks_root = artifact_path(cfg.paths.pairs_dir)
-    built = read_json(tasks_root / MANIFEST).get("tasks", {}) if (tasks_root / MANIFEST).exists() else {}
+    built = read_json(tasks_root / MANIFEST_FILE).get("tasks", {}) if (tasks_root / MANIFEST_FILE).exists() else {}
     fix = f"run 'uv run inv pairs' with the same mix (mix.tasks: {', '.join(t.name for t in tasks)}) to build them"
     for task in tasks:
         key = f"mix.tasks.{task.name}"
         folder = tasks_root / task.name
-        if task.name not in built or not (folder / "train.parquet").exists():
+        if task.name not in built or not (folder / split_file("train")).exists():
             have = f"the tasks {', '.join(built)}" if built else "no task beside the main one"
             raise ConfigError(f"{key}: no pairs for this task in {tasks_root} (it holds {have}); {fix}.")
-        task_manifest = read_json(folder / MANIFEST)
+        task_manifest = read_json(folder / MANIFEST_FILE)
         if task_manifest["type"] != task.pair_type:
             raise ConfigError(f"{key}.pairs={task.pair_type}, but {folder} holds {task_manifest['type']} pairs; {fix}.")
-        sets.append(
-            PairSet(task.name, folder, task.pair_type, task_manifest["config"]["text"], task.loss, task.batch_sampler)
-        )
-    return TrainingSets(tuple(sets), mix=bool(tasks))
+        sampler = str(task.batch_sampler or default)
+        found.append((task.name, folder, task.pair_type, task_manifest["config"]["text"], task.loss, sampler))
+    for _, _, kind, _, _, sampler in found:  # batches of subject groups: the group size must divide the batch
+        if sampler == "subject_groups" or (kind == "labelled" and sampler == "subject"):
+            check_group_size(papers_per_subject, batch_size)
+    return TrainingSets(
+        tuple(_load_set(*args) for args in found),
+        mix=bool(tasks),
+        default_sampler=default,
+        papers_per_subject=int(papers_per_subject or 0),
+        hard_fraction=float(cfg.train.get("category_batches", {}).get("hard_fraction", 0.0)),
+    )
+
+
+def category_batches(pairs: Any, meta: Any, pair_type: str, hard_fraction: float) -> dict[str, Any]:
+    """Arguments of :class:`~arxiv_embeddings.train.samplers.CategoryBatchSampler` for train ``pairs`` and their
+    ``meta`` rows: the anchors' subjects, the conflict keys (the paper ids and the texts of every column, so no paper
+    and no identical title or abstract twice in a batch), and for same-subject pairs (``anchor_positive``) the
+    subject as a key too."""
+    from arxiv_embeddings.train.samplers import conflict_keys
+
+    ids = [meta.column(c).to_numpy(zero_copy_only=False) for c in ("a_id", "b_id", "neg_id") if c in meta.column_names]
+    text_columns = [c for c in pairs.column_names if c not in ("label", "score")]
+    texts = [pairs.column(c).to_numpy(zero_copy_only=False) for c in text_columns]
+    return {
+        "subjects": meta.column("a_subject").to_numpy(zero_copy_only=False),
+        "keys": conflict_keys(ids, texts),
+        "hard_fraction": float(hard_fraction),
+        "distinct_subjects": pair_type == "anchor_positive",
+    }
+
+
+def train_sampler(
+    pairs: Any,
+    meta: Any,
+    pair_type: str,
+    batch_sampler: str,
+    *,
+    default: str,
+    papers_per_subject: int,
+    hard_fraction: float,
+) -> SamplerSpec | None:
+    """A training set's batch sampler and its arguments, or None for the library's one that the training arguments
+    name (``default``, i.e. ``train.batch_sampler``)."""
+    from arxiv_embeddings.train.samplers import CategoryBatchSampler, LabelGroupBatchSampler, SubjectBatchSampler
+
+    if batch_sampler == "subject" and pair_type == "labelled":
+        labels = pairs.column("label").to_numpy()
+        return LabelGroupBatchSampler, {"labels": labels, "per_label": papers_per_subject}
+    if batch_sampler == "subject":
+        return SubjectBatchSampler, {"subjects": meta.column("a_subject").to_numpy(zero_copy_only=False)}
+    if batch_sampler == "category":
+        return CategoryBatchSampler, category_batches(pairs, meta, pair_type, hard_fraction)
+    if batch_sampler == "subject_groups":  # papers_per_subject papers of each of several subjects a batch
+        labels = meta.column("a_subject").to_numpy(zero_copy_only=False)
+        return LabelGroupBatchSampler, {"labels": labels, "per_label": papers_per_subject}
+    if batch_sampler == default:
+        return None  # the library's sampler that the training arguments name
+    # A mix task's own choice, unlike the arguments' (train.batch_sampler): the library's sampler of that name.
+    return (no_duplicate_batches if batch_sampler == "no_duplicates" else random_batches), {}
+
+
+def no_duplicate_batches(dataset: Any, batch_size: int, drop_last: bool, **kwargs: Any) -> Any:
+    """The library's ``NoDuplicatesBatchSampler`` (a mix task's ``batch_sampler: no_duplicates``)."""
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    return NoDuplicatesBatchSampler(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
+
+
+def random_batches(dataset: Any, batch_size: int, drop_last: bool, generator: Any = None, **kwargs: Any) -> Any:
+    """The library's plain batches in random order (a mix task's ``batch_sampler: random``)."""
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+    from torch.utils.data import RandomSampler
+
+    return DefaultBatchSampler(
+        RandomSampler(dataset, generator=generator),
+        batch_size=batch_size,
+        drop_last=drop_last,
+        generator=generator,
+        **kwargs,
+    )

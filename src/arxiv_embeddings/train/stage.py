@@ -1,5 +1,5 @@
 """The train stage: ``validate(cfg)``, ``run(cfg)`` (model -> data -> loss -> evaluator -> args -> trainer ->
-train -> test evaluation -> head -> save), its :class:`~arxiv_embeddings.stage.StageSpec` and the ``@hydra.main``
+train -> test evaluation -> head -> save), its :class:`~arxiv_embeddings.runner.StageSpec` and the ``@hydra.main``
 entry point of ``python -m arxiv_embeddings.train``."""
 
 from __future__ import annotations
@@ -16,48 +16,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.backends.loading import PRECISIONS, model_files
 from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, require, require_in, to_plain
-from arxiv_embeddings.io import (
-    artifact_path,
-    atomic_dir,
-    exists,
-    read_json,
-    write_json,
-)
+from arxiv_embeddings.io import artifact_path, read_parquet
 from arxiv_embeddings.layout import (
     ADAPTER_DIR,
     FINAL_DIR,
+    MANIFEST_FILE,
     PAIR_SOURCES,
-    TASKS_FILE,
-    TRAIN_SUMMARY_FILE,
+    checkpoint_dir,
     pair_meta_file,
     processed_split,
+    remote_checkpoint_dir,
     split_file,
+    split_path,
+    this_run_dir,
     training_pairs_dir,
 )
-from arxiv_embeddings.pairing import MANIFEST, mix_tasks
-from arxiv_embeddings.stage import StageSpec, fingerprint
-from arxiv_embeddings.train.checkpoints import (
-    CheckpointUploader,
-    checkpoint_dir,
-    checkpoint_sync_callback,
-    checkpoint_to_resume,
-    download_checkpoint,
-    model_dir,
-    remote_checkpoint_dir,
-    set_aside_remote_checkpoints,
-)
-from arxiv_embeddings.train.objectives import check_loss_matches_pairs, loss_spec
+from arxiv_embeddings.pair_format import mix_tasks
+from arxiv_embeddings.runner import StageSpec, fingerprint
+from arxiv_embeddings.train.checkpoints import CheckpointRun
+from arxiv_embeddings.train.model import freeze_lower_layers, without_autocast
+from arxiv_embeddings.train.objectives import BATCH_SAMPLERS, check_loss_matches_pairs, check_sampler_suits, loss_spec
+from arxiv_embeddings.train.saving import save_final, save_lora, served_tasks
 from arxiv_embeddings.train.sets import training_sets
-from arxiv_embeddings.train.trainer import (
-    BATCH_SAMPLERS,
-    SAMPLER_PAIRS,
-    freeze_lower_layers,
-    resolve_precision,
-    save_lora,
-    trainer_class,
-    training_args,
-    without_autocast,
-)
+from arxiv_embeddings.train.trainer import resolve_precision, trainer_class, training_args
 
 
 def validate(cfg: DictConfig) -> None:
@@ -75,19 +56,13 @@ def validate(cfg: DictConfig) -> None:
     for task in tasks:  # each task's loss against the pairs it names, before any work
         sampler = str(task.batch_sampler or cfg.train.batch_sampler)
         require_in(f"mix.tasks.{task.name}.batch_sampler", sampler, BATCH_SAMPLERS)
-        suits = SAMPLER_PAIRS.get(sampler)
-        if suits and task.pair_type not in suits:
-            raise ConfigError(
-                f"mix.tasks.{task.name}.batch_sampler={sampler} is for {' or '.join(suits)} pairs, not "
-                f"{task.pair_type}: it would put same-subject papers in a batch as each other's negatives. Use "
-                "subject, category, no_duplicates or random for this task."
-            )
+        check_sampler_suits(sampler, task.pair_type, f"mix.tasks.{task.name}.batch_sampler")
         _check_loss(task.loss, f"mix.tasks.{task.name}.loss")
         check_loss_matches_pairs(task.loss, task.pair_type, f"mix.tasks.{task.name}")
     _check_loss(cfg.loss, "loss")  # the main task's
     validate_model(cfg)
     if head_enabled(cfg):
-        from arxiv_embeddings.head import validate_head
+        from arxiv_embeddings.train.head import validate_head
 
         validate_head(cfg.train.head)
     elif cfg.train.get("head") is not None and cfg.train.head.get("enabled"):
@@ -135,7 +110,20 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     validate(cfg)
     started = time.perf_counter()
+    # 0. inputs, read once here: the pairs of every task, and the papers the evaluators score and the head is fit on
     sets = training_sets(cfg)
+    n_eval, n_test = int(cfg.train.eval_papers), int(cfg.train.test_papers)
+    eval_papers = read_parquet(split_path(cfg, "eval")) if n_eval > 0 else None
+    test_papers = read_parquet(split_path(cfg, "test")) if n_test > 0 else None
+    head_papers = None
+    if head_enabled(cfg):
+        from arxiv_embeddings.train.head import sample_papers
+
+        columns = ["title", "abstract", "primary_subject"]
+        head_papers = sample_papers(
+            read_parquet(split_path(cfg, "train"), columns=columns), int(cfg.train.head.papers), int(cfg.seed)
+        )
+    seed, eval_batch = int(cfg.seed), int(cfg.trainer.per_device_eval_batch_size)
     device = default_device() if cfg.train.device == "auto" else str(cfg.train.device)
     precision = resolve_precision(cfg, device)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -175,31 +163,17 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     loss = sets.losses(model)
 
     # 4. evaluator (eval split only): what the pairs teach (subject retrieval, title -> abstract retrieval, or both)
-    evaluator = sets.evaluator(cfg, "eval", int(cfg.train.eval_papers))
+    evaluator = sets.evaluator(eval_papers, "eval", n_eval, seed=seed, batch_size=eval_batch)
 
     # 5. arguments, with resume from an interrupted run of the same config
-    out = model_dir(cfg)
+    out = this_run_dir(cfg)
     ckpt_dir = checkpoint_dir(cfg)
     fp = fingerprint(cfg, sets.train_files, SPEC.config_keys)
-    remote_ckpts = remote_checkpoint_dir(cfg)
-    uploader: CheckpointUploader | None = None
-    if rank0 and remote_ckpts is not None:
-        download_checkpoint(cfg, ckpt_dir, remote_ckpts, fp)
-    resume_from = checkpoint_to_resume(cfg, ckpt_dir, fp) if rank0 else None
-    if rank0:
-        write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": False})
-    if rank0 and remote_ckpts is not None:
-        info = read_json(remote_ckpts / "run.json") if exists(remote_ckpts / "run.json") else {}
-        continuing = resume_from is not None and info.get("fingerprint") == fp and not info.get("completed")
-        if not continuing:
-            set_aside_remote_checkpoints(remote_ckpts)
-        write_json(
-            remote_ckpts / "run.json",
-            {"fingerprint": fp, "completed": False, "checkpoints": info.get("checkpoints", []) if continuing else []},
-        )
-        limit = cfg.trainer.get("save_total_limit")
-        uploader = CheckpointUploader(ckpt_dir, remote_ckpts, fp, int(limit) if limit else None)
-        callbacks = [*callbacks, checkpoint_sync_callback(uploader)]
+    limit = cfg.trainer.get("save_total_limit")
+    checkpoints = CheckpointRun(
+        ckpt_dir, remote_checkpoint_dir(cfg), fp, str(cfg.train.resume), int(limit) if limit else None, rank0
+    )
+    resume_from, sync = checkpoints.open()
     args = training_args(cfg, ckpt_dir, precision, device, has_eval=eval_ds is not None or evaluator is not None)
 
     # 6. trainer
@@ -210,9 +184,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         eval_dataset=eval_ds,
         loss=loss,
         evaluator=evaluator,
-        callbacks=list(callbacks) or None,
+        callbacks=[*callbacks, *sync] or None,
     )
-    trainer.train_samplers = tuple(sets.samplers(cfg))
+    trainer.train_samplers = tuple(sets.samplers())
     try:
         output = trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - needs a GPU
@@ -222,8 +196,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             "train.max_seq_length."
         ) from err
     finally:  # however training ended, the last checkpoint saved reaches the bucket before anything else
-        if uploader is not None:
-            uploader.wait()
+        checkpoints.wait()
     train_metrics = dict(output.metrics)
     # With bf16/fp16 training, accelerate wraps the model's forward in autocast (on a CPU with AMX, bf16 is chosen
     # automatically). The saved model has no such wrapper, so drop it: the test evaluation and the LoRA merge check
@@ -238,66 +211,67 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     # 7. the subject head over the trained encoder (train.head), part of the model from here on
     head_info = None
-    if head_enabled(cfg):
-        from arxiv_embeddings.head import train_head
+    if head_papers is not None:
+        from arxiv_embeddings.train.head import train_head
 
-        head_info = train_head(cfg, model, sets.text, precision)
+        head = cfg.train.head
+        head_info = train_head(
+            model,
+            head_papers,
+            sets.text,
+            precision,
+            epochs=int(head.epochs),
+            learning_rate=float(head.learning_rate),
+            batch_size=int(head.batch_size),
+            temperature=float(head.temperature),
+            seed=seed,
+            encode_batch_size=eval_batch,
+        )
 
     # 8. test evaluation (once, after training)
-    test_evaluator = sets.evaluator(cfg, "test", int(cfg.train.test_papers))
+    test_evaluator = sets.evaluator(test_papers, "test", n_test, seed=seed, batch_size=eval_batch)
     test_metrics = test_evaluator(model) if test_evaluator is not None else {}
     eval_metrics = evaluator(model) if evaluator is not None else {}
 
     # 9. save the final model with its card and config, atomically; with LoRA the adapter (in adapter/), and the
     #    merged model in final/ (model.lora.merge, the default) or the adapter itself there
     final = out / FINAL_DIR
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     lora_info: dict[str, Any] | None = None
     if lora:
-        lora_info = save_lora(model, out, cfg, base, sets.first_train_set(train_ds))
-    with atomic_dir(final) as tmp:
-        if lora_info is None or lora_info["merged"]:
-            model.save(str(tmp))
-        else:
-            from arxiv_embeddings.backends.lora import save_adapter
-
-            save_adapter(model, tmp, base)
-        (tmp / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        summary = {
-            "run_name": cfg.run_name,
-            "base_model": base,
-            "pair_type": sets.pair_type,
-            "tasks": sets.summary(),
-            "text": sets.text,
-            "loss": to_plain(cfg.loss) if not sets.tasks else None,
-            "device": device,
-            "precision": precision,
-            "max_seq_length": model.max_seq_length,
-            "train_max_seq_length": trained_length,
-            "frozen": frozen,
-            "lora": lora_info,
-            "head": head_info,
-            "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
-            "train": train_metrics,
-            "eval": eval_metrics,
-            "test": test_metrics,
-            "global_step": trainer.state.global_step,
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-            "batch_sampler": cfg.train.batch_sampler,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        write_json(tmp / TRAIN_SUMMARY_FILE, summary)
-        # Which output serves each task (the API's `task`): every module of the folder, for all three. With the mix
-        # the encoder itself learnt search (bench/README.md#tasks); a subject head is fit on subjects alone, so
-        # with one the search task is served by the encoder under it.
-        search_output = "encoder" if head_info is not None else "model"
-        write_json(
-            tmp / TASKS_FILE,
-            {"default": "subject", "tasks": {"subject": "model", "search": search_output, "graded": "model"}},
-        )
-    write_json(ckpt_dir / "run.json", {"fingerprint": fp, "completed": True})
-    if remote_ckpts is not None:
-        info = read_json(remote_ckpts / "run.json") if exists(remote_ckpts / "run.json") else {}
-        write_json(remote_ckpts / "run.json", {**info, "fingerprint": fp, "completed": True})
+        lora_info = save_lora(model, out, to_plain(lora), base, sets.probe_texts(), config_yaml)
+    summary = {
+        "run_name": cfg.run_name,
+        "base_model": base,
+        "pair_type": sets.pair_type,
+        "tasks": sets.summary(),
+        "text": sets.text,
+        "loss": to_plain(cfg.loss) if not sets.tasks else None,
+        "device": device,
+        "precision": precision,
+        "max_seq_length": model.max_seq_length,
+        "train_max_seq_length": trained_length,
+        "frozen": frozen,
+        "lora": lora_info,
+        "head": head_info,
+        "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
+        "train": train_metrics,
+        "eval": eval_metrics,
+        "test": test_metrics,
+        "global_step": trainer.state.global_step,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "batch_sampler": cfg.train.batch_sampler,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    save_final(
+        model,
+        final,
+        config_yaml=config_yaml,
+        summary=summary,
+        tasks=served_tasks(head_info is not None),
+        adapter_base=base if lora_info is not None and not lora_info["merged"] else None,
+    )
+    checkpoints.finish()
     p10 = test_metrics.get("test_cosine_precision@10")
     logger.success(
         f"train: {trainer.state.global_step} steps, {summary['pairs_per_second']} pairs/s ({precision} on {device}); "
@@ -313,7 +287,7 @@ def _inputs(cfg: DictConfig) -> list[Path]:
     # the main task's pairs (train.pairs_from) and each other task's folder of the pairs stage
     for folder in [d, *(artifact_path(cfg.paths.pairs_dir) / task.name for task in mix_tasks(cfg))]:
         files += [folder / split_file("train"), folder / split_file("eval"), folder / pair_meta_file("train")]
-        files.append(folder / MANIFEST)
+        files.append(folder / MANIFEST_FILE)
     model_path = Path(str(cfg.model.name))
     if head_enabled(cfg):  # the head is fit on papers of the processed train split
         files.append(processed_split(cfg, "train"))
@@ -332,10 +306,10 @@ SPEC = StageSpec(
     # The model's own files: an export beside them (onnx/, export_report.json) does not make the run look stale.
     # With a merged LoRA model, its adapter (adapter/) too.
     outputs=lambda cfg: (
-        model_files(model_dir(cfg) / FINAL_DIR)
-        + (model_files(model_dir(cfg) / ADAPTER_DIR) if cfg.model.get("lora") else [])
+        model_files(this_run_dir(cfg) / FINAL_DIR)
+        + (model_files(this_run_dir(cfg) / ADAPTER_DIR) if cfg.model.get("lora") else [])
     ),
-    stamp_dir=model_dir,
+    stamp_dir=this_run_dir,
     validate=validate,
     config_keys=("model", "loss", "mix", "trainer", "train", "logger", "seed", "run_name"),
 )
@@ -343,6 +317,6 @@ SPEC = StageSpec(
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    from arxiv_embeddings.stage import cli_main
+    from arxiv_embeddings.runner import cli_main
 
     cli_main(SPEC, cfg)

@@ -1,32 +1,20 @@
-"""Setting up the trainer: precision (bf16 where the CPU or GPU has it), frozen lower layers, the batch sampler
-(subject-balanced, category, label groups), LoRA saving, W&B, and the training arguments."""
+"""The trainer and its arguments: ``SentenceTransformerTrainer`` with a batch sampler per training set and LoRA
+checkpoints that resume, the training precision (bf16 where the CPU or GPU has it), W&B, and the training
+arguments from the ``trainer:`` section."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from loguru import logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from arxiv_embeddings.config import ConfigError, require, to_plain
-from arxiv_embeddings.io import (
-    atomic_dir,
-    read_parquet,
-)
-from arxiv_embeddings.layout import ADAPTER_DIR, FINAL_DIR, pair_meta_file
+from arxiv_embeddings.config import ConfigError, to_plain
 
-#: A training set's batch sampler: a batch sampler class (or a function that builds one) and its keyword arguments
-#: beyond the library's.
-SamplerSpec = tuple[Callable[..., Any], dict[str, Any]]
-
-BATCH_SAMPLERS = ("subject", "category", "subject_groups", "no_duplicates", "random")
-#: Pair types each batch sampler suits, where it does not suit them all. subject_groups puts several papers of one
-#: subject in a batch: hard in-batch negatives for title -> abstract pairs, false negatives for same-subject pairs.
-SAMPLER_PAIRS = {"subject_groups": ("title_abstract",)}
+if TYPE_CHECKING:
+    from arxiv_embeddings.train.sets import SamplerSpec
 
 
 def trainer_class() -> type:
@@ -39,7 +27,7 @@ def trainer_class() -> type:
         LoRA checkpoints that load as sentence-transformers (for resuming)."""
 
         # The batch sampler of each training set, in the order of the training sets (one, or one per task of a
-        # mix): a class of arxiv_embeddings.samplers and its keyword arguments beyond the library's
+        # mix): a class of arxiv_embeddings.train.samplers and its keyword arguments beyond the library's
         # (SubjectBatchSampler: subjects; CategoryBatchSampler: subjects, keys, hard_fraction, distinct_subjects;
         # LabelGroupBatchSampler: labels, per_label), or None for the library's own.
         train_samplers: tuple[SamplerSpec | None, ...] = ()
@@ -76,158 +64,6 @@ def trainer_class() -> type:
             complete_adapter_folder(self.model, str(output_dir if output_dir is not None else self.args.output_dir))
 
     return ArxivTrainer
-
-
-def freeze_lower_layers(model: Any, n_layers: int) -> str:
-    """Freeze the token embeddings and the lowest ``n_layers`` transformer layers (0 = train everything).
-
-    On a CPU the backward pass dominates a training step; it stops at the lowest trainable layer, so freezing the
-    lower half roughly halves it, and the optimizer no longer updates the 11.7M-parameter embedding matrix of
-    MiniLM. The upper layers carry most of what subject fine-tuning changes. Returns a short description.
-    """
-    if n_layers <= 0:
-        return "all layers trainable"
-    backbone = getattr(model[0], "auto_model", None)
-    embeddings = getattr(backbone, "embeddings", None)
-    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
-    if embeddings is None or layers is None:
-        logger.warning(
-            f"train.freeze_layers={n_layers} ignored: {type(backbone).__name__} has no BERT-style "
-            "embeddings/encoder.layer to freeze."
-        )
-        return "all layers trainable"
-    if n_layers >= len(layers):
-        raise ConfigError(
-            f"train.freeze_layers={n_layers} would freeze all {len(layers)} layers; use at most {len(layers) - 1}."
-        )
-    for module in [embeddings, *layers[:n_layers]]:
-        for param in module.parameters():
-            param.requires_grad_(False)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return f"embeddings + {n_layers}/{len(layers)} layers frozen ({trainable / 1e6:.1f}M of {total / 1e6:.1f}M parameters trained)"
-
-
-def category_batches(cfg: DictConfig, train_file: Path, pair_type: str) -> dict[str, Any]:
-    """Arguments of :class:`~arxiv_embeddings.samplers.CategoryBatchSampler` for the train pairs: the anchors'
-    subjects, the conflict keys (the paper ids and the texts of every column, so no paper and no identical title or
-    abstract twice in a batch), and for same-subject pairs (``anchor_positive``) the subject as a key too."""
-    from arxiv_embeddings.samplers import conflict_keys
-
-    meta = read_parquet(train_file.with_name(pair_meta_file("train")))
-    pairs = read_parquet(train_file)
-    ids = [meta.column(c).to_numpy(zero_copy_only=False) for c in ("a_id", "b_id", "neg_id") if c in meta.column_names]
-    text_columns = [c for c in pairs.column_names if c not in ("label", "score")]
-    texts = [pairs.column(c).to_numpy(zero_copy_only=False) for c in text_columns]
-    return {
-        "subjects": meta.column("a_subject").to_numpy(zero_copy_only=False),
-        "keys": conflict_keys(ids, texts),
-        "hard_fraction": float(cfg.train.category_batches.hard_fraction),
-        "distinct_subjects": pair_type == "anchor_positive",
-    }
-
-
-def train_sampler(
-    cfg: DictConfig, train_file: Path, pair_type: str, batch_sampler: str | None = None
-) -> SamplerSpec | None:
-    """A training set's batch sampler and its arguments, or None for the library's: ``batch_sampler`` (a mix task's
-    own) or ``train.batch_sampler``."""
-    from arxiv_embeddings.samplers import CategoryBatchSampler, LabelGroupBatchSampler, SubjectBatchSampler
-
-    batch_sampler = str(batch_sampler or cfg.train.batch_sampler)
-    if batch_sampler == "subject" and pair_type == "labelled":
-        labels = read_parquet(train_file, columns=["label"]).column("label").to_numpy()
-        return LabelGroupBatchSampler, {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
-    if batch_sampler == "subject":
-        meta = read_parquet(train_file.with_name(pair_meta_file("train")), columns=["a_subject"])
-        return SubjectBatchSampler, {"subjects": meta.column("a_subject").to_numpy(zero_copy_only=False)}
-    if batch_sampler == "category":
-        return CategoryBatchSampler, category_batches(cfg, train_file, pair_type)
-    if batch_sampler == "subject_groups":  # train.papers_per_subject papers of each of several subjects a batch
-        check_label_batches(cfg, "subject_groups")
-        meta = read_parquet(train_file.with_name(pair_meta_file("train")), columns=["a_subject"])
-        labels = meta.column("a_subject").to_numpy(zero_copy_only=False)
-        return LabelGroupBatchSampler, {"labels": labels, "per_label": int(cfg.train.papers_per_subject)}
-    if batch_sampler == str(cfg.train.batch_sampler):
-        return None  # the library's sampler that the training arguments name
-    # A mix task's own choice, unlike the arguments' (train.batch_sampler): the library's sampler of that name.
-    return (_no_duplicates if batch_sampler == "no_duplicates" else _random_batches), {}
-
-
-def _no_duplicates(dataset: Any, batch_size: int, drop_last: bool, **kwargs: Any) -> Any:
-    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
-
-    return NoDuplicatesBatchSampler(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
-
-
-def _random_batches(dataset: Any, batch_size: int, drop_last: bool, generator: Any = None, **kwargs: Any) -> Any:
-    from sentence_transformers.base.sampler import DefaultBatchSampler
-    from torch.utils.data import RandomSampler
-
-    return DefaultBatchSampler(
-        RandomSampler(dataset, generator=generator),
-        batch_size=batch_size,
-        drop_last=drop_last,
-        generator=generator,
-        **kwargs,
-    )
-
-
-def save_lora(model: Any, out: Path, cfg: DictConfig, base: str, train_ds: Any) -> dict[str, Any]:
-    """The LoRA part of saving a trained model. With ``model.lora.merge``: save the adapter to ``out/adapter``, then
-    merge the adapters into the backbone in place (the caller saves the merged model to ``final/``) and check that
-    the merged model embeds a few training texts as the adapter model did. Returns what the summary records."""
-    from arxiv_embeddings.backends.lora import merge_lora, save_adapter
-
-    lora = cfg.model.lora
-    merge = bool(lora.get("merge", True))
-    info: dict[str, Any] = {
-        "r": int(lora.r),
-        "alpha": float(lora.alpha),
-        "dropout": float(lora.get("dropout", 0.0)),
-        "target_modules": to_plain(lora.target_modules),
-        "merged": merge,
-        "adapter": str(out / (ADAPTER_DIR if merge else FINAL_DIR)),
-    }
-    if not merge:
-        return info
-    with atomic_dir(out / ADAPTER_DIR) as tmp:
-        save_adapter(model, tmp, base)
-        (tmp / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    probe = [str(t) for t in train_ds[train_ds.column_names[0]][:16]]
-    before = model.encode(probe, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-    info["merged_layers"] = merge_lora(model)
-    after = model.encode(probe, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-    info["merge_max_abs_diff"] = float(np.abs(before - after).max())
-    if info["merge_max_abs_diff"] > 1e-3:
-        logger.warning(
-            f"The merged model's embeddings differ from the adapter model's by up to {info['merge_max_abs_diff']:.2e}; "
-            f"the adapter in {out / ADAPTER_DIR} is the reference."
-        )
-    return info
-
-
-def without_autocast(model: Any) -> Any:
-    """``model`` with the mixed-precision (autocast) forward wrapper that accelerate adds during training removed."""
-    from accelerate.utils import extract_model_from_parallel
-
-    return extract_model_from_parallel(model, keep_fp32_wrapper=False)
-
-
-def check_label_batches(cfg: DictConfig, batch_sampler: str | None = None) -> None:
-    """Labelled rows batch by subject groups (train.batch_sampler=subject) or at random, title -> abstract pairs by
-    subject groups with ``batch_sampler=subject_groups``; the group size must fit the batch."""
-    if batch_sampler is None and cfg.train.batch_sampler not in ("subject", "random"):
-        raise ConfigError(
-            f"train.batch_sampler={cfg.train.batch_sampler} does not apply to labelled rows (pairs=labelled); use "
-            "subject (batches of train.papers_per_subject papers of each of several subjects) or random."
-        )
-    k, bs = cfg.train.get("papers_per_subject"), int(cfg.trainer.per_device_train_batch_size)
-    require(
-        isinstance(k, int) and not isinstance(k, bool) and k >= 2 and bs % k == 0,
-        "train.papers_per_subject",
-        f"got {k!r}; expected an integer >= 2 that divides trainer.per_device_train_batch_size={bs}.",
-    )
 
 
 def resolve_precision(cfg: DictConfig, device: str) -> str:

@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from arxiv_embeddings.config import ConfigError
 
-MANIFEST = "manifest.json"
 # Which split each pair file is drawn from; "test" is deliberately absent.
 PAIR_SPLITS = {"train": "num_train", "eval": "num_eval"}
 COLUMNS: dict[str, tuple[str, ...]] = {

@@ -1,6 +1,6 @@
 """Entry point of the train image: the train stage with Hydra overrides as arguments, one process per GPU.
 
-    python -m arxiv_embeddings.launch trainer.max_steps=100 logger=wandb     # what the image's ENTRYPOINT runs
+    python -m arxiv_embeddings.train_launcher trainer.max_steps=100 logger=wandb     # what the image's ENTRYPOINT runs
 
 The same command runs locally (``docker run --gpus all <image> <overrides>``) and on Vertex AI (the job's
 ``args:`` are the overrides):

@@ -1,7 +1,7 @@
 """Load test of a running API: ``concurrency`` clients, each sending one request at a time, for ``duration`` seconds.
 
     uv run inv loadtest --url http://127.0.0.1:8080 --concurrency 32 --duration 30
-    python -m arxiv_embeddings.api.loadtest --url http://127.0.0.1:8080 --route /v1/embeddings
+    python -m arxiv_embeddings.loadtest --url http://127.0.0.1:8080 --route /v1/embeddings
 
 Each request embeds one real abstract of the embedded sample (a different one each time). Reports requests/s,
 texts/s, latency percentiles (p50/p95/p99, max), errors by status and the load generator's own CPU time per request;
@@ -82,7 +82,7 @@ def sample_abstracts(n: int = 2000) -> list[str]:
     """Real abstracts (title, newline, abstract) from the sample shipped with the package."""
     import pyarrow.parquet as pq
 
-    from arxiv_embeddings.data import SAMPLE_PATH, paper_text
+    from arxiv_embeddings.papers import SAMPLE_PATH, paper_text
 
     table = pq.read_table(SAMPLE_PATH, columns=["title", "abstract"])
     return paper_text(table.slice(0, n), "title_abstract")

@@ -2,12 +2,12 @@
 
     uv run inv vertex-train --overrides "vertex=multi_gpu paths=gcs paths.bucket=my-bucket trainer.max_steps=2000"
     uv run inv vertex-train --dry-run --overrides "..."      # print the spec and the gcloud command only
-    python -m arxiv_embeddings.vertex [--dry-run] [OVERRIDES...]
+    python -m arxiv_embeddings.vertex_jobs [--dry-run] [OVERRIDES...]
 
 Overrides of the ``vertex`` group (``vertex=multi_gpu``, ``vertex.machine_type=...``) shape the job; every other
 override is passed to the container as an argument, i.e. as a Hydra override of the train stage, so the job trains
 exactly what ``uv run inv train --overrides "<the same>"`` would train locally. The container is the train image
-(dockerfiles/train.dockerfile), whose entry point starts one process per GPU (:mod:`arxiv_embeddings.launch`).
+(dockerfiles/train.dockerfile), whose entry point starts one process per GPU (:mod:`arxiv_embeddings.train_launcher`).
 
 The job's disk is discarded when it ends, so its artifacts must be in a bucket (``paths=gcs``); the pairs are read
 from there and the model is written there. The W&B key is never part of the spec: name a Secret Manager secret
@@ -246,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = [a for a in args if a != "--dry-run"]
     unknown = [a for a in overrides if a.startswith("--")]
     if unknown:
-        logger.error(f"Unknown option {unknown[0]}; usage: python -m arxiv_embeddings.vertex [--dry-run] [OVERRIDES]")
+        logger.error(
+            f"Unknown option {unknown[0]}; usage: python -m arxiv_embeddings.vertex_jobs [--dry-run] [OVERRIDES]"
+        )
         sys.exit(2)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

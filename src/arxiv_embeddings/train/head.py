@@ -1,15 +1,13 @@
 """A linear subject head over a trained encoder: embed labelled papers once, fit a linear map in seconds.
 
 After the encoder is fine-tuned, ``train.head`` embeds ``papers`` papers of the train split with it, then fits a ``d x d`` linear map (initialized to the identity)
-on those embeddings with the supervised contrastive loss (:class:`~arxiv_embeddings.losses.SupervisedContrastiveLoss`:
+on those embeddings with the supervised contrastive loss (:class:`~arxiv_embeddings.train.losses.SupervisedContrastiveLoss`:
 every same-subject paper of a batch a positive). The map becomes part of the saved model as a sentence-transformers
 ``Dense`` module between two ``Normalize`` modules (Transformer -> Pooling -> Normalize -> Dense -> Normalize), so
 ``inv evaluate``, the index, the ONNX export and the API serve it with no extra step.
 
-The cost is the one pass that embeds the papers (the fit itself takes seconds). On the 255k corpus's split
-(``experiment=cpu_budget``) a head over the frozen base model fit on 8,000 papers gained +0.052 test P@10
-(bench/bench_head.py); over that experiment's fine-tuned model it added +0.012 test P@10 and nothing on the fresh
-papers (docs/training.md, "The subject head").
+The cost is the one pass that embeds the papers (the fit itself takes seconds); what the head gains, over the base
+model and over a fine-tuned one, is measured in bench/README.md.
 """
 
 from __future__ import annotations
@@ -72,7 +70,7 @@ def fit_linear_head(
     import torch
     import torch.nn.functional as F
 
-    from arxiv_embeddings.losses import SupervisedContrastiveLoss
+    from arxiv_embeddings.train.losses import SupervisedContrastiveLoss
 
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or len(x) != len(labels):
@@ -153,28 +151,35 @@ def sample_papers(table: Any, n: int, seed: int) -> Any:
     return table.take(rows)
 
 
-def train_head(cfg: DictConfig, model: Any, text: str, precision: str) -> dict[str, Any]:
-    """Embed ``train.head.papers`` train papers with ``model``, fit the head on them and add it to the model.
+def train_head(
+    model: Any,
+    papers: Any,
+    text: str,
+    precision: str,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    temperature: float,
+    seed: int,
+    encode_batch_size: int,
+) -> dict[str, Any]:
+    """Embed ``papers`` (train papers as a pyarrow Table, :func:`sample_papers`) with ``model``, fit the head on
+    them and add it to the model.
 
     ``precision`` is the training precision: bf16 embeds under autocast (what made the fit cheap on a CPU with AMX);
-    the head itself is fit in fp32. The papers are embedded ``trainer.per_device_eval_batch_size`` at a time, the
-    batch size the train stage's evaluators encode with (a setting its fingerprint covers). Returns what goes into
-    train_summary.json.
+    the head itself is fit in fp32. The papers are embedded ``encode_batch_size`` at a time (the stage passes the
+    batch size its evaluators encode with). Returns what goes into train_summary.json.
     """
     import time
 
     import torch
 
-    from arxiv_embeddings.data import paper_text
-    from arxiv_embeddings.io import read_parquet
-    from arxiv_embeddings.layout import split_path
+    from arxiv_embeddings.papers import paper_text
 
-    head = cfg.train.head
     started = time.perf_counter()
-    table = read_parquet(split_path(cfg, "train"), columns=["title", "abstract", "primary_subject"])
-    table = sample_papers(table, int(head.papers), int(cfg.seed))
-    texts = paper_text(table, text)
-    labels = table.column("primary_subject").to_numpy(zero_copy_only=False).astype(str)
+    texts = paper_text(papers, text)
+    labels = papers.column("primary_subject").to_numpy(zero_copy_only=False).astype(str)
     logger.info(f"Subject head: embedding {len(texts):,} train papers ({len(set(labels))} subjects) ...")
     device_type = next(model.parameters()).device.type
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
@@ -182,7 +187,7 @@ def train_head(cfg: DictConfig, model: Any, text: str, precision: str) -> dict[s
     with torch.inference_mode(), autocast:
         embeddings = model.encode(
             texts,
-            batch_size=int(cfg.trainer.per_device_eval_batch_size),
+            batch_size=int(encode_batch_size),
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=True,
@@ -191,11 +196,11 @@ def train_head(cfg: DictConfig, model: Any, text: str, precision: str) -> dict[s
     fit = fit_linear_head(
         embeddings,
         labels,
-        epochs=int(head.epochs),
-        learning_rate=float(head.learning_rate),
-        batch_size=int(head.batch_size),
-        temperature=float(head.temperature),
-        seed=int(cfg.seed),
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        temperature=temperature,
+        seed=seed,
     )
     add_head(model, fit)
     logger.info(
@@ -205,10 +210,10 @@ def train_head(cfg: DictConfig, model: Any, text: str, precision: str) -> dict[s
     return {
         "papers": fit.papers,
         "subjects": fit.subjects,
-        "epochs": int(head.epochs),
-        "learning_rate": float(head.learning_rate),
-        "batch_size": int(head.batch_size),
-        "temperature": float(head.temperature),
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "temperature": temperature,
         "losses": fit.losses,
         "embed_seconds": round(embed_s, 1),
         "fit_seconds": fit.seconds,
