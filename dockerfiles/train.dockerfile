@@ -6,7 +6,7 @@
 #       arxiv-embeddings-train trainer.max_steps=200 logger=wandb
 #
 # The arguments are Hydra overrides of the train stage (Vertex AI passes them as the job's `args:`). The entry
-# point (src/arxiv_embeddings/launch.py) runs one process on one GPU and one DDP process per GPU on several.
+# point (src/arxiv_embeddings/train_launcher.py) runs one process on one GPU and one DDP process per GPU on several.
 # torch's wheels bring their own CUDA libraries; the CUDA base image supplies the runtime they expect.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
@@ -37,4 +37,4 @@ COPY src ./src
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev
 
-ENTRYPOINT ["python", "-m", "arxiv_embeddings.launch"]
+ENTRYPOINT ["python", "-m", "arxiv_embeddings.train_launcher"]
