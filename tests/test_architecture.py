@@ -12,35 +12,34 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "arxiv_embeddings"
 
-#: Each module's layer, lowest first. A module may import its own layer and those below it, never above.
-LAYERS: dict[str, tuple[str, ...]] = {
-    "base": (
-        "config",
-        "io",
-        "logging_utils",
-        "layout",
-        "vectors",
-        "texts",
-        "ann",
-        "papers",
-        "sources",
-        "metrics",
-        "runner",
-    ),
-    "backends": ("backends",),
-    "shared": ("evaluation", "report", "pair_format"),
-    "stages": (
-        "preprocess",
-        "pairs",
-        "label",
-        "train",
-        "evaluate",
-        "baseline",
-        "export",
-        "index",
-    ),
-    "top": ("cli", "api", "compare", "loadtest", "publish", "train_launcher", "vertex_jobs"),
-}
+ARCHITECTURE = PACKAGE.parents[1] / "docs" / "architecture.md"
+LAYER_NAMES = ("top", "stages", "shared", "backends", "base")
+
+
+def layers_of(text: str) -> dict[str, tuple[str, ...]]:
+    """Each layer's modules as the layer diagram of docs/architecture.md draws them, lowest layer first: the one
+    place the ownership list lives. A layer's line starts with its name; an indented line continues it; a
+    parenthesized list names a package's inner modules and is skipped."""
+    import re
+
+    block = text.split("```", 2)[1]
+    layers: dict[str, list[str]] = {}
+    current = None
+    for line in block.splitlines():
+        words = re.sub(r"\([^)]*\)", " ", line).split()
+        if not words or words == ["│"]:
+            continue
+        if words[0] in LAYER_NAMES:
+            current, words = words[0], words[1:]
+        assert current is not None, f"docs/architecture.md: a diagram line before any layer: {line!r}"
+        layers.setdefault(current, []).extend(w.rstrip("/") for w in words)
+    assert tuple(layers) == LAYER_NAMES, f"docs/architecture.md draws the layers {list(layers)}"
+    return {name: tuple(layers[name]) for name in reversed(LAYER_NAMES)}
+
+
+#: Each module's layer, lowest first, from docs/architecture.md. A module may import its own layer and those below
+#: it, never above.
+LAYERS = layers_of(ARCHITECTURE.read_text(encoding="utf-8"))
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 
 
@@ -78,7 +77,9 @@ def _layer_of(module: str) -> int:
 
 def test_every_module_has_a_layer() -> None:
     top_level = {m.split(".")[0] for m in _modules()} - {"__init__"}
-    assert top_level == set(RANK), f"new or removed modules: add them to LAYERS ({top_level ^ set(RANK)})"
+    assert top_level == set(RANK), (
+        f"new or removed modules: draw them in docs/architecture.md ({top_level ^ set(RANK)})"
+    )
 
 
 def test_lower_layers_never_import_higher_ones() -> None:
@@ -337,3 +338,23 @@ def test_the_checks_see_a_private_import_and_a_re_export_table() -> None:
     entry = "from arxiv_embeddings.api.app import create_app\n\n__all__ = ['create_app']\n"
     assert re_exports(entry, True, allowed=("create_app",)) == []
     assert len(re_exports(entry, True)) == 2
+
+
+def test_every_module_of_the_diagram_has_an_owner_row() -> None:
+    """The ownership table of docs/architecture.md names each module (or package) the diagram draws."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    named = {name.rstrip("/") for row in rows for name in row.replace("`", " ").replace(",", " ").split()}
+    missing = sorted(m for modules in LAYERS.values() for m in modules if m not in named)
+    assert not missing, f"modules without a row in docs/architecture.md's 'Who owns what': {missing}"
+
+
+def test_the_layer_diagram_parser_reads_continuations_and_skips_inner_modules() -> None:
+    drawn = "```\n  top   cli  api/ (app, service)\n        compare\n    │\n  stages  train/\n  shared report\n  backends backends/\n  base  io\n```"
+    assert layers_of(drawn) == {
+        "base": ("io",),
+        "backends": ("backends",),
+        "shared": ("report",),
+        "stages": ("train",),
+        "top": ("cli", "api", "compare"),
+    }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from api_helpers import head_weights, headed_copy, with_onnx_of, write_tasks
+from helpers.api import head_weights, headed_copy, with_onnx_of, write_tasks
 
 from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.backends.tasks import (

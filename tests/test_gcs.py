@@ -441,8 +441,8 @@ def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
     import re
 
     import numpy as np
-    from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
     from fastapi.testclient import TestClient
+    from helpers.api import assert_error, clear_serving_env, make_settings, wait_ready
 
     from arxiv_embeddings.api.app import create_app
     from arxiv_embeddings.backends import load_embedder

@@ -7,7 +7,7 @@ The same command runs locally (``docker run --gpus all <image> <overrides>``) an
 
 - one GPU or none: ``python -m arxiv_embeddings.train <overrides>``, in place of this process;
 - N > 1 GPUs: ``python -m torch.distributed.run --standalone --nproc-per-node N -m arxiv_embeddings.train
-  <overrides>``: one DDP process per GPU, the path tests/test_train.py runs on two CPU processes;
+  <overrides>``: one DDP process per GPU, the path tests/train/test_train.py runs on two CPU processes;
 - several machines (a Vertex AI job with a second worker pool): the same with ``--nnodes``, ``--node-rank`` and the
   address of the first machine, taken from ``MASTER_ADDR``/``MASTER_PORT``/``WORLD_SIZE``/``RANK`` when the platform
   sets them, else from Vertex AI's ``CLUSTER_SPEC``.

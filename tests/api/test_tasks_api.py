@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from api_helpers import (
+from fastapi.testclient import TestClient
+from helpers.api import (
     RecordingLoader,
     assert_error,
     clear_serving_env,
@@ -32,7 +33,6 @@ from api_helpers import (
     wait_ready,
     write_tasks,
 )
-from fastapi.testclient import TestClient
 
 from arxiv_embeddings.api.app import create_app
 from arxiv_embeddings.api.service import task_of_model

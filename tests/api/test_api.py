@@ -15,14 +15,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from api_helpers import (
+from fastapi.testclient import TestClient
+from helpers.api import (
     RecordingLoader,
     assert_error,
     clear_serving_env,
     make_settings,
     wait_ready,
 )
-from fastapi.testclient import TestClient
 
 from arxiv_embeddings.api.app import create_app
 from arxiv_embeddings.api.middleware import BodyLimitMiddleware

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import FAST
+from helpers.train import FAST
 
 from arxiv_embeddings import pairs
 from arxiv_embeddings.config import ConfigError, compose

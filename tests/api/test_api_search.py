@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
 from fastapi.testclient import TestClient
+from helpers.api import assert_error, clear_serving_env, make_settings, wait_ready
 
 from arxiv_embeddings.api.app import create_app
 from arxiv_embeddings.backends import load_embedder

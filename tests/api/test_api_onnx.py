@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from api_helpers import clear_serving_env, make_settings, wait_ready
 from fastapi.testclient import TestClient
+from helpers.api import clear_serving_env, make_settings, wait_ready
 
 from arxiv_embeddings.api.app import create_app
 from arxiv_embeddings.backends import load_embedder

@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import wait_serving
+from helpers.api import wait_serving
 
 from arxiv_embeddings.api.settings import ENV_PREFIX, ENV_VARS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BODY_LIMIT = 8192
 BODY_TIMEOUT_S = 2
 

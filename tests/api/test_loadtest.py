@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-from http_helpers import send_json
+from helpers.http_client import send_json
 
 from arxiv_embeddings.loadtest import run_load
 

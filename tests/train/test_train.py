@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import FAST
+from helpers.train import FAST
 from transformers import TrainerCallback
 
 from arxiv_embeddings import pairs
@@ -22,7 +22,7 @@ from arxiv_embeddings.train.checkpoints import CheckpointUploader, upload_checkp
 from arxiv_embeddings.train.model import freeze_lower_layers
 from arxiv_embeddings.train.samplers import SubjectBatchSampler
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _root_with_pairs(tmp_path: Path, processed_root: Path, *pair_overrides: str) -> Path:

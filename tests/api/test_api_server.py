@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import wait_serving
+from helpers.api import wait_serving
 
 from arxiv_embeddings.api.settings import ENV_PREFIX, ENV_VARS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

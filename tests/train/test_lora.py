@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from http_helpers import send_json
+from helpers.http_client import send_json
 
 from arxiv_embeddings import baseline, evaluate, pairs
 from arxiv_embeddings.backends.loading import load_model
@@ -202,8 +202,8 @@ def test_stages_accept_the_saved_adapter_and_merged_model(lora_run: dict, make_c
 def test_the_api_serves_the_adapter_folder_with_torch_and_names_the_merged_model_for_onnx(
     lora_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api_helpers import assert_error, clear_serving_env, make_settings, wait_ready
     from fastapi.testclient import TestClient
+    from helpers.api import assert_error, clear_serving_env, make_settings, wait_ready
 
     from arxiv_embeddings.api.app import create_app
     from arxiv_embeddings.backends.loading import load_model

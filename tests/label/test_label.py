@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from http_helpers import send_json
-from train_helpers import FAST
+from helpers.http_client import send_json
+from helpers.train import FAST
 
 from arxiv_embeddings import pairs
 from arxiv_embeddings.config import ConfigError, compose
@@ -35,7 +35,7 @@ from arxiv_embeddings.label.scorers import build_scorer
 from arxiv_embeddings.runner import execute
 from arxiv_embeddings.train import stage as train_stage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(root: Path, *overrides: str):
