@@ -474,7 +474,7 @@ def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
     texts = ["Graph neural networks for molecules", "Dark matter halos in dwarf galaxies"]
     with TestClient(create_app(settings)) as client:
         health = wait_ready(client)
-        assert health["model"] == model_url and health["index_size"] == len(PaperIndex.load(built["dir"]))
+        assert health["model_path"] == model_url and health["index_size"] == len(PaperIndex.load(built["dir"]))
         served = np.asarray(client.post("/embed", json={"input": texts}).json()["embeddings"])
         hits = client.post("/search", json={"text": texts[0], "k": 3})
         assert hits.status_code == 200 and len(hits.json()["results"]) == 3

@@ -67,7 +67,7 @@ def test_health_reports_the_loaded_model(served, tiny_model_dir: Path) -> None:
     client, embedder = served
     health = client.get("/health").json()
     assert health["status"] == "ok"
-    assert health["model"] == str(tiny_model_dir)
+    assert health["model"] == tiny_model_dir.name and health["model_path"] == str(tiny_model_dir)
     assert health["dimension"] == embedder.inner.dimension == 32
     assert health["backend"] == "torch" and health["variant"] == "fp32" and health["device"] == "cpu"
     assert health["max_seq_length"] == 64 and health["version"] and health["index_size"] is None
@@ -79,12 +79,56 @@ def test_health_reports_the_loaded_model(served, tiny_model_dir: Path) -> None:
 def test_embed_one_text_matches_the_model(served, tiny_model_dir: Path) -> None:
     client, embedder = served
     body = client.post("/embed", json={"input": TEXTS[0]}).json()
-    assert body["model"] == str(tiny_model_dir) and body["dimension"] == 32 and body["normalized"] is True
+    assert body["model"] == tiny_model_dir.name and body["dimension"] == 32 and body["normalized"] is True
     assert (body["task"], body["output"]) == ("subject", "model")
     vectors = np.asarray(body["embeddings"], dtype=np.float32)
     assert vectors.shape == (1, 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors, _reference(embedder, TEXTS[:1]), atol=1e-5)
+
+
+def test_models_and_info_name_what_is_served(served, tiny_model_dir: Path) -> None:
+    client, _ = served
+    listed = client.get("/v1/models").json()
+    assert listed["object"] == "list"
+    ids = [m["id"] for m in listed["data"]]
+    name = tiny_model_dir.name  # the folder's own name: it is not models/<run>/final
+    assert ids == [name, f"{name}:subject", f"{name}:search", f"{name}:graded"]
+    assert all(m["object"] == "model" and m["created"] > 0 and m["owned_by"] for m in listed["data"])
+    info = client.get("/info").json()
+    assert (info["model_id"], info["model_path"], info["dimension"]) == (name, str(tiny_model_dir), 32)
+    assert (info["max_input_length"], info["backend"], info["variant"]) == (64, "torch", "fp32")
+    assert info["max_client_batch_size"] == client.app.state.settings.max_batch and info["version"]
+    assert info["tasks"]["search"] == {"output": "model", "dimension": 32} and info["default_task"] == "subject"
+    # every listed id is a model name /v1/embeddings takes
+    for model_id in ids:
+        assert client.post("/v1/embeddings", json={"input": "x", "model": model_id}).status_code == 200
+
+
+def test_embed_takes_the_tei_body_and_answers_in_its_shape(served) -> None:
+    """text-embeddings-inference's POST /embed: `inputs` (a text or a list), `normalize`, `truncate`; the answer is
+    a bare array of embeddings, so a TEI client works unchanged."""
+    client, embedder = served
+    many = client.post("/embed", json={"inputs": TEXTS[:2], "truncate": True}).json()
+    assert isinstance(many, list) and len(many) == 2
+    np.testing.assert_allclose(np.asarray(many), _reference(embedder, TEXTS[:2]), atol=1e-5)
+    one = client.post("/embed", json={"inputs": TEXTS[0], "normalize": False}).json()
+    np.testing.assert_allclose(np.asarray(one), embedder.inner.encode(TEXTS[:1], normalize=False), atol=1e-5)
+    for body in ({"inputs": "x", "input": "x"}, {"normalize": True}):
+        error = assert_error(client.post("/embed", json=body), 422, "invalid_request")
+        assert "`input`, or in `inputs`" in error["message"], error
+
+
+def test_the_served_name_is_configurable(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SERVED_MODEL_NAME", "arxiv-minilm")
+    app = create_app(make_settings(tmp_path, tiny_model_dir))
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert client.get("/health").json()["model"] == "arxiv-minilm"
+        assert client.post("/embed", json={"input": "x"}).json()["model"] == "arxiv-minilm"
+        assert client.get("/v1/models").json()["data"][0]["id"] == "arxiv-minilm"
+        body = client.post("/v1/embeddings", json={"input": "x", "model": "arxiv-minilm:search"}).json()
+        assert body["model"] == "arxiv-minilm"
 
 
 def test_embed_texts_and_papers_keep_their_order(served) -> None:
@@ -113,7 +157,7 @@ def test_embed_matryoshka_truncation_and_raw_vectors(served) -> None:
 def test_openai_compatible_embeddings(served, tiny_model_dir: Path) -> None:
     client, embedder = served
     floats = client.post("/v1/embeddings", json={"input": TEXTS[:3], "model": "text-embedding-3-small"}).json()
-    assert floats["object"] == "list" and floats["model"] == str(tiny_model_dir)
+    assert floats["object"] == "list" and floats["model"] == tiny_model_dir.name
     assert [d["index"] for d in floats["data"]] == [0, 1, 2]
     assert all(d["object"] == "embedding" for d in floats["data"])
     vectors = np.asarray([d["embedding"] for d in floats["data"]])

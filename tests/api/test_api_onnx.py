@@ -95,6 +95,11 @@ _LEAN_SERVER = textwrap.dedent(
         out = {"health": health.status_code, "embed": client.post("/embed", json={"input": ["a text"]}).status_code}
         if index:
             out["search"] = client.post("/search", json={"text": "graph neural networks", "k": 3}).status_code
+            known = client.post("/search", json={"text": "graph neural networks", "k": 1}).json()["results"][0]
+            by_id = client.post("/search", json={"arxiv_id": known["arxiv_id"], "k": 3})
+            out["search_id"] = by_id.status_code
+            out["search_id_excludes_itself"] = known["arxiv_id"] not in [r["arxiv_id"] for r in by_id.json()["results"]]
+            out["unknown_id"] = client.post("/search", json={"arxiv_id": "0000.00000", "k": 3}).status_code
         out["threads"] = sorted(f"{type(t).__module__}.{type(t).__name__}" for t in threading.enumerate())
     out["loaded"] = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[5].split(",")))
     print(json.dumps(out))
@@ -158,6 +163,9 @@ def test_onnx_serving_imports_no_torch_transformers_pandas_or_pyarrow(
     )
     with_search = _serve(tmp_path, onnx_model, tuple(m for m in HEAVY if m != "pyarrow"), built["dir"])
     assert (with_search["health"], with_search["embed"], with_search["search"]) == (200, 200, 200), with_search
+    # by id too: the lookup of a paper's row needs no pandas
+    assert (with_search["search_id"], with_search["unknown_id"]) == (200, 404), with_search
+    assert with_search["search_id_excludes_itself"], with_search
     assert with_search["loaded"] == ["pyarrow"], with_search
 
 

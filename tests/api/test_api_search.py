@@ -73,7 +73,7 @@ def test_search_by_text_matches_the_index(client: TestClient, index: PaperIndex,
     row = 17
     title = index.metadata.column("title")[row].as_py()
     body = client.post("/search", json={"text": {"title": title}, "k": 5}).json()
-    assert body["query"] == title and body["index_size"] == len(index) and body["model"] == str(tiny_model_dir)
+    assert body["query"] == title and body["index_size"] == len(index) and body["model"] == tiny_model_dir.name
     expected = index.search_text(load_embedder(tiny_model_dir, backend="torch", device="cpu"), [title], k=5)[0]
     assert [h["arxiv_id"] for h in body["results"]] == [h.arxiv_id for h in expected]
     np.testing.assert_allclose([h["score"] for h in body["results"]], [h.score for h in expected], atol=1e-5)

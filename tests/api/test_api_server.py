@@ -44,7 +44,7 @@ def test_server_process_serves_load_and_exits_cleanly_on_sigterm(tiny_model_dir:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_serving(server, url, log_path)
-        assert httpx.get(f"{url}/health").json()["model"] == str(tiny_model_dir)
+        assert httpx.get(f"{url}/health").json()["model_path"] == str(tiny_model_dir)
 
         load = subprocess.run(
             [sys.executable, "-m", "arxiv_embeddings.loadtest", "--url", url, "--duration", "2", "--json"],

@@ -118,10 +118,11 @@ def test_the_openai_model_field_names_the_task(served, headed: Path, references:
     client, _ = served
     for model, output in (
         ("search", "encoder"),
-        (f"{headed}:search", "encoder"),
+        (f"{headed.name}:search", "encoder"),
         ("graded", "model"),
-        (f"{headed}:subject", "model"),
-        (str(headed), "model"),  # the served model alone: the default task
+        (f"{headed.name}:subject", "model"),
+        (headed.name, "model"),  # the served name alone: the default task
+        (f"{headed}:search", "model"),  # a folder path is not the served name: the default task
         ("text-embedding-3-small", "model"),  # any other name: the default task, for clients with a fixed name
         ("nomic-embed-text:latest", "model"),
     ):
@@ -140,13 +141,13 @@ def test_an_unknown_task_is_a_422_listing_the_valid_ones(served, headed: Path) -
         assert message.startswith(f"task {task!r} is not served"), message
         assert "valid tasks: subject, search, graded" in message and str(headed / "tasks.json") in message
     error = assert_error(
-        client.post("/v1/embeddings", json={"input": "x", "model": f"{headed}:serach"}), 422, "unknown_task"
+        client.post("/v1/embeddings", json={"input": "x", "model": f"{headed.name}:serach"}), 422, "unknown_task"
     )
     message = error["message"]
     assert (
         message.startswith("model: task 'serach' is not served") and "valid tasks: subject, search, graded" in message
     )
-    assert f'model="{headed}:graded"' in message  # the fix, in the field's own form
+    assert f'model="{headed.name}:graded"' in message  # the fix, in the field's own form
     assert_error(client.post("/embed", json={"input": "x", "task": ["search"]}), 422, "invalid_request")
     assert len(embedder.calls) == calls  # refused before reaching the model
 

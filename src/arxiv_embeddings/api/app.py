@@ -1,7 +1,8 @@
 """The FastAPI application: :func:`create_app` builds it from :class:`Settings`; its lifespan loads the model.
 
-Routes: ``GET /health``, ``POST /embed``, ``POST /v1/embeddings`` (OpenAI-compatible), ``POST /search``,
-``GET /metrics`` (Prometheus), ``GET /`` (a search page), ``GET /docs`` (OpenAPI).
+Routes: ``GET /health``, ``GET /info``, ``POST /embed`` (also text-embeddings-inference's body), ``POST
+/v1/embeddings`` and ``GET /v1/models`` (OpenAI-compatible), ``POST /search``, ``GET /metrics`` (Prometheus), ``GET /``
+(a search page), ``GET /docs`` (OpenAPI).
 
 Each route is a few lines: it reads its body, calls :class:`~arxiv_embeddings.api.service.Service` (``embed`` or
 ``search``, which own what a request means) and shapes the answer. A request chooses its task (``task`` of /embed,
@@ -33,6 +34,8 @@ from arxiv_embeddings.api.schemas import (
     EmbedResponse,
     ErrorResponse,
     HealthResponse,
+    InfoResponse,
+    ModelsResponse,
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     SearchRequest,
@@ -117,22 +120,43 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
             return error_response(err.status, err.type, err.message, err.headers)
         return service.health()
 
+    @app.get(
+        "/v1/models",
+        response_model=ModelsResponse,
+        responses={401: _ERRORS[401], 503: _ERRORS[503]},
+        summary="OpenAI-compatible model list: the served name, then `<served name>:<task>` for each task.",
+    )
+    async def models() -> Any:
+        return service.models()
+
+    @app.get(
+        "/info",
+        response_model=InfoResponse,
+        responses={401: _ERRORS[401], 503: _ERRORS[503]},
+        summary="What is served (as text-embeddings-inference's /info): name, dimension, max input tokens, backend.",
+    )
+    async def info() -> Any:
+        return service.info()
+
     @app.post(
         "/embed",
         response_model=EmbedResponse,
         responses=_ERRORS,
-        summary="Embed a text, a paper {title, abstract}, or a list of them.",
+        summary="Embed a text, a paper {title, abstract}, or a list of them (or TEI's body, `inputs`).",
     )
     async def embed(body: EmbedRequest) -> Any:
-        items = body.input if isinstance(body.input, list) else [body.input]
-        texts = [as_text(i) for i in items]
+        tei = body.inputs is not None  # text-embeddings-inference's body: answered in its shape, a bare array
+        given = body.inputs if tei else body.input
+        assert given is not None  # the request's validator asks for one of the two
+        texts = [as_text(i) for i in (given if isinstance(given, list) else [given])]
         out = await service.embed(texts, task=body.task, dimensions=body.dimensions, normalize=body.normalize)
-        vectors = out.vectors
+        if tei:
+            return _json(out.vectors.tolist())
         return _json(
             {
-                "embeddings": vectors.tolist(),
-                "model": service.model_name,
-                "dimension": int(vectors.shape[1]),
+                "embeddings": out.vectors.tolist(),
+                "model": service.served_name,
+                "dimension": int(out.vectors.shape[1]),
                 "normalized": body.normalize,
                 "task": out.task,
                 "output": out.output,
@@ -156,7 +180,7 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
             {
                 "object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
-                "model": service.model_name,
+                "model": service.served_name,
                 "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
             }
         )
@@ -177,7 +201,7 @@ def create_app(settings: Settings | None = None, *, load_embedder: LoadEmbedder 
                     {"arxiv_id": h.arxiv_id, "title": h.title, "primary_subject": h.primary_subject, "score": h.score}
                     for h in found.hits
                 ],
-                "model": service.model_name,
+                "model": service.served_name,
                 "index_size": found.index_size,
             }
         )

@@ -45,11 +45,22 @@ def as_text(item: str | Paper) -> str:
 
 # ------------------------------------------------------------------------------------------------ /embed
 class EmbedRequest(_Strict):
-    """One text or paper, or a list of them."""
+    """One text or paper, or a list of them; or text-embeddings-inference's body (``inputs``), answered in its shape."""
 
-    input: TextOrPaper | Annotated[list[TextOrPaper], Field(min_length=1)] = Field(
+    input: TextOrPaper | Annotated[list[TextOrPaper], Field(min_length=1)] | None = Field(
+        default=None,
         description="A text, a paper {title, abstract}, or a list of texts and papers (at most serve.max_batch).",
         examples=["Graph neural networks for molecular property prediction", [{"title": "A title", "abstract": "..."}]],
+    )
+    inputs: Text | Annotated[list[Text], Field(min_length=1)] | None = Field(
+        default=None,
+        description="text-embeddings-inference's field: a text or a list of texts, instead of `input`. The answer "
+        "is then TEI's too, a bare JSON array of embeddings, so a TEI client works unchanged.",
+    )
+    truncate: bool | None = Field(
+        default=None,
+        description="Accepted for TEI clients. Texts are always truncated to the model's max_seq_length tokens "
+        "(GET /info: max_input_length), whatever this says.",
     )
     normalize: bool = Field(default=True, description="L2-normalize the embeddings (after any truncation).")
     dimensions: int | None = Field(
@@ -66,6 +77,14 @@ class EmbedRequest(_Strict):
         "model's default task.",
         examples=["search"],
     )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> EmbedRequest:
+        if (self.input is None) == (self.inputs is None):
+            raise ValueError(
+                "give the texts in `input`, or in `inputs` (text-embeddings-inference's name): one of the two"
+            )
+        return self
 
 
 class EmbedResponse(BaseModel):
@@ -150,7 +169,8 @@ class SearchResponse(BaseModel):
 # ----------------------------------------------------------------------------------------------- /health
 class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
-    model: str
+    model: str = Field(description="The served name (serve.served_name; by default the model's run name).")
+    model_path: str = Field(description="Where the model was loaded from: a folder, a Hub name or a gs:// URL.")
     dimension: int
     backend: str
     variant: str
@@ -170,6 +190,42 @@ class HealthResponse(BaseModel):
         description="The output /search embeds query texts with: the one the index was built with; null when "
         "/search is off."
     )
+
+
+class ModelEntry(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="When the server started loading the model (Unix seconds).")
+    owned_by: str
+
+
+class ModelsResponse(BaseModel):
+    """OpenAI's ``GET /v1/models``: the served name, then ``<served name>:<task>`` for each task."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelEntry]
+
+
+class TaskInfo(BaseModel):
+    output: str
+    dimension: int
+
+
+class InfoResponse(BaseModel):
+    """What is served, by what and with which limits (text-embeddings-inference's ``/info`` names first)."""
+
+    model_id: str = Field(description="The served name.")
+    model_path: str
+    model_dtype: str = Field(description="The backend's variant (fp32, bf16, an ONNX variant such as int8-avx2).")
+    dimension: int = Field(description="Length of the default task's embeddings.")
+    max_input_length: int = Field(description="Tokens read of each text; longer texts are truncated.")
+    max_client_batch_size: int = Field(description="Texts per request at most (serve.max_batch).")
+    backend: str
+    variant: str
+    version: str
+    default_task: str
+    tasks: dict[str, TaskInfo]
+    search_output: str | None
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -33,7 +33,7 @@ from arxiv_embeddings.api.runtime import (
 )
 from arxiv_embeddings.api.settings import Settings
 from arxiv_embeddings.backends.tasks import MODEL, TaskMap, UnknownTaskError, tasks_of
-from arxiv_embeddings.layout import MANIFEST_FILE
+from arxiv_embeddings.layout import MANIFEST_FILE, model_name
 from arxiv_embeddings.vectors import truncate_rows
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class Service:
         self.status = "loading"  # loading | ready | failed | stopping
         self.error: str | None = None
         self.model_name: str | None = None  # as configured: a folder, a Hub name or a gs:// URL
+        self.served_name: str | None = None  # the name the API answers as (serve.served_name, else the run name)
+        self.started = 0  # when the model started loading (Unix seconds): /v1/models' `created`
         self.model_folder: str | None = None  # what is loaded: the same, or the local copy of a bucket folder
         self.embedder: Embedder | None = None
         self.batcher: MicroBatcher | None = None
@@ -126,6 +128,8 @@ class Service:
     def _load(self) -> None:
         s = self.settings
         self.model_name = choose_model(s)
+        self.served_name = s.served_name or model_name(self.model_name) or self.model_name
+        self.started = int(time.time())
         self.model_folder = local_copy_of(self.model_name, s.cache_dir, "model", "MODEL_PATH / serve.model_path")
         tasks = tasks_of(self.model_folder)  # a malformed tasks.json fails the start-up, naming the file
         threads, workers = cpu_layout(s.threads, s.workers)
@@ -265,11 +269,11 @@ class Service:
         OpenAI-style ``model`` names (:func:`task_of_model`); truncated to ``dimensions`` (Matryoshka), then
         normalized. ``count_tokens``: also count the tokens the model reads, while it encodes."""
         self.ready()
-        assert self.tasks is not None and self.model_name is not None
+        assert self.tasks is not None and self.served_name is not None
         if model is not None:
             example = self.tasks.names[-1]
-            fix = f' Send model="{example}" or model="{self.model_name}:{example}".'
-            task, output = self._resolve(task_of_model(model, self.model_name, self.tasks), "model: ", fix)
+            fix = f' Send model="{example}" or model="{self.served_name}:{example}".'
+            task, output = self._resolve(task_of_model(model, self.served_name, self.tasks), "model: ", fix)
         else:
             task, output = self._resolve(task)
         texts = self._check_texts(texts, "input")
@@ -366,6 +370,35 @@ class Service:
             raise ApiError(503, "shutting_down", str(err), retry) from None
 
     # ------------------------------------------------------------------------------------------- info
+    def models(self) -> dict[str, Any]:
+        """``GET /v1/models`` in OpenAI's shape: the served name, then ``<served name>:<task>`` for each task (the
+        names /v1/embeddings takes as ``model``)."""
+        self.ready()
+        assert self.tasks is not None and self.served_name is not None
+        ids = [self.served_name, *(f"{self.served_name}:{t}" for t in self.tasks.names)]
+        entry = {"object": "model", "created": self.started, "owned_by": "arxiv-embeddings"}
+        return {"object": "list", "data": [{"id": i, **entry} for i in ids]}
+
+    def info(self) -> dict[str, Any]:
+        """``GET /info`` (as text-embeddings-inference names it): what is served, by what, with which limits."""
+        self.ready()
+        e, tasks = self.embedder, self.tasks
+        assert e is not None and tasks is not None
+        return {
+            "model_id": self.served_name,
+            "model_path": self.model_name,
+            "model_dtype": e.variant,
+            "dimension": self.dimensions[tasks.output_of(None)],
+            "max_input_length": int(e.max_seq_length),
+            "max_client_batch_size": self.settings.max_batch,
+            "backend": e.backend,
+            "variant": e.variant,
+            "version": VERSION,
+            "default_task": tasks.default,
+            "tasks": {t: {"output": tasks.tasks[t], "dimension": self.dimensions[tasks.tasks[t]]} for t in tasks.names},
+            "search_output": self.search_output if self.index is not None else None,
+        }
+
     def health(self) -> dict[str, Any]:
         e = self.embedder
         if e is None:
@@ -374,7 +407,8 @@ class Service:
         assert tasks is not None
         return {
             "status": "ok",
-            "model": self.model_name,
+            "model": self.served_name,
+            "model_path": self.model_name,
             "dimension": self.dimensions[tasks.output_of(None)],
             "default_task": tasks.default,
             "tasks": dict(tasks.as_dict()["tasks"]),

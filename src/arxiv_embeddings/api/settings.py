@@ -38,6 +38,7 @@ ENV_VARS: dict[str, str] = {
     "BACKEND": "backend",
     "VARIANT": "variant",
     "DEVICE": "device",
+    "SERVED_MODEL_NAME": "served_name",
 }
 ENV_PREFIX = "SERVE_"
 
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
     port: int = Field(ge=0, le=65535)
     model_path: str | None
     base_model: str
+    served_name: str | None
     models_dir: Path
     backend: Literal["auto", "torch", "onnx"]
     variant: str | None
@@ -105,7 +107,9 @@ class Settings(BaseSettings):
     log_level: str
     access_log: bool
 
-    @field_validator("model_path", "variant", "device", "index_path", "api_key", "api_key_file", mode="before")
+    @field_validator(
+        "model_path", "served_name", "variant", "device", "index_path", "api_key", "api_key_file", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip() in ("", "null", "None") else value

@@ -16,10 +16,10 @@ from omegaconf import DictConfig
 from arxiv_embeddings.config import (
     ConfigError,
 )
-from arxiv_embeddings.papers import sample_rows
 from arxiv_embeddings.evaluation.settings import FRESH_FILE, FRESH_NATURAL_FILE, FRESH_SLICES
 from arxiv_embeddings.io import artifact_path, exists, file_sha256, read_parquet
 from arxiv_embeddings.layout import processed_split, split_path
+from arxiv_embeddings.papers import sample_rows
 
 
 @dataclass

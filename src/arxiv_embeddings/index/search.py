@@ -60,7 +60,7 @@ class PaperIndex:
         self.manifest = manifest
         self.path = path
         self.dimension = int(index.d)
-        self._ids: tuple[np.ndarray, np.ndarray] | None = None
+        self._ids: tuple[pa.Array, np.ndarray] | None = None  # the ids sorted, and their rows
         self._ids_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------- loading
@@ -195,21 +195,26 @@ class PaperIndex:
         return self.search(embedder.encode(list(texts), normalize=True, output=self.output), k)
 
     def row_of(self, arxiv_id: str) -> int:
-        """Vector id (metadata row) of a paper; :class:`UnknownPaperError` when it is not indexed."""
-        from arxiv_embeddings.papers import hash_strings
+        """Vector id (metadata row) of a paper; :class:`UnknownPaperError` when it is not indexed. The ids are
+        sorted once (Arrow only: the serving install has no pandas), then each lookup is a binary search."""
+        import pyarrow.compute as pc
 
         with self._ids_lock:
             if self._ids is None:
-                keys = hash_strings(self.metadata.column("arxiv_id"))
-                order = np.argsort(keys, kind="stable")
-                self._ids = (keys[order], order)
-        keys, order = self._ids
-        key = hash_strings(pa.array([str(arxiv_id)]))[0]
-        column = self.metadata.column("arxiv_id")
-        start, stop = np.searchsorted(keys, key, side="left"), np.searchsorted(keys, key, side="right")
-        for row in order[start:stop]:
-            if column[int(row)].as_py() == arxiv_id:
-                return int(row)
+                column = self.metadata.column("arxiv_id").combine_chunks()
+                order = pc.sort_indices(column)  # stable: of duplicate ids, the first row comes first
+                self._ids = (column.take(order), order.to_numpy())
+        ids, order = self._ids
+        # Arrow sorts strings by their UTF-8 bytes, the order Python's str comparison gives.
+        lo, hi = 0, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ids[mid].as_py() < arxiv_id:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(ids) and ids[lo].as_py() == arxiv_id:
+            return int(order[lo])
         raise UnknownPaperError(arxiv_id, self.path)
 
     def paper(self, arxiv_id: str) -> dict[str, str]:
