@@ -12,6 +12,7 @@ from arxiv_embeddings import preprocess
 from arxiv_embeddings.config import ConfigError, compose
 from arxiv_embeddings.io import file_sha256, read_json
 from arxiv_embeddings.layout import SPLITS, split_path
+from arxiv_embeddings.papers import SAMPLE_PATH
 from arxiv_embeddings.sources import normalize
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -327,3 +328,61 @@ def test_only_the_columns_the_pipeline_uses_are_read(tmp_path: Path, name: str) 
         match=r"renames column\(s\) \['nope'\].*its columns are: title, abstract.*full_text, authors, paper_id",
     ):
         load_raw(_cfg(tmp_path, path, "data.columns={nope:arxiv_id}").data)
+
+
+def _kaggle_line(paper: dict, i: int) -> str:
+    """One line of the Cornell / Kaggle metadata snapshot for ``paper`` (a row of the shipped sample): every field of
+    the dump, categories as one space-separated string with the primary first, and the dump's hard line wraps and
+    indentation in the title and abstract."""
+    import json
+    import textwrap
+
+    return json.dumps(
+        {
+            "id": paper["arxiv_id"],
+            "submitter": "A. Author",
+            "authors": "A. Author, B. Author",
+            "title": "\n  ".join(textwrap.wrap(paper["title"], 60, break_on_hyphens=False, break_long_words=False)),
+            "comments": "12 pages" if i % 2 else None,
+            "journal-ref": None,
+            "doi": None,
+            "report-no": None,
+            "categories": " ".join(paper["subjects"]),
+            "license": None,
+            "abstract": "  "
+            + "\n".join(textwrap.wrap(paper["abstract"], 80, break_on_hyphens=False, break_long_words=False))
+            + "\n",
+            "versions": [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}],
+            "update_date": "2008-11-13",
+            "authors_parsed": [["Author", "A.", ""], ["Author", "B.", ""]],
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ["arxiv-metadata-oai-snapshot.json", "arxiv-metadata-oai-snapshot.json.gz"])
+def test_the_kaggle_snapshot_loads_with_its_preset(tmp_path: Path, name: str) -> None:
+    """data=kaggle reads the snapshot's exact shape (plain or gzipped): the same papers as the sample they were
+    written from, wraps collapsed, categories split with the first as the primary subject."""
+    import gzip
+
+    from arxiv_embeddings.sources import load_raw, normalize
+
+    sample = pq.read_table(SAMPLE_PATH).slice(0, 200)
+    lines = [_kaggle_line(p, i) + "\n" for i, p in enumerate(sample.to_pylist())]
+    path = tmp_path / name
+    with gzip.open(path, "wt") if name.endswith(".gz") else open(path, "w") as fh:
+        fh.writelines(lines)
+    cfg = compose("preprocess", [f"paths.root_dir={tmp_path}", "data=kaggle", f"data.path={path}"])
+    table, dropped = normalize(load_raw(cfg.data))
+    expected, _ = normalize(sample)
+    assert dropped == 0 and table.num_rows == 200
+    for column in ("arxiv_id", "title", "abstract", "primary_subject", "subjects"):
+        assert table.column(column).to_pylist() == expected.column(column).to_pylist(), column
+    assert all("\n" not in t and "  " not in t for t in table.column("abstract").to_pylist())
+
+
+def test_a_separator_on_a_column_of_lists_names_the_fix(tmp_path: Path) -> None:
+    path = _write(tmp_path, _papers(6))
+    cfg = _cfg(tmp_path, path, "data.subjects_separator=whitespace")
+    with pytest.raises(ConfigError, match=r"data.subjects_separator=null for a column of lists"):
+        preprocess.run(cfg)

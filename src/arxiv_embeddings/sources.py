@@ -159,6 +159,7 @@ def load_raw(data: DictConfig, keep_columns: Sequence[str] | None = ()) -> pa.Ta
         )
     if renames:
         table = table.rename_columns([renames.get(c, c) for c in table.column_names])
+    table = split_subjects(table, data.get("subjects_separator"))
     renamed = [renames.get(c, c) for c in names]
     missing = [c for c in TEXT_COLUMNS if c not in table.column_names]
     if "primary_subject" not in table.column_names and "subjects" not in table.column_names:
@@ -169,6 +170,23 @@ def load_raw(data: DictConfig, keep_columns: Sequence[str] | None = ()) -> pa.Ta
             "Map yours with data.columns, e.g. data.columns={paper_id:arxiv_id}."
         )
     return table
+
+
+def split_subjects(table: pa.Table, separator: str | None) -> pa.Table:
+    """``table`` with a string ``subjects`` column split into lists by ``separator`` (``data.subjects_separator``):
+    ``whitespace`` splits on any run of whitespace (the Kaggle snapshot's ``categories``), another value on that
+    literal string; None leaves the column as it is (the Hugging Face schema's "; "-joined labels)."""
+    if separator is None or "subjects" not in table.column_names:
+        return table
+    column = table.column("subjects")
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise ConfigError(
+            f"data.subjects_separator={separator!r} splits a string column, but 'subjects' is {column.type}; set "
+            "data.subjects_separator=null for a column of lists."
+        )
+    column = pc.fill_null(column, "")
+    split = pc.utf8_split_whitespace if separator == "whitespace" else (lambda a: pc.split_pattern(a, str(separator)))
+    return table.set_column(table.column_names.index("subjects"), "subjects", split(column))
 
 
 # --------------------------------------------------------------------------------------------- normalizing
