@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 INSTALLS = {
     "serving (api.dockerfile)": ["--no-default-groups"],
-    "training (train.dockerfile)": ["--no-dev"],
+    "training (train.dockerfile)": ["--no-default-groups", "--extra", "train"],
     "development (uv sync)": [],
 }
 

@@ -24,17 +24,18 @@ ENV UV_COMPILE_BYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, in their own layer: it is rebuilt only when uv.lock or pyproject.toml change.
-# --no-dev: the project and its `pipeline` group (torch, sentence-transformers, ...), not the test tools.
+# --no-default-groups --extra train: the project, its serving dependencies and its `train` extra (torch,
+# sentence-transformers, ...), as `pip install "arxiv-embeddings[train]"` gets them; not the test tools.
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     uv python install 3.11 \
-    && uv sync --locked --no-dev --no-install-project
+    && uv sync --locked --no-default-groups --extra train --no-install-project
 
 COPY pyproject.toml uv.lock README.md ./
 COPY configs ./configs
 COPY src ./src
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev
+    uv sync --locked --no-default-groups --extra train
 
 ENTRYPOINT ["python", "-m", "arxiv_embeddings.train_launcher"]

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -403,10 +404,13 @@ def _uv_commands(name: str) -> list[list[str]]:
 
 
 def test_images_install_their_part_of_the_lock_in_a_cached_layer_before_the_source() -> None:
-    expected = {"train.dockerfile": "--no-dev", "api.dockerfile": "--no-default-groups"}
+    expected = {
+        "train.dockerfile": ["--no-default-groups", "--extra", "train"],
+        "api.dockerfile": ["--no-default-groups"],
+    }
     for name, selection in expected.items():
         syncs = [c for c in _uv_commands(name) if c[:2] == ["uv", "sync"]]
-        assert [c[2:] for c in syncs] == [["--locked", selection, "--no-install-project"], ["--locked", selection]]
+        assert [c[2:] for c in syncs] == [["--locked", *selection, "--no-install-project"], ["--locked", *selection]]
         instructions = _instructions(name)
         first_sync = next(i for i, (ins, a) in enumerate(instructions) if ins == "RUN" and "--no-install-project" in a)
         copy_src = next(i for i, (ins, a) in enumerate(instructions) if ins == "COPY" and a.startswith("src"))
@@ -548,7 +552,7 @@ def test_train_image_install_and_entry_point(tmp_path: Path) -> None:
     venv = tmp_path / "train-venv"
     _sync_like_the_image("train.dockerfile", venv)
     assert _has(venv, "torch") and _has(venv, "sentence_transformers") and _has(venv, "accelerate")
-    assert not _has(venv, "pytest") and not _has(venv, "dvc")
+    assert not _has(venv, "pytest") and not _has(venv, "dvc") and not _has(venv, "invoke")
     # The image's entry point with two GPUs' worth of processes: torchrun starts two train stages, and Hydra's
     # --cfg job makes each print the config it composed from the arguments.
     proc = subprocess.run(
@@ -564,6 +568,29 @@ def test_train_image_install_and_entry_point(tmp_path: Path) -> None:
     launched = f"{venv}/bin/python -m torch.distributed.run --nproc-per-node=2 --standalone -m arxiv_embeddings.train"
     assert f"{launched} --cfg job trainer.max_steps=3" in proc.stderr
     assert proc.stdout.count("max_steps: 3") == 2 and proc.stdout.count("task_name: train") == 2
+
+
+@pytest.mark.slow
+def test_the_wheel_runs_a_pipeline_stage_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
+    """The train image's install (the `train` extra) with the wheel in place of the checkout: a stage on the
+    embedded sample, from a folder outside the checkout, with the configs and the sample the wheel carries."""
+    venv = tmp_path / "train-venv"
+    _sync_like_the_image("train.dockerfile", venv)
+    _install_wheel(venv, wheel)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.preprocess", f"paths.root_dir={outside}"],
+        cwd=outside,
+        env={k: v for k, v in os.environ.items() if k != "ARXIV_EMBEDDINGS_ROOT"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((outside / "data" / "processed" / "manifest.json").read_text())
+    assert manifest["funnel"]["loaded"] == 8063 and manifest["funnel"]["kept"] > 7000, manifest["funnel"]
 
 
 # ----------------------------------------------------------------------------------- workflows and hooks
@@ -637,3 +664,158 @@ def test_pre_commit_hooks_are_local_through_uv_and_valid() -> None:
         assert tool == "inv" or (Path(sys.executable).parent / tool).exists(), f"{tool} is not installed"
     proc = _run([sys.executable, "-m", "pre_commit", "validate-config", ".pre-commit-config.yaml"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ the wheel
+def test_the_train_extra_and_the_pipeline_group_list_the_same_packages() -> None:
+    """`pip install "arxiv-embeddings[train]"` and a checkout's `uv sync` get the same pipeline; the group adds only
+    the task runner."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extra, group = set(data["project"]["optional-dependencies"]["train"]), set(data["dependency-groups"]["pipeline"])
+    assert {d.split(">")[0] for d in group - extra} == {"invoke"} and extra <= group
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built as a user's `uv build` / `pip wheel` builds it."""
+    out = tmp_path_factory.mktemp("dist")
+    uv = shutil.which("uv")
+    assert uv, "uv is needed to build the wheel"
+    proc = _run([uv, "build", "--wheel", "--out-dir", str(out), str(REPO)], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (built,) = out.glob("arxiv_embeddings-*.whl")
+    return built
+
+
+def _install_wheel(venv: Path, wheel: Path) -> None:
+    """Replace the checkout's project in ``venv`` by the wheel (its dependencies are the image's, already there)."""
+    uv = shutil.which("uv")
+    proc = _run(
+        [str(uv), "pip", "install", "--python", str(venv / "bin" / "python"), "--no-deps", "--reinstall", str(wheel)],
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_wheel_carries_the_configs_and_the_sample(wheel: Path) -> None:
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("preprocess.yaml", "base.yaml", "serve.yaml", "data/kaggle.yaml", "experiment/cpu_budget.yaml"):
+        assert f"arxiv_embeddings/configs/{name}" in names, name
+    assert "arxiv_embeddings/resources/arxiv_sample.parquet" in names
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "Provides-Extra: train" in text and "Requires-Dist: typer" in text
+
+
+@pytest.mark.slow
+def test_the_wheel_serves_every_route_outside_the_checkout(
+    wheel: Path, tmp_path: Path, processed_root: Path, tiny_model_dir: Path
+) -> None:
+    """The serving install (the API image's part of the lock: no torch, transformers or pandas) with the wheel in
+    place of the checkout, run from a folder outside it: `arxiv-embed --help`, and the ONNX API's /health, /embed,
+    /info and /search by text and by arXiv id."""
+    from arxiv_embeddings.config import compose
+    from arxiv_embeddings.export import stage as export_stage
+    from arxiv_embeddings.index import stage as index_stage
+
+    model = tmp_path / "models" / "tiny" / "final"
+    shutil.copytree(tiny_model_dir, model)
+    common = [f"paths.root_dir={tmp_path}", f"paths.processed_dir={processed_root / 'data' / 'processed'}"]
+    export_stage.run(
+        compose(
+            "export",
+            [
+                *common,
+                "run_name=tiny",
+                "export.optimization_levels=[]",
+                "export.throughput.texts=8",
+                "export.throughput.batch_size=8",
+                "export.throughput.seq_lengths=[32]",
+                "export.throughput.repeats=1",
+            ],
+        )
+    )
+    index = index_stage.run(
+        compose(
+            "index",
+            [
+                *common,
+                f"index.model={model}",
+                "index.backend=onnx",
+                "index.name=wheel",
+                "index.type=flat",
+                "index.eval.queries=20",
+            ],
+        )
+    )["dir"]
+    venv = tmp_path / "serve-venv"
+    _sync_like_the_image("api.dockerfile", venv)
+    _install_wheel(venv, wheel)
+    for module in ("torch", "transformers", "pandas"):
+        assert not _has(venv, module), f"{module} must not be in the serving install"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    cli = subprocess.run(
+        [str(venv / "bin" / "arxiv-embed"), "--help"],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 0 and "data-info" in cli.stdout, cli.stderr[-2000:]
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from arxiv_embeddings.config import CONFIG_DIR; print(CONFIG_DIR)"],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout + where.stderr
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "BACKEND": "onnx",
+        "VARIANT": "fp32",
+        "MODEL_PATH": str(model),
+        "INDEX_PATH": str(index),
+        "ARXIV_EMBEDDINGS_ROOT": str(tmp_path),
+    }
+    server = subprocess.Popen(
+        [str(venv / "bin" / "python"), "-m", "arxiv_embeddings.api"],
+        cwd=outside,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    answers: dict[str, tuple[int, Any]] = {}
+    try:
+        status, deadline = 0, time.monotonic() + 180
+        while status != 200 and time.monotonic() < deadline and server.poll() is None:
+            try:
+                status, _ = _get(f"http://127.0.0.1:{port}/health")
+            except OSError:
+                status = 0
+            time.sleep(0.5)
+        assert status == 200, f"/health never became ready (last status {status})"
+        url = f"http://127.0.0.1:{port}"
+        answers["embed"] = _get(f"{url}/embed", {"input": ["Graph neural networks for molecules"]})
+        answers["info"] = _get(f"{url}/info")
+        answers["text"] = _get(f"{url}/search", {"text": "graph neural networks", "k": 2})
+        first = answers["text"][1]["results"][0]["arxiv_id"]
+        answers["id"] = _get(f"{url}/search", {"arxiv_id": first, "k": 2})
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=60)
+    assert {k: v[0] for k, v in answers.items()} == {"embed": 200, "info": 200, "text": 200, "id": 200}, out[-3000:]
+    assert answers["info"][1]["model_id"] == "tiny" and answers["info"][1]["backend"] == "onnx"
+    assert first not in [r["arxiv_id"] for r in answers["id"][1]["results"]]
