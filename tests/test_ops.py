@@ -768,6 +768,18 @@ def test_the_wheel_serves_every_route_outside_the_checkout(
         check=False,
     )
     assert cli.returncode == 0 and "data-info" in cli.stdout, cli.stderr[-2000:]
+    # a subcommand that needs the pipeline's libraries says which extra brings them
+    needs = subprocess.run(
+        [str(venv / "bin" / "arxiv-embed"), "publish", "--source", str(outside)],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert needs.returncode == 1 and "pip install 'arxiv-embeddings[train]'" in needs.stdout, (
+        needs.stdout + needs.stderr
+    )
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "from arxiv_embeddings.config import CONFIG_DIR; print(CONFIG_DIR)"],
         cwd=outside,

@@ -160,5 +160,22 @@ def publish(
     console.print(f"Published {', '.join(published)} to {dest}.")
 
 
+def main() -> None:
+    """The ``arxiv-embed`` command. A subcommand that needs the pipeline's libraries, in an install without them
+    (``pip install arxiv-embeddings``, the API image), says which extra brings them instead of a traceback."""
+    try:
+        app()
+    except ModuleNotFoundError as err:
+        missing = (err.name or str(err)).split(".")[0]
+        console.print(
+            f"This command needs {missing}, which this install does not have. Install the pipeline's libraries: "
+            "pip install 'arxiv-embeddings[train]' (in a checkout: uv sync).",
+            style="red",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()
