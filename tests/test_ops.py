@@ -650,6 +650,7 @@ def test_pre_commit_hooks_are_local_through_uv_and_valid() -> None:
         "ruff",
         "ruff-format",
         "mypy",
+        "deptry",
         "check-yaml",
         "check-toml",
         "check-added-large-files",
@@ -831,3 +832,16 @@ def test_the_wheel_serves_every_route_outside_the_checkout(
     assert {k: v[0] for k, v in answers.items()} == {"embed": 200, "info": 200, "text": 200, "id": 200}, out[-3000:]
     assert answers["info"][1]["model_id"] == "tiny" and answers["info"][1]["backend"] == "onnx"
     assert first not in [r["arxiv_id"] for r in answers["id"][1]["results"]]
+
+
+def test_deptry_sees_an_undeclared_import(tmp_path: Path) -> None:
+    """The lint's dependency check passes on the package and fails on an import nothing declares."""
+    deptry = str(Path(sys.executable).parent / "deptry")
+    ok = _run([deptry, "src"])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = tmp_path / "src" / "arxiv_embeddings"
+    shutil.copytree(REPO / "src" / "arxiv_embeddings", bad, ignore=shutil.ignore_patterns("resources", "__pycache__"))
+    (bad / "stray.py").write_text("import tomlkit\n")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    out = subprocess.run([deptry, "src"], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode != 0 and "tomlkit" in out.stdout + out.stderr, out.stdout + out.stderr
