@@ -100,7 +100,7 @@ def validate_hosted(h: DictConfig) -> None:
     check_int(h.dimensions, "baseline.hosted_api.dimensions", optional=True)
     check_int(h.batch_size, "baseline.hosted_api.batch_size")
     check_int(h.max_retries, "baseline.hosted_api.max_retries", minimum=0)
-    for key in ("backoff_s", "max_backoff_s", "timeout_s"):
+    for key in ("timeout_s",):
         value = h[key]
         require(
             isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
@@ -170,8 +170,6 @@ def hosted_embedder(h: DictConfig) -> Any:
         dimensions=h.dimensions,
         batch_size=int(h.batch_size),
         max_retries=int(h.max_retries),
-        backoff_s=float(h.backoff_s),
-        max_backoff_s=float(h.max_backoff_s),
         timeout_s=float(h.timeout_s),
     )
 

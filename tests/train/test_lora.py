@@ -434,7 +434,6 @@ def test_hosted_api_baseline_is_scored_like_any_run_and_cached(
         "baseline.hosted_api.api_key_env=FAKE_EMBEDDINGS_KEY",
         "baseline.hosted_api.dimensions=256",
         "baseline.hosted_api.batch_size=100",
-        "baseline.hosted_api.backoff_s=0.01",
         "evaluate.max_test_papers=60",
         "evaluate.classification.max_train_papers=60",
     ]
@@ -474,7 +473,7 @@ def test_hosted_api_errors_say_what_to_fix(fake_api: str, tmp_path: Path, monkey
     monkeypatch.setenv("FAKE_EMBEDDINGS_KEY", "test-key")
     FakeEmbeddings.fail_next = 3
     impatient = HostedEmbedder(
-        fake_api, "m", cache=tmp_path / "c.sqlite", api_key_env="FAKE_EMBEDDINGS_KEY", max_retries=1, backoff_s=0.01
+        fake_api, "m", cache=tmp_path / "c.sqlite", api_key_env="FAKE_EMBEDDINGS_KEY", max_retries=1
     )
     with pytest.raises(HostedAPIError, match=r"giving up after 2 attempts; last error: HTTP 429: Rate limit reached"):
         impatient.encode(["a text"])

@@ -8,11 +8,14 @@ The ``hosted_api`` baseline (``baseline.runs=[hosted_api]``, off by default) sco
 every other run goes through. The request is ``{"model", "input": [texts], "encoding_format": "float"}`` (plus
 ``dimensions`` when set); the answer's ``data[i].embedding`` is the vector of ``input[data[i].index]``.
 
+Requests go through the official ``openai`` client, so any OpenAI-compatible server works and its retries are the
+SDK's: a 408, 409, 429 or 5xx answer, a timeout or a connection error is retried up to ``max_retries`` times, after
+what the server's ``retry-after-ms`` or ``Retry-After`` (seconds or a date) asks, else the SDK's exponential backoff;
+another 4xx fails at once with the server's message.
+
 Every vector received is written to a SQLite cache keyed by a hash of (endpoint, model, dimensions, text) as soon as
 its request succeeds, so a re-run (after a crash, or with more papers) requests only texts it has not seen, and an
-unchanged re-run makes no request at all (and needs no key). A 429, 408 or 5xx answer, a timeout or a connection
-error is retried after what the server's ``Retry-After`` asks, else ``backoff_s * 2**attempt`` (at most
-``max_backoff_s``); another 4xx fails at once with the server's message.
+unchanged re-run makes no request at all (and needs no key).
 """
 
 from __future__ import annotations
@@ -21,20 +24,16 @@ import hashlib
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loguru import logger
 
 from arxiv_embeddings.backends.tasks import MODEL, check_output
 from arxiv_embeddings.config import ConfigError, require_http_url
 from arxiv_embeddings.vectors import normalize_rows
-
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class HostedAPIError(RuntimeError):
@@ -102,8 +101,6 @@ class HostedEmbedder:
         dimensions: int | None = None,
         batch_size: int = 128,
         max_retries: int = 5,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 60.0,
         timeout_s: float = 60.0,
     ) -> None:
         require_http_url(base_url, "hosted API base_url")
@@ -112,8 +109,8 @@ class HostedEmbedder:
         self.api_key_env = api_key_env
         self.dimensions = dimensions
         self.batch_size = int(batch_size)
-        self.max_retries = int(max_retries)
-        self.backoff_s, self.max_backoff_s, self.timeout_s = float(backoff_s), float(max_backoff_s), float(timeout_s)
+        self.base_url = base_url.rstrip("/")
+        self.max_retries, self.timeout_s = int(max_retries), float(timeout_s)
         self.cache = EmbeddingCache(cache)
         self.device = "remote"
         self.dimension = int(dimensions) if dimensions else 0  # learnt from the first answer when not asked for
@@ -123,55 +120,59 @@ class HostedEmbedder:
     def key(self, text: str) -> str:
         return hashlib.sha256(json.dumps([self.url, self.name, self.dimensions, text]).encode()).hexdigest()
 
-    def _headers(self) -> dict[str, str]:
+    def _api_key(self) -> str:
+        """The key from ``$api_key_env``; a placeholder for a server without authentication (``api_key_env=None``)."""
         if not self.api_key_env:
-            return {}
+            return "none"
         key = os.environ.get(self.api_key_env)
         if not key:
             raise ConfigError(
                 f"The hosted embedding API key is read from ${self.api_key_env}, which is not set: export it, or set "
                 "api_key_env=null for a server without authentication."
             )
-        return {"Authorization": f"Bearer {key}"}
+        return key
+
+    def _client(self) -> Any:
+        import openai
+
+        return openai.OpenAI(
+            base_url=self.base_url, api_key=self._api_key(), max_retries=self.max_retries, timeout=self.timeout_s
+        )
 
     def _post(self, client: Any, batch: list[str]) -> list[np.ndarray]:
-        import httpx
+        """One request for ``batch``, retried by the SDK; :attr:`requests` counts every attempt."""
+        import openai
 
-        body: dict[str, Any] = {"model": self.name, "input": batch, "encoding_format": "float"}
-        if self.dimensions:
-            body["dimensions"] = int(self.dimensions)
-        for attempt in range(self.max_retries + 1):
-            wait = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-            try:
-                self.requests += 1
-                response = client.post(self.url, json=body, headers=self._headers())
-            except (httpx.TimeoutException, httpx.TransportError) as err:
-                problem = f"{type(err).__name__}: {err}"
-            else:
-                if response.status_code == 200:
-                    return self._parse(response, len(batch))
-                if response.status_code not in RETRY_STATUS:
-                    raise HostedAPIError(
-                        f"{self.url} answered {response.status_code} for model {self.name!r}: {_message(response)}"
-                    )
-                problem = f"HTTP {response.status_code}: {_message(response)}"
-                retry_after = response.headers.get("retry-after")
-                if retry_after is not None:
-                    with suppress(ValueError):  # an HTTP date instead of seconds: keep the backoff
-                        wait = min(self.max_backoff_s, max(0.0, float(retry_after)))
-            if attempt == self.max_retries:
-                raise HostedAPIError(f"{self.url}: giving up after {attempt + 1} attempts; last error: {problem}.")
-            logger.warning(f"Embedding request failed ({problem}); retrying in {wait:.1f}s.")
-            time.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+        extra: dict[str, Any] = {"dimensions": int(self.dimensions)} if self.dimensions else {}
+        try:
+            raw = client.embeddings.with_raw_response.create(
+                model=self.name, input=batch, encoding_format="float", **extra
+            )
+        except openai.APIStatusError as err:
+            retried = err.status_code in (408, 409, 429) or err.status_code >= 500
+            self.requests += self.max_retries + 1 if retried else 1
+            message = f"HTTP {err.status_code}: {_message(err)}"
+            if retried:
+                raise HostedAPIError(
+                    f"{self.url}: giving up after {self.max_retries + 1} attempts; last error: {message}."
+                ) from err
+            raise HostedAPIError(
+                f"{self.url} answered {err.status_code} for model {self.name!r}: {_message(err)}"
+            ) from err
+        except openai.APIConnectionError as err:  # timeouts too
+            self.requests += self.max_retries + 1
+            raise HostedAPIError(
+                f"{self.url}: giving up after {self.max_retries + 1} attempts; last error: {type(err).__name__}: {err}."
+            ) from err
+        self.requests += 1 + int(getattr(raw, "retries_taken", 0))
+        return self._parse(raw.parse(), len(batch))
 
     def _parse(self, response: Any, n: int) -> list[np.ndarray]:
         try:
-            data = response.json()["data"]
             vectors: list[np.ndarray | None] = [None] * n
-            for item in data:
-                vectors[int(item["index"])] = np.asarray(item["embedding"], dtype=np.float32)
-        except (ValueError, KeyError, TypeError, IndexError) as err:
+            for item in response.data:
+                vectors[int(item.index)] = np.asarray(item.embedding, dtype=np.float32)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
             raise HostedAPIError(f"{self.url}: not an embeddings response ({type(err).__name__}: {err}).") from err
         if any(v is None for v in vectors) or len({v.shape for v in vectors if v is not None}) != 1:
             raise HostedAPIError(f"{self.url}: the answer does not hold one vector of one size per input text.")
@@ -182,7 +183,6 @@ class HostedEmbedder:
     ) -> np.ndarray:
         """Vectors of ``texts`` as float32 ``(len(texts), dim)``, from the cache where it has them. A hosted model
         has one output, what the API answers: ``output`` must be ``model``."""
-        import httpx
         from tqdm import tqdm
 
         if output != MODEL:
@@ -198,7 +198,7 @@ class HostedEmbedder:
         self.texts_cached += len(texts) - sum(1 for k in keys if k not in found)
         if missing:
             size = int(batch_size or self.batch_size)
-            with httpx.Client(timeout=self.timeout_s) as client:
+            with self._client() as client:
                 for lo in tqdm(range(0, len(missing), size), desc=f"embedding via {self.name}", unit="request"):
                     batch = missing[lo : lo + size]
                     got = {self.key(t): v for t, v in zip(batch, self._post(client, batch), strict=True)}
@@ -214,13 +214,12 @@ class HostedEmbedder:
         return vectors
 
 
-def _message(response: Any) -> str:
-    """The error message of an OpenAI-style error body, else the start of the body."""
-    try:
-        body = response.json()
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-    except ValueError:
-        pass
-    return response.text[:300]
+def _message(err: Any) -> str:
+    """The server's message of an SDK error: ``error.message`` of an OpenAI-style body, else the SDK's own."""
+    body = getattr(err, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error")
+        inner: dict[str, Any] = error if isinstance(error, dict) else body
+        if inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(err, "message", err))[:300]
