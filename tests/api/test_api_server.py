@@ -46,6 +46,23 @@ def test_server_process_serves_load_and_exits_cleanly_on_sigterm(tiny_model_dir:
         wait_serving(server, url, log_path)
         assert httpx.get(f"{url}/health").json()["model_path"] == str(tiny_model_dir)
 
+        # The official OpenAI client, unchanged: it lists the models, then embeds with one of them.
+        import numpy as np
+        import openai
+
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        listed = [m.id for m in sdk.models.list()]
+        assert listed[0] == tiny_model_dir.name and f"{tiny_model_dir.name}:search" in listed
+        texts = ["Graph neural networks for molecules", "Dark matter in dwarf galaxies"]
+        for fmt in ("float", "base64"):  # the client asks for base64 unless told otherwise, and decodes it
+            got = sdk.embeddings.create(
+                model=listed[0], input=texts, **({"encoding_format": fmt} if fmt == "float" else {})
+            )
+            assert got.model == tiny_model_dir.name and [d.index for d in got.data] == [0, 1]
+            assert got.usage.prompt_tokens > 0
+            own = httpx.post(f"{url}/embed", json={"input": texts}).json()["embeddings"]
+            np.testing.assert_allclose(np.asarray([d.embedding for d in got.data]), np.asarray(own), atol=1e-5)
+
         load = subprocess.run(
             [sys.executable, "-m", "arxiv_embeddings.loadtest", "--url", url, "--duration", "2", "--json"],
             cwd=REPO,
