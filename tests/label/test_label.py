@@ -29,7 +29,7 @@ from arxiv_embeddings.io import read_json, tree_sha256
 from arxiv_embeddings.label import stage as label_stage
 from arxiv_embeddings.label.cache import ScoreCache
 from arxiv_embeddings.label.csv_import import CsvPairsError, read_scored_csv
-from arxiv_embeddings.label.llm import LLMRequestError, LLMScorer, retry_after_seconds
+from arxiv_embeddings.label.llm import LLMRequestError, LLMScorer
 from arxiv_embeddings.label.prompts import paper_prompt_text, parse_score
 from arxiv_embeddings.label.scorers import build_scorer
 from arxiv_embeddings.runner import execute
@@ -216,17 +216,6 @@ def test_parse_score_rejects_replies_without_a_usable_score(reply: str) -> None:
         parse_score(reply)
 
 
-def test_retry_after_seconds_reads_seconds_milliseconds_and_dates() -> None:
-    import email.utils
-
-    assert retry_after_seconds({"Retry-After": "2"}) == 2.0
-    assert retry_after_seconds({"retry-after-ms": "1500", "Retry-After": "2"}) == 1.5
-    in_30s = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 <= retry_after_seconds({"Retry-After": in_30s}) <= 31  # type: ignore[operator]
-    assert retry_after_seconds({"Retry-After": "soon"}) is None
-    assert retry_after_seconds({}) is None
-
-
 # ---------------------------------------------------------------------------------- a local OpenAI-compatible API
 def pair_score(text_a: str, text_b: str) -> float:
     """The fake server's score of a pair: 'Paper i' vs 'Paper j' -> ((7i + 3j) % 11) / 10, else a hash of the two."""
@@ -248,6 +237,7 @@ class FakeLLM:
     def __init__(self) -> None:
         self.plan: dict[str, list[str]] = {}
         self.fail_after: int | None = None
+        self.refuse_response_format = False  # answer 400 to a request that asks for structured output
         self.log: list[dict[str, Any]] = []
         self.attempts: dict[str, int] = {}  # prompt -> attempts so far, across runs
         self.answered = 0
@@ -277,8 +267,16 @@ class FakeLLM:
             return send_json(h, 400, {"error": {"message": "expected two papers in the prompt"}})
         with self.lock:
             self.log.append(
-                {"title": titles[0], "prompt": prompt, "time": time.monotonic(), "auth": h.headers.get("Authorization")}
+                {
+                    "title": titles[0],
+                    "prompt": prompt,
+                    "time": time.monotonic(),
+                    "auth": h.headers.get("Authorization"),
+                    "structured": "response_format" in body,
+                }
             )
+            if self.refuse_response_format and "response_format" in body:
+                return send_json(h, 400, {"error": {"message": "response_format is not supported by this server"}})
             attempt = self.attempts[prompt] = self.attempts.get(prompt, -1) + 1
             plan = self.plan.get(titles[0], [])
             action = plan[attempt] if attempt < len(plan) else "answer"
@@ -338,7 +336,6 @@ def _llm_overrides(server: FakeLLM, cache: Path, *extra: str) -> list[str]:
         "label.llm.model": "fake-judge",
         "label.llm.api_key_env": "null",
         "label.llm.cache": str(cache),
-        "label.llm.backoff_s": "0.01",
         "label.llm.timeout_s": "0.4",
     }
     values |= dict(e.split("=", 1) for e in extra)
@@ -380,7 +377,7 @@ def test_llm_scorer_retries_rate_limits_errors_and_timeouts(tmp_path: Path, fake
         f"Paper {i}": 1 for i in (5, 6, 7)
     }
     first, second = fake_llm.requests_for("Paper 0")
-    assert second["time"] - first["time"] >= 0.95  # waited what Retry-After asked, not the 0.01 s backoff
+    assert second["time"] - first["time"] >= 0.95  # waited what Retry-After asked, not the client's 0.5 s backoff
     assert scorer.stats == {
         "pairs": 8,
         "cached": 0,
@@ -399,6 +396,20 @@ def test_llm_scorer_retries_rate_limits_errors_and_timeouts(tmp_path: Path, fake
     again = scorer.score_texts(_papers(range(8)), _papers(range(10, 18)))
     assert sorted(r["title"] for r in fake_llm.log) == ["Paper 3", "Paper 4"]  # both answered this time
     assert not np.isnan(again).any() and scorer.stats["cached"] == 6
+
+
+def test_llm_scorer_asks_for_structured_output_and_falls_back_to_plain_text(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    scorer = _scorer(tmp_path, fake_llm, "label.llm.concurrency=1")
+    first = scorer.score_texts(_papers(range(3)), _papers(range(10, 13)))
+    assert all(r["structured"] for r in fake_llm.log) and not np.isnan(first).any()
+    fake_llm.log.clear()
+    fake_llm.refuse_response_format = True
+    plain = _scorer(tmp_path, fake_llm, "label.llm.concurrency=1", f"label.llm.cache={tmp_path / 'other.jsonl'}")
+    scores = plain.score_texts(_papers(range(3)), _papers(range(10, 13)))
+    for i in range(3):
+        assert scores[i] == pytest.approx(pair_score(f"Paper {i}", f"Paper {i + 10}"), abs=1e-6)
+    # one refused request, then plain requests only
+    assert [r["structured"] for r in fake_llm.log] == [True, False, False, False]
 
 
 def test_llm_scorer_stops_on_a_status_retrying_cannot_fix(tmp_path: Path, fake_llm: FakeLLM) -> None:

@@ -1,14 +1,13 @@
-"""The LLM teacher's client: retries with back-off (``Retry-After`` honoured), the endpoint's settings, and
-:class:`LLMScorer`, which scores candidate pairs concurrently through an OpenAI-compatible endpoint."""
+"""The LLM teacher's client: the endpoint's settings, and :class:`LLMScorer`, which scores candidate pairs
+concurrently through any OpenAI-compatible endpoint with the official ``openai`` client (its retries, which honour
+``retry-after-ms`` and ``Retry-After``, and its timeouts), asking for the score as structured output where the server
+supports it."""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
-import random
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,30 +26,26 @@ class LLMRequestError(ConfigError):
     """The LLM endpoint refused a request in a way retrying cannot fix (bad key, model or URL)."""
 
 
-RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
+#: The structured output asked for: ``{"score": <number>}``. A server that refuses ``response_format`` gets plain
+#: requests for the rest of the run, and the reply is read with :func:`parse_score` either way.
+SCORE_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "relatedness",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"score": {"type": "number"}},
+            "required": ["score"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The wait a 429 or 503 response asks for: ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP
-    date. None when there is none (or it cannot be read)."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    if "retry-after-ms" in lowered:
-        try:
-            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = lowered.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+def _retried(status: int) -> bool:
+    """Statuses the client retries (408, 409, 429, 5xx)."""
+    return status in (408, 409, 429) or status >= 500
 
 
 @dataclass
@@ -62,13 +57,12 @@ class LLMSettings:
     api_key: str | None
     concurrency: int
     max_retries: int
-    backoff_s: float
-    max_backoff_s: float
     timeout_s: float
     temperature: float
     max_tokens: int | None
     max_failed_fraction: float
     cache: str
+    structured: bool = True
 
     @classmethod
     def from_config(cls, c: DictConfig) -> LLMSettings:
@@ -79,13 +73,12 @@ class LLMSettings:
             api_key=key,
             concurrency=int(c.concurrency),
             max_retries=int(c.max_retries),
-            backoff_s=float(c.backoff_s),
-            max_backoff_s=float(c.max_backoff_s),
             timeout_s=float(c.timeout_s),
             temperature=float(c.temperature),
             max_tokens=int(c.max_tokens) if c.max_tokens is not None else None,
             max_failed_fraction=float(c.max_failed_fraction),
             cache=str(c.cache),
+            structured=bool(c.get("structured_output", True)),
         )
 
 
@@ -97,18 +90,19 @@ class _Outcome:
 
 @dataclass
 class LLMScorer:
-    """Scores pairs with a chat model behind an OpenAI-compatible ``/chat/completions`` endpoint (httpx, async).
+    """Scores pairs with a chat model behind an OpenAI-compatible ``/chat/completions`` endpoint (``AsyncOpenAI``).
 
-    At most ``concurrency`` requests are in flight (an :class:`asyncio.Semaphore`). A 429, a 5xx, a 408, a timeout
-    or a connection error is retried up to ``max_retries`` times, after the wait the server asks for
-    (``Retry-After``) or else an exponential backoff with jitter. Any other error status (a bad key, model or URL)
-    stops the run with :class:`LLMRequestError`. Each score is appended to a :class:`ScoreCache` as it arrives; pairs
+    At most ``concurrency`` requests are in flight (an :class:`asyncio.Semaphore`). The client retries a 408, 409,
+    429 or 5xx, a timeout or a connection error up to ``max_retries`` times, after the wait the server asks for
+    (``retry-after-ms``, ``Retry-After``) or else its exponential backoff. Any other error status (a bad key, model or
+    URL) stops the run with :class:`LLMRequestError`. Each score is appended to a :class:`ScoreCache` as it arrives; pairs
     already in the cache are not requested again. A pair whose reply holds no usable score (see
     :func:`parse_score`), or that fails after every retry, scores NaN and is not cached.
     """
 
     settings: LLMSettings
     stats: dict[str, int] = field(default_factory=dict)
+    structured: bool | None = None  # whether to ask for structured output; None = settings.structured
 
     @property
     def description(self) -> str:
@@ -130,9 +124,10 @@ class LLMScorer:
         return asyncio.run(self._score_all(list(papers_a), list(papers_b)))
 
     async def _score_all(self, papers_a: list[str], papers_b: list[str]) -> np.ndarray:
-        import httpx
+        import openai
 
         s = self.settings
+        self.structured = s.structured
         cache = ScoreCache(s.cache)
         keys = [cache_key(s.model, a, b) for a, b in zip(papers_a, papers_b, strict=True)]
         scores = np.full(len(keys), np.nan, dtype=np.float32)
@@ -149,11 +144,10 @@ class LLMScorer:
                 f"llm: {len(todo):,} pair(s) to request from {s.model} at {s.base_url} "
                 f"({self.stats['cached']:,} in the cache {s.cache}), {s.concurrency} at a time."
             )
-        headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
         semaphore = asyncio.Semaphore(s.concurrency)
         bar = tqdm(total=len(todo), desc="llm scores", unit="pair", disable=not todo)
 
-        async def one(client: httpx.AsyncClient, key: str, rows: list[int]) -> None:
+        async def one(client: openai.AsyncOpenAI, key: str, rows: list[int]) -> None:
             try:
                 i = rows[0]
                 outcome = await self._request(client, build_messages(papers_a[i], papers_b[i]))
@@ -164,12 +158,11 @@ class LLMScorer:
                 semaphore.release()
                 bar.update(1)
 
+        client = openai.AsyncOpenAI(
+            base_url=s.base_url, api_key=s.api_key or "none", max_retries=s.max_retries, timeout=s.timeout_s
+        )
         try:
-            limits = httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency)
-            async with (
-                httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(s.timeout_s), limits=limits) as client,
-                asyncio.TaskGroup() as group,
-            ):
+            async with client, asyncio.TaskGroup() as group:
                 for key, rows in todo.items():
                     await semaphore.acquire()  # at most `concurrency` requests in flight
                     group.create_task(one(client, key, rows))
@@ -181,49 +174,52 @@ class LLMScorer:
         return scores
 
     async def _request(self, client: Any, messages: list[dict[str, str]]) -> _Outcome:
-        import httpx
+        import openai
 
         s = self.settings
         url = f"{s.base_url}/chat/completions"
         body: dict[str, Any] = {"model": s.model, "messages": messages, "temperature": s.temperature}
         if s.max_tokens is not None:
             body["max_tokens"] = s.max_tokens
-        reason = ""
-        for attempt in range(s.max_retries + 1):
-            wait: float | None = None
-            self.stats["requests"] += 1
-            try:
-                response = await client.post(url, json=body)
-            except httpx.TimeoutException:
-                reason = f"no answer within {s.timeout_s:g}s"
-            except httpx.TransportError as err:
-                reason = f"{type(err).__name__}: {err}"
-            else:
-                if response.status_code == 200:
-                    return self._parse(response)
-                if response.status_code in RETRY_STATUSES or response.status_code >= 500:
-                    reason = f"HTTP {response.status_code}"
-                    wait = retry_after_seconds(response.headers)
-                else:
-                    raise LLMRequestError(_fatal_message(url, s, response.status_code, response.text))
-            if attempt == s.max_retries:
-                break
-            self.stats["retries"] += 1
-            if wait is None:
-                wait = s.backoff_s * 2**attempt * random.uniform(0.5, 1.0)
-            logger.debug(f"llm: {reason}; retry {attempt + 1}/{s.max_retries} in {wait:.2f}s")
-            await asyncio.sleep(min(wait, s.max_backoff_s))
+        if self.structured:
+            body["response_format"] = SCORE_FORMAT
+        try:
+            raw = await client.chat.completions.with_raw_response.create(**body)
+        except openai.APIStatusError as err:
+            text = err.response.text
+            if not _retried(err.status_code):
+                if self.structured and err.status_code in (400, 422) and "response_format" in text:
+                    self.structured = False  # the server has no structured output: plain requests from now on
+                    self.stats["requests"] += 1
+                    logger.info(f"llm: {url} refuses response_format; asking for the score as plain text.")
+                    return await self._request(client, messages)
+                raise LLMRequestError(_fatal_message(url, s, err.status_code, text)) from None
+            return self._failed(f"HTTP {err.status_code}")
+        except openai.APITimeoutError:
+            return self._failed(f"no answer within {s.timeout_s:g}s")
+        except openai.APIConnectionError as err:
+            return self._failed(f"{type(err).__name__}: {err}")
+        taken = int(getattr(raw, "retries_taken", 0))
+        self.stats["requests"] += 1 + taken
+        self.stats["retries"] += taken
+        return self._parse(raw.parse())
+
+    def _failed(self, reason: str) -> _Outcome:
+        """A pair whose every attempt failed (the client retried it ``max_retries`` times): unscored."""
+        s = self.settings
+        self.stats["requests"] += s.max_retries + 1
+        self.stats["retries"] += s.max_retries
         self.stats["failed"] += 1
         logger.warning(f"llm: a pair failed after {s.max_retries + 1} attempt(s) ({reason}); it stays unscored.")
         return _Outcome(None)
 
     def _parse(self, response: Any) -> _Outcome:
         try:
-            reply = response.json()["choices"][0]["message"]["content"]
+            reply = response.choices[0].message.content
             if not isinstance(reply, str):
                 raise TypeError(f"content is {reply!r}")
             return _Outcome(parse_score(reply), reply)
-        except (ValueError, KeyError, IndexError, TypeError) as err:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             self.stats["bad_replies"] += 1
             logger.warning(f"llm: no score in the answer ({err}); the pair stays unscored.")
             return _Outcome(None)
