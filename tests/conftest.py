@@ -124,7 +124,8 @@ def processed_root(tmp_path_factory: pytest.TempPathFactory, make_cfg, slice_ove
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised BERT sentence-transformer built from a config (MiniLM's tokenizer, no download)."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from arxiv_embeddings.backends.loading import resolve_model

@@ -152,7 +152,7 @@ def _texts_and_labels(processed_root: Path, n: int) -> tuple[list[str], list[str
 
 
 def _evaluator(queries: dict, corpus: dict, relevant: dict, cut: RankingCutoffs):
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.util import cos_sim
 
     return InformationRetrievalEvaluator(

@@ -233,7 +233,8 @@ def test_approximate_build_of_the_corpus_loads_with_its_search_settings(build) -
 @pytest.fixture(scope="module")
 def other_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """Another tiny model, 16-d."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
     from transformers import BertConfig, BertModel
 
     out = tmp_path_factory.mktemp("other") / "other-bert"

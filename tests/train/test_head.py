@@ -176,7 +176,7 @@ def test_a_second_head_is_not_stacked(headed_model: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(headed_model), device="cpu")
-    dim = model.get_sentence_embedding_dimension()
+    dim = model.get_embedding_dimension()
     fit = HeadFit(np.eye(dim, dtype=np.float32), np.zeros(dim, np.float32), [0.0], 2, 2, 0.0)
     with pytest.raises(ValueError, match="already has a Dense module"):
         add_head(model, fit)

@@ -258,7 +258,8 @@ def test_lora_config_errors_name_the_key(tmp_path: Path, tiny_qwen_dir: Path) ->
 
 # ---------------------------------------------------------------------------------------- InfoNCE, batches
 def test_infonce_is_mnrl_with_scale_one_over_temperature(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from sentence_transformers import SentenceTransformer, losses
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
 
     cfg = compose("train", [f"paths.root_dir={tmp_path}", "loss=infonce", "loss.temperature=0.1"])
     loss = build_loss(SentenceTransformer(str(tiny_model_dir), device="cpu"), cfg.loss)

@@ -130,7 +130,8 @@ def encoder_from_plain_model(
     """A sentence-transformer around a plain Hugging Face model (encoder or decoder-only, e.g. Qwen2.5): its base
     model (``AutoModel``: no LM head) -> ``pooling`` over the last hidden state (``mean``: masked mean, padding left
     out) -> L2 normalization. A tokenizer without a padding token pads with its end-of-text token."""
-    from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
 
     if pooling not in POOLING:
         raise ValueError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLING)}.")

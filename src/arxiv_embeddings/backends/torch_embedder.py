@@ -38,7 +38,7 @@ def encoder_view(model: Any, dimension: int) -> tuple[Any, int]:
         prompts=dict(model.prompts or {}),
         default_prompt_name=model.default_prompt_name,
     )
-    dim = getattr(view, "get_embedding_dimension", view.get_sentence_embedding_dimension)()
+    dim = view.get_embedding_dimension()
     return view, int(dim or 0)
 
 
@@ -72,8 +72,7 @@ class TorchEmbedder:
         if precision != "fp32":
             self.model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
         self.variant = precision
-        # get_embedding_dimension is the name from sentence-transformers 5.7 on; older releases have only the long one.
-        dim = getattr(self.model, "get_embedding_dimension", self.model.get_sentence_embedding_dimension)()
+        dim = self.model.get_embedding_dimension()
         if dim is None:
             raise ValueError(f"{self.name} does not declare an embedding dimension.")
         self.dimension = int(dim)

@@ -71,9 +71,7 @@ def _fit_seq_length(model: SentenceTransformer, wanted: int) -> None:
 
 
 def _embedding_dim(model: SentenceTransformer) -> int:
-    # sentence-transformers 5.x renamed get_sentence_embedding_dimension to get_embedding_dimension.
-    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return int(getter() or 0)
+    return int(model.get_embedding_dimension() or 0)
 
 
 def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTransformer, dict[str, Any]]:

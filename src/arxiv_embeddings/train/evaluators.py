@@ -51,7 +51,7 @@ def _ir_evaluator(
     queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]], name: str, batch_size: int
 ) -> Any:
     """The library's retrieval evaluator with the cut-offs every evaluation during training reports."""
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     return InformationRetrievalEvaluator(
         queries,

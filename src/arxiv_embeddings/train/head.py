@@ -118,7 +118,7 @@ def add_head(model: Any, fit: HeadFit) -> Any:
     unit vectors. Returns the same model object, changed in place.
     """
     import torch
-    from sentence_transformers.models import Dense, Normalize
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
     modules = list(model._modules.values())
     if any(type(m).__name__ == DENSE for m in modules):

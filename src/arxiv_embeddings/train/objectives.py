@@ -25,7 +25,7 @@ class LossSpec:
     pair_types: tuple[str, ...]
     kwargs: tuple[str, ...] = ()
     #: The module the class lives in: sentence-transformers' losses, or this package's (arxiv_embeddings.train.losses).
-    module: str = "sentence_transformers.losses"
+    module: str = "sentence_transformers.sentence_transformer.losses"
 
 
 IN_BATCH = ("anchor_positive", "title_abstract")
@@ -78,7 +78,7 @@ def check_loss_matches_pairs(loss_cfg: DictConfig, pair_type: str, task: str | N
 def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
     import importlib
 
-    from sentence_transformers import losses  # type: ignore[attr-defined]
+    from sentence_transformers.sentence_transformer import losses
 
     spec = loss_spec(loss_cfg)
     kwargs = {k: to_plain(loss_cfg[k]) for k in spec.kwargs if loss_cfg.get(k) is not None}
@@ -95,7 +95,7 @@ def build_loss(model: Any, loss_cfg: DictConfig) -> Any:
     loss = getattr(importlib.import_module(spec.module), spec.cls)(model, **kwargs)
     if loss_cfg.name == "MatryoshkaLoss":
         dims = [int(d) for d in loss_cfg.dims]
-        width = model.get_sentence_embedding_dimension()
+        width = model.get_embedding_dimension()
         if max(dims) > width:
             raise ConfigError(f"loss.dims={dims} has a dimension above the model's embedding size {width}.")
         loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=dims)

@@ -134,7 +134,7 @@ class TrainingSets:
                 return title_abstract_evaluator(papers, n_papers, name, **settings)
             return retrieval_evaluator(papers, n_papers, self.text, name, **settings)
         # a mix is scored on subject retrieval (named after the split) and title -> abstract retrieval, whatever its tasks
-        from sentence_transformers.evaluation import SequentialEvaluator
+        from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
 
         return SequentialEvaluator(
             [
