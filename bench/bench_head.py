@@ -1,19 +1,23 @@
-"""A cheap adapter: a linear head trained over frozen all-MiniLM-L6-v2 embeddings, against the zero-shot model.
+"""The subject head alone: linear maps fit over a frozen encoder's embeddings, scored like the models.
 
-    uv run python bench/bench_head.py                  # fp32 embeddings
-    uv run python bench/bench_head.py --bf16           # bf16 embeddings (faster where the CPU has AMX / AVX512-BF16)
+    uv run python bench/bench_head.py --bf16                                   # over all-MiniLM-L6-v2
+    uv run python bench/bench_head.py --bf16 --model models/minilm-sample/final  # over a trained model's encoder
 
-The embedded sample's train split (6,384 papers), its test split (815) and the fresh papers of the generalization
-check (1,740) are embedded once by the base model (title + abstract, 256 tokens). A 384 x 384 linear map
-(initialized to the identity) is then trained on the train embeddings alone with the supervised contrastive loss
-(arxiv_embeddings.train.losses.SupervisedContrastiveLoss: every same-subject paper of a batch a positive), and the head's
-outputs are scored like the base embeddings: subject retrieval among the test papers and among the fresh papers
-(P@10, gain over zero-shot with a 95% paired-bootstrap interval). It also tries the closed-form alternative, a
-within-subject whitening (the inverse square root of the regularized within-subject covariance).
+The embedded sample's train split (6,384 papers), eval split, test split (815) and both fresh slices (1,740 balanced,
+15 per subject; 1,940 in natural proportions) are embedded once by the encoder (title + abstract, 256 tokens; a
+model that already has a head is read up to its first Normalize, the encoder its head sits on). Each head is then fit
+on the train embeddings alone, as `train.head` fits it (arxiv_embeddings/train/head.py):
 
-Prints the seconds spent embedding (the cost of the approach) and training each head, and the figures of each.
-The training stage fits the same head into the saved model with train.head (arxiv_embeddings/train/head.py); this
-script measures it alone, over any frozen encoder (--model), on any corpus (Hydra overrides).
+- `lda`: linear discriminant analysis in closed form (`train.head.kind=lda`), for each number of components and
+  shrinkage asked;
+- `supcon`: a map started at the identity and trained with the supervised contrastive loss (`train.head.kind=supcon`:
+  batches of 256, learning rate 1e-3, temperature 0.05), for each number of epochs asked.
+
+Each is scored by subject P@10 (each paper a query against the others of its set, relevant = same primary subject)
+on the eval split (the split to choose a setting on), the test split and both fresh slices, as the gain over the
+encoder's own embeddings with a 95% paired-bootstrap interval, and by the graded score on the eval split and the
+balanced fresh slice (Spearman correlation of the cosine with the Jaccard overlap of the subject lists, the
+evaluation's own seeded pairs). Prints the seconds spent embedding (the head's cost in training) and fitting each head.
 """
 
 from __future__ import annotations
@@ -27,16 +31,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+SETS = ("eval", "test", "fresh", "fresh_natural")
+GRADED_SETS = ("eval", "fresh")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bf16", action="store_true", help="embed in bf16 instead of fp32")
-    parser.add_argument("--epochs", default="10,20,50", help="epochs of each SupCon head, comma-separated")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--components", default="32,64,96", help="LDA components, comma-separated")
+    parser.add_argument("--shrinkage", default="0.02,0.05", help="LDA shrinkage values, comma-separated")
+    parser.add_argument("--epochs", default="10,20", help="epochs of each SupCon head, comma-separated")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="the frozen encoder")
-    parser.add_argument("--train-papers", type=int, default=0, help="embed only this many train papers (0: all)")
+    parser.add_argument("--train-papers", type=int, default=8000, help="fit on this many train papers (as train.head)")
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides of the data, e.g. experiment=cpu_budget data.path=corpus.parquet"
     )
@@ -44,98 +59,96 @@ def main() -> None:
 
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     from arxiv_embeddings import preprocess
     from arxiv_embeddings.backends.loading import load_model
+    from arxiv_embeddings.backends.torch_embedder import encoder_view
     from arxiv_embeddings.config import compose
-    from arxiv_embeddings.evaluation.data import load_fresh
+    from arxiv_embeddings.evaluation.data import graded_pairs, load_fresh
     from arxiv_embeddings.io import read_parquet
     from arxiv_embeddings.layout import split_path
     from arxiv_embeddings.logging_utils import setup_logging
-    from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap
+    from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval, paired_bootstrap, spearman
     from arxiv_embeddings.papers import paper_text
-    from arxiv_embeddings.train.losses import SupervisedContrastiveLoss
+    from arxiv_embeddings.train.head import fit_lda_head, fit_linear_head, sample_papers
 
     setup_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="bench-head-"))
     try:
         cfg = compose("evaluate", [f"paths.root_dir={root}", *args.overrides])
         preprocess.run(compose("preprocess", [f"paths.root_dir={root}", *args.overrides]))
-        tables = {
-            "train": read_parquet(split_path(cfg, "train")).to_pandas(),
-            "test": read_parquet(split_path(cfg, "test")).to_pandas(),
-            "fresh": load_fresh(cfg)[0].to_pandas(),
-        }
-        if 0 < args.train_papers < len(tables["train"]):
-            tables["train"] = tables["train"].sample(n=args.train_papers, random_state=0)
+        tables = {split: read_parquet(split_path(cfg, split)) for split in ("train", "eval", "test")}
+        tables["train"] = sample_papers(tables["train"], args.train_papers, int(cfg.seed))
+        tables["fresh"] = load_fresh(cfg)[0]
+        tables["fresh_natural"] = load_fresh(cfg, "fresh_natural")[0]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     model = load_model(args.model, device="cpu", max_seq_length=256)
+    if any(type(m).__name__ == "Dense" for m in model._modules.values()):
+        model, _ = encoder_view(model, model.get_embedding_dimension())
+    model.max_seq_length = 256
     if args.bf16:
         model.to(torch.bfloat16)
     t0 = time.perf_counter()
     emb = {
-        k: model.encode(list(paper_text(t, "title_abstract")), batch_size=64, normalize_embeddings=True)
+        k: model.encode(paper_text(t, "title_abstract"), batch_size=64, normalize_embeddings=True).astype(np.float32)
         for k, t in tables.items()
     }
     embed_s = time.perf_counter() - t0
-    labels = {k: t.primary_subject.to_numpy().astype(str) for k, t in tables.items()}
+    labels = {k: t.column("primary_subject").to_numpy(zero_copy_only=False).astype(str) for k, t in tables.items()}
     cutoffs = RankingCutoffs(precision_recall_at=(10,), mrr_at=(10,), ndcg_at=(), map_at=(), accuracy_at=())
+    pairs = {
+        s: graded_pairs(tables[s], 2000, 0.5, int(cfg.seed), "fresh" if s == "fresh" else "test") for s in GRADED_SETS
+    }
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
     def p10(x: np.ndarray, split: str) -> np.ndarray:
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        return label_retrieval(x, labels[split], cutoffs=cutoffs).per_query["precision@10"]
+        return label_retrieval(unit(x), labels[split], cutoffs=cutoffs).per_query["precision@10"]
 
-    base = {s: p10(emb[s], s) for s in ("test", "fresh")}
-    rows = []
+    def graded(x: np.ndarray, split: str) -> float:
+        a, b, target = pairs[split]
+        x = unit(x)
+        return float(spearman((x[a] * x[b]).sum(1), target) or 0.0)
 
-    def record(name: str, seconds: float, transform) -> None:  # type: ignore[no-untyped-def]
+    base = {s: p10(emb[s], s) for s in SETS}
+    rows = [
+        [
+            "encoder (no head)",
+            "",
+            *(f"{base[s].mean():.4f}" for s in SETS),
+            *(f"{graded(emb[s], s):.4f}" for s in GRADED_SETS),
+        ]
+    ]
+
+    def record(name: str, seconds: float, weight: np.ndarray, bias: np.ndarray) -> None:
         row = [name, f"{seconds:.1f}"]
-        for split in ("test", "fresh"):
-            g = paired_bootstrap(p10(transform(emb[split]), split), base[split], resamples=args.bootstrap)
+        out = {s: emb[s] @ weight.T + bias for s in SETS}
+        for split in SETS:
+            g = paired_bootstrap(p10(out[split], split), base[split], resamples=args.bootstrap)
             row.append(f"{g['a']:.4f} {g['diff']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]")
+        row += [f"{graded(out[s], s):.4f}" for s in GRADED_SETS]
         rows.append(row)
         print(" | ".join(row), flush=True)
 
-    names, codes = np.unique(labels["train"], return_inverse=True)
-    for lam in (0.01, 0.003):
-        t0 = time.perf_counter()
-        means = np.stack([emb["train"][codes == c].mean(0) for c in range(len(names))])
-        within = np.cov((emb["train"] - means[codes]).T) + lam * np.eye(emb["train"].shape[1])
-        w, v = np.linalg.eigh(within)
-        whiten = v @ np.diag(w**-0.5) @ v.T
-        record(f"within-subject whitening, lambda {lam}", time.perf_counter() - t0, lambda x, m=whiten: x @ m)
+    for shrinkage in _floats(args.shrinkage):
+        for components in _ints(args.components):
+            fit = fit_lda_head(emb["train"], labels["train"], components=components, shrinkage=shrinkage)
+            record(f"lda, {fit.components} components, shrinkage {shrinkage}", fit.seconds, fit.weight, fit.bias)
+    for epochs in _ints(args.epochs):
+        fit = fit_linear_head(
+            emb["train"], labels["train"], epochs=epochs, learning_rate=1e-3, batch_size=256, temperature=0.05, seed=0
+        )
+        record(f"supcon, {epochs} epochs", fit.seconds, fit.weight, fit.bias)
 
-    x_train, y_train = torch.tensor(emb["train"], dtype=torch.float32), torch.tensor(codes)
-    loss_fn = SupervisedContrastiveLoss(model=None, temperature=0.05)
-    for epochs in (int(e) for e in args.epochs.split(",")):
-        torch.manual_seed(0)
-        rng = np.random.default_rng(0)
-        head = torch.nn.Linear(x_train.shape[1], x_train.shape[1])
-        torch.nn.init.eye_(head.weight)
-        torch.nn.init.zeros_(head.bias)
-        opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
-        t0 = time.perf_counter()
-        for _ in range(epochs):
-            perm = rng.permutation(len(x_train))
-            for i in range(0, len(perm), args.batch_size):
-                batch = perm[i : i + args.batch_size]
-                loss = loss_fn.from_embeddings(F.normalize(head(x_train[batch]), dim=-1), y_train[batch])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            record(f"SupCon linear head, {epochs} epochs", seconds, lambda x, h=head: h(torch.tensor(x)).numpy())
-
+    sizes = ", ".join(f"{k} {len(v):,}" for k, v in emb.items())
     print(
-        f"\nEmbedding {sum(len(t) for t in tables.values()):,} papers ({'bf16' if args.bf16 else 'fp32'}, 256 tokens, "
-        f"{torch.get_num_threads()} threads) took {embed_s:.0f} s; zero-shot P@10 test {base['test'].mean():.4f}, "
-        f"fresh {base['fresh'].mean():.4f}."
+        f"\n{args.model}: embedding the papers ({sizes}; {'bf16' if args.bf16 else 'fp32'}, 256 tokens, "
+        f"{torch.get_num_threads()} threads) took {embed_s:.0f} s."
     )
-    print("| head | train s | test P@10, gain [95% CI] | fresh P@10, gain [95% CI] |")
-    print("|---|---:|---:|---:|")
+    print("| head | fit s | eval P@10 | test P@10 | fresh P@10 | fresh natural P@10 | eval graded | fresh graded |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
 

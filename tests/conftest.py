@@ -144,6 +144,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     word = models.Transformer(str(hf_dir), max_seq_length=64)
-    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    pooling = models.Pooling(word.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[word, pooling, models.Normalize()], device="cpu").save(str(out))
     return out

@@ -247,7 +247,7 @@ def other_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
         if (tiny_model_dir / name).exists():
             shutil.copy(tiny_model_dir / name, hf / name)
     word = models.Transformer(str(hf), max_seq_length=32)
-    pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    pooling = models.Pooling(word.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[word, pooling], device="cpu").save(str(out))
     return out
 

@@ -20,7 +20,7 @@ from arxiv_embeddings.export import stage as export_stage
 from arxiv_embeddings.io import read_json
 from arxiv_embeddings.metrics import RankingCutoffs, label_retrieval
 from arxiv_embeddings.train import stage as train_stage
-from arxiv_embeddings.train.head import HeadFit, add_head, fit_linear_head
+from arxiv_embeddings.train.head import HeadFit, add_head, fit_lda_head, fit_linear_head
 
 CUTOFFS = RankingCutoffs(precision_recall_at=(10,), mrr_at=(10,), ndcg_at=(), map_at=(), accuracy_at=())
 #: The fp32 ONNX export alone, timed on a handful of texts.
@@ -32,7 +32,7 @@ EXPORT = [
     "export.throughput.seq_lengths=[32]",
     "export.throughput.repeats=1",
 ]
-HEAD = ["train.head.enabled=true", "train.head.papers=120", "train.head.epochs=2", "train.head.batch_size=32"]
+HEAD = ["train.head.enabled=true", "train.head.kind=lda", "train.head.papers=120", "train.head.components=3"]
 
 
 def _clustered(seed: int, n_per: int = 40, subjects: int = 6, dim: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +66,23 @@ def test_the_head_is_reproducible_and_lifts_retrieval_on_papers_it_was_not_fit_o
     assert not np.array_equal(other_seed.weight, fit.weight)
 
 
+def test_the_lda_head_is_closed_form_keeps_the_dimension_and_lifts_retrieval_on_unseen_rows() -> None:
+    x, y = _clustered(0)
+    x_new, y_new = _clustered(1)
+    fit = fit_lda_head(x, y, components=3, shrinkage=0.05)
+    again = fit_lda_head(x, y, components=3, shrinkage=0.05)
+    np.testing.assert_array_equal(fit.weight, again.weight)
+    assert fit.kind == "lda" and fit.components == 3 and fit.weight.shape == (24, 24) and fit.losses == []
+    # Only the first `components` rows project; the rest are zero, so the output keeps the model's dimension.
+    assert np.abs(fit.weight[:3]).sum() > 0 and not fit.weight[3:].any() and not fit.bias[3:].any()
+    # Centred on the papers' mean: the mean paper maps to the origin of the discriminant space.
+    np.testing.assert_allclose(fit.weight @ x.mean(0) + fit.bias, 0.0, atol=1e-4)
+    before, after = _p10(x_new, y_new), _p10(x_new @ fit.weight.T + fit.bias, y_new)
+    assert after > before + 0.1, (before, after)
+    # 6 subjects give at most 5 discriminant directions, whatever is asked.
+    assert fit_lda_head(x, y, components=50, shrinkage=0.05).components == 5
+
+
 def test_the_head_refuses_what_it_cannot_fit() -> None:
     x, y = _clustered(0)
     with pytest.raises(ValueError, match="at least 2 subjects"):
@@ -74,19 +91,24 @@ def test_the_head_refuses_what_it_cannot_fit() -> None:
         )
     with pytest.raises(ValueError, match="must be"):
         fit_linear_head(x, y[:-1], epochs=1, learning_rate=1e-3, batch_size=8, temperature=0.05, seed=0)
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        fit_lda_head(x, np.full(len(x), "cs.LG"), components=4, shrinkage=0.05)
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        ("train.head.kind=pca", r"train.head.kind='pca': choose one of lda, supcon"),
         ("train.head.papers=1", r"train.head.papers=1: must be an integer >= 2"),
-        ("train.head.epochs=0", r"train.head.epochs=0: must be an integer >= 1"),
-        ("train.head.learning_rate=0", r"train.head.learning_rate=0: must be a number > 0"),
-        ("train.head.temperature=-1", r"train.head.temperature=-1: must be a number > 0"),
+        ("train.head.components=0", r"train.head.components=0: must be an integer >= 1"),
+        ("train.head.shrinkage=1.5", r"train.head.shrinkage=1.5: must be a number in \[0, 1\]"),
+        ("train.head.kind=supcon train.head.epochs=0", r"train.head.epochs=0: must be an integer >= 1"),
+        ("train.head.kind=supcon train.head.learning_rate=0", r"train.head.learning_rate=0: must be a number > 0"),
+        ("train.head.kind=supcon train.head.temperature=-1", r"train.head.temperature=-1: must be a number > 0"),
     ],
 )
 def test_bad_head_settings_are_named(tmp_path: Path, override: str, message: str) -> None:
-    cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.head.enabled=true", override])
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.head.enabled=true", *override.split()])
     with pytest.raises(ConfigError, match=message):
         train_stage.validate(cfg)
 
@@ -132,14 +154,13 @@ def test_the_head_encodes_its_papers_at_the_batch_size_it_is_given(processed_roo
         papers,
         "title_abstract",
         "fp32",
-        epochs=1,
-        learning_rate=1e-3,
-        batch_size=16,
-        temperature=0.1,
+        kind="supcon",
+        options={"epochs": 1, "learning_rate": 1e-3, "batch_size": 16, "temperature": 0.1, "papers": 40},
         seed=3,
         encode_batch_size=7,
     )
-    assert batch_sizes == [7] and info["papers"] == 40 and info["epochs"] == 1
+    assert batch_sizes == [7] and info["papers"] == 40 and info["epochs"] == 1 and info["kind"] == "supcon"
+    assert len(info["losses"]) == 1 and info["components"] is None
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +181,8 @@ def test_training_with_a_head_saves_it_in_the_model(headed_model: Path, processe
     assert modules == ["Transformer", "Pooling", "Normalize", "Dense", "Normalize"]
     summary = read_json(headed_model / "train_summary.json")
     head = summary["head"]
-    assert head["papers"] == 120 and head["epochs"] == 2 and len(head["losses"]) == 2 and head["subjects"] > 1
+    assert head["kind"] == "lda" and head["papers"] == 120 and head["subjects"] > 1 and head["shrinkage"] == 0.05
+    assert head["components"] == min(3, head["subjects"] - 1) and "epochs" not in head
     assert 0.0 <= summary["test"]["test_cosine_precision@10"] <= 1.0
 
     model = SentenceTransformer(str(headed_model), device="cpu")

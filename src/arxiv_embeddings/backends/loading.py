@@ -139,8 +139,7 @@ def encoder_from_plain_model(
     tokenizer = word.tokenizer
     if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    # sentence-transformers 5.x renamed get_word_embedding_dimension to get_embedding_dimension.
-    dimension = (getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension)()
+    dimension = word.get_embedding_dimension()
     pool = models.Pooling(dimension, pooling_mode=pooling)
     return SentenceTransformer(modules=[word, pool, models.Normalize()], device=device, **kwargs)  # type: ignore[arg-type]
 

@@ -214,16 +214,14 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if head_papers is not None:
         from arxiv_embeddings.train.head import train_head
 
-        head = cfg.train.head
+        head = to_plain(cfg.train.head)
         head_info = train_head(
             model,
             head_papers,
             sets.text,
             precision,
-            epochs=int(head.epochs),
-            learning_rate=float(head.learning_rate),
-            batch_size=int(head.batch_size),
-            temperature=float(head.temperature),
+            kind=str(head.get("kind", "supcon")),
+            options=head,
             seed=seed,
             encode_batch_size=eval_batch,
         )
