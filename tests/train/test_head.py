@@ -181,7 +181,7 @@ def test_training_with_a_head_saves_it_in_the_model(headed_model: Path, processe
     assert modules == ["Transformer", "Pooling", "Normalize", "Dense", "Normalize"]
     summary = read_json(headed_model / "train_summary.json")
     head = summary["head"]
-    assert head["kind"] == "lda" and head["papers"] == 120 and head["subjects"] > 1 and head["shrinkage"] == 0.05
+    assert head["kind"] == "lda" and head["papers"] == 120 and head["subjects"] > 1 and head["shrinkage"] == 0.02
     assert head["components"] == min(3, head["subjects"] - 1) and "epochs" not in head
     assert 0.0 <= summary["test"]["test_cosine_precision@10"] <= 1.0
 
