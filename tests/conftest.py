@@ -124,6 +124,7 @@ def processed_root(tmp_path_factory: pytest.TempPathFactory, make_cfg, slice_ove
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised BERT sentence-transformer built from a config (MiniLM's tokenizer, no download)."""
+    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as models
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -141,7 +142,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     out = tmp_path_factory.mktemp("tiny") / "tiny-bert"
     hf_dir = out.parent / "hf"
-    BertModel(config).save_pretrained(hf_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same weights in every session, whatever ran before
+        BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     word = models.Transformer(str(hf_dir), max_seq_length=64)
     pooling = models.Pooling(word.get_embedding_dimension(), pooling_mode="mean")

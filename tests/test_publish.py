@@ -264,7 +264,8 @@ def test_publish_refuses_a_real_run_that_loses_search_and_passes_one_that_keeps_
     reports = {n: json.loads((source / n / "metrics.json").read_text()) for n in ("zero-shot", "loses-search")}
     zero_r1 = reports["zero-shot"]["fresh_title_abstract"]["recall@1"]
     lost_r1 = reports["loses-search"]["fresh_title_abstract"]["recall@1"]
-    assert zero_r1 > 0.1 and lost_r1 < zero_r1 - 0.05
+    # Chance is 1/60: the tiny model finds titles' abstracts by shared words, the scrambled run far less (gate: 0.005).
+    assert zero_r1 > 0.05 and lost_r1 < zero_r1 - 0.03
 
     dest = source.parent / "results"
     with pytest.raises(GateError) as refused:
