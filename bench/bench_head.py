@@ -53,6 +53,12 @@ def main() -> None:
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="the frozen encoder")
     parser.add_argument("--train-papers", type=int, default=8000, help="fit on this many train papers (as train.head)")
     parser.add_argument(
+        "--fit-papers",
+        default="",
+        help="also fit the first LDA setting on seeded subsets of the train papers of these sizes, comma-separated "
+        "(how the head's gain grows with its papers)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides of the data, e.g. experiment=cpu_budget data.path=corpus.parquet"
     )
     args = parser.parse_args()
@@ -136,6 +142,16 @@ def main() -> None:
         for components in _ints(args.components):
             fit = fit_lda_head(emb["train"], labels["train"], components=components, shrinkage=shrinkage)
             record(f"lda, {fit.components} components, shrinkage {shrinkage}", fit.seconds, fit.weight, fit.bias)
+    first = (_ints(args.components)[0], _floats(args.shrinkage)[0])
+    order = np.random.default_rng(int(cfg.seed)).permutation(len(emb["train"]))
+    for n in _ints(args.fit_papers):
+        if n >= len(order):
+            continue
+        pick = order[:n]
+        fit = fit_lda_head(emb["train"][pick], labels["train"][pick], components=first[0], shrinkage=first[1])
+        record(
+            f"lda, {fit.components} components, shrinkage {first[1]}, {n:,} papers", fit.seconds, fit.weight, fit.bias
+        )
     for epochs in _ints(args.epochs):
         fit = fit_linear_head(
             emb["train"], labels["train"], epochs=epochs, learning_rate=1e-3, batch_size=256, temperature=0.05, seed=0

@@ -19,7 +19,8 @@ and its gain over zero-shot with a 95% paired-bootstrap interval (the same queri
 Each task goes through the output the trained folder's tasks.json serves it with; a variant with the subject head
 (train.head) also gets a row "<variant> (encoder)": the encoder under its head scored alone, which is the same
 training without the head (the head is fit after training and leaves the encoder as it is), its seconds those of
-training without the head's embedding pass and fit.
+training without the head's embedding pass and fit; and a row "<variant> (head for search)": search through the
+head too (what an index of the head's vectors gives a free-text query).
 Writes the figures to bench/results/tasks.json (merged with the variants already there, so the variants can be run
 in several sittings).
 """
@@ -85,6 +86,8 @@ VARIANTS: dict[str, list[str]] = {
         f"{SEARCH}.batch_sampler=subject_groups",
         "train.head.enabled=true",
     ],
+    # No fine-tuning: the base model kept as it is (it serves search) and the subject head alone fit over it.
+    "frozen-head": ["train.fine_tune=false", "train.head.enabled=true", "train.head.kind=lda"],
     # Subject + search + graded (CoSENT on the Jaccard overlap of subject lists).
     "mix3-graded-groups": [
         "mix=subject_search_graded",
@@ -256,7 +259,8 @@ def main() -> None:
         rows: dict[str, dict] = {}
         for name in names:
             overrides = [f"paths.root_dir={root}", f"run_name={name}", *COMMON, *VARIANTS[name]]
-            pairs.run(compose("pairs", [*overrides, "force=true"]))
+            if "train.fine_tune=false" not in overrides:  # a head-only run reads no pairs
+                pairs.run(compose("pairs", [*overrides, "force=true"]))
             cfg = compose(
                 "train",
                 [
@@ -275,7 +279,9 @@ def main() -> None:
             summary = result["summary"]
             rows[name] = make_row(VARIANTS[name], summary, wall, figures[name])
             print(name, json.dumps(rows[name]), flush=True)
-            if "encoder" in tasks_of(model).outputs:  # a head: its encoder alone is the same recipe without the head
+            # a head over a fine-tuned encoder: the encoder alone is the same recipe without the head (a head-only
+            # run's encoder is the base model, the zero-shot row)
+            if "encoder" in tasks_of(model).outputs and summary.get("fine_tune", True):
                 head = summary.get("head") or {}
                 head_s = float(head.get("embed_seconds", 0.0)) + float(head.get("fit_seconds", 0.0))
                 encoder = f"{name} (encoder)"
@@ -283,6 +289,12 @@ def main() -> None:
                 rows[encoder] = make_row(VARIANTS[name], summary, wall - head_s, figures[encoder])
                 rows[encoder]["note"] = "the encoder under the head of the variant: every task through the encoder"
                 print(encoder, json.dumps(rows[encoder]), flush=True)
+            if "encoder" in tasks_of(model).outputs:  # what search loses through the head (an index of head vectors)
+                through = f"{name} (head for search)"
+                figures[through] = score(model, {"subject": "model", "search": "model"})
+                rows[through] = make_row(VARIANTS[name], summary, wall, figures[through])
+                rows[through]["note"] = "every task through the head, search included"
+                print(through, json.dumps(rows[through]), flush=True)
             save(rows)  # after each variant: a long run interrupted keeps what it measured
             shutil.rmtree(Path(str(result["model"])).parent, ignore_errors=True)
     finally:

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 from helpers.api import (
@@ -40,7 +41,10 @@ from arxiv_embeddings.backends import load_embedder
 from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, read_tasks
 from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 from arxiv_embeddings.index import stage as index_stage
+from arxiv_embeddings.index.format import ModelMismatchError
 from arxiv_embeddings.index.search import PaperIndex
+from arxiv_embeddings.io import read_parquet
+from arxiv_embeddings.papers import paper_text
 
 #: search on the encoder under the head, as the train stage writes it for a model with a subject head.
 OUTPUT_OF = {"subject": "model", "search": "encoder", "graded": "model"}
@@ -220,13 +224,8 @@ def test_task_of_model() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ search
-def test_search_embeds_query_texts_in_the_index_space(
-    headed: Path, processed_root: Path, make_cfg, tmp_path: Path
-) -> None:
-    """The index holds `model` vectors (what `inv index` builds, recorded in its manifest) and tasks.json serves
-    search with the encoder: /search keeps the index's output for query texts, so both live in one space."""
-    root = tmp_path / "project"
-    built = index_stage.run(
+def _headed_index(headed: Path, processed_root: Path, make_cfg, root: Path) -> dict[str, Any]:
+    return index_stage.run(
         make_cfg(
             "index",
             root,
@@ -242,11 +241,74 @@ def test_search_embeds_query_texts_in_the_index_space(
             ],
         )
     )
-    assert built["manifest"]["output"] == "model"
-    index = PaperIndex.load(built["dir"])
-    assert index.output == "model"
+
+
+def test_search_embeds_a_text_and_a_known_paper_each_with_its_own_output(
+    headed: Path, processed_root: Path, make_cfg, tmp_path: Path
+) -> None:
+    """tasks.json serves search with the encoder and subject with the head: the index holds the papers in both
+    outputs (the head applied to the encoder's vectors, the corpus embedded once), a query text is embedded with
+    the encoder and searched among the encoder vectors, and a known paper's neighbours come from the head's."""
+    built = _headed_index(headed, processed_root, make_cfg, tmp_path / "project")
+    manifest = built["manifest"]
+    assert manifest["output"] == "model" and manifest["search"]["output"] == "encoder"
+    assert set(manifest["files"]) == {"index.faiss", "search.faiss", "metadata.parquet"}
+    index = PaperIndex.load(built["dir"], expected_model=str(headed))
+    assert index.output == "model" and index.query_output == "encoder"
+
+    # The stored vectors are each output of the model, row for row.
+    rows = [0, 7, 31]
+    table = index.metadata.take(rows)
+    by_id = {
+        r["arxiv_id"]: r
+        for split in ("train", "eval", "test")
+        for r in read_parquet(processed_root / "data" / "processed" / f"{split}.parquet").to_pylist()
+    }
+    papers = pa.Table.from_pylist([by_id[a] for a in table.column("arxiv_id").to_pylist()])
+    texts = paper_text(papers, "title_abstract")
+    stored_model = np.stack([index.index.reconstruct(r) for r in rows])
+    stored_search = np.stack([index.search_index.reconstruct(r) for r in rows])
+    np.testing.assert_allclose(stored_model, TorchEmbedder(headed, device="cpu").encode(texts), atol=1e-4)
+    np.testing.assert_allclose(
+        stored_search, TorchEmbedder(headed, device="cpu").encode(texts, output="encoder"), atol=1e-4
+    )
+
     title = index.metadata.column("title")[5].as_py()
+    paper = index.metadata.column("arxiv_id")[9].as_py()
     settings = make_settings(tmp_path, headed, "serve.search=true", f"serve.index_path={built['dir']}")
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["search_output"] == "encoder"
+        by_text = client.post("/search", json={"text": title, "k": 5}).json()["results"]
+        like = client.post("/search", json={"arxiv_id": paper, "k": 5}).json()["results"]
+    query = TorchEmbedder(headed, device="cpu").encode([title], output="encoder")
+    expected = index.search(query, k=5, output="encoder")[0]
+    assert [h["arxiv_id"] for h in by_text] == [h.arxiv_id for h in expected]
+    np.testing.assert_allclose([h["score"] for h in by_text], [h.score for h in expected], atol=1e-5)
+    # the same query among the head's vectors ranks otherwise: the two spaces are told apart
+    assert [h.arxiv_id for h in index.search(TorchEmbedder(headed, device="cpu").encode([title]), k=5)[0]] != [
+        h.arxiv_id for h in expected
+    ]
+    assert [h["arxiv_id"] for h in like] == [h.arxiv_id for h in index.search_id(paper, k=5)]
+    with pytest.raises(ModelMismatchError, match="not in 'graded'"):
+        index.search(query, k=5, output="graded")
+
+
+def test_an_index_of_one_output_keeps_it_for_query_texts(
+    headed: Path, processed_root: Path, make_cfg, tmp_path: Path
+) -> None:
+    """An index with the `model` vectors only (built before search.faiss existed): /search embeds query texts with
+    the index's output, not the search task's, so the query and the papers stay in one space."""
+    built = _headed_index(headed, processed_root, make_cfg, tmp_path / "project")
+    folder = Path(built["dir"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("search")
+    manifest["files"].pop("search.faiss")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "search.faiss").unlink()
+    index = PaperIndex.load(folder)
+    assert index.output == "model" and index.query_output == "model" and index.search_index is None
+    title = index.metadata.column("title")[5].as_py()
+    settings = make_settings(tmp_path, headed, "serve.search=true", f"serve.index_path={folder}")
     with TestClient(create_app(settings)) as client:
         assert wait_ready(client)["search_output"] == "model"
         hits = client.post("/search", json={"text": title, "k": 5}).json()["results"]

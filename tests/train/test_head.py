@@ -229,3 +229,60 @@ def test_the_onnx_embedder_names_a_dense_it_cannot_run(headed_model: Path, tmp_p
     config.write_text(json.dumps({**cfg, "activation_function": "torch.nn.modules.activation.Tanh"}))
     with pytest.raises(ValueError, match=r"Dense activation 'torch.nn.modules.activation.Tanh' is not supported"):
         read_pipeline(model_dir)
+
+
+def test_without_fine_tuning_the_base_is_kept_and_only_the_head_is_fit(
+    tmp_path: Path, processed_root: Path, tiny_model_dir: Path
+) -> None:
+    """train.fine_tune=false: no pairs read, no step taken; the saved model is the base's encoder with the head over it,
+    so search (served by the encoder) is the base model's own."""
+    from sentence_transformers import SentenceTransformer
+
+    shutil.copytree(processed_root / "data" / "processed", tmp_path / "data" / "processed")  # no pairs at all
+    cfg = compose(
+        "train",
+        [
+            f"paths.root_dir={tmp_path}",
+            f"model.name={tiny_model_dir}",
+            "run_name=f",
+            *FAST,
+            *HEAD,
+            "train.fine_tune=false",
+        ],
+    )
+    inputs = [str(p) for p in train_stage.SPEC.inputs(cfg)]
+    assert not any("pairs" in Path(p).parts for p in inputs), inputs
+    final = Path(train_stage.run(cfg)["model"])
+    summary = read_json(final / "train_summary.json")
+    assert summary["fine_tune"] is False and summary["global_step"] == 0 and summary["train"] == {}
+    assert summary["head"]["kind"] == "lda" and summary["pair_type"] is None
+    # scored on both tasks, as a mix is
+    assert 0.0 <= summary["test"]["test_cosine_precision@10"] <= 1.0
+    assert any(key.startswith("test_title_abstract_") for key in summary["test"]), summary["test"]
+    assert read_json(final / "tasks.json")["tasks"]["search"] == "encoder"
+
+    texts = ["A survey of black hole thermodynamics", "Graph neural networks for molecules"]
+    base = SentenceTransformer(str(tiny_model_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    model = SentenceTransformer(str(final), device="cpu")
+    encoder = SentenceTransformer(modules=[model[0], model[1], model[2]], device="cpu").encode(texts)
+    np.testing.assert_allclose(encoder, base, atol=1e-5)  # the base's weights, untouched
+    assert np.abs(model.encode(texts) - base).max() > 1e-4  # the head is a fitted map
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.head.enabled=false"], r"train.fine_tune=false: keeps the base model .* set train.head.enabled=true"),
+        (["experiment=qwen_lora"], r"train.fine_tune=false: trains no weights .* drop model.lora"),
+        (["train.fine_tune=maybe"], None),
+    ],
+)
+def test_head_only_runs_need_a_head_and_a_full_model(tmp_path: Path, overrides: list[str], message: str | None) -> None:
+    if message is None:  # not a boolean
+        cfg = compose("train", [f"paths.root_dir={tmp_path}", *overrides])
+        with pytest.raises(ConfigError, match=r"train.fine_tune: got 'maybe'; expected true or false"):
+            train_stage.validate(cfg)
+        return
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", *overrides, "train.fine_tune=false"])
+    with pytest.raises(ConfigError, match=message):
+        train_stage.validate(cfg)

@@ -187,8 +187,8 @@ class HealthResponse(BaseModel):
         examples=[{"subject": "model", "search": "encoder", "graded": "model"}],
     )
     search_output: str | None = Field(
-        description="The output /search embeds query texts with: the one the index was built with; null when "
-        "/search is off."
+        description="The output /search embeds query texts with: the search task's when the index holds the "
+        "papers in it too (its search vectors), else the index's only output; null when /search is off."
     )
 
 

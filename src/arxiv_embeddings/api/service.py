@@ -218,11 +218,12 @@ class Service:
             return None
 
     def _search_output(self, tasks: TaskMap) -> str:
-        """The output /search embeds a query text with: the index's own (its vectors and the query's must live in
-        one space), which the ``search`` task's output should be; a warning when they differ."""
+        """The output /search embeds a query text with: the one the index holds the papers in for free-text queries
+        (its search vectors, or its only ones; the query's and the papers' must live in one space), which the
+        ``search`` task's output should be; a warning when they differ."""
         if self.index is None:
             return tasks.tasks.get("search", tasks.output_of(None))
-        built = self.index.output
+        built = self.index.query_output
         wanted = tasks.tasks.get("search")
         if wanted is not None and wanted != built:
             logger.warning(
@@ -297,8 +298,9 @@ class Service:
         return Embedding(truncate_rows(vectors, dimensions, normalize), tokens, task, output)
 
     async def search(self, *, k: int, text: str | None = None, arxiv_id: str | None = None) -> SearchResult:
-        """The ``k`` nearest papers to ``text`` (embedded with the output the index was built with) or to the
-        indexed paper ``arxiv_id``; 404 without an index or for an id it does not hold."""
+        """The ``k`` nearest papers to ``text`` (embedded with the search task's output, among the papers in that
+        output) or to the indexed paper ``arxiv_id`` (its vector in the model's own output, the subject task's);
+        404 without an index or for an id it does not hold."""
         from arxiv_embeddings.index.format import UnknownPaperError
 
         self.ready()
@@ -322,7 +324,7 @@ class Service:
         else:
             query = self._check_texts([text or ""], "text")[0]
             vector = await self._encode([query], self.search_output)  # the output the index was built with
-            hits = (await asyncio.to_thread(index.search, vector, k))[0]
+            hits = (await asyncio.to_thread(index.search, vector, k, self.search_output))[0]
         return SearchResult(query, list(hits), len(index))
 
     def _resolve(self, task: str | None, where: str = "", fix: str = "") -> tuple[str, str]:

@@ -9,11 +9,13 @@
 Settings live in ``configs/base.yaml`` (section ``index:``). The stage writes ``${paths.indexes_dir}/<name>/``:
 
 - ``index.faiss``: the FAISS index over L2-normalized embeddings, inner product (= cosine similarity);
+- ``search.faiss``: for a model whose ``tasks.json`` serves the search task with another output (a subject head
+  over its encoder), the papers in that output, where free-text queries are searched (manifest ``search``);
 - ``metadata.parquet``: ``arxiv_id``, ``title``, ``primary_subject``; row ``i`` is vector id ``i``;
 - ``manifest.json``: the model (name, folder, fingerprint of its weights), backend, variant, the model output the
   papers were embedded with (``output``: ``model``, every module of the folder), dimension, count,
   index type and parameters, the corpus files, the build report (recall@10 against exact search, queries/s,
-  index bytes, RSS) and the sha256 of the two files above.
+  index bytes, RSS), the search vectors' output and dimension, and the sha256 of the files above.
 
 The corpus is embedded in shards of ``index.shard_size`` papers written to ``${paths.indexes_dir}/.embeddings/<key>``
 as they finish (one shard in memory at a time, with a progress bar); the key covers the model's weights, the
@@ -31,11 +33,13 @@ Python API (used by the search CLI and the web service)::
     from arxiv_embeddings.index.search import PaperIndex
     index = PaperIndex.load(index_dir(cfg), expected_model="models/my-run/final")   # or expected_model=None
     index.search(vectors, k=5)          # -> list[list[Hit]], one list per query vector (any float array, (n, dim))
-    index.search_text(embedder, ["a title\nan abstract"], k=5)                     # -> list[list[Hit]]
+    index.search(vectors, k=5, output=index.query_output)   # among the papers in the search output
+    index.search_text(embedder, ["a title\nan abstract"], k=5)   # embedded and searched in index.query_output
     index.search_id("2401.01234", k=5)  # -> list[Hit], the paper itself excluded; UnknownPaperError if not indexed
     index.manifest                      # dict: model, model_location, model_fingerprint, backend, variant,
                                         #   output, dimension, count, index_type, index_params, text, build, ...
     index.output                        # the model output its papers were embedded with ("model" if unrecorded)
+    index.query_output                  # the output free-text queries are embedded with (the search task's)
     len(index)                          # number of papers
 
 ``Hit`` is a frozen dataclass ``(arxiv_id, title, primary_subject, score)``, ``score`` the cosine similarity.

@@ -18,6 +18,7 @@ from loguru import logger
 from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.ann import make_index
+from arxiv_embeddings.backends.tasks import MODEL
 from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.index.format import METADATA_COLUMNS, Embeddings, ModelMismatchError
 from arxiv_embeddings.io import file_sha256, is_remote, parquet_file, read_json, read_parquet
@@ -102,9 +103,11 @@ def load_corpus(cfg: DictConfig) -> Corpus:
     return corpus
 
 
-def embedding_key(fingerprint: str, embedder: Embedder, corpus: Corpus, text: str, shard_size: int) -> dict[str, Any]:
+def embedding_key(
+    fingerprint: str, embedder: Embedder, corpus: Corpus, text: str, shard_size: int, output: str = MODEL
+) -> dict[str, Any]:
     """What the vectors depend on; shards are reused only when all of it matches."""
-    return {
+    key = {
         "model_fingerprint": fingerprint,
         "backend": embedder.backend,
         "variant": embedder.variant,
@@ -115,6 +118,9 @@ def embedding_key(fingerprint: str, embedder: Embedder, corpus: Corpus, text: st
         "count": len(corpus),
         "shard_size": int(shard_size),
     }
+    if output != MODEL:  # the model output's key is unchanged, so its shards of earlier builds are reused
+        key["output"] = output
+    return key
 
 
 def _valid_shard(path: Path, rows: int, dim: int) -> bool:
@@ -140,9 +146,17 @@ def _save_npy(path: Path, vectors: np.ndarray) -> None:
 
 
 def embed_corpus(
-    embedder: Embedder, corpus: Corpus, cache_dir: Path, text: str, shard_size: int, batch_size: int, key: dict
+    embedder: Embedder,
+    corpus: Corpus,
+    cache_dir: Path,
+    text: str,
+    shard_size: int,
+    batch_size: int,
+    key: dict,
+    output: str = MODEL,
 ) -> Embeddings:
-    """Embed the corpus shard by shard into ``cache_dir`` (normalized float32), reusing the shards already there.
+    """Embed the corpus shard by shard into ``cache_dir`` (normalized float32, the model's ``output``), reusing the
+    shards already there.
 
     Memory holds one shard's text and vectors at a time. A shard is written with a rename once it is complete, so
     after a crash the next call with the same ``key`` (recorded in ``cache_dir/key.json``) embeds only the rest.
@@ -159,7 +173,8 @@ def embed_corpus(
         shutil.rmtree(cache_dir)
         cache_dir.mkdir(parents=True)
     write_json(key_file, key)
-    n, dim = len(corpus), int(embedder.dimension)
+    n = len(corpus)
+    dim = int(embedder.dimension) if output == MODEL else int(embedder.encode(["x"], output=output).shape[1])
     bounds = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
     paths = [cache_dir / f"shard-{i:05d}.npy" for i in range(len(bounds))]
     done = [_valid_shard(p, hi - lo, dim) for p, (lo, hi) in zip(paths, bounds, strict=True)]
@@ -167,14 +182,16 @@ def embed_corpus(
     if reused:
         logger.info(f"index: reusing {sum(done)} embedding shard(s) ({reused:,} papers) from {cache_dir}.")
     chunk = batch_size * 16
-    with tqdm(total=n, initial=reused, unit="paper", desc="embedding", dynamic_ncols=True) as bar:
+    which = {} if output == MODEL else {"output": output}  # an embedder with one output need not take the argument
+    desc = "embedding" if output == MODEL else f"embedding ({output})"
+    with tqdm(total=n, initial=reused, unit="paper", desc=desc, dynamic_ncols=True) as bar:
         for i, shard in enumerate(corpus.text_shards(shard_size)):
             if done[i]:
                 continue
             texts = paper_text_array(shard, text).to_pylist()
             vectors = np.empty((len(texts), dim), dtype=np.float32)
             for start in range(0, len(texts), chunk):
-                part = embedder.encode(texts[start : start + chunk], batch_size=batch_size, normalize=True)
+                part = embedder.encode(texts[start : start + chunk], batch_size=batch_size, normalize=True, **which)
                 if part.shape != (len(texts[start : start + chunk]), dim):
                     raise ModelMismatchError(
                         f"The embedder {embedder.name!r} returned vectors of shape {part.shape}, but declares "

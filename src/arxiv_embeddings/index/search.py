@@ -19,6 +19,7 @@ from arxiv_embeddings.index.format import (
     INDEX_FILE,
     METADATA_COLUMNS,
     METADATA_FILE,
+    SEARCH_INDEX_FILE,
     IndexCorruptedError,
     IndexNotFoundError,
     ModelMismatchError,
@@ -48,14 +49,25 @@ class Hit:
 class PaperIndex:
     """A FAISS index over paper embeddings with the papers' metadata, row ``i`` = vector id ``i``."""
 
-    def __init__(self, index: faiss.Index, metadata: pa.Table, manifest: dict[str, Any], path: Path | None = None):
-        if index.ntotal != metadata.num_rows:
-            raise IndexCorruptedError(
-                f"The index holds {index.ntotal} vectors but its metadata {metadata.num_rows} rows"
-                + (f" at {path}" if path else "")
-                + "; rebuild it with 'uv run inv index --force'."
-            )
+    def __init__(
+        self,
+        index: faiss.Index,
+        metadata: pa.Table,
+        manifest: dict[str, Any],
+        path: Path | None = None,
+        search_index: faiss.Index | None = None,
+    ):
+        for held in (index, search_index):
+            if held is not None and held.ntotal != metadata.num_rows:
+                raise IndexCorruptedError(
+                    f"The index holds {held.ntotal} vectors but its metadata {metadata.num_rows} rows"
+                    + (f" at {path}" if path else "")
+                    + "; rebuild it with 'uv run inv index --force'."
+                )
         self.index = index
+        #: The papers in the search task's output (manifest ``search``), for free-text queries; None when the
+        #: model serves search with its own output.
+        self.search_index = search_index
         self.metadata = metadata.select(list(METADATA_COLUMNS)).combine_chunks()
         self.manifest = manifest
         self.path = path
@@ -89,7 +101,8 @@ class PaperIndex:
             count, dimension = int(manifest["count"]), int(manifest["dimension"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise IndexCorruptedError(f"Unreadable index manifest {manifest_path} ({err}); {fix}") from err
-        for name in (INDEX_FILE, METADATA_FILE):
+        search = manifest.get("search") or None
+        for name in (INDEX_FILE, METADATA_FILE, *([SEARCH_INDEX_FILE] if search else [])):
             file = path / name
             info = files.get(name) or {}
             if not file.exists():
@@ -103,10 +116,13 @@ class PaperIndex:
                 raise IndexCorruptedError(f"Index file {file} does not match the sha256 its manifest records; {fix}")
         if expected_model is not None:
             check_model(manifest, expected_model, path)
-        try:
-            index = faiss.read_index(str(path / INDEX_FILE))
-        except RuntimeError as err:
-            raise IndexCorruptedError(f"FAISS cannot read {path / INDEX_FILE} ({str(err).strip()}); {fix}") from err
+        indexes = {}
+        for name in (INDEX_FILE, *([SEARCH_INDEX_FILE] if search else [])):
+            try:
+                indexes[name] = faiss.read_index(str(path / name))
+            except RuntimeError as err:
+                raise IndexCorruptedError(f"FAISS cannot read {path / name} ({str(err).strip()}); {fix}") from err
+        index, search_index = indexes[INDEX_FILE], indexes.get(SEARCH_INDEX_FILE)
         try:
             metadata = pq.read_table(path / METADATA_FILE, columns=list(METADATA_COLUMNS))
         except (OSError, pa.ArrowException) as err:
@@ -116,8 +132,14 @@ class PaperIndex:
                 f"Index at {path}: manifest says {count} vectors of dimension {dimension}, the FAISS file holds "
                 f"{index.ntotal} of dimension {index.d} and the metadata {metadata.num_rows} rows; {fix}"
             )
-        apply_search_params(index, manifest.get("index_type", ""), manifest.get("index_params") or {})
-        return cls(index, metadata, manifest, path)
+        if search_index is not None and search_index.d != int((search or {}).get("dimension", -1)):
+            raise IndexCorruptedError(
+                f"Index at {path}: manifest says search vectors of dimension {(search or {}).get('dimension')}, "
+                f"{SEARCH_INDEX_FILE} holds {search_index.d}; {fix}"
+            )
+        for held in indexes.values():
+            apply_search_params(held, manifest.get("index_type", ""), manifest.get("index_params") or {})
+        return cls(index, metadata, manifest, path, search_index)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -129,15 +151,35 @@ class PaperIndex:
         whose manifest predates the field."""
         return str(self.manifest.get("output") or MODEL)
 
+    @property
+    def query_output(self) -> str:
+        """The model output free-text queries are embedded with: the search task's own when the index holds the
+        papers in it too (:attr:`search_index`), else :attr:`output`."""
+        search = self.manifest.get("search") or {}
+        return str(search.get("output") or self.output) if self.search_index is not None else self.output
+
+    def _for(self, output: str | None) -> Any:
+        """The FAISS index of the papers in ``output`` (None: :attr:`output`)."""
+        if output is None or output == self.output:
+            return self.index
+        if self.search_index is not None and output == self.query_output:
+            return self.search_index
+        held = [self.output, *([self.query_output] if self.search_index is not None else [])]
+        raise ModelMismatchError(
+            f"The index at {self.path} holds the papers in the {' and '.join(map(repr, held))} output(s), not in "
+            f"{output!r}; embed the queries with one of those, or rebuild the index ('uv run inv index --force')."
+        )
+
     def __repr__(self) -> str:
         m = self.manifest
         return f"PaperIndex({m.get('index_type')}, {len(self)} papers, dim {self.dimension}, model {m.get('model')})"
 
     # ------------------------------------------------------------------------------------------- search
-    def _check_dimension(self, dim: int, what: str) -> None:
-        if dim != self.dimension:
+    def _check_dimension(self, dim: int, what: str, expected: int | None = None) -> None:
+        expected = self.dimension if expected is None else expected
+        if dim != expected:
             raise ModelMismatchError(
-                f"{what} dimension {dim}, but the index at {self.path} holds {self.dimension}-d vectors of model "
+                f"{what} dimension {dim}, but the index at {self.path} holds {expected}-d vectors of model "
                 f"{self.manifest.get('model')!r}; embed the queries with that model, or build an index for yours "
                 "with 'uv run inv index --overrides index.model=...'."
             )
@@ -166,33 +208,36 @@ class PaperIndex:
             out.append(hits)
         return out
 
-    def _raw_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _raw_search(self, vectors: np.ndarray, k: int, output: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        index = self._for(output)
         vectors = np.asarray(vectors)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
         if vectors.ndim != 2:
             raise ValueError(f"Query vectors must be a 2-D array (n, {self.dimension}); got shape {vectors.shape}.")
-        self._check_dimension(vectors.shape[1], "Query vectors have")
+        self._check_dimension(vectors.shape[1], "Query vectors have", int(index.d))
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}.")
         k = min(int(k), len(self))
         if vectors.shape[0] == 0 or k == 0:
             return np.zeros((vectors.shape[0], 0), np.float32), np.zeros((vectors.shape[0], 0), np.int64)
-        scores, ids = self.index.search(normalize_rows(vectors), k)
+        scores, ids = index.search(normalize_rows(vectors), k)
         return scores, ids
 
-    def search(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The ``k`` nearest papers of each query vector (rows of ``vectors``, normalized here), best first."""
-        return self._hits(*self._raw_search(vectors, k))
+    def search(self, vectors: np.ndarray, k: int = 10, output: str | None = None) -> list[list[Hit]]:
+        """The ``k`` nearest papers of each query vector (rows of ``vectors``, normalized here), best first, among
+        the papers' vectors in ``output`` (None: :attr:`output`; :attr:`query_output` for free-text queries)."""
+        return self._hits(*self._raw_search(vectors, k, output))
 
     def search_text(self, embedder: Embedder, texts: list[str], k: int = 10) -> list[list[Hit]]:
-        """Embed ``texts`` with ``embedder`` (see :mod:`arxiv_embeddings.backends`), with the output the index was
-        built with (:attr:`output`), and :meth:`search` them."""
-        if self.output == MODEL:
+        """Embed ``texts`` with ``embedder`` (see :mod:`arxiv_embeddings.backends`) in the output free-text queries
+        are searched with (:attr:`query_output`), and :meth:`search` them among the papers in that output."""
+        output = self.query_output
+        if output == MODEL:
             self._check_dimension(int(embedder.dimension), f"The embedder {embedder.name!r} makes vectors of")
         if not texts:
             return []
-        return self.search(embedder.encode(list(texts), normalize=True, output=self.output), k)
+        return self.search(embedder.encode(list(texts), normalize=True, output=output), k, output)
 
     def row_of(self, arxiv_id: str) -> int:
         """Vector id (metadata row) of a paper; :class:`UnknownPaperError` when it is not indexed. The ids are

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arxiv_embeddings.ann import INDEX_TYPES
 from arxiv_embeddings.backends.loading import model_fingerprint, model_folder
-from arxiv_embeddings.backends.tasks import MODEL
+from arxiv_embeddings.backends.tasks import ENCODER, MODEL, tasks_of
 from arxiv_embeddings.config import (
     CONFIG_DIR,
     check_int,
@@ -37,6 +37,8 @@ from arxiv_embeddings.index.format import (
     INDEX_FILE,
     METADATA_FILE,
     SCHEMA_VERSION,
+    SEARCH_INDEX_FILE,
+    Embeddings,
     index_dir,
     index_name,
 )
@@ -44,6 +46,7 @@ from arxiv_embeddings.index.quality import evaluate_index
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote
 from arxiv_embeddings.layout import MANIFEST_FILE, processed_split
 from arxiv_embeddings.runner import StageSpec
+from arxiv_embeddings.vectors import normalize_rows
 
 
 def validate(cfg: DictConfig) -> None:
@@ -128,13 +131,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     folder = model_folder(local)
     fingerprint = model_fingerprint(folder) if folder is not None else f"name:{location}"
-    key = embedding_key(fingerprint, embedder, corpus, str(ix.text), int(ix.shard_size))
-    cache = embeddings_dir(cfg, key)
+    # The search task's output, when the model serves it with another one than its own (a subject head over an
+    # encoder, tasks.json): the papers get a second index in that output for free-text queries.
+    query_output = tasks_of(local).tasks.get("search", MODEL)
     t0 = time.perf_counter()
-    embeddings = embed_corpus(embedder, corpus, cache, str(ix.text), int(ix.shard_size), int(ix.encode.batch_size), key)
+    embeddings, search_embeddings, caches = _embed(cfg, embedder, corpus, fingerprint, folder, query_output)
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     index, params = build_index(str(ix.type), embeddings, ix, int(cfg.seed))
+    search_index = None
+    if search_embeddings is not None:
+        search_index, _ = build_index(str(ix.type), search_embeddings, ix, int(cfg.seed))
     build_s = time.perf_counter() - t0
     report = evaluate_index(index, embeddings, int(ix.eval.queries), int(ix.eval.k), int(cfg.seed))
     recall = report.get(f"recall_at_{ix.eval.k}")
@@ -148,9 +155,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with atomic_dir(out_dir) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         write_parquet(corpus.metadata, tmp / METADATA_FILE)
-        files = {
-            n: {"sha256": file_sha256(tmp / n), "bytes": (tmp / n).stat().st_size} for n in (INDEX_FILE, METADATA_FILE)
-        }
+        names = [INDEX_FILE, METADATA_FILE]
+        search: dict[str, Any] | None = None
+        if search_index is not None and search_embeddings is not None:
+            faiss.write_index(search_index, str(tmp / SEARCH_INDEX_FILE))
+            names.append(SEARCH_INDEX_FILE)
+            search = {
+                "output": query_output,
+                "file": SEARCH_INDEX_FILE,
+                "dimension": search_embeddings.dimension,
+                "build": evaluate_index(
+                    search_index, search_embeddings, int(ix.eval.queries), int(ix.eval.k), int(cfg.seed)
+                ),
+            }
+        files = {n: {"sha256": file_sha256(tmp / n), "bytes": (tmp / n).stat().st_size} for n in names}
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "name": out_dir.name,
@@ -159,8 +177,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "model_fingerprint": fingerprint,
             "backend": embedder.backend,
             "variant": embedder.variant,
-            # The model output the papers were embedded with (the whole model); the API embeds query texts with it.
+            # The model output the papers were embedded with (the whole model): "papers like this one" searches here.
             "output": MODEL,
+            # With a search output of its own: the second index, that free-text queries are embedded for and
+            # searched in (null: they are embedded with the model output and searched in the first).
+            "search": search,
             "max_seq_length": int(embedder.max_seq_length),
             "dimension": embeddings.dimension,
             "count": len(corpus),
@@ -184,7 +205,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
         write_json(tmp / MANIFEST_FILE, manifest)
     if not ix.keep_embeddings:
-        shutil.rmtree(cache, ignore_errors=True)
+        for cache in caches:
+            shutil.rmtree(cache, ignore_errors=True)
     rec = f"recall@{ix.eval.k} {recall:.3f} vs exact, " if recall is not None else ""
     qps = report.get("queries_per_s")
     logger.success(
@@ -192,7 +214,52 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"{embedder.variant}), {rec}{qps if qps is not None else '-'} queries/s; wrote {out_dir} in "
         f"{time.perf_counter() - started:.1f}s."
     )
-    return {"dir": out_dir, "manifest": manifest, "embeddings": cache}
+    return {"dir": out_dir, "manifest": manifest, "embeddings": caches[0]}
+
+
+def _embed(
+    cfg: DictConfig, embedder: Any, corpus: Any, fingerprint: str, folder: Path | None, query_output: str
+) -> tuple[Embeddings, Embeddings | None, list[Path]]:
+    """The papers' vectors in the model output and, when the search task has another output, in that one too, with
+    the cache folders they are in. A head that starts from the encoder's normalized vectors (Normalize -> Dense ->
+    Normalize, as train.head fits it) is applied to them here, so the corpus is embedded once; any other model is
+    embedded once per output."""
+    ix = cfg.index
+    text, shard, batch = str(ix.text), int(ix.shard_size), int(ix.encode.batch_size)
+
+    def embed(output: str) -> tuple[Embeddings, Path]:
+        key = embedding_key(fingerprint, embedder, corpus, text, shard, output)
+        cache = embeddings_dir(cfg, key)
+        return embed_corpus(embedder, corpus, cache, text, shard, batch, key, output), cache
+
+    if query_output == MODEL:
+        embeddings, cache = embed(MODEL)
+        return embeddings, None, [cache]
+    head = _head_over_encoder(folder) if query_output == ENCODER else None
+    search, search_cache = embed(query_output)
+    if head is None:
+        embeddings, cache = embed(MODEL)
+    else:
+        cache = embeddings_dir(cfg, embedding_key(fingerprint, embedder, corpus, text, shard))
+        embeddings = search.derive(cache, head)
+    return embeddings, search, [cache, search_cache]
+
+
+def _head_over_encoder(folder: Path | None) -> Any:
+    """The model's modules after its Pooling as a function of the encoder output, when they begin with a Normalize
+    (so they see exactly the encoder's L2-normalized vectors); None otherwise."""
+    from arxiv_embeddings.backends.onnx_embedder import read_pipeline
+
+    if folder is None:
+        return None
+    try:
+        pipeline = read_pipeline(Path(folder))
+    except (ValueError, OSError) as err:
+        logger.info(f"index: the model output is embedded on its own ({err}).")
+        return None
+    if not pipeline.post or pipeline.post[0][0] != "normalize":
+        return None
+    return lambda vectors: normalize_rows(pipeline.apply_post(vectors))
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:

@@ -124,24 +124,8 @@ class TrainingSets:
         """Retrieval on ``n_papers`` of ``papers`` (a processed split): for one set, of what it teaches (named
         ``name``); for a mix, subject retrieval (named ``name``) and title -> abstract retrieval
         (``<name>_title_abstract``)."""
-        from arxiv_embeddings.train.evaluators import retrieval_evaluator, title_abstract_evaluator
-
-        if papers is None or n_papers <= 0:
-            return None
-        settings = {"seed": seed, "batch_size": batch_size}
-        if not self.mix:  # one set: the evaluator of what it teaches, named after the split
-            if self.sets[0].teaches == "search":
-                return title_abstract_evaluator(papers, n_papers, name, **settings)
-            return retrieval_evaluator(papers, n_papers, self.text, name, **settings)
-        # a mix is scored on subject retrieval (named after the split) and title -> abstract retrieval, whatever its tasks
-        from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
-
-        return SequentialEvaluator(
-            [
-                retrieval_evaluator(papers, n_papers, self.text, name, **settings),
-                title_abstract_evaluator(papers, n_papers, f"{name}_title_abstract", **settings),
-            ]
-        )
+        teaches = ("subject", "search") if self.mix else (self.sets[0].teaches,)
+        return split_evaluator(papers, name, n_papers, self.text, teaches, seed=seed, batch_size=batch_size)
 
     def summary(self) -> dict[str, Any] | None:
         """What train_summary.json records of the tasks (None without a mix)."""
@@ -161,6 +145,31 @@ class TrainingSets:
         """The first ``n`` texts of the main task's train pairs (the LoRA merge check embeds them)."""
         first = self.sets[0].train
         return [str(t) for t in first.column(0).slice(0, n).to_pylist()]
+
+
+def split_evaluator(
+    papers: Any, name: str, n_papers: int, text: str, teaches: tuple[str, ...], *, seed: int, batch_size: int
+) -> Any | None:
+    """Retrieval on ``n_papers`` of ``papers`` (a processed split) of what a model is taught (``teaches``: subject
+    and/or search): subject retrieval on ``text`` named ``name``, title -> abstract retrieval named ``name`` alone or,
+    beside subject retrieval, ``<name>_title_abstract``. None without papers."""
+    from arxiv_embeddings.train.evaluators import retrieval_evaluator, title_abstract_evaluator
+
+    if papers is None or n_papers <= 0:
+        return None
+    settings = {"seed": seed, "batch_size": batch_size}
+    if tuple(teaches) == ("search",):
+        return title_abstract_evaluator(papers, n_papers, name, **settings)
+    if tuple(teaches) == ("subject",):
+        return retrieval_evaluator(papers, n_papers, text, name, **settings)
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+    return SequentialEvaluator(
+        [
+            retrieval_evaluator(papers, n_papers, text, name, **settings),
+            title_abstract_evaluator(papers, n_papers, f"{name}_title_abstract", **settings),
+        ]
+    )
 
 
 def _load_set(

@@ -37,7 +37,7 @@ from arxiv_embeddings.train.checkpoints import CheckpointRun
 from arxiv_embeddings.train.model import freeze_lower_layers, without_autocast
 from arxiv_embeddings.train.objectives import BATCH_SAMPLERS, check_loss_matches_pairs, check_sampler_suits, loss_spec
 from arxiv_embeddings.train.saving import save_final, save_lora, served_tasks
-from arxiv_embeddings.train.sets import training_sets
+from arxiv_embeddings.train.sets import split_evaluator, training_sets
 from arxiv_embeddings.train.trainer import resolve_precision, trainer_class, training_args
 
 
@@ -52,6 +52,24 @@ def validate(cfg: DictConfig) -> None:
     require_in("train.batch_sampler", cfg.train.batch_sampler, BATCH_SAMPLERS)
     require_in("train.pairs_from", cfg.train.get("pairs_from", "pairs"), tuple(PAIR_SOURCES))
     require_in("logger.name", cfg.logger.name, ("none", "wandb"))
+    require(
+        isinstance(cfg.train.get("fine_tune", True), bool),
+        "train.fine_tune",
+        f"got {cfg.train.get('fine_tune')!r}; expected true or false.",
+    )
+    if not fine_tunes(cfg):
+        require(
+            not cfg.model.get("lora"),
+            "train.fine_tune=false",
+            "trains no weights of the model, so model.lora would adapt nothing; drop model.lora or set "
+            "train.fine_tune=true.",
+        )
+        require(
+            head_enabled(cfg),
+            "train.fine_tune=false",
+            "keeps the base model as it is and fits only the subject head over it; set train.head.enabled=true "
+            "(or train.fine_tune=true).",
+        )
     tasks = mix_tasks(cfg)
     for task in tasks:  # each task's loss against the pairs it names, before any work
         sampler = str(task.batch_sampler or cfg.train.batch_sampler)
@@ -76,6 +94,12 @@ def _check_loss(loss_cfg: DictConfig, key: str) -> None:
     loss_spec(loss_cfg)
     if loss_cfg.name == "MatryoshkaLoss" and not loss_cfg.get("dims"):
         raise ConfigError(f"{key}.dims: MatryoshkaLoss needs a list of dimensions, e.g. {key}.dims=[384,256,128,64].")
+
+
+def fine_tunes(cfg: DictConfig) -> bool:
+    """False for ``train.fine_tune=false``: no training steps, the base model kept as it is (it serves search) with
+    the subject head fit over it; no pairs are read."""
+    return bool(cfg.train.get("fine_tune", True))
 
 
 def head_enabled(cfg: DictConfig) -> bool:
@@ -103,7 +127,6 @@ def validate_model(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train; returns the final model's path, the train metrics and the eval/test retrieval metrics."""
-    import torch
     from sentence_transformers import SentenceTransformerModelCardData
 
     from arxiv_embeddings.backends.loading import default_device, load_model
@@ -111,7 +134,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     validate(cfg)
     started = time.perf_counter()
     # 0. inputs, read once here: the pairs of every task, and the papers the evaluators score and the head is fit on
-    sets = training_sets(cfg)
+    sets = training_sets(cfg) if fine_tunes(cfg) else None
+    text = sets.text if sets is not None else str(cfg.pairs.text)
     n_eval, n_test = int(cfg.train.eval_papers), int(cfg.train.test_papers)
     eval_papers = read_parquet(split_path(cfg, "eval")) if n_eval > 0 else None
     test_papers = read_parquet(split_path(cfg, "test")) if n_test > 0 else None
@@ -142,7 +166,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         pooling=str(cfg.model.get("pooling", "mean")),
     )
     lora = cfg.model.get("lora")
-    if lora:
+    if sets is None:
+        frozen = "no fine-tuning (train.fine_tune=false): the base model's weights kept as they are"
+    elif lora:
         from arxiv_embeddings.backends.lora import add_lora
 
         if int(cfg.train.freeze_layers):
@@ -152,21 +178,122 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         frozen = add_lora(model, lora)
     else:
         frozen = freeze_lower_layers(model, int(cfg.train.freeze_layers))
+    described = sets.describe() if sets is not None else "none"
     logger.info(
-        f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}, {frozen}; pairs: {sets.describe()}."
+        f"Model {base} on {device}, {precision}, max_seq_length {model.max_seq_length}, {frozen}; pairs: {described}."
     )
 
+    # 2-6. evaluator (eval split only): what the pairs teach (subject retrieval, title -> abstract retrieval, or
+    #      both), then training; without fine-tuning the model is scored on both tasks and nothing trains
+    teaches: tuple[str, ...] = ("subject", "search")
+    if sets is not None:
+        evaluator = sets.evaluator(eval_papers, "eval", n_eval, seed=seed, batch_size=eval_batch)
+        teaches = ("subject", "search") if sets.mix else (sets.sets[0].teaches,)
+        model, train_metrics, steps, checkpoints = _fine_tune(cfg, model, sets, evaluator, callbacks, precision, device)
+    else:
+        evaluator = split_evaluator(eval_papers, "eval", n_eval, text, teaches, seed=seed, batch_size=eval_batch)
+        train_metrics, steps, checkpoints = {}, 0, None
+    # Trained at train.max_seq_length tokens (fast on a CPU), saved, tested and so served at the base model's own
+    # length (model.max_seq_length), like the zero-shot model it is compared with.
+    trained_length = model.max_seq_length
+    served_length = cfg.model.max_seq_length or trained_length
+    if served_length:
+        model.max_seq_length = int(served_length)
+    if not rank0:
+        return {"rank": int(os.environ.get("RANK", "0")), "train": train_metrics}
+
+    # 7. the subject head over the trained encoder (train.head), part of the model from here on
+    head_info = None
+    if head_papers is not None:
+        from arxiv_embeddings.train.head import train_head
+
+        head = to_plain(cfg.train.head)
+        head_info = train_head(
+            model,
+            head_papers,
+            text,
+            precision,
+            kind=str(head.get("kind", "supcon")),
+            options=head,
+            seed=seed,
+            encode_batch_size=eval_batch,
+        )
+
+    # 8. test evaluation (once, after training)
+    test_evaluator = split_evaluator(test_papers, "test", n_test, text, teaches, seed=seed, batch_size=eval_batch)
+    test_metrics = test_evaluator(model) if test_evaluator is not None else {}
+    eval_metrics = evaluator(model) if evaluator is not None else {}
+
+    # 9. save the final model with its card and config, atomically; with LoRA the adapter (in adapter/), and the
+    #    merged model in final/ (model.lora.merge, the default) or the adapter itself there
+    final = this_run_dir(cfg) / FINAL_DIR
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    lora_info: dict[str, Any] | None = None
+    if lora and sets is not None:
+        lora_info = save_lora(model, this_run_dir(cfg), to_plain(lora), base, sets.probe_texts(), config_yaml)
+    summary = {
+        "run_name": cfg.run_name,
+        "base_model": base,
+        "fine_tune": sets is not None,
+        "pair_type": sets.pair_type if sets is not None else None,
+        "tasks": sets.summary() if sets is not None else None,
+        "text": text,
+        "loss": to_plain(cfg.loss) if sets is not None and not sets.tasks else None,
+        "device": device,
+        "precision": precision,
+        "max_seq_length": model.max_seq_length,
+        "train_max_seq_length": trained_length if sets is not None else None,
+        "frozen": frozen,
+        "lora": lora_info,
+        "head": head_info,
+        "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
+        "train": train_metrics,
+        "eval": eval_metrics,
+        "test": test_metrics,
+        "global_step": steps,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "batch_sampler": cfg.train.batch_sampler if sets is not None else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    save_final(
+        model,
+        final,
+        config_yaml=config_yaml,
+        summary=summary,
+        tasks=served_tasks(head_info is not None),
+        adapter_base=base if lora_info is not None and not lora_info["merged"] else None,
+    )
+    if checkpoints is not None:
+        checkpoints.finish()
+    p10 = test_metrics.get("test_cosine_precision@10")
+    logger.success(
+        f"train: {steps} steps, {summary['pairs_per_second']} pairs/s ({precision} on {device}); "
+        + (f"test P@10 {p10:.4f}; " if p10 is not None else "")
+        + f"model saved to {final}."
+    )
+    return {"model": final, "train": train_metrics, "eval": eval_metrics, "test": test_metrics, "summary": summary}
+
+
+def _fine_tune(
+    cfg: DictConfig,
+    model: Any,
+    sets: Any,
+    evaluator: Any,
+    callbacks: Sequence[Any],
+    precision: str,
+    device: str,
+) -> tuple[Any, dict[str, Any], int, CheckpointRun]:
+    """Steps 2-6 of :func:`run`: datasets, losses, arguments (with resume from an interrupted run of the same
+    config), trainer, training. Returns the trained model (without its autocast wrapper), the train metrics, the steps
+    taken and the run's checkpoints (finished once the model is saved)."""
+    import torch
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     # 2. data: one training set, or one per task of a mix (sentence-transformers' multi-dataset training)
     train_ds, eval_ds = sets.datasets()
-
     # 3. loss: one, or one per task
     loss = sets.losses(model)
-
-    # 4. evaluator (eval split only): what the pairs teach (subject retrieval, title -> abstract retrieval, or both)
-    evaluator = sets.evaluator(eval_papers, "eval", n_eval, seed=seed, batch_size=eval_batch)
-
     # 5. arguments, with resume from an interrupted run of the same config
-    out = this_run_dir(cfg)
     ckpt_dir = checkpoint_dir(cfg)
     fp = fingerprint(cfg, sets.train_files, SPEC.config_keys)
     limit = cfg.trainer.get("save_total_limit")
@@ -175,7 +302,6 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     )
     resume_from, sync = checkpoints.open()
     args = training_args(cfg, ckpt_dir, precision, device, has_eval=eval_ds is not None or evaluator is not None)
-
     # 6. trainer
     trainer = trainer_class()(
         model=model,
@@ -197,93 +323,18 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         ) from err
     finally:  # however training ended, the last checkpoint saved reaches the bucket before anything else
         checkpoints.wait()
-    train_metrics = dict(output.metrics)
     # With bf16/fp16 training, accelerate wraps the model's forward in autocast (on a CPU with AMX, bf16 is chosen
     # automatically). The saved model has no such wrapper, so drop it: the test evaluation and the LoRA merge check
-    # below then see the model as `inv evaluate` and the API run it (fp32), whatever precision trained it.
-    model = without_autocast(model)
-    # Trained at train.max_seq_length tokens (fast on a CPU), saved, tested and so served at the base model's own
-    # length (model.max_seq_length), like the zero-shot model it is compared with.
-    trained_length = model.max_seq_length
-    model.max_seq_length = int(cfg.model.max_seq_length or trained_length)
-    if not rank0:
-        return {"rank": int(os.environ.get("RANK", "0")), "train": train_metrics}
-
-    # 7. the subject head over the trained encoder (train.head), part of the model from here on
-    head_info = None
-    if head_papers is not None:
-        from arxiv_embeddings.train.head import train_head
-
-        head = to_plain(cfg.train.head)
-        head_info = train_head(
-            model,
-            head_papers,
-            sets.text,
-            precision,
-            kind=str(head.get("kind", "supcon")),
-            options=head,
-            seed=seed,
-            encode_batch_size=eval_batch,
-        )
-
-    # 8. test evaluation (once, after training)
-    test_evaluator = sets.evaluator(test_papers, "test", n_test, seed=seed, batch_size=eval_batch)
-    test_metrics = test_evaluator(model) if test_evaluator is not None else {}
-    eval_metrics = evaluator(model) if evaluator is not None else {}
-
-    # 9. save the final model with its card and config, atomically; with LoRA the adapter (in adapter/), and the
-    #    merged model in final/ (model.lora.merge, the default) or the adapter itself there
-    final = out / FINAL_DIR
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    lora_info: dict[str, Any] | None = None
-    if lora:
-        lora_info = save_lora(model, out, to_plain(lora), base, sets.probe_texts(), config_yaml)
-    summary = {
-        "run_name": cfg.run_name,
-        "base_model": base,
-        "pair_type": sets.pair_type,
-        "tasks": sets.summary(),
-        "text": sets.text,
-        "loss": to_plain(cfg.loss) if not sets.tasks else None,
-        "device": device,
-        "precision": precision,
-        "max_seq_length": model.max_seq_length,
-        "train_max_seq_length": trained_length,
-        "frozen": frozen,
-        "lora": lora_info,
-        "head": head_info,
-        "pairs_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 2),
-        "train": train_metrics,
-        "eval": eval_metrics,
-        "test": test_metrics,
-        "global_step": trainer.state.global_step,
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "batch_sampler": cfg.train.batch_sampler,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    save_final(
-        model,
-        final,
-        config_yaml=config_yaml,
-        summary=summary,
-        tasks=served_tasks(head_info is not None),
-        adapter_base=base if lora_info is not None and not lora_info["merged"] else None,
-    )
-    checkpoints.finish()
-    p10 = test_metrics.get("test_cosine_precision@10")
-    logger.success(
-        f"train: {trainer.state.global_step} steps, {summary['pairs_per_second']} pairs/s ({precision} on {device}); "
-        + (f"test P@10 {p10:.4f}; " if p10 is not None else "")
-        + f"model saved to {final}."
-    )
-    return {"model": final, "train": train_metrics, "eval": eval_metrics, "test": test_metrics, "summary": summary}
+    # then see the model as `inv evaluate` and the API run it (fp32), whatever precision trained it.
+    return without_autocast(model), dict(output.metrics), int(trainer.state.global_step), checkpoints
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
-    d = training_pairs_dir(cfg)
     files = []
-    # the main task's pairs (train.pairs_from) and each other task's folder of the pairs stage
-    for folder in [d, *(artifact_path(cfg.paths.pairs_dir) / task.name for task in mix_tasks(cfg))]:
+    # the main task's pairs (train.pairs_from) and each other task's folder of the pairs stage (none read without
+    # fine-tuning)
+    folders = [training_pairs_dir(cfg), *(artifact_path(cfg.paths.pairs_dir) / task.name for task in mix_tasks(cfg))]
+    for folder in folders if fine_tunes(cfg) else []:
         files += [folder / split_file("train"), folder / split_file("eval"), folder / pair_meta_file("train")]
         files.append(folder / MANIFEST_FILE)
     model_path = Path(str(cfg.model.name))
