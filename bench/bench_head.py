@@ -59,6 +59,18 @@ def main() -> None:
         "(how the head's gain grows with its papers)",
     )
     parser.add_argument(
+        "--blend",
+        default="",
+        help="also fit the first LDA setting with its unused rows holding the papers' principal directions at these "
+        "weights, comma-separated (0 = the plain head)",
+    )
+    parser.add_argument(
+        "--embeddings",
+        type=Path,
+        default=None,
+        help="an .npz file: the papers' embeddings are read from it when it exists, else written to it",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides of the data, e.g. experiment=cpu_budget data.path=corpus.parquet"
     )
     args = parser.parse_args()
@@ -96,10 +108,20 @@ def main() -> None:
     if args.bf16:
         model.to(torch.bfloat16)
     t0 = time.perf_counter()
-    emb = {
-        k: model.encode(paper_text(t, "title_abstract"), batch_size=64, normalize_embeddings=True).astype(np.float32)
-        for k, t in tables.items()
-    }
+    if args.embeddings is not None and args.embeddings.exists():
+        with np.load(args.embeddings) as cached:
+            emb = {k: cached[k] for k in tables}
+        if any(len(emb[k]) != tables[k].num_rows for k in tables):
+            raise SystemExit(f"{args.embeddings} holds embeddings of other papers; remove it to embed them again.")
+    else:
+        emb = {
+            k: model.encode(paper_text(t, "title_abstract"), batch_size=64, normalize_embeddings=True).astype(
+                np.float32
+            )
+            for k, t in tables.items()
+        }
+        if args.embeddings is not None:
+            np.savez(args.embeddings, **emb)
     embed_s = time.perf_counter() - t0
     labels = {k: t.column("primary_subject").to_numpy(zero_copy_only=False).astype(str) for k, t in tables.items()}
     cutoffs = RankingCutoffs(precision_recall_at=(10,), mrr_at=(10,), ndcg_at=(), map_at=(), accuracy_at=())
@@ -151,6 +173,14 @@ def main() -> None:
         fit = fit_lda_head(emb["train"][pick], labels["train"][pick], components=first[0], shrinkage=first[1])
         record(
             f"lda, {fit.components} components, shrinkage {first[1]}, {n:,} papers", fit.seconds, fit.weight, fit.bias
+        )
+    for weight_share in _floats(args.blend):
+        fit = fit_lda_head(emb["train"], labels["train"], components=first[0], shrinkage=first[1], blend=weight_share)
+        record(
+            f"lda, {fit.components} components, shrinkage {first[1]}, blend {weight_share}",
+            fit.seconds,
+            fit.weight,
+            fit.bias,
         )
     for epochs in _ints(args.epochs):
         fit = fit_linear_head(

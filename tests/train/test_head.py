@@ -286,3 +286,18 @@ def test_head_only_runs_need_a_head_and_a_full_model(tmp_path: Path, overrides: 
     cfg = compose("train", [f"paths.root_dir={tmp_path}", *overrides, "train.fine_tune=false"])
     with pytest.raises(ConfigError, match=message):
         train_stage.validate(cfg)
+
+
+def test_the_blended_lda_head_keeps_the_papers_principal_directions_at_the_asked_share() -> None:
+    """blend > 0 fills the rows the discriminant directions leave unused with the papers' principal directions,
+    their part of an output's squared length blend**2 times the discriminant part's; the discriminant rows stay."""
+    x, labels = _clustered(5)
+    plain = fit_lda_head(x, labels, components=3, shrinkage=0.02)
+    k = plain.components
+    for blend in (0.5, 1.0):
+        fit = fit_lda_head(x, labels, components=3, shrinkage=0.02, blend=blend)
+        np.testing.assert_allclose(fit.weight[:k], plain.weight[:k], atol=1e-6)
+        out = x @ fit.weight.T.astype(np.float64) + fit.bias
+        ratio = np.square(out[:, k:]).sum(1).mean() / np.square(out[:, :k]).sum(1).mean()
+        assert ratio == pytest.approx(blend**2, rel=1e-3)
+    assert not plain.weight[k:].any()

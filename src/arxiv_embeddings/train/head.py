@@ -96,11 +96,15 @@ def _labels(x: np.ndarray, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return names, codes
 
 
-def fit_lda_head(embeddings: np.ndarray, labels: np.ndarray, *, components: int, shrinkage: float) -> HeadFit:
+def fit_lda_head(
+    embeddings: np.ndarray, labels: np.ndarray, *, components: int, shrinkage: float, blend: float = 0.0
+) -> HeadFit:
     """Fit linear discriminant analysis on ``embeddings`` (scikit-learn, eigen solver, shrunk within-subject
     covariance) and return it as a ``d x d`` map: its first ``k = min(components, subjects - 1)`` rows project on the
-    most discriminant directions (unit within-subject variance each), centred on the papers' mean; the other rows are
-    zero. Closed form: the same papers give the same map."""
+    most discriminant directions (unit within-subject variance each), centred on the papers' mean. With ``blend`` 0
+    the other rows are zero; with ``blend`` > 0 they hold the papers' ``d - k`` principal directions, scaled so that
+    their part of an output's squared length is ``blend**2`` times the discriminant part's on average: the output
+    keeps that much of what the encoder saw beside the subjects. Closed form: the same papers give the same map."""
     import time
 
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -120,6 +124,13 @@ def fit_lda_head(embeddings: np.ndarray, labels: np.ndarray, *, components: int,
     # One scale for the whole map (cosines do not see it): the typical output coordinate near 1, not ~1/sigma.
     scale = float(np.sqrt(np.mean(np.square(directions @ (x - x.mean(0)).T))))
     weight /= max(scale, 1e-12)
+    if blend > 0 and k < x.shape[1]:
+        centred = x - x.mean(0)
+        values, vectors = np.linalg.eigh(centred.T @ centred / len(x))
+        top = vectors[:, ::-1][:, : x.shape[1] - k].T  # (d - k, d), by falling variance
+        kept = float(np.sum(values[::-1][: x.shape[1] - k]))  # mean squared length of the papers on them
+        # the discriminant rows give outputs of mean squared length k (each coordinate ~1)
+        weight[k:] = top * (float(blend) * np.sqrt(k / max(kept, 1e-12)))
     bias = -weight @ x.mean(0)
     return HeadFit(
         weight=weight.astype(np.float32),
