@@ -1,6 +1,7 @@
 """The train stage: ``validate(cfg)``, ``run(cfg)`` (model -> data -> loss -> evaluator -> args -> trainer ->
-train -> test evaluation -> head -> save), its :class:`~arxiv_embeddings.runner.StageSpec` and the ``@hydra.main``
-entry point of ``python -m arxiv_embeddings.train``."""
+train -> head -> test evaluation -> save; with ``train.fine_tune=false`` model -> head -> test evaluation -> save),
+its :class:`~arxiv_embeddings.runner.StageSpec` and the ``@hydra.main`` entry point of
+``python -m arxiv_embeddings.train``."""
 
 from __future__ import annotations
 
