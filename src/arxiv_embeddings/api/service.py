@@ -323,7 +323,7 @@ class Service:
                 raise ApiError(404, "unknown_paper", err.message) from None
         else:
             query = self._check_texts([text or ""], "text")[0]
-            vector = await self._encode([query], self.search_output)  # the output the index was built with
+            vector = await self._encode([query], self.search_output)  # the output the index holds for texts
             hits = (await asyncio.to_thread(index.search, vector, k, self.search_output))[0]
         return SearchResult(query, list(hits), len(index))
 

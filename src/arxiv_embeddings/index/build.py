@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,6 +143,19 @@ def _save_npy(path: Path, vectors: np.ndarray) -> None:
     with open(tmp, "wb") as fh:
         np.save(fh, vectors)
     os.replace(tmp, path)
+
+
+def derive_embeddings(source: Embeddings, folder: Path, transform: Callable[[np.ndarray], np.ndarray]) -> Embeddings:
+    """The vectors ``transform`` (rows in, rows out) makes of ``source``'s, shard by shard, as shard files in
+    ``folder`` (each complete or absent, :func:`_save_npy`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards, dimension = [], source.dimension
+    for i, (_, vectors) in enumerate(source.iter_shards()):
+        out = np.ascontiguousarray(transform(np.asarray(vectors, dtype=np.float32)), dtype=np.float32)
+        shards.append(folder / f"shard-{i:05d}.npy")
+        _save_npy(shards[-1], out)
+        dimension = int(out.shape[1])
+    return Embeddings(folder=folder, shards=shards, count=source.count, dimension=dimension)
 
 
 def embed_corpus(

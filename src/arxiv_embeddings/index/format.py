@@ -102,24 +102,6 @@ class Embeddings:
             yield start, vectors
             start += vectors.shape[0]
 
-    def derive(self, folder: Path, transform: Any) -> Embeddings:
-        """The vectors ``transform`` (rows in, rows out) makes of these, shard by shard, as shard files in
-        ``folder`` (each written through a temporary file and a rename)."""
-        import os
-
-        folder.mkdir(parents=True, exist_ok=True)
-        shards, dimension = [], self.dimension
-        for i, (_, vectors) in enumerate(self.iter_shards()):
-            out = np.ascontiguousarray(transform(np.asarray(vectors, dtype=np.float32)), dtype=np.float32)
-            path = folder / f"shard-{i:05d}.npy"
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                np.save(fh, out)
-            os.replace(tmp, path)
-            shards.append(path)
-            dimension = int(out.shape[1])
-        return Embeddings(folder=folder, shards=shards, count=self.count, dimension=dimension, reused=0)
-
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of sorted row numbers ``rows``, as a float32 array."""
         out = np.empty((len(rows), self.dimension), dtype=np.float32)

@@ -27,6 +27,7 @@ from arxiv_embeddings.config import (
 )
 from arxiv_embeddings.index.build import (
     build_index,
+    derive_embeddings,
     embed_corpus,
     embedding_key,
     embeddings_dir,
@@ -241,7 +242,7 @@ def _embed(
         embeddings, cache = embed(MODEL)
     else:
         cache = embeddings_dir(cfg, embedding_key(fingerprint, embedder, corpus, text, shard))
-        embeddings = search.derive(cache, head)
+        embeddings = derive_embeddings(search, cache, head)
     return embeddings, search, [cache, search_cache]
 
 

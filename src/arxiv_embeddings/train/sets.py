@@ -84,6 +84,11 @@ class TrainingSets:
         subject = [s for s in self.sets if s.teaches == "subject"]
         return (subject or list(self.sets))[0].text
 
+    @property
+    def teaches(self) -> tuple[str, ...]:
+        """What the evaluators score: what the one set teaches, or subject and search for a mix (whatever its tasks)."""
+        return ("subject", "search") if self.mix else (self.sets[0].teaches,)
+
     def describe(self) -> str:
         if not self.mix:
             return self.pair_type
@@ -124,8 +129,7 @@ class TrainingSets:
         """Retrieval on ``n_papers`` of ``papers`` (a processed split): for one set, of what it teaches (named
         ``name``); for a mix, subject retrieval (named ``name``) and title -> abstract retrieval
         (``<name>_title_abstract``)."""
-        teaches = ("subject", "search") if self.mix else (self.sets[0].teaches,)
-        return split_evaluator(papers, name, n_papers, self.text, teaches, seed=seed, batch_size=batch_size)
+        return split_evaluator(papers, name, n_papers, self.text, self.teaches, seed=seed, batch_size=batch_size)
 
     def summary(self) -> dict[str, Any] | None:
         """What train_summary.json records of the tasks (None without a mix)."""

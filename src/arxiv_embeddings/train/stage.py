@@ -189,7 +189,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     teaches: tuple[str, ...] = ("subject", "search")
     if sets is not None:
         evaluator = sets.evaluator(eval_papers, "eval", n_eval, seed=seed, batch_size=eval_batch)
-        teaches = ("subject", "search") if sets.mix else (sets.sets[0].teaches,)
+        teaches = sets.teaches
         model, train_metrics, steps, checkpoints = _fine_tune(cfg, model, sets, evaluator, callbacks, precision, device)
     else:
         evaluator = split_evaluator(eval_papers, "eval", n_eval, text, teaches, seed=seed, batch_size=eval_batch)
