@@ -14,8 +14,10 @@ The package's modules:
 - :mod:`~arxiv_embeddings.backends.onnx_embedder`: the ONNX export with onnxruntime and tokenizers only, no torch;
 - :mod:`~arxiv_embeddings.backends.lora`: LoRA adapters (add, save, merge, recognise an adapter folder);
 - :mod:`~arxiv_embeddings.backends.hosted`: a hosted OpenAI-compatible embeddings API (a baseline);
-- :mod:`~arxiv_embeddings.backends.tasks`: which output (``model``, ``encoder``) serves each task of a model
-  folder (its ``tasks.json``).
+- :mod:`~arxiv_embeddings.backends.tasks`: which output (``model``, ``encoder``, ``base``) serves each task of a
+  model folder (its ``tasks.json``);
+- :mod:`~arxiv_embeddings.backends.with_base`: a folder's model beside the untouched base model it keeps in
+  ``base/`` for search.
 
 The index, the search CLI and the API only use this module, so they work with either backend. This module must
 stay importable without torch: the torch backend is imported only when :func:`load_embedder` needs it.
@@ -58,7 +60,8 @@ class Embedder(Protocol):
 
         ``output`` (:data:`arxiv_embeddings.backends.tasks.OUTPUTS`): ``model`` runs every module of the model
         folder (``d`` = :attr:`dimension`); ``encoder`` stops after the Pooling and L2-normalizes whatever
-        ``normalize`` says (``d`` = the pooled dimension). Which output serves which task is the folder's
+        ``normalize`` says (``d`` = the pooled dimension); ``base`` runs the untouched base model a folder keeps in
+        ``base/``. Which output serves which task is the folder's
         ``tasks.json`` (:func:`arxiv_embeddings.backends.tasks.read_tasks`)."""
         ...
 
@@ -74,13 +77,35 @@ def load_embedder(
     """An :class:`Embedder` for a model folder (or a Hub name for the torch backend).
 
     ``backend="onnx"`` loads the ONNX variant ``variant`` (default: the serving default the export marked) from the
-    model folder's ``onnx/`` files with onnxruntime and tokenizers only, no torch.
+    model folder's ``onnx/`` files with onnxruntime and tokenizers only, no torch. A folder that keeps its untouched
+    base model in ``base/`` (``train.search_model=base``) gets a
+    :class:`~arxiv_embeddings.backends.with_base.WithBaseEmbedder`: its ``base`` output comes from that model, on the
+    same backend and variant.
     """
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
         backend, default_variant = _serving_default(name_or_path)
         variant = variant or default_variant
+    main = _load_one(name_or_path, backend, variant, device, max_seq_length, **kwargs)
+    from arxiv_embeddings.backends.with_base import WithBaseEmbedder, base_folder
+
+    base = base_folder(name_or_path)
+    if base is None:
+        return main
+    # the folder keeps its untouched base model for search (train.search_model=base): the same backend and variant
+    base_embedder = _load_one(base, backend, main.variant, device, max_seq_length, **kwargs)
+    return WithBaseEmbedder(main, base_embedder)  # type: ignore[return-value]
+
+
+def _load_one(
+    name_or_path: str | os.PathLike[str],
+    backend: str,
+    variant: str | None,
+    device: str | None,
+    max_seq_length: int | None,
+    **kwargs: Any,
+) -> Embedder:
     if backend == "onnx":
         from arxiv_embeddings.backends.onnx_embedder import load_onnx_embedder  # onnxruntime + tokenizers, no torch
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from arxiv_embeddings.backends.lora import is_adapter_dir
-from arxiv_embeddings.backends.tasks import MODEL, check_output
+from arxiv_embeddings.backends.tasks import BASE, MODEL, check_output
 from arxiv_embeddings.layout import FINAL_DIR, ONNX_DIR, REPORT_FILE
 from arxiv_embeddings.vectors import normalize_rows
 
@@ -340,7 +340,11 @@ class OnnxEmbedder:
             raise TypeError("encode() takes a list of texts, not a single string; wrap it: encode([text]).")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        post = check_output(output) == MODEL
+        if check_output(output) == BASE:
+            from arxiv_embeddings.backends.with_base import no_base_output
+
+            raise no_base_output(self.name)
+        post = output == MODEL
         out = np.zeros((len(texts), self.dimension if post else self.pipeline.pooled_dimension), dtype=np.float32)
         if not texts:
             return out

@@ -7,7 +7,10 @@ task adapters:
 
 - ``model``: every module of the sentence-transformers folder (``modules.json``), e.g. Transformer -> Pooling ->
   Normalize, or with the subject head Transformer -> Pooling -> Normalize -> Dense -> Normalize;
-- ``encoder``: the Transformer and Pooling only, L2-normalized (the encoder without any head).
+- ``encoder``: the Transformer and Pooling only, L2-normalized (the encoder without any head);
+- ``base``: the untouched base model a trained folder keeps in its ``base/`` (``layout.BASE_DIR``, a
+  sentence-transformers folder of its own; ``train.search_model=base``), every module of it: search as the model
+  started, beside a model trained for subjects.
 
 ``tasks.json`` maps each task to an output and names the default task::
 
@@ -28,16 +31,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from arxiv_embeddings.layout import TASKS_FILE
+from arxiv_embeddings.layout import BASE_DIR, TASKS_FILE
 
 #: Every module of the folder.
 MODEL = "model"
 #: The Transformer and the Pooling only, L2-normalized.
 ENCODER = "encoder"
+#: The untouched base model in the folder's ``base/``.
+BASE = "base"
 #: The outputs an embedder computes, and what each is.
 OUTPUTS: dict[str, str] = {
     MODEL: "every module of the folder's modules.json",
     ENCODER: "the Transformer and Pooling only, L2-normalized: no head",
+    BASE: f"the untouched base model in the folder's {BASE_DIR}/",
 }
 #: The tasks a model serves, in the order they are listed.
 TASKS = ("subject", "search", "graded")
@@ -128,7 +134,7 @@ def read_tasks(folder: str | os.PathLike[str] | None) -> TaskMap:
 
     Raises :class:`TasksFileError` naming the file, the bad value and the valid tasks or outputs when the file is
     not JSON, not ``{"default": <task>, "tasks": {<task>: <output>, ...}}``, names a task not in :data:`TASKS` or
-    an output not in :data:`OUTPUTS`.
+    an output not in :data:`OUTPUTS`, or the ``base`` output of a folder without ``base/``.
     """
     if folder is None or not Path(folder).is_dir():
         return DEFAULT_TASKS
@@ -139,7 +145,14 @@ def read_tasks(folder: str | os.PathLike[str] | None) -> TaskMap:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise TasksFileError(f"{path} is not readable JSON ({err}); write it as {_EXAMPLE}.") from err
-    return parse_tasks(data, str(path))
+    tasks = parse_tasks(data, str(path))
+    if BASE in tasks.outputs and not (Path(folder) / BASE_DIR).is_dir():
+        served = ", ".join(task for task in tasks.names if tasks.tasks[task] == BASE)
+        raise TasksFileError(
+            f"{path} serves {served} with the {BASE!r} output, but {Path(folder) / BASE_DIR} does not exist; copy the "
+            f"base model there (a sentence-transformers folder) or map those tasks to {MODEL!r} or {ENCODER!r}."
+        )
+    return tasks
 
 
 def tasks_of(name_or_path: str | os.PathLike[str]) -> TaskMap:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from arxiv_embeddings.backends.tasks import ENCODER, MODEL, check_output
+from arxiv_embeddings.backends.tasks import BASE, ENCODER, MODEL, check_output
 from arxiv_embeddings.vectors import normalize_rows
 
 #: Class name of the module the ``encoder`` output ends with.
@@ -82,7 +82,10 @@ class TorchEmbedder:
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = MODEL) -> np.ndarray:
         """Embeddings of ``texts``: every module of the model (``output="model"``), or the modules up to the
         Pooling, L2-normalized (``output="encoder"``)."""
-        check_output(output)
+        if check_output(output) == BASE:
+            from arxiv_embeddings.backends.with_base import no_base_output
+
+            raise no_base_output(self.name)
         model, dim = self.model, self.dimension
         if output == ENCODER:
             if self._encoder is None:

@@ -4,8 +4,10 @@ any ``encode(texts, what)`` (TF-IDF, a hosted API), into :class:`Features` for t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,11 +15,11 @@ import pyarrow as pa
 from loguru import logger
 from omegaconf import DictConfig
 
-from arxiv_embeddings.backends.tasks import DEFAULT_TASKS, MODEL, TASKS, TaskMap, tasks_of
+from arxiv_embeddings.backends.tasks import BASE, DEFAULT_TASKS, MODEL, TASKS, TaskMap, tasks_of
 from arxiv_embeddings.evaluation.data import EvalData
 from arxiv_embeddings.evaluation.settings import model_source
 from arxiv_embeddings.io import is_remote
-from arxiv_embeddings.layout import ModelNotFoundError, model_location
+from arxiv_embeddings.layout import BASE_DIR, ModelNotFoundError, model_location
 from arxiv_embeddings.metrics import (
     Matrix,
 )
@@ -158,16 +160,21 @@ def features_from(encode: Encode, data: EvalData, text: str, encode_search: Enco
     return features
 
 
-def task_outputs(model: SentenceTransformer, tasks: TaskMap) -> dict[str, SentenceTransformer]:
+def task_outputs(
+    model: SentenceTransformer, tasks: TaskMap, folder: str | os.PathLike[str] | None = None
+) -> dict[str, SentenceTransformer]:
     """The model computing each task's output as the model's ``tasks.json`` maps it (``subject``, ``search``,
-    ``graded``): the model itself for ``model``, the model up to its Pooling for ``encoder``."""
+    ``graded``): the model itself for ``model``, the model up to its Pooling for ``encoder``, and for ``base`` the
+    untouched base model the model's ``folder`` keeps in ``base/`` (loaded on the model's device, in its dtype)."""
     from arxiv_embeddings.backends.torch_embedder import encoder_view
 
     views: dict[str, SentenceTransformer] = {MODEL: model}
     out = {}
     for task in TASKS:
         output = tasks.tasks.get(task, tasks.tasks[tasks.default])
-        if output not in views:
+        if output not in views and output == BASE:
+            views[output] = _base_model(model, tasks, folder)
+        elif output not in views:
             view, _ = encoder_view(model, _embedding_dim(model))
             if view is None:
                 raise ValueError(
@@ -179,13 +186,33 @@ def task_outputs(model: SentenceTransformer, tasks: TaskMap) -> dict[str, Senten
     return out
 
 
-def embed(model: SentenceTransformer, data: EvalData, cfg: DictConfig, tasks: TaskMap = DEFAULT_TASKS) -> Features:
+def _base_model(model: SentenceTransformer, tasks: TaskMap, folder: str | os.PathLike[str] | None) -> Any:
+    from arxiv_embeddings.backends.loading import load_model
+
+    path = Path(folder) / BASE_DIR if folder is not None else None
+    if path is None or not path.is_dir():
+        raise ValueError(
+            f"{tasks.source or 'the model'} serves a task with the {BASE!r} output, the base model in {BASE_DIR}/, but "
+            f"{path or 'no model folder was given'} is not a folder; evaluate the model from its folder."
+        )
+    base = load_model(path, device=str(model.device), max_seq_length=model.max_seq_length)
+    return base.to(next(model.parameters()).dtype)
+
+
+def embed(
+    model: SentenceTransformer,
+    data: EvalData,
+    cfg: DictConfig,
+    tasks: TaskMap = DEFAULT_TASKS,
+    folder: str | os.PathLike[str] | None = None,
+) -> Features:
     """Embed the test papers, titles and abstracts, the classifier's train papers and the fresh slices (no text
     encoded twice by one output), each with the output ``tasks`` (the model's ``tasks.json``) serves it with: the
     papers with the subject task's, the titles and abstracts with the search task's. The graded score is computed
-    from the papers' vectors, so from the subject output; a model serving graded with another output gets a warning."""
+    from the papers' vectors, so from the subject output; a model serving graded with another output gets a warning.
+    ``folder``: the model's local folder (where a ``base`` output's model is)."""
     bs = int(cfg.evaluate.encode.batch_size)
-    views = task_outputs(model, tasks)
+    views = task_outputs(model, tasks, folder)
     if views["graded"] is not views["subject"]:
         logger.warning(
             f"{tasks.source}: graded relatedness is served by another output than subject; the evaluation scores it "

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from arxiv_embeddings.backends.tasks import parse_tasks
+from arxiv_embeddings.backends.tasks import BASE, parse_tasks
 from arxiv_embeddings.config import (
     ConfigError,
     to_plain,
@@ -25,6 +25,7 @@ from arxiv_embeddings.evaluation.settings import (
     PLOTS_DIR,
     REPORT_FILE,
     SCHEMA_VERSION,
+    model_source,
     report_dir,
 )
 from arxiv_embeddings.io import atomic_dir, write_json
@@ -350,7 +351,9 @@ def evaluate_model(cfg: DictConfig, model: str, name: str, data: EvalData) -> di
     st, info = load_encoder(cfg, model)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    features = embed(st, data, cfg, parse_tasks(info["tasks"], info["model_path"]))
+    tasks = parse_tasks(info["tasks"], info["model_path"])
+    folder = model_source(cfg, model) if BASE in tasks.outputs else None  # where its base/ model is
+    features = embed(st, data, cfg, tasks, folder)
     features.info = info
     timing = {"load_s": round(load_s, 3), "encode_s": round(time.perf_counter() - t0, 3)}
     return evaluate_features(name, model, features, data, cfg, timing=timing)

@@ -62,7 +62,15 @@ from arxiv_embeddings.export.plan import (
     spec_model_dir,
 )
 from arxiv_embeddings.io import artifact_path, atomic_dir, write_json
-from arxiv_embeddings.layout import ONNX_DIR, REPORT_FILE, ModelNotFoundError, as_path, model_location, processed_split
+from arxiv_embeddings.layout import (
+    BASE_DIR,
+    ONNX_DIR,
+    REPORT_FILE,
+    ModelNotFoundError,
+    as_path,
+    model_location,
+    processed_split,
+)
 from arxiv_embeddings.runner import StageSpec
 from arxiv_embeddings.texts import TEXT_FIELDS
 
@@ -214,6 +222,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     + "\nRelax export.parity.min_cosine / export.parity.max_p10_diff, or drop the variant "
                     "(export.optimization_levels, export.quantize)."
                 )
+            # the untouched base model a folder keeps for search (train.search_model=base): the same variants,
+            # each checked against that model in torch
+            base_parity = None
+            if (source / BASE_DIR).is_dir():
+                base_parity = _export_base(source / BASE_DIR, model_dir / BASE_DIR, cfg, texts, labels, threads)
             timed = [n for n in entries if entries[n]["backend"] == "onnx" or entries[n]["variant"] in t.torch]
             mean_tokens = _measure(embedders, entries, timed, bench_texts, lengths, int(t.batch_size), int(t.repeats))
         best, best_onnx = choose_default(entries)
@@ -247,6 +260,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "unit": "texts/s, best of the repeats",
             },
             "variants": entries,
+            # the base model in base/ (null when the folder keeps none): each variant's parity against it in torch
+            "base": base_parity,
             "serving_default": _default_entry(entries, best, lengths),
             "onnx_default": entries[best_onnx]["variant"] if best_onnx else None,
             "versions": versions(),
@@ -269,6 +284,41 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "report": report,
         "files": [model_dir / ONNX_DIR / f.name for f in files.values()] + [model_dir / REPORT_FILE],
     }
+
+
+def _export_base(
+    source: Path, target: Any, cfg: DictConfig, texts: list[str], labels: Any, threads: int
+) -> dict[str, Any]:
+    """Export the base model a folder keeps in ``base/`` (``source``; written to ``target/onnx``) in the variants
+    the main model is exported in, each through the parity gate against that model in torch fp32. Raises
+    :class:`ParityError` (nothing written) when one fails. Returns each variant's parity figures."""
+    from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
+
+    x, p = cfg.export, cfg.export.parity
+    reference = TorchEmbedder(source, device="cpu", precision="fp32", max_seq_length=p.max_seq_length)
+    bs = int(p.batch_size)
+    logger.info(f"Base model in {BASE_DIR}/: torch fp32 reference on {len(texts)} test papers.")
+    ref_vectors = reference.encode(texts, batch_size=bs)
+    thresholds = (subject_p10(ref_vectors, labels), float(p.min_cosine), float(p.max_p10_diff))
+    figures: dict[str, Any] = {}
+    failures = []
+    with atomic_dir(target / ONNX_DIR) as stage_dir:
+        files = build_onnx(source, stage_dir, [str(v) for v in x.optimization_levels], quantization_arch(cfg))
+        for variant, file in files.items():
+            emb = OnnxEmbedder(source, file, variant, max_seq_length=int(reference.max_seq_length), threads=threads)
+            figures[variant] = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
+            if not figures[variant]["passed"]:
+                failures.append(parity_failure(f"{BASE_DIR}/onnx-{variant}", figures[variant], cfg))
+        if failures:
+            raise ParityError(
+                f"Export of the base model in {source} failed the parity gate; nothing was written.\n  "
+                + "\n  ".join(failures)
+            )
+    logger.info(
+        f"{BASE_DIR}/: {len(files)} ONNX variant(s) pass parity (mean cosine >= "
+        f"{min(f['mean_cosine'] for f in figures.values()):.4f})."
+    )
+    return figures
 
 
 def _measure(
@@ -326,6 +376,8 @@ def _outputs(cfg: DictConfig) -> list[Path]:
     if model_dir is None:
         return []
     files = [model_dir / ONNX_DIR / VARIANT_FILES[v] for v in planned_variants(cfg)]
+    if (model_dir / BASE_DIR).is_dir():  # the base model it keeps for search, exported beside it
+        files += [model_dir / BASE_DIR / ONNX_DIR / VARIANT_FILES[v] for v in planned_variants(cfg)]
     return [*files, model_dir / REPORT_FILE]
 
 

@@ -1,5 +1,6 @@
 """Saving a trained model: the ``final/`` folder (the model, or with an unmerged LoRA run its adapter, with the
-resolved config, ``train_summary.json`` and ``tasks.json`` beside it), written atomically, and the LoRA adapter of a
+resolved config, ``train_summary.json`` and ``tasks.json`` beside it, and with ``train.search_model=base`` the
+untouched base model in ``base/``), written atomically, and the LoRA adapter of a
 merged LoRA run in ``adapter/``."""
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ import numpy as np
 from loguru import logger
 
 from arxiv_embeddings.io import atomic_dir, write_json
-from arxiv_embeddings.layout import ADAPTER_DIR, FINAL_DIR, TASKS_FILE, TRAIN_SUMMARY_FILE
+from arxiv_embeddings.layout import ADAPTER_DIR, BASE_DIR, FINAL_DIR, TASKS_FILE, TRAIN_SUMMARY_FILE
 
 #: The config file saved beside a trained model (and its adapter): the run's resolved config.
 CONFIG_FILE = "train_config.yaml"
 
 
-def served_tasks(has_head: bool) -> dict[str, Any]:
+def served_tasks(has_head: bool, base: bool = False) -> dict[str, Any]:
     """The tasks.json of a trained model: which output serves each task (the API's ``task``). Every module of the
     folder serves all three; a subject head is fit on subjects alone, so with one, search is served by the encoder
-    under it (with the mix the encoder itself learnt search, bench/README.md#tasks)."""
-    search_output = "encoder" if has_head else "model"
+    under it (with the mix the encoder itself learnt search, bench/README.md#tasks). With ``base``
+    (``train.search_model=base``), search is served by the untouched base model the folder keeps in ``base/``."""
+    search_output = "base" if base else "encoder" if has_head else "model"
     return {"default": "subject", "tasks": {"subject": "model", "search": search_output, "graded": "model"}}
 
 
@@ -33,9 +35,11 @@ def save_final(
     summary: dict[str, Any],
     tasks: dict[str, Any],
     adapter_base: str | None = None,
+    search_model: Any = None,
 ) -> None:
     """Write ``final`` atomically: the model (or, with ``adapter_base``, only its LoRA adapter over that base), the
-    resolved config, the train summary and the tasks map."""
+    resolved config, the train summary and the tasks map; with ``search_model`` (the untouched base model,
+    ``train.search_model=base``) that model in ``final/base/``."""
     with atomic_dir(final) as tmp:
         if adapter_base is None:
             model.save(str(tmp))
@@ -43,6 +47,8 @@ def save_final(
             from arxiv_embeddings.backends.lora import save_adapter
 
             save_adapter(model, tmp, adapter_base)
+        if search_model is not None:
+            search_model.save(str(tmp / BASE_DIR))
         (tmp / CONFIG_FILE).write_text(config_yaml)
         write_json(tmp / TRAIN_SUMMARY_FILE, summary)
         write_json(tmp / TASKS_FILE, tasks)

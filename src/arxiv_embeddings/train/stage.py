@@ -20,6 +20,7 @@ from arxiv_embeddings.config import CONFIG_DIR, ConfigError, check_missing, requ
 from arxiv_embeddings.io import artifact_path, read_parquet
 from arxiv_embeddings.layout import (
     ADAPTER_DIR,
+    BASE_DIR,
     FINAL_DIR,
     MANIFEST_FILE,
     PAIR_SOURCES,
@@ -41,6 +42,9 @@ from arxiv_embeddings.train.saving import save_final, save_lora, served_tasks
 from arxiv_embeddings.train.sets import split_evaluator, training_sets
 from arxiv_embeddings.train.trainer import resolve_precision, trainer_class, training_args
 
+#: ``train.search_model``: the trained model's own encoder serves search, or the untouched base model kept beside it.
+SEARCH_MODELS = ("trained", "base")
+
 
 def validate(cfg: DictConfig) -> None:
     check_missing(cfg)
@@ -58,6 +62,15 @@ def validate(cfg: DictConfig) -> None:
         "train.fine_tune",
         f"got {cfg.train.get('fine_tune')!r}; expected true or false.",
     )
+    search_model = cfg.train.get("search_model", "trained")
+    require_in("train.search_model", search_model, SEARCH_MODELS)
+    if search_model == "base":
+        require(
+            fine_tunes(cfg),
+            "train.search_model=base",
+            "keeps a copy of the base model to serve search, but with train.fine_tune=false the model is the base "
+            "already (its encoder serves search); set train.search_model=trained.",
+        )
     if not fine_tunes(cfg):
         require(
             not cfg.model.get("lora"),
@@ -256,13 +269,21 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "batch_sampler": cfg.train.batch_sampler if sets is not None else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    # 10. with train.search_model=base, the untouched base model beside it (at the served length) serves search
+    keep_base = cfg.train.get("search_model", "trained") == "base"
+    pooling = str(cfg.model.get("pooling", "mean"))
+    search_model = (
+        load_model(base, device="cpu", max_seq_length=model.max_seq_length, pooling=pooling) if keep_base else None
+    )
+    summary["search_model"] = f"{base} (untouched, in {BASE_DIR}/)" if keep_base else "trained"
     save_final(
         model,
         final,
         config_yaml=config_yaml,
         summary=summary,
-        tasks=served_tasks(head_info is not None),
+        tasks=served_tasks(head_info is not None, base=keep_base),
         adapter_base=base if lora_info is not None and not lora_info["merged"] else None,
+        search_model=search_model,
     )
     if checkpoints is not None:
         checkpoints.finish()
