@@ -88,6 +88,15 @@ VARIANTS: dict[str, list[str]] = {
     ],
     # No fine-tuning: the base model kept as it is (it serves search) and the subject head alone fit over it.
     "frozen-head": ["train.fine_tune=false", "train.head.enabled=true", "train.head.kind=lda"],
+    # Subject pairs alone with the head, and the untouched base model kept beside it for search
+    # (train.search_model=base: two encoders in one folder, each task served by its own).
+    "subject-4k-head-base": [
+        "mix=none",
+        "pairs.num_train=4096",
+        "train.head.enabled=true",
+        "train.head.kind=lda",
+        "train.search_model=base",
+    ],
     # Subject + search + graded (CoSENT on the Jaccard overlap of subject lists).
     "mix3-graded-groups": [
         "mix=subject_search_graded",
@@ -128,9 +137,9 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from arxiv_embeddings import pairs, preprocess
+    from arxiv_embeddings.backends import load_embedder
     from arxiv_embeddings.backends.loading import cpu_supports_bf16
     from arxiv_embeddings.backends.tasks import tasks_of
-    from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.config import compose
     from arxiv_embeddings.evaluation.data import load_fresh
     from arxiv_embeddings.io import read_parquet
@@ -174,8 +183,9 @@ def main() -> None:
 
         def score(model: str, outputs: dict[str, str] | None = None) -> dict[str, dict[str, np.ndarray]]:
             """Every figure of ``model``, each task through the output its tasks.json serves it with (with a head:
-            subject and graded through the head, search through the encoder), or through ``outputs`` when given."""
-            embedder = TorchEmbedder(model, device="cpu", max_seq_length=args.max_seq_length)
+            subject and graded through the head, search through the encoder or the kept base model), or through
+            ``outputs`` when given."""
+            embedder = load_embedder(model, backend="torch", device="cpu", max_seq_length=args.max_seq_length)
             served, chosen = tasks_of(model), outputs or {}
             subject_out = chosen.get("subject") or served.output_of("subject")
             search_out = chosen.get("search") or served.output_of("search")

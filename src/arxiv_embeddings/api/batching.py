@@ -8,9 +8,9 @@ texts: the waiting texts divided among the idle workers), encodes them in one mo
 own rows. While workers run the model, new jobs queue up, so under load every call is a full share and nobody
 waits for a timer.
 
-Each job has a ``group`` (the API's: the model output its task needs, ``model`` or ``encoder``); a batch holds the
-jobs of one group only, the group of the oldest waiting job, and the worker's encoder is called with it. Jobs of
-other groups keep their place in the queue for the next batch.
+Each job has a ``group`` (the API's: the model output its task needs, ``model``, ``encoder`` or ``base``); a batch
+holds the jobs of one group only, the group of the oldest waiting job, and the worker's encoder is called with it.
+Jobs of other groups keep their place in the queue for the next batch.
 
 Why several workers with one thread each rather than one worker with every core: the threads of one model call
 meet at a barrier after every operation, so when anything else on the machine (the event loop, a sidecar, a load

@@ -140,6 +140,7 @@ class Service:
             device=s.device,
             max_seq_length=s.max_seq_length,
             threads=threads,  # onnxruntime's intra-op threads; torch's are set in each worker thread below
+            max_batch_tokens=s.max_batch_tokens,
         )
 
         def warm_up(output: str) -> int:

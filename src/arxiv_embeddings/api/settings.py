@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     cache_dir: Path
     batch_size: int = Field(ge=1)
     encode_batch_size: int = Field(ge=1)
+    max_batch_tokens: int | None = Field(ge=1)
     threads: int | None = Field(ge=1)
     workers: int | None = Field(ge=1)
     batch_wait_ms: float = Field(ge=0)
@@ -108,7 +109,15 @@ class Settings(BaseSettings):
     access_log: bool
 
     @field_validator(
-        "model_path", "served_name", "variant", "device", "index_path", "api_key", "api_key_file", mode="before"
+        "model_path",
+        "served_name",
+        "variant",
+        "device",
+        "index_path",
+        "api_key",
+        "api_key_file",
+        "max_batch_tokens",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:

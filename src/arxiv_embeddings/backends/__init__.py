@@ -112,7 +112,13 @@ def _load_one(
         return load_onnx_embedder(name_or_path, variant=variant, max_seq_length=max_seq_length, **kwargs)
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
 
-    return TorchEmbedder(name_or_path, device=device, precision=variant or "fp32", max_seq_length=max_seq_length)
+    return TorchEmbedder(
+        name_or_path,
+        device=device,
+        precision=variant or "fp32",
+        max_seq_length=max_seq_length,
+        max_batch_tokens=kwargs.get("max_batch_tokens"),
+    )
 
 
 def _serving_default(name_or_path: str | os.PathLike[str]) -> tuple[str, str | None]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from arxiv_embeddings.backends.batches import check_max_batch_tokens, token_batches
 from arxiv_embeddings.backends.lora import is_adapter_dir
 from arxiv_embeddings.backends.tasks import BASE, MODEL, check_output
 from arxiv_embeddings.layout import FINAL_DIR, ONNX_DIR, REPORT_FILE
@@ -253,6 +254,7 @@ class OnnxEmbedder:
         max_seq_length: int | None = None,
         threads: int | None = None,
         providers: list[str] | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -277,10 +279,12 @@ class OnnxEmbedder:
             pad_token = str(pad.get("content") if isinstance(pad, dict) else pad or pad_token)
             pad_type_id = int(tok_cfg.get("pad_token_type_id", 0) or 0)
         pad_id = self.tokenizer.token_to_id(pad_token)
-        self.tokenizer.enable_padding(
-            pad_id=0 if pad_id is None else pad_id, pad_token=pad_token, pad_type_id=pad_type_id
-        )
+        # each call's texts are tokenized once, unpadded, and every batch is padded to its own longest text here
+        self.tokenizer.no_padding()
+        self._pad_id, self._pad_type_id = (0 if pad_id is None else pad_id), pad_type_id
         self.max_seq_length = int(max_seq_length or self.pipeline.max_seq_length)
+        #: Most padded tokens in one model call (None = batches capped by count only); see backends.batches.
+        self.max_batch_tokens = check_max_batch_tokens(max_batch_tokens)
 
         options = ort.SessionOptions()
         self.threads = int(threads or usable_cpus())
@@ -316,15 +320,18 @@ class OnnxEmbedder:
     def token_counts(self, texts: list[str]) -> np.ndarray:
         """Tokens per text after truncation (special tokens included), as the model sees them."""
         encodings = self.tokenizer.encode_batch(self._prepare(texts))
-        return np.array([sum(e.attention_mask) for e in encodings], dtype=np.int64)
+        return np.array([len(e.ids) for e in encodings], dtype=np.int64)
 
-    def _run(self, texts: list[str], post: bool = True) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+    def _run(self, encodings: list[Any], post: bool = True) -> np.ndarray:
+        """One model call: ``encodings`` (unpadded) padded to the longest of them."""
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.full((len(encodings), width), self._pad_type_id, dtype=np.int64)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[row, :n], mask[row, :n], types[row, :n] = e.ids, 1, e.type_ids
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         tokens = self.session.run([self._output], {k: v for k, v in feed.items() if k in self._inputs})[0]
         pooled = _pool(self.pipeline.pooling_modes, np.asarray(tokens), mask)
         return self.pipeline.apply_post(pooled) if post else pooled.astype(np.float32, copy=False)
@@ -348,11 +355,10 @@ class OnnxEmbedder:
         out = np.zeros((len(texts), self.dimension if post else self.pipeline.pooled_dimension), dtype=np.float32)
         if not texts:
             return out
-        prepared = self._prepare(texts)
-        order = np.argsort([-len(t) for t in prepared], kind="stable")  # similar lengths per batch: less padding
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            out[rows] = self._run([prepared[i] for i in rows], post=post)
+        encodings = self.tokenizer.encode_batch(self._prepare(texts))
+        # similar token lengths per batch (less padding), capped by count and by max_batch_tokens
+        for rows in token_batches([len(e.ids) for e in encodings], batch_size, self.max_batch_tokens):
+            out[rows] = self._run([encodings[i] for i in rows], post=post)
         return normalize_rows(out) if normalize or not post or self.pipeline.normalize else out
 
     def replica(self) -> OnnxEmbedder:
@@ -433,8 +439,9 @@ def load_onnx_embedder(
     ``variant``: a name of :data:`VARIANT_FILES` (``fp32``, ``O3``, ``int8-avx2``, ...); None = the serving default
     recorded in ``export_report.json`` (its fastest ONNX variant when the overall default is a torch one; ``fp32``
     for a folder with ``onnx/model.onnx`` but no report). ``max_seq_length``: None = the model's own. ``kw``:
-    ``threads`` (onnxruntime intra-op threads; default = usable cores) and ``providers`` (onnxruntime execution
-    providers; default CPU, CUDA first for O4 when available).
+    ``threads`` (onnxruntime intra-op threads; default = usable cores), ``providers`` (onnxruntime execution
+    providers; default CPU, CUDA first for O4 when available) and ``max_batch_tokens`` (most padded tokens in one
+    model call; default: batches capped by count only).
     """
     path = Path(model_dir)
     if not path.is_dir():
@@ -444,9 +451,11 @@ def load_onnx_embedder(
         )
     if is_adapter_dir(path):
         raise ExportNotFoundError(adapter_message(path))
-    unknown = set(kw) - {"threads", "providers", "device"}
+    unknown = set(kw) - {"threads", "providers", "device", "max_batch_tokens"}
     if unknown:
-        raise TypeError(f"load_onnx_embedder() got unknown option(s) {sorted(unknown)}; known: threads, providers.")
+        raise TypeError(
+            f"load_onnx_embedder() got unknown option(s) {sorted(unknown)}; known: threads, providers, max_batch_tokens."
+        )
     device = kw.pop("device", None)
     if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda"):
         raise ValueError(f"device={device!r} is not available to the ONNX backend; use 'cpu' or 'cuda'.")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from arxiv_embeddings.backends.batches import check_max_batch_tokens, token_batches
 from arxiv_embeddings.backends.tasks import BASE, ENCODER, MODEL, check_output
 from arxiv_embeddings.vectors import normalize_rows
 
@@ -53,6 +54,7 @@ class TorchEmbedder:
         device: str | None = None,
         precision: str = "fp32",
         max_seq_length: int | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         try:
             import torch
@@ -78,6 +80,8 @@ class TorchEmbedder:
         self.dimension = int(dim)
         self.max_seq_length = int(self.model.max_seq_length or 0)
         self._encoder, self._encoder_dimension = encoder_view(self.model, self.dimension)
+        #: Most padded tokens in one model call (None = batches capped by count only); see backends.batches.
+        self.max_batch_tokens = check_max_batch_tokens(max_batch_tokens)
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = MODEL) -> np.ndarray:
         """Embeddings of ``texts``: every module of the model (``output="model"``), or the modules up to the
@@ -97,11 +101,24 @@ class TorchEmbedder:
             model, dim, normalize = self._encoder, self._encoder_dimension, True
         if not texts:
             return np.zeros((0, dim), dtype=np.float32)
-        vectors = model.encode(
+        if self.max_batch_tokens is None:  # sentence-transformers sorts the texts by length and batches by count
+            vectors = np.asarray(self._encode(model, texts, batch_size), dtype=np.float32)
+        else:
+            vectors = np.zeros((len(texts), dim), dtype=np.float32)
+            for rows in token_batches(self.token_counts(texts), batch_size, self.max_batch_tokens):
+                vectors[rows] = self._encode(model, [texts[i] for i in rows], len(rows))
+        return normalize_rows(vectors) if normalize else vectors
+
+    @staticmethod
+    def _encode(model: Any, texts: list[str], batch_size: int) -> Any:
+        return model.encode(
             texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, normalize_embeddings=False
         )
-        vectors = np.asarray(vectors, dtype=np.float32)
-        return normalize_rows(vectors) if normalize else vectors
+
+    def token_counts(self, texts: list[str]) -> np.ndarray:
+        """Tokens per text after truncation (special tokens included), as the model sees them."""
+        features = self.model.tokenize(texts)
+        return np.asarray(features["attention_mask"].sum(dim=1).cpu().numpy(), dtype=np.int64)
 
     def replica(self) -> TorchEmbedder:
         """A copy to encode from another thread at the same time: the same weight tensors (no memory for a second

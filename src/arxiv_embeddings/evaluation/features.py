@@ -15,6 +15,7 @@ import pyarrow as pa
 from loguru import logger
 from omegaconf import DictConfig
 
+from arxiv_embeddings.backends.batches import check_max_batch_tokens
 from arxiv_embeddings.backends.tasks import BASE, DEFAULT_TASKS, MODEL, TASKS, TaskMap, tasks_of
 from arxiv_embeddings.evaluation.data import EvalData
 from arxiv_embeddings.evaluation.settings import model_source
@@ -113,17 +114,42 @@ def load_encoder(cfg: DictConfig, model: str | None = None) -> tuple[SentenceTra
     return st, info
 
 
-def encode_texts(model: SentenceTransformer, texts: list[str], batch_size: int, what: str) -> np.ndarray:
-    """L2-normalized float32 embeddings of ``texts``, in batches, with a progress bar."""
+def encode_texts(
+    model: SentenceTransformer, texts: list[str], batch_size: int, what: str, max_tokens: int | None = None
+) -> np.ndarray:
+    """L2-normalized float32 embeddings of ``texts``, in batches, with a progress bar. Batches group texts of
+    similar length (sentence-transformers sorts them); with ``max_tokens`` each is also capped at that many padded
+    tokens (:func:`arxiv_embeddings.backends.batches.token_batches`)."""
     logger.info(f"Encoding {len(texts):,} {what}.")
-    emb = model.encode(
-        texts,
-        batch_size=batch_size,
-        show_progress_bar=True,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
+    if max_tokens is None or not texts:
+        emb = model.encode(
+            texts,
+            batch_size=batch_size,
+            show_progress_bar=True,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.asarray(emb, dtype=np.float32)
+    from tqdm import tqdm
+
+    from arxiv_embeddings.backends.batches import token_batches
+
+    lengths = np.concatenate(
+        [
+            model.tokenize(texts[i : i + 4096])["attention_mask"].sum(dim=1).cpu().numpy()
+            for i in range(0, len(texts), 4096)
+        ]
     )
-    return np.asarray(emb, dtype=np.float32)
+    out = np.zeros((len(texts), _embedding_dim(model)), dtype=np.float32)
+    for rows in tqdm(token_batches(lengths, batch_size, max_tokens), desc="Batches", unit="batch"):
+        out[rows] = model.encode(
+            [texts[i] for i in rows],
+            batch_size=len(rows),
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+    return out
 
 
 Encode = Callable[[list[str], str], Matrix]
@@ -219,8 +245,10 @@ def embed(
             "from the subject output's vectors."
         )
 
+    max_tokens = check_max_batch_tokens(cfg.evaluate.encode.get("max_batch_tokens"), "evaluate.encode.max_batch_tokens")
+
     def encoder(view: SentenceTransformer) -> Encode:
-        return lambda texts, what: encode_texts(view, texts, bs, what)
+        return lambda texts, what: encode_texts(view, texts, bs, what, max_tokens)
 
     search = encoder(views["search"]) if views["search"] is not views["subject"] else None
     return features_from(encoder(views["subject"]), data, str(cfg.evaluate.text), search)

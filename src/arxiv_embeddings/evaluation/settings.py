@@ -83,6 +83,7 @@ def validate_evaluation(cfg: DictConfig) -> None:
     check_int(e.max_test_papers, "evaluate.max_test_papers", optional=True)
     check_int(e.encode.batch_size, "evaluate.encode.batch_size")
     check_int(e.encode.max_seq_length, "evaluate.encode.max_seq_length", optional=True)
+    check_int(e.encode.get("max_batch_tokens"), "evaluate.encode.max_batch_tokens", optional=True)
     require_in("evaluate.encode.precision", e.encode.precision, PRECISIONS)
     pr = _positive_ints(cfg, "evaluate.retrieval.precision_recall_at")
     _positive_ints(cfg, "evaluate.retrieval.accuracy_at", allow_empty=True)

@@ -39,6 +39,7 @@ REPORT_KEYS = (
     "parity",
     "throughput",
     "variants",
+    "base",
     "serving_default",
     "onnx_default",
     "versions",

@@ -76,6 +76,7 @@ def validate(cfg: DictConfig) -> None:
         require(bool(str(ix.corpus.path).strip()), "index.corpus.path", "is empty; give a file or a glob, or null.")
     check_int(ix.encode.batch_size, "index.encode.batch_size")
     check_int(ix.encode.max_seq_length, "index.encode.max_seq_length", optional=True)
+    check_int(ix.encode.get("max_batch_tokens"), "index.encode.max_batch_tokens", optional=True)
     check_int(ix.shard_size, "index.shard_size")
     check_int(ix.hnsw.m, "index.hnsw.m", minimum=2)
     check_int(ix.hnsw.ef_construction, "index.hnsw.ef_construction")
@@ -129,6 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         variant=ix.variant,
         device=ix.encode.device,
         max_seq_length=ix.encode.max_seq_length,
+        max_batch_tokens=ix.encode.get("max_batch_tokens"),
     )
     folder = model_folder(local)
     fingerprint = model_fingerprint(folder) if folder is not None else f"name:{location}"
