@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,39 +167,38 @@ def embed_corpus(
     batch_size: int,
     key: dict,
     output: str = MODEL,
+    only: Collection[int] | None = None,
+    label: str = "",
 ) -> Embeddings:
     """Embed the corpus shard by shard into ``cache_dir`` (normalized float32, the model's ``output``), reusing the
-    shards already there.
+    shards already there. With ``only``, just those shard numbers (one worker's share; the returned
+    :class:`Embeddings` then lists those alone); ``label`` names the worker on the progress bar.
 
     Memory holds one shard's text and vectors at a time. A shard is written with a rename once it is complete, so
     after a crash the next call with the same ``key`` (recorded in ``cache_dir/key.json``) embeds only the rest.
     """
     from tqdm import tqdm
 
-    from arxiv_embeddings.io import write_json
     from arxiv_embeddings.papers import paper_text_array
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    key_file = cache_dir / "key.json"
-    if key_file.exists() and read_json(key_file) != key:
-        logger.warning(f"index: embedding cache {cache_dir} was made for other settings; starting it afresh.")
-        shutil.rmtree(cache_dir)
-        cache_dir.mkdir(parents=True)
-    write_json(key_file, key)
+    open_cache(cache_dir, key)
     n = len(corpus)
     dim = int(embedder.dimension) if output == MODEL else int(embedder.encode(["x"], output=output).shape[1])
-    bounds = [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+    bounds = shard_bounds(n, shard_size)
     paths = [cache_dir / f"shard-{i:05d}.npy" for i in range(len(bounds))]
+    wanted = set(only) if only is not None else None
+    mine = [wanted is None or i in wanted for i in range(len(bounds))]
     done = [_valid_shard(p, hi - lo, dim) for p, (lo, hi) in zip(paths, bounds, strict=True)]
-    reused = sum(hi - lo for (lo, hi), ok in zip(bounds, done, strict=True) if ok)
+    reused = sum(hi - lo for (lo, hi), ok, m in zip(bounds, done, mine, strict=True) if ok and m)
     if reused:
         logger.info(f"index: reusing {sum(done)} embedding shard(s) ({reused:,} papers) from {cache_dir}.")
     chunk = batch_size * 16
     which = {} if output == MODEL else {"output": output}  # an embedder with one output need not take the argument
-    desc = "embedding" if output == MODEL else f"embedding ({output})"
-    with tqdm(total=n, initial=reused, unit="paper", desc=desc, dynamic_ncols=True) as bar:
+    desc = ("embedding" if output == MODEL else f"embedding ({output})") + (f" [{label}]" if label else "")
+    total = sum(hi - lo for (lo, hi), m in zip(bounds, mine, strict=True) if m)
+    with tqdm(total=total, initial=reused, unit="paper", desc=desc, dynamic_ncols=True) as bar:
         for i, shard in enumerate(corpus.text_shards(shard_size)):
-            if done[i]:
+            if done[i] or not mine[i]:
                 continue
             texts = paper_text_array(shard, text).to_pylist()
             vectors = np.empty((len(texts), dim), dtype=np.float32)
@@ -213,7 +212,30 @@ def embed_corpus(
                 vectors[start : start + len(part)] = part
                 bar.update(len(part))
             _save_npy(paths[i], normalize_rows(vectors))
+    if only is not None:
+        kept = [p for p, m in zip(paths, mine, strict=True) if m]
+        return Embeddings(folder=cache_dir, shards=kept, count=total, dimension=dim, reused=reused)
     return Embeddings(folder=cache_dir, shards=paths, count=n, dimension=dim, reused=reused)
+
+
+def shard_bounds(count: int, shard_size: int) -> list[tuple[int, int]]:
+    """``(first row, end row)`` of each embedding shard of a corpus of ``count`` papers."""
+    return [(s, min(s + shard_size, count)) for s in range(0, count, shard_size)]
+
+
+def open_cache(cache_dir: Path, key: dict) -> None:
+    """Create the shard folder of ``key`` (recorded in its ``key.json``); a folder made for another key is emptied
+    first. Called before workers start, so that they all find the same key."""
+    from arxiv_embeddings.io import write_json
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key_file = cache_dir / "key.json"
+    if key_file.exists() and read_json(key_file) != key:
+        logger.warning(f"index: embedding cache {cache_dir} was made for other settings; starting it afresh.")
+        shutil.rmtree(cache_dir)
+        cache_dir.mkdir(parents=True)
+    if not key_file.exists():
+        write_json(key_file, key)
 
 
 def embeddings_dir(cfg: DictConfig, key: dict[str, Any]) -> Path:

@@ -93,6 +93,8 @@ class Embeddings:
     count: int
     dimension: int
     reused: int = 0
+    #: Processes that embedded this run's shards (index.workers, fewer when fewer shards were left).
+    workers: int = 1
 
     def iter_shards(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, vectors)`` per shard, memory-mapped (only the pages touched are read)."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from arxiv_embeddings.backends.loading import model_fingerprint, model_folder
 from arxiv_embeddings.backends.tasks import ENCODER, MODEL, tasks_of
 from arxiv_embeddings.config import (
     CONFIG_DIR,
+    ConfigError,
     check_int,
     check_missing,
     choose,
@@ -33,6 +35,7 @@ from arxiv_embeddings.index.build import (
     embeddings_dir,
     load_corpus,
     model_location,
+    shard_bounds,
 )
 from arxiv_embeddings.index.format import (
     INDEX_FILE,
@@ -44,6 +47,7 @@ from arxiv_embeddings.index.format import (
     index_name,
 )
 from arxiv_embeddings.index.quality import evaluate_index
+from arxiv_embeddings.index.workers import embed_in_workers
 from arxiv_embeddings.io import artifact_path, atomic_dir, file_sha256, is_remote
 from arxiv_embeddings.layout import MANIFEST_FILE, processed_split
 from arxiv_embeddings.runner import StageSpec
@@ -98,6 +102,8 @@ def validate(cfg: DictConfig) -> None:
         f"got {r!r}; expected a number from 0 to 1, or null.",
     )
     check_int(ix.threads, "index.threads", optional=True)
+    check_int(ix.get("workers", 1), "index.workers")
+    parse_part(ix.get("part"))
     name = index_name(cfg)
     require(
         bool(name) and name not in {".", ".."} and "/" not in name and "\\" not in name and not name.startswith("."),
@@ -138,7 +144,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # encoder, tasks.json): the papers get a second index in that output for free-text queries.
     query_output = tasks_of(local).tasks.get("search", MODEL)
     t0 = time.perf_counter()
-    embeddings, search_embeddings, caches = _embed(cfg, embedder, corpus, fingerprint, folder, query_output)
+    part = parse_part(ix.get("part"))
+    if part is not None:  # one share of the embedding (a job of several machines); a last run builds the index
+        return _embed_part(cfg, embedder, corpus, fingerprint, local, query_output, part)
+    embeddings, search_embeddings, caches = _embed(cfg, embedder, corpus, fingerprint, folder, query_output, local)
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     index, params = build_index(str(ix.type), embeddings, ix, int(cfg.seed))
@@ -197,6 +206,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 **report,
                 "embed_s": round(embed_s, 2),
                 "reused_papers": embeddings.reused,
+                "embed_workers": embeddings.workers,
                 "build_s": round(build_s, 2),
                 "index_bytes": files[INDEX_FILE]["bytes"],
                 "rss_bytes": psutil.Process().memory_info().rss,
@@ -220,19 +230,79 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {"dir": out_dir, "manifest": manifest, "embeddings": caches[0]}
 
 
+def parse_part(value: Any) -> tuple[int, int] | None:
+    """``index.part`` (``"k/N"``: shards ``k, k + N, ...``, k counted from 0) as ``(k, N)``; None for null."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(n) >= 1 and int(k) < int(n)):
+        raise ConfigError(
+            f"index.part: got {value!r}; expected 'k/N' with 0 <= k < N (e.g. 0/4 for the first of 4 workers), or "
+            "null to embed the whole corpus."
+        )
+    return int(k), int(n)
+
+
+def _outputs_to_embed(query_output: str, folder: Path | None) -> list[str]:
+    """The outputs the corpus is embedded in: the model's, and the search task's when it is another one (a head
+    over the encoder is applied to the encoder's vectors instead of embedding the model output)."""
+    if query_output == MODEL:
+        return [MODEL]
+    if query_output == ENCODER and _head_over_encoder(folder) is not None:
+        return [ENCODER]
+    return [query_output, MODEL]
+
+
+def _embed_part(
+    cfg: DictConfig, embedder: Any, corpus: Any, fingerprint: str, local: str, query_output: str, part: tuple[int, int]
+) -> dict[str, Any]:
+    """``index.part=k/N``: embed this worker's shards of every output the index needs into the shared embedding
+    folders, and stop: the run without ``index.part`` finds every shard there and builds the index."""
+    ix = cfg.index
+    text, shard, batch = str(ix.text), int(ix.shard_size), int(ix.encode.batch_size)
+    folder = model_folder(local)
+    caches, papers = [], 0
+    for output in _outputs_to_embed(query_output, folder):
+        key = embedding_key(fingerprint, embedder, corpus, text, shard, output)
+        cache = embeddings_dir(cfg, key)
+        shards = range(part[0], len(shard_bounds(len(corpus), shard)), part[1])
+        label = f"part {part[0]}/{part[1]}"
+        done = embed_corpus(embedder, corpus, cache, text, shard, batch, key, output, only=shards, label=label)
+        caches.append(cache)
+        papers += done.count
+    logger.success(
+        f"index: part {part[0]}/{part[1]} embedded {papers:,} paper vectors ({len(caches)} output(s)) into "
+        f"{', '.join(map(str, caches))}; run the index stage without index.part to build the index from every part."
+    )
+    return {"part": f"{part[0]}/{part[1]}", "embeddings": caches, "papers": papers}
+
+
 def _embed(
-    cfg: DictConfig, embedder: Any, corpus: Any, fingerprint: str, folder: Path | None, query_output: str
+    cfg: DictConfig,
+    embedder: Any,
+    corpus: Any,
+    fingerprint: str,
+    folder: Path | None,
+    query_output: str,
+    local: str,
 ) -> tuple[Embeddings, Embeddings | None, list[Path]]:
     """The papers' vectors in the model output and, when the search task has another output, in that one too, with
     the cache folders they are in. A head that starts from the encoder's normalized vectors (Normalize -> Dense ->
     Normalize, as train.head fits it) is applied to them here, so the corpus is embedded once; any other model is
-    embedded once per output."""
+    embedded once per output. With ``index.workers > 1``, worker processes embed the shards first
+    (:func:`embed_in_workers`)."""
     ix = cfg.index
     text, shard, batch = str(ix.text), int(ix.shard_size), int(ix.encode.batch_size)
+    workers = int(ix.get("workers", 1))
 
     def embed(output: str) -> tuple[Embeddings, Path]:
         key = embedding_key(fingerprint, embedder, corpus, text, shard, output)
         cache = embeddings_dir(cfg, key)
+        if workers > 1:
+            before, started = embed_in_workers(cfg, local, corpus, output, key, cache, workers)
+            done = embed_corpus(embedder, corpus, cache, text, shard, batch, key, output)  # what is left, if any
+            return dataclasses.replace(done, reused=before, workers=max(started, 1)), cache
         return embed_corpus(embedder, corpus, cache, text, shard, batch, key, output), cache
 
     if query_output == MODEL:
@@ -244,7 +314,7 @@ def _embed(
         embeddings, cache = embed(MODEL)
     else:
         cache = embeddings_dir(cfg, embedding_key(fingerprint, embedder, corpus, text, shard))
-        embeddings = derive_embeddings(search, cache, head)
+        embeddings = dataclasses.replace(derive_embeddings(search, cache, head), workers=search.workers)
     return embeddings, search, [cache, search_cache]
 
 
@@ -285,7 +355,12 @@ SPEC = StageSpec(
     name="index",
     run=run,
     inputs=_inputs,
-    outputs=lambda cfg: [index_dir(cfg) / n for n in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE)],
+    # a part run (index.part) writes embedding shards only
+    outputs=lambda cfg: (
+        []
+        if cfg.index.get("part") is not None
+        else [index_dir(cfg) / n for n in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE)]
+    ),
     stamp_dir=index_dir,
     validate=validate,
     config_keys=("index", "seed"),
