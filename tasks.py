@@ -190,6 +190,21 @@ def vertex_train(ctx: Context, overrides: str = "", dry_run: bool = False) -> No
     ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
 
 
+@task(
+    help={
+        "overrides": "Hydra overrides: vertex.* shape the job (vertex.replica_count = machines), the rest are the "
+        "index stage's",
+        "dry_run": "print the CustomJob spec and the gcloud command instead of submitting",
+    }
+)
+def vertex_index(ctx: Context, overrides: str = "", dry_run: bool = False) -> None:
+    """Build an index on Vertex AI, its embedding split over the job's machines (each embeds its share into the
+    bucket, the first builds the index): render the CustomJob spec and submit it."""
+    args = ["--index", *shlex.split(overrides), *(["--dry-run"] if dry_run else [])]
+    cmd = " ".join([PYTHON, "-m", "arxiv_embeddings.vertex_jobs", *map(shlex.quote, args)])
+    ctx.run(cmd, echo=True, pty=not WINDOWS and sys.stdout.isatty())
+
+
 IMAGES = ("train", "api")
 
 

@@ -433,6 +433,64 @@ def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_p
     )
 
 
+def test_an_index_job_on_two_machines_shares_its_shards_through_the_bucket(
+    gcs, stage_bucket: str, tmp_path: Path, make_cfg
+) -> None:
+    """The index launcher on machine 1 of 2 embeds its shards and copies them to the bucket; machine 0 embeds its
+    own, finds the others there, copies them down and builds: the index of one machine, vector for vector. Each
+    machine has its own disk (paths.cache_dir)."""
+    import io
+
+    import numpy as np
+
+    from arxiv_embeddings.index import launcher
+    from arxiv_embeddings.index import stage as index_stage
+    from arxiv_embeddings.index.search import PaperIndex
+    from arxiv_embeddings.io import local_copy
+
+    fs, prefix = gcs, stage_bucket
+    index_args = [
+        "index.model=tiny",
+        "index.backend=torch",
+        "index.type=flat",
+        "index.encode.device=cpu",
+        "index.shard_size=256",
+        "index.eval.queries=50",
+        "index.threads=1",
+        "index.name=job",
+        "index.part_wait_s=5",
+    ]
+    spec = '{"cluster": {"workerpool0": ["m0:2222"], "workerpool1": ["m1:2222"]}, "task": {"type": "%s", "index": 0}}'
+
+    def machine(i: int) -> list[str]:
+        return [*_remote(STAGES, tmp_path / f"machine{i}"), *index_args]
+
+    assert launcher.run(machine(1), {"CLUSTER_SPEC": spec % "workerpool1"}) is None  # a worker: no index
+    shared = [n for n in fs.find(f"{prefix}/indexes/.embeddings") if n.endswith(".npy")]
+    assert [n.rsplit("/", 1)[1] for n in shared] == ["shard-00001.npy"]  # its share of the 3 shards
+    assert not fs.exists(f"{prefix}/indexes/job/index.faiss")
+    # Mark machine 1's shard (its vectors negated, still a valid shard): the index holds it only if it is copied down
+    # rather than embedded again.
+    buffer = io.BytesIO()
+    np.save(buffer, -np.load(io.BytesIO(fs.cat(shared[0]))))
+    fs.pipe(shared[0], buffer.getvalue())
+    built = launcher.run(machine(0), {"CLUSTER_SPEC": spec % "workerpool0"})
+    assert built is not None
+    count = built["manifest"]["count"]
+    assert built["manifest"]["build"]["reused_papers"] == count  # the build run embedded nothing: the parts did
+    local_model = local_copy(f"gs://{prefix}/models/tiny/final", tmp_path / "copy")
+    local_args = [f"paths.processed_dir={local_copy(f'gs://{prefix}/data/processed', tmp_path / 'copy')}"]
+    local = index_stage.run(
+        make_cfg("index", tmp_path / "local", [*local_args, *index_args, f"index.model={local_model}"])
+    )
+    job = PaperIndex.load(local_copy(f"gs://{prefix}/indexes/job", tmp_path / "copy"), verify=True)
+    reference = PaperIndex.load(local["dir"])
+    assert job.metadata.equals(reference.metadata) and len(job) == count > 2 * 256
+    expected = reference.index.reconstruct_n(0, count)
+    expected[256:512] *= -1  # machine 1's shard, as the bucket held it
+    np.testing.assert_allclose(job.index.reconstruct_n(0, count), expected, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------- serving from a bucket
 @pytest.mark.slow
 def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(

@@ -256,6 +256,52 @@ def test_vertex_cli_exits_nonzero_on_a_bad_override(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "vertex.replica_count" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_sharded_index_job_runs_the_index_launcher_on_every_machine(tmp_path: Path) -> None:
+    """inv vertex-index --dry-run: the train image on N CPU machines, each running the index launcher with the index
+    stage's overrides (which takes its share from CLUSTER_SPEC); the index's own settings are checked first."""
+    overrides = ["vertex=cpu", "vertex.replica_count=4", *PROJECT, *GCS, "index.model=my-run", "index.shard_size=5000"]
+    _, spec, _ = vertex.render(overrides, job="index")
+    chief, workers = spec["workerPoolSpecs"]
+    assert workers["replicaCount"] == 3 and chief["replicaCount"] == 1
+    for pool in (chief, workers):
+        assert pool["containerSpec"]["command"] == ["python", "-m", "arxiv_embeddings.index.launcher"]
+        assert pool["containerSpec"]["args"] == [*GCS, "index.model=my-run", "index.shard_size=5000"]
+    assert "command" not in vertex.render([*PROJECT, *GCS])[1]["workerPoolSpecs"][0]["containerSpec"]
+    with pytest.raises(ConfigError, match=r"index.part is set on each machine of the job by its launcher"):
+        vertex.render([*overrides, "index.part=0/4"], job="index")
+    with pytest.raises(ConfigError, match=r"paths.indexes_dir: is .* on the job's own disk"):
+        vertex.render([*PROJECT, *GCS, "paths.indexes_dir=/tmp/indexes"], job="index")
+    with pytest.raises(ConfigError, match=r"index.workers: got 0"):
+        vertex.render([*PROJECT, *GCS, "index.workers=0"], job="index")
+    dry = _run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "vertex-index",
+            "--dry-run",
+            "--overrides",
+            " ".join([*overrides, f"paths.log_dir={tmp_path / 'logs'}"]),
+        ]
+    )
+    assert dry.returncode == 0, dry.stderr
+    spec_text = dry.stdout.partition("# submit with:\n")[0]
+    printed = yaml.safe_load(spec_text[spec_text.index("workerPoolSpecs:") :])
+    assert printed["workerPoolSpecs"][1]["containerSpec"]["command"][-1] == "arxiv_embeddings.index.launcher"
+
+
+def test_the_index_launcher_takes_its_share_from_the_cluster_spec() -> None:
+    from arxiv_embeddings.index.launcher import replica
+
+    spec = {
+        "cluster": {"workerpool0": ["c:2222"], "workerpool1": ["w0:2222", "w1:2222", "w2:2222"]},
+        "task": {"type": "workerpool1", "index": 1},
+    }
+    assert replica({"CLUSTER_SPEC": json.dumps(spec)}) == (2, 4)
+    assert replica({"CLUSTER_SPEC": json.dumps({**spec, "task": {"type": "workerpool0", "index": 0}})}) == (0, 4)
+    assert replica({}) == (0, 1)
+
+
 # ------------------------------------------------------------------------------------ train entry point
 def test_launch_one_process_per_gpu() -> None:
     args = ["trainer.max_steps=5", "paths=gcs"]

@@ -1,8 +1,12 @@
-"""Vertex AI training: render a CustomJob spec from configs/vertex/ and submit it with gcloud.
+"""Vertex AI jobs: render a CustomJob spec from configs/vertex/ and submit it with gcloud.
 
     uv run inv vertex-train --overrides "vertex=multi_gpu paths=gcs paths.bucket=my-bucket trainer.max_steps=2000"
     uv run inv vertex-train --dry-run --overrides "..."      # print the spec and the gcloud command only
-    python -m arxiv_embeddings.vertex_jobs [--dry-run] [OVERRIDES...]
+    uv run inv vertex-index --dry-run --overrides "vertex=cpu vertex.replica_count=4 paths=gcs ..."   # a sharded index
+    python -m arxiv_embeddings.vertex_jobs [--index] [--dry-run] [OVERRIDES...]
+
+An index job (``--index``) runs :mod:`arxiv_embeddings.index.launcher` on each machine: machine k of N embeds its
+share of the corpus into the bucket, and the first one builds the index once every share is there.
 
 Overrides of the ``vertex`` group (``vertex=multi_gpu``, ``vertex.machine_type=...``) shape the job; every other
 override is passed to the container as an argument, i.e. as a Hydra override of the train stage, so the job trains
@@ -82,7 +86,13 @@ def image_uri(cfg: DictConfig, project: str) -> str:
     return f"{v.region}-docker.pkg.dev/{project}/{v.repository}/train:{v.image_tag}"
 
 
-def validate(cfg: DictConfig) -> None:
+#: What a job runs: the train stage (the train image's entry point), or the index stage split over the job's
+#: machines (:mod:`arxiv_embeddings.index.launcher`, in the same image).
+JOBS = ("train", "index")
+INDEX_COMMAND = ["python", "-m", "arxiv_embeddings.index.launcher"]
+
+
+def validate(cfg: DictConfig, job: str = "train") -> None:
     """Check the job settings, naming the offending key."""
     v = cfg.vertex
     for key in ("region", "machine_type", "display_name", "timeout"):
@@ -131,8 +141,11 @@ def validate(cfg: DictConfig) -> None:
         )
     from arxiv_embeddings.layout import PAIR_SOURCES, pair_source
 
-    pair_key = PAIR_SOURCES[pair_source(cfg)][0]
-    for key in ("processed_dir", pair_key, "models_dir"):
+    if job == "index":
+        keys = ("processed_dir", "models_dir", "indexes_dir")  # the corpus, the model, the shards and the index
+    else:
+        keys = ("processed_dir", PAIR_SOURCES[pair_source(cfg)][0], "models_dir")
+    for key in keys:
         location = str(cfg.paths[key])
         require(
             location.startswith("gs://"),
@@ -158,8 +171,11 @@ def _env(cfg: DictConfig) -> list[dict[str, str]]:
     return [{"name": k, "value": val} for k, val in env.items()]
 
 
-def job_spec(cfg: DictConfig, train_overrides: Sequence[str], project: str) -> dict[str, Any]:
-    """The CustomJobSpec ``gcloud ai custom-jobs create --config`` reads: one worker pool per machine role."""
+def job_spec(
+    cfg: DictConfig, train_overrides: Sequence[str], project: str, command: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The CustomJobSpec ``gcloud ai custom-jobs create --config`` reads: one worker pool per machine role.
+    ``command`` replaces the image's entry point (the index job's launcher)."""
     v = cfg.vertex
     machine: dict[str, Any] = {"machineType": str(v.machine_type)}
     if v.accelerator_count > 0:
@@ -170,6 +186,8 @@ def job_spec(cfg: DictConfig, train_overrides: Sequence[str], project: str) -> d
         "diskSpec": {"bootDiskType": str(v.boot_disk_type), "bootDiskSizeGb": int(v.boot_disk_size_gb)},
         "containerSpec": {"imageUri": image_uri(cfg, project), "args": list(train_overrides), "env": _env(cfg)},
     }
+    if command is not None:
+        pool["containerSpec"]["command"] = list(command)
     pools = [pool]
     if v.replica_count > 1:  # the chief is pool 0 (one machine), the other machines pool 1
         pools.append({**copy.deepcopy(pool), "replicaCount": int(v.replica_count) - 1})
@@ -201,24 +219,35 @@ def gcloud_command(cfg: DictConfig, spec_file: Path | str, project: str) -> list
     ]
 
 
-def render(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any], str]:
-    """Compose configs/vertex.yaml with ``overrides``; returns the config, the job spec and the project."""
-    _, train_overrides = split_overrides(overrides)
+def render(overrides: Sequence[str], job: str = "train") -> tuple[DictConfig, dict[str, Any], str]:
+    """Compose configs/vertex.yaml with ``overrides``; returns the config, the job spec and the project. ``job``:
+    ``train`` (the train stage) or ``index`` (the index stage, each machine embedding its share of the corpus)."""
+    if job not in JOBS:
+        raise ConfigError(f"Unknown job {job!r}; choose one of {', '.join(JOBS)}.")
+    _, stage_overrides = split_overrides(overrides)
     cfg = compose("vertex", list(overrides))
-    validate(cfg)
-    # The container composes the train config from the same overrides: fail here, not an hour into a job.
-    from arxiv_embeddings.train.stage import validate as validate_train
+    validate(cfg, job)
+    # The container composes the stage's config from the same overrides: fail here, not an hour into a job.
+    if job == "index":
+        from arxiv_embeddings.index.stage import validate as validate_index
 
-    validate_train(compose("train", train_overrides))
+        validate_index(compose("index", stage_overrides))
+        if any(override_key(o) == "index.part" for o in stage_overrides):
+            raise ConfigError("index.part is set on each machine of the job by its launcher; drop it.")
+    else:
+        from arxiv_embeddings.train.stage import validate as validate_train
+
+        validate_train(compose("train", stage_overrides))
     project = resolve_project(cfg)
-    return cfg, job_spec(cfg, train_overrides, project), project
+    command = INDEX_COMMAND if job == "index" else None
+    return cfg, job_spec(cfg, stage_overrides, project, command), project
 
 
-def submit(overrides: Sequence[str], dry_run: bool = False) -> dict[str, Any]:
+def submit(overrides: Sequence[str], dry_run: bool = False, job: str = "train") -> dict[str, Any]:
     """Render the job, write its spec under ``${paths.log_dir}/vertex/`` and submit it (or only print it)."""
     import yaml
 
-    cfg, spec, project = render(overrides)
+    cfg, spec, project = render(overrides, job)
     text = yaml.safe_dump(spec, sort_keys=False)
     spec_file = Path(cfg.paths.log_dir) / "vertex" / f"{cfg.vertex.display_name}-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
     spec_file.parent.mkdir(parents=True, exist_ok=True)
@@ -243,18 +272,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging()
     args = list(sys.argv[1:] if argv is None else argv)
     dry_run = "--dry-run" in args
-    overrides = [a for a in args if a != "--dry-run"]
+    job = "index" if "--index" in args else "train"
+    overrides = [a for a in args if a not in ("--dry-run", "--index")]
     unknown = [a for a in overrides if a.startswith("--")]
     if unknown:
         logger.error(
-            f"Unknown option {unknown[0]}; usage: python -m arxiv_embeddings.vertex_jobs [--dry-run] [OVERRIDES]"
+            f"Unknown option {unknown[0]}; usage: python -m arxiv_embeddings.vertex_jobs [--index] [--dry-run] "
+            "[OVERRIDES]"
         )
         sys.exit(2)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        submit(overrides, dry_run=dry_run)
+        submit(overrides, dry_run=dry_run, job=job)
     except (ConfigError, HydraException, OmegaConfBaseException) as err:
         logger.error(str(err))
         sys.exit(2)

@@ -169,10 +169,12 @@ def embed_corpus(
     output: str = MODEL,
     only: Collection[int] | None = None,
     label: str = "",
+    on_shard: Callable[[Path], None] | None = None,
 ) -> Embeddings:
     """Embed the corpus shard by shard into ``cache_dir`` (normalized float32, the model's ``output``), reusing the
     shards already there. With ``only``, just those shard numbers (one worker's share; the returned
-    :class:`Embeddings` then lists those alone); ``label`` names the worker on the progress bar.
+    :class:`Embeddings` then lists those alone); ``label`` names the worker on the progress bar; ``on_shard`` is
+    called with each shard file written (e.g. to copy it to a bucket).
 
     Memory holds one shard's text and vectors at a time. A shard is written with a rename once it is complete, so
     after a crash the next call with the same ``key`` (recorded in ``cache_dir/key.json``) embeds only the rest.
@@ -212,6 +214,8 @@ def embed_corpus(
                 vectors[start : start + len(part)] = part
                 bar.update(len(part))
             _save_npy(paths[i], normalize_rows(vectors))
+            if on_shard is not None:
+                on_shard(paths[i])
     if only is not None:
         kept = [p for p, m in zip(paths, mine, strict=True) if m]
         return Embeddings(folder=cache_dir, shards=kept, count=total, dimension=dim, reused=reused)
@@ -238,15 +242,59 @@ def open_cache(cache_dir: Path, key: dict) -> None:
         write_json(key_file, key)
 
 
+def shared_embeddings_dir(cfg: DictConfig, key: dict[str, Any]) -> Path | None:
+    """Where the machines of one job share the shards of ``key`` when the indexes are in a bucket:
+    ``${paths.indexes_dir}/.embeddings/<hash of the key>`` there (each machine embeds into its local
+    :func:`embeddings_dir` and copies its shards up; the build copies the others' down). None on local disk, where
+    :func:`embeddings_dir` is itself the shared folder."""
+    from arxiv_embeddings.io import artifact_path
+
+    if not is_remote(cfg.paths.indexes_dir):
+        return None
+    return artifact_path(cfg.paths.indexes_dir) / ".embeddings" / _key_digest(key)
+
+
+def push_shard(path: Path, shared: Path, key: dict[str, Any]) -> None:
+    """Copy one finished shard file (and the key, once) to the shared folder of a bucket."""
+    from arxiv_embeddings.io import write_json
+
+    if not (shared / "key.json").exists():
+        write_json(shared / "key.json", key)
+    (shared / path.name).write_bytes(path.read_bytes())
+
+
+def pull_shards(shared: Path, cache_dir: Path, key: dict[str, Any]) -> int:
+    """Copy the shards of the shared folder that ``cache_dir`` lacks (same key only); returns how many."""
+    if not (shared / "key.json").exists() or read_json(shared / "key.json") != key:
+        return 0
+    open_cache(cache_dir, key)
+    copied = 0
+    for remote in sorted(shared.glob("shard-*.npy"), key=lambda p: p.name):
+        local = cache_dir / remote.name
+        if not local.exists():
+            tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(remote.read_bytes())
+            os.replace(tmp, local)
+            copied += 1
+    if copied:
+        logger.info(f"index: {copied} embedding shard(s) copied from {shared}.")
+    return copied
+
+
+def _key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def embeddings_dir(cfg: DictConfig, key: dict[str, Any]) -> Path:
     """Shard folder for one embedding key: ``${paths.indexes_dir}/.embeddings/<hash of the key>``.
 
     With the indexes in a bucket, the shards go to ``${paths.cache_dir}/embeddings/<hash>`` on local disk instead:
     they are written one at a time as the embedding goes, and read back memory-mapped (several passes for
-    training, adding and measuring the index), which a bucket cannot do. The cost is that a build interrupted on one
-    machine resumes only on the same machine; on another one it embeds the corpus again.
+    training, adding and measuring the index), which a bucket cannot do. A part run (``index.part``) also copies
+    its shards to :func:`shared_embeddings_dir`, where the build finds them; otherwise a build interrupted on one
+    machine resumes only on the same machine.
     """
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    digest = _key_digest(key)
     if is_remote(cfg.paths.indexes_dir):
         return Path(cfg.paths.cache_dir) / "embeddings" / digest
     return Path(cfg.paths.indexes_dir) / ".embeddings" / digest

@@ -35,7 +35,10 @@ from arxiv_embeddings.index.build import (
     embeddings_dir,
     load_corpus,
     model_location,
+    pull_shards,
+    push_shard,
     shard_bounds,
+    shared_embeddings_dir,
 )
 from arxiv_embeddings.index.format import (
     INDEX_FILE,
@@ -262,20 +265,39 @@ def _embed_part(
     ix = cfg.index
     text, shard, batch = str(ix.text), int(ix.shard_size), int(ix.encode.batch_size)
     folder = model_folder(local)
-    caches, papers = [], 0
+    caches, shared_dirs, papers = [], [], 0
+    count = len(shard_bounds(len(corpus), shard))
     for output in _outputs_to_embed(query_output, folder):
         key = embedding_key(fingerprint, embedder, corpus, text, shard, output)
         cache = embeddings_dir(cfg, key)
-        shards = range(part[0], len(shard_bounds(len(corpus), shard)), part[1])
+        shared = shared_embeddings_dir(cfg, key)  # with the indexes in a bucket: where the other machines look
+
+        def push(path: Path, shared: Path | None = shared, key: dict[str, Any] = key) -> None:
+            if shared is not None:
+                push_shard(path, shared, key)
+
         label = f"part {part[0]}/{part[1]}"
-        done = embed_corpus(embedder, corpus, cache, text, shard, batch, key, output, only=shards, label=label)
+        mine = range(part[0], count, part[1])
+        done = embed_corpus(
+            embedder, corpus, cache, text, shard, batch, key, output, only=mine, label=label, on_shard=push
+        )
+        for path in done.shards:  # shards this machine had already (a resumed part) reach the bucket too
+            if shared is not None and not (shared / path.name).exists():
+                push(path)
         caches.append(cache)
+        shared_dirs.append(shared if shared is not None else cache)
         papers += done.count
     logger.success(
         f"index: part {part[0]}/{part[1]} embedded {papers:,} paper vectors ({len(caches)} output(s)) into "
-        f"{', '.join(map(str, caches))}; run the index stage without index.part to build the index from every part."
+        f"{', '.join(map(str, shared_dirs))}; run the index stage without index.part to build the index from every part."
     )
-    return {"part": f"{part[0]}/{part[1]}", "embeddings": caches, "papers": papers}
+    return {
+        "part": f"{part[0]}/{part[1]}",
+        "embeddings": caches,
+        "shared": [str(d) for d in shared_dirs],
+        "shards": count,
+        "papers": papers,
+    }
 
 
 def _embed(
@@ -299,6 +321,9 @@ def _embed(
     def embed(output: str) -> tuple[Embeddings, Path]:
         key = embedding_key(fingerprint, embedder, corpus, text, shard, output)
         cache = embeddings_dir(cfg, key)
+        shared = shared_embeddings_dir(cfg, key)
+        if shared is not None:  # the shards other machines embedded (index.part) for this key
+            pull_shards(shared, cache, key)
         if workers > 1:
             before, started = embed_in_workers(cfg, local, corpus, output, key, cache, workers)
             done = embed_corpus(embedder, corpus, cache, text, shard, batch, key, output)  # what is left, if any
