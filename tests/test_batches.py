@@ -102,7 +102,38 @@ def test_the_evaluation_encoder_with_a_token_cap_gives_the_same_vectors(tiny_mod
 
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     plain = encode_texts(model, TEXTS, 4, "texts")
+    calls: list[list[str]] = []
+    encode = model.encode
+
+    def spy(texts, **kwargs):
+        calls.append(list(texts))
+        return encode(texts, **kwargs)
+
+    model.encode = spy
     np.testing.assert_allclose(encode_texts(model, TEXTS, 4, "texts", max_tokens=96), plain, atol=1e-5)
+    counts = TorchEmbedder(tiny_model_dir, device="cpu")
+    assert sorted(t for call in calls for t in call) == sorted(TEXTS) and len(calls) > 2
+    assert all(max(counts.token_counts(call)) * len(call) <= 96 or len(call) == 1 for call in calls)
+
+
+def test_the_api_loads_its_model_with_the_token_cap(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+    from helpers.api import RecordingLoader, clear_serving_env, make_settings, wait_ready
+
+    from arxiv_embeddings.api.app import create_app
+
+    mp = pytest.MonkeyPatch()
+    clear_serving_env(mp)
+    try:
+        loader = RecordingLoader()
+        app = create_app(make_settings(tmp_path, tiny_model_dir, "serve.max_batch_tokens=96"), load_embedder=loader)
+        with TestClient(app) as client:
+            wait_ready(client)
+            assert loader.embedder.inner.max_batch_tokens == 96
+            body = client.post("/v1/embeddings", json={"input": TEXTS, "model": tiny_model_dir.name}).json()
+            assert len(body["data"]) == len(TEXTS) and body["usage"]["prompt_tokens"] > len(TEXTS)
+    finally:
+        mp.undo()
 
 
 @pytest.mark.parametrize(

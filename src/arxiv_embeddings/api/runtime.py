@@ -119,7 +119,10 @@ def token_counter(embedder: Embedder) -> Callable[[list[str]], int] | None:
     # Counting runs in its own threads while the model thread encodes. A Rust tokenizer must not be used from two
     # threads at once (it fails with "Already borrowed"), so counting uses a private copy, one call at a time.
     lock = threading.Lock()
-    counts = getattr(embedder, "token_counts", None)  # the ONNX backend counts as it tokenizes
+    # An embedder that counts tokens itself (both backends) counts with a replica: its own tokenizer, the same
+    # weights (the torch one's tokenizer changes its settings on every call).
+    replica = getattr(embedder, "replica", None)
+    counts = getattr(replica() if callable(replica) else embedder, "token_counts", None)
     if callable(counts):
 
         def count_own(texts: list[str]) -> int:

@@ -93,7 +93,10 @@ class EmbedResponse(BaseModel):
     dimension: int = Field(description="Length of each embedding (after truncation).")
     normalized: bool
     task: str = Field(description="The task the embeddings were made for (the default one when none was given).")
-    output: str = Field(description="The model output that computed them: `model` (every module) or `encoder`.")
+    output: str = Field(
+        description="The model output that computed them: `model` (every module), `encoder` or `base` (the base "
+        "model the folder keeps for search)."
+    )
 
 
 # ---------------------------------------------------------------------------------------- /v1/embeddings
@@ -183,7 +186,8 @@ class HealthResponse(BaseModel):
     default_task: str = Field(description="The task of a request that names none.")
     tasks: dict[str, str] = Field(
         description="Each task served (`task` of /embed, `model` of /v1/embeddings) and the model output that "
-        "computes it: `model` (every module of the folder) or `encoder` (the Transformer and Pooling only).",
+        "computes it: `model` (every module of the folder), `encoder` (the Transformer and Pooling only) or `base` "
+        "(the untouched base model the folder keeps in base/).",
         examples=[{"subject": "model", "search": "encoder", "graded": "model"}],
     )
     search_output: str | None = Field(

@@ -77,8 +77,8 @@ def load_embedder(
     """An :class:`Embedder` for a model folder (or a Hub name for the torch backend).
 
     ``backend="onnx"`` loads the ONNX variant ``variant`` (default: the serving default the export marked) from the
-    model folder's ``onnx/`` files with onnxruntime and tokenizers only, no torch. A folder that keeps its untouched
-    base model in ``base/`` (``train.search_model=base``) gets a
+    model folder's ``onnx/`` files with onnxruntime and tokenizers only, no torch. A folder that serves a task with
+    the untouched base model it keeps in ``base/`` (``train.search_model=base``) gets a
     :class:`~arxiv_embeddings.backends.with_base.WithBaseEmbedder`: its ``base`` output comes from that model, on the
     same backend and variant.
     """
@@ -92,6 +92,10 @@ def load_embedder(
 
     base = base_folder(name_or_path)
     if base is None:
+        return main
+    from arxiv_embeddings.backends.tasks import BASE, read_tasks
+
+    if BASE not in read_tasks(name_or_path).outputs:  # kept, but no task is served with it
         return main
     # the folder keeps its untouched base model for search (train.search_model=base): the same backend and variant
     base_embedder = _load_one(base, backend, main.variant, device, max_seq_length, **kwargs)

@@ -85,7 +85,9 @@ class TorchEmbedder:
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = MODEL) -> np.ndarray:
         """Embeddings of ``texts``: every module of the model (``output="model"``), or the modules up to the
-        Pooling, L2-normalized (``output="encoder"``)."""
+        Pooling, L2-normalized (``output="encoder"``); ``base`` is served by the embedder of the folder's ``base/``
+        (:class:`~arxiv_embeddings.backends.with_base.WithBaseEmbedder`), not here. With :attr:`max_batch_tokens`,
+        the texts go in calls grouped by token length and capped at that many padded tokens."""
         if check_output(output) == BASE:
             from arxiv_embeddings.backends.with_base import no_base_output
 

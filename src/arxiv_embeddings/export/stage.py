@@ -222,13 +222,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     + "\nRelax export.parity.min_cosine / export.parity.max_p10_diff, or drop the variant "
                     "(export.optimization_levels, export.quantize)."
                 )
+            timed = [n for n in entries if entries[n]["backend"] == "onnx" or entries[n]["variant"] in t.torch]
+            mean_tokens = _measure(embedders, entries, timed, bench_texts, lengths, int(t.batch_size), int(t.repeats))
             # the untouched base model a folder keeps for search (train.search_model=base): the same variants,
-            # each checked against that model in torch
+            # each checked against that model in torch; last, so that a failure here leaves both exports as they were
             base_parity = None
             if (source / BASE_DIR).is_dir():
                 base_parity = _export_base(source / BASE_DIR, model_dir / BASE_DIR, cfg, texts, labels, threads)
-            timed = [n for n in entries if entries[n]["backend"] == "onnx" or entries[n]["variant"] in t.torch]
-            mean_tokens = _measure(embedders, entries, timed, bench_texts, lengths, int(t.batch_size), int(t.repeats))
         best, best_onnx = choose_default(entries)
         for entry in entries.values():
             ref_thr = entries[REFERENCE]["throughput"]
@@ -311,8 +311,11 @@ def _export_base(
                 failures.append(parity_failure(f"{BASE_DIR}/onnx-{variant}", figures[variant], cfg))
         if failures:
             raise ParityError(
-                f"Export of the base model in {source} failed the parity gate; nothing was written.\n  "
+                f"Export of the base model in {source} failed the parity gate; the previous exports are left as they "
+                "were.\n  "
                 + "\n  ".join(failures)
+                + "\nRelax export.parity.min_cosine / export.parity.max_p10_diff, or drop the variant "
+                "(export.optimization_levels, export.quantize)."
             )
     logger.info(
         f"{BASE_DIR}/: {len(files)} ONNX variant(s) pass parity (mean cosine >= "

@@ -10,7 +10,8 @@ Settings live in ``configs/base.yaml`` (section ``index:``). The stage writes ``
 
 - ``index.faiss``: the FAISS index over L2-normalized embeddings, inner product (= cosine similarity);
 - ``search.faiss``: for a model whose ``tasks.json`` serves the search task with another output (a subject head
-  over its encoder), the papers in that output, where free-text queries are searched (manifest ``search``);
+  over its encoder, or the base model it keeps in ``base/``), the papers in that output, where free-text queries
+  are searched (manifest ``search``);
 - ``metadata.parquet``: ``arxiv_id``, ``title``, ``primary_subject``; row ``i`` is vector id ``i``;
 - ``manifest.json``: the model (name, folder, fingerprint of its weights), backend, variant, the model output the
   papers were embedded with (``output``: ``model``, every module of the folder), dimension, count,
@@ -21,11 +22,14 @@ The corpus is embedded in shards of ``index.shard_size`` papers written to ``${p
 as they finish (one shard in memory at a time, with a progress bar); the key covers the model's weights, the
 backend, variant, length, text and the corpus bytes, so a build that crashed resumes from its last shard, and
 another index type over the same vectors re-uses them all. The index is built in a temporary folder that replaces
-the previous one only when everything succeeded.
+the previous one only when everything succeeded. ``index.workers`` embeds the shards in worker processes
+(:mod:`~arxiv_embeddings.index.workers`); ``index.part=k/N`` embeds one share of them for a job of several machines
+(:mod:`~arxiv_embeddings.index.launcher`), and a run without it builds the index.
 
 With ``paths=gcs`` the corpus is read from the bucket, a model in the bucket is copied to ``${paths.cache_dir}``
 (once per content) to be loaded, and the index folder is published to the bucket; the embedding shards stay on local
-disk (see :func:`~arxiv_embeddings.index.build.embeddings_dir`).
+disk (see :func:`~arxiv_embeddings.index.build.embeddings_dir`), except a part run's, which it also copies to the
+bucket for the build to find (:func:`~arxiv_embeddings.index.build.shared_embeddings_dir`).
 
 Python API (used by the search CLI and the web service)::
 

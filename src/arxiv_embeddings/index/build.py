@@ -193,7 +193,8 @@ def embed_corpus(
     done = [_valid_shard(p, hi - lo, dim) for p, (lo, hi) in zip(paths, bounds, strict=True)]
     reused = sum(hi - lo for (lo, hi), ok, m in zip(bounds, done, mine, strict=True) if ok and m)
     if reused:
-        logger.info(f"index: reusing {sum(done)} embedding shard(s) ({reused:,} papers) from {cache_dir}.")
+        reused_shards = sum(ok and m for ok, m in zip(done, mine, strict=True))
+        logger.info(f"index: reusing {reused_shards} embedding shard(s) ({reused:,} papers) from {cache_dir}.")
     chunk = batch_size * 16
     which = {} if output == MODEL else {"output": output}  # an embedder with one output need not take the argument
     desc = ("embedding" if output == MODEL else f"embedding ({output})") + (f" [{label}]" if label else "")

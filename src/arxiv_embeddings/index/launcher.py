@@ -22,6 +22,7 @@ from typing import Any
 from loguru import logger
 
 from arxiv_embeddings.config import ConfigError
+from arxiv_embeddings.io import is_remote
 
 
 def replica(env: Mapping[str, str]) -> tuple[int, int]:
@@ -64,8 +65,14 @@ def run(overrides: Sequence[str], env: Mapping[str, str]) -> dict[str, Any] | No
         return execute(index_stage.SPEC, compose("index", list(overrides)))
     if any(o.split("=", 1)[0].lstrip("+~") == "index.part" for o in overrides):
         raise ConfigError("index.part is set by the launcher from the job's machines; drop it from the overrides.")
-    logger.info(f"index: machine {rank} of {machines}: embedding shards {rank}, {rank + machines}, ...")
     cfg = compose("index", [*overrides, f"index.part={rank}/{machines}"])
+    if not is_remote(cfg.paths.indexes_dir):
+        raise ConfigError(
+            f"paths.indexes_dir={cfg.paths.indexes_dir!r} is on this machine's own disk, where the other {machines - 1} "
+            "machine(s) of the job cannot leave their shards; keep the indexes in a bucket (paths=gcs "
+            "paths.bucket=<bucket>)."
+        )
+    logger.info(f"index: machine {rank} of {machines}: embedding shards {rank}, {rank + machines}, ...")
     part = index_stage.run(cfg)
     if rank != 0:
         return None

@@ -146,9 +146,9 @@ class PaperIndex:
 
     @property
     def output(self) -> str:
-        """The model output the papers were embedded with (``model`` or ``encoder``, see
-        :mod:`arxiv_embeddings.backends.tasks`): query texts must be embedded with it too. ``model`` for an index
-        whose manifest predates the field."""
+        """The model output the papers of ``index.faiss`` were embedded with (one of
+        :data:`arxiv_embeddings.backends.tasks.OUTPUTS`; the stage writes ``model``): a query searched there must be
+        embedded with it too. ``model`` for an index whose manifest predates the field."""
         return str(self.manifest.get("output") or MODEL)
 
     @property

@@ -278,6 +278,8 @@ def _embed_part(
 
         label = f"part {part[0]}/{part[1]}"
         mine = range(part[0], count, part[1])
+        if int(ix.get("workers", 1)) > 1:  # this machine's share, split among its worker processes
+            embed_in_workers(cfg, local, corpus, output, key, cache, int(ix.workers), only=mine)
         done = embed_corpus(
             embedder, corpus, cache, text, shard, batch, key, output, only=mine, label=label, on_shard=push
         )
@@ -376,6 +378,15 @@ def _inputs(cfg: DictConfig) -> list[Path]:
     return [*([folder] if folder is not None else []), *files]
 
 
+def _stamp_dir(cfg: DictConfig) -> Path:
+    """The index folder; for a part run (``index.part``) a folder of its own beside it, so that no part replaces the
+    build's stamp or another part's."""
+    part = parse_part(cfg.index.get("part"))
+    if part is None:
+        return index_dir(cfg)
+    return index_dir(cfg).with_name(f".{index_dir(cfg).name}.part-{part[0]}-of-{part[1]}")
+
+
 SPEC = StageSpec(
     name="index",
     run=run,
@@ -386,7 +397,8 @@ SPEC = StageSpec(
         if cfg.index.get("part") is not None
         else [index_dir(cfg) / n for n in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE)]
     ),
-    stamp_dir=index_dir,
+    # a part run's stamp beside the index folder, one per part: the build's own stamp is never replaced by one
+    stamp_dir=lambda cfg: _stamp_dir(cfg),
     validate=validate,
     config_keys=("index", "seed"),
 )

@@ -10,6 +10,7 @@ serves the same way; bench/README.md#index has the measurement)."""
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,18 @@ def _shard_rows(path: Path) -> int | None:
         return None
 
 
-def missing_shards(cache: Path, count: int, shard_size: int) -> tuple[list[int], int]:
-    """The shard numbers of ``cache`` still to embed, and the papers of the shards already there."""
+def missing_shards(
+    cache: Path, count: int, shard_size: int, only: Collection[int] | None = None
+) -> tuple[list[int], int]:
+    """The shard numbers of ``cache`` still to embed (of ``only``, when given), and the papers of the shards
+    already there."""
     from arxiv_embeddings.index.build import shard_bounds
 
+    wanted = set(only) if only is not None else None
     missing, done = [], 0
     for i, (lo, hi) in enumerate(shard_bounds(count, shard_size)):
+        if wanted is not None and i not in wanted:
+            continue
         if _shard_rows(cache / f"shard-{i:05d}.npy") == hi - lo:
             done += hi - lo
         else:
@@ -42,17 +49,25 @@ def missing_shards(cache: Path, count: int, shard_size: int) -> tuple[list[int],
 
 
 def embed_in_workers(
-    cfg: DictConfig, location: str, corpus: Any, output: str, key: dict[str, Any], cache: Path, workers: int
+    cfg: DictConfig,
+    location: str,
+    corpus: Any,
+    output: str,
+    key: dict[str, Any],
+    cache: Path,
+    workers: int,
+    only: Collection[int] | None = None,
 ) -> tuple[int, int]:
     """Embed the missing shards of ``output`` in ``min(workers, missing shards)`` processes; returns the papers of
     the shards that were there before and the processes started (0 when one process is enough: the caller embeds
-    what is left). Raises :class:`RuntimeError` naming a worker that failed."""
+    what is left). ``only``: these shard numbers alone (a machine's share of a job, ``index.part``). Raises
+    :class:`RuntimeError` naming a worker that failed."""
     from arxiv_embeddings.backends.onnx_embedder import usable_cpus
     from arxiv_embeddings.index.build import open_cache
 
     ix = cfg.index
     open_cache(cache, key)
-    missing, before = missing_shards(cache, len(corpus), int(ix.shard_size))
+    missing, before = missing_shards(cache, len(corpus), int(ix.shard_size), only)
     n = min(int(workers), len(missing))
     if n <= 1:
         if missing:
