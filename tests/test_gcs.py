@@ -443,7 +443,7 @@ def test_an_index_job_on_two_machines_shares_its_shards_through_the_bucket(
 
     import numpy as np
 
-    from arxiv_embeddings.index import launcher
+    from arxiv_embeddings import index_launcher as launcher
     from arxiv_embeddings.index import stage as index_stage
     from arxiv_embeddings.index.search import PaperIndex
     from arxiv_embeddings.io import local_copy

@@ -264,7 +264,7 @@ def test_a_sharded_index_job_runs_the_index_launcher_on_every_machine(tmp_path: 
     chief, workers = spec["workerPoolSpecs"]
     assert workers["replicaCount"] == 3 and chief["replicaCount"] == 1
     for pool in (chief, workers):
-        assert pool["containerSpec"]["command"] == ["python", "-m", "arxiv_embeddings.index.launcher"]
+        assert pool["containerSpec"]["command"] == ["python", "-m", "arxiv_embeddings.index_launcher"]
         assert pool["containerSpec"]["args"] == [*GCS, "index.model=my-run", "index.shard_size=5000"]
     assert "command" not in vertex.render([*PROJECT, *GCS])[1]["workerPoolSpecs"][0]["containerSpec"]
     with pytest.raises(ConfigError, match=r"index.part is set on each machine of the job by its launcher"):
@@ -287,11 +287,11 @@ def test_a_sharded_index_job_runs_the_index_launcher_on_every_machine(tmp_path: 
     assert dry.returncode == 0, dry.stderr
     spec_text = dry.stdout.partition("# submit with:\n")[0]
     printed = yaml.safe_load(spec_text[spec_text.index("workerPoolSpecs:") :])
-    assert printed["workerPoolSpecs"][1]["containerSpec"]["command"][-1] == "arxiv_embeddings.index.launcher"
+    assert printed["workerPoolSpecs"][1]["containerSpec"]["command"][-1] == "arxiv_embeddings.index_launcher"
 
 
 def test_the_index_launcher_takes_its_share_from_the_cluster_spec() -> None:
-    from arxiv_embeddings.index.launcher import replica
+    from arxiv_embeddings.index_launcher import replica
 
     spec = {
         "cluster": {"workerpool0": ["c:2222"], "workerpool1": ["w0:2222", "w1:2222", "w2:2222"]},

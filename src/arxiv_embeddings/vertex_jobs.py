@@ -5,7 +5,7 @@
     uv run inv vertex-index --dry-run --overrides "vertex=cpu vertex.replica_count=4 paths=gcs ..."   # a sharded index
     python -m arxiv_embeddings.vertex_jobs [--index] [--dry-run] [OVERRIDES...]
 
-An index job (``--index``) runs :mod:`arxiv_embeddings.index.launcher` on each machine: machine k of N embeds its
+An index job (``--index``) runs :mod:`arxiv_embeddings.index_launcher` on each machine: machine k of N embeds its
 share of the corpus into the bucket, and the first one builds the index once every share is there.
 
 Overrides of the ``vertex`` group (``vertex=multi_gpu``, ``vertex.machine_type=...``) shape the job; every other
@@ -87,9 +87,9 @@ def image_uri(cfg: DictConfig, project: str) -> str:
 
 
 #: What a job runs: the train stage (the train image's entry point), or the index stage split over the job's
-#: machines (:mod:`arxiv_embeddings.index.launcher`, in the same image).
+#: machines (:mod:`arxiv_embeddings.index_launcher`, in the same image).
 JOBS = ("train", "index")
-INDEX_COMMAND = ["python", "-m", "arxiv_embeddings.index.launcher"]
+INDEX_COMMAND = ["python", "-m", "arxiv_embeddings.index_launcher"]
 
 
 def validate(cfg: DictConfig, job: str = "train") -> None:

@@ -24,7 +24,7 @@ backend, variant, length, text and the corpus bytes, so a build that crashed res
 another index type over the same vectors re-uses them all. The index is built in a temporary folder that replaces
 the previous one only when everything succeeded. ``index.workers`` embeds the shards in worker processes
 (:mod:`~arxiv_embeddings.index.workers`); ``index.part=k/N`` embeds one share of them for a job of several machines
-(:mod:`~arxiv_embeddings.index.launcher`), and a run without it builds the index.
+(:mod:`~arxiv_embeddings.index_launcher`), and a run without it builds the index.
 
 With ``paths=gcs`` the corpus is read from the bucket, a model in the bucket is copied to ``${paths.cache_dir}``
 (once per content) to be loaded, and the index folder is published to the bucket; the embedding shards stay on local

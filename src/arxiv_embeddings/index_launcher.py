@@ -1,7 +1,7 @@
 """Entry point of an index job on several machines (a Vertex AI job with ``inv vertex-index``): each machine embeds
 its share of the corpus, and the first one builds the index once every share is in the bucket.
 
-    python -m arxiv_embeddings.index.launcher paths=gcs paths.bucket=my-bucket index.model=my-run
+    python -m arxiv_embeddings.index_launcher paths=gcs paths.bucket=my-bucket index.model=my-run
 
 On one machine (no ``CLUSTER_SPEC``, or a job of one machine) it is the index stage itself. On machine ``k`` of
 ``N`` (Vertex AI's ``CLUSTER_SPEC``: the chief is 0, the second worker pool 1..N-1) it runs the stage with
