@@ -3,6 +3,7 @@ real lengths, what length-aware batches buy, and the index stage's papers/s with
 
     uv run python bench/bench_encoding.py --model models/minilm-sample/final     # a folder 'inv export' exported
     uv run python bench/bench_encoding.py --model ... --skip-index --papers 512   # the variants only, quicker
+    uv run python bench/bench_encoding.py --model ... --index-only --index-papers 3072   # the index figures only
 
 Texts: the embedded sample's papers (title + abstract). Every figure is texts/s, the best of ``--repeats`` timed
 passes after a warm-up, all at ``--threads`` intra-op threads:
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: usable cores)")
     parser.add_argument("--max-batch-tokens", type=int, default=2048, help="the token cap of the batching figure")
     parser.add_argument("--skip-index", action="store_true", help="leave out the index figures")
+    parser.add_argument("--index-only", action="store_true", help="the index figures alone (no variants, no batching)")
     parser.add_argument("--index-papers", type=int, default=2048, help="papers the index runs embed")
     parser.add_argument("--index-backend", default="torch", choices=("torch", "onnx"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "encoding.json")
@@ -92,6 +94,12 @@ def main() -> None:
         "batch_size": bs,
         "repeats": repeats,
     }
+
+    if args.index_only:
+        results["index"] = _index(args, model, sample)
+        _write(args.out.with_name("encoding_index.json"), results)
+        _print(results)
+        return
 
     # 1. variants at 128, 256 and real lengths
     embedders: dict[str, Any] = {"torch-fp32": TorchEmbedder(model, device="cpu", precision="fp32")}
@@ -161,11 +169,15 @@ def main() -> None:
     # 3. the index stage with 1 and 2 workers
     if not args.skip_index:
         results["index"] = _index(args, model, sample)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(args.out)
+    _write(args.out, results)
     _print(results)
+
+
+def _write(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _timed(fn: Any) -> float:
@@ -225,6 +237,12 @@ def _index(args: argparse.Namespace, model: Path, sample: Any) -> dict[str, Any]
 
 def _print(results: dict[str, Any]) -> None:
     m = results["machine"]
+    if "variants" not in results:  # --index-only
+        ix = results["index"]
+        print(f"\n{m['cpu']}: index stage, {ix['papers']} papers ({ix['backend']}, shards of {ix['shard_size']})")
+        for label, row in ix["runs"].items():
+            print(f"  {label:<28} {row['papers_per_s']:>8.1f} papers/s  x{row['x_one_thread']:.2f}")
+        return
     print(
         f"\n{m['cpu']} ({', '.join(m['simd'])}), {m['threads']} threads; {results['papers']} sample papers, real "
         f"lengths mean {results['real_tokens']['mean']} tokens (median {results['real_tokens']['median']:.0f})"
