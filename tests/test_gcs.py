@@ -269,6 +269,15 @@ EVAL = [
     "evaluate.encode.max_seq_length=64",
     "evaluate.classification.max_train_papers=200",
 ]
+#: An exact index of run 'tiny' in the bucket, on 256-paper shards.
+INDEX = [
+    "index.model=tiny",
+    "index.type=flat",
+    "index.encode.device=cpu",
+    "index.shard_size=256",
+    "index.eval.queries=50",
+    "index.threads=1",
+]
 SECTIONS = ("num_subjects", "subject_retrieval", "title_abstract", "classification", "clustering")
 
 
@@ -395,15 +404,7 @@ def test_export_and_index_of_a_model_in_the_bucket(gcs, stage_bucket: str, tmp_p
     assert execute(export_stage.SPEC, compose("export", [*remote, *export_args])) is None  # unchanged: skipped
 
     # The index embeds with the ONNX export read from the bucket (through the model's local copy).
-    index_args = [
-        "index.model=tiny",
-        "index.backend=onnx",
-        "index.type=flat",
-        "index.encode.device=cpu",
-        "index.shard_size=256",
-        "index.eval.queries=50",
-        "index.threads=1",
-    ]
+    index_args = [*INDEX, "index.backend=onnx"]
     result = execute(index_stage.SPEC, compose("index", [*remote, *index_args]))
     assert result is not None and str(result["dir"]) == f"gs://{prefix}/indexes/tiny"
     assert set(_objects(fs, f"{prefix}/indexes")) == {
@@ -449,17 +450,7 @@ def test_an_index_job_on_two_machines_shares_its_shards_through_the_bucket(
     from arxiv_embeddings.io import local_copy
 
     fs, prefix = gcs, stage_bucket
-    index_args = [
-        "index.model=tiny",
-        "index.backend=torch",
-        "index.type=flat",
-        "index.encode.device=cpu",
-        "index.shard_size=256",
-        "index.eval.queries=50",
-        "index.threads=1",
-        "index.name=job",
-        "index.part_wait_s=5",
-    ]
+    index_args = [*INDEX, "index.backend=torch", "index.name=job", "index.part_wait_s=5"]
     spec = '{"cluster": {"workerpool0": ["m0:2222"], "workerpool1": ["m1:2222"]}, "task": {"type": "%s", "index": 0}}'
 
     def machine(i: int) -> list[str]:

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.index import index_overrides
 from typer.testing import CliRunner
 
 from arxiv_embeddings.backends import load_embedder
@@ -34,20 +35,6 @@ from arxiv_embeddings.layout import MANIFEST_FILE
 from arxiv_embeddings.runner import execute
 
 SPLITS = ("train", "eval", "test")
-
-
-def index_overrides(processed_root: Path, model: Path, *extra: str) -> list[str]:
-    """Read the shared processed splits and the tiny model; write indexes under the test's own root."""
-    return [
-        f"paths.processed_dir={processed_root / 'data' / 'processed'}",
-        f"index.model={model}",
-        "index.backend=torch",
-        "index.encode.device=cpu",
-        "index.shard_size=256",
-        "index.eval.queries=200",
-        "index.threads=1",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module", autouse=True)

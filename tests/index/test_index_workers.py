@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.index import index_overrides
 
 from arxiv_embeddings.config import ConfigError
 from arxiv_embeddings.index import stage as index_stage
@@ -16,17 +17,7 @@ from arxiv_embeddings.index.search import PaperIndex
 
 
 def _overrides(processed_root: Path, model: Path, *extra: str) -> list[str]:
-    return [
-        f"paths.processed_dir={processed_root / 'data' / 'processed'}",
-        f"index.model={model}",
-        "index.backend=torch",
-        "index.encode.device=cpu",
-        "index.shard_size=256",
-        "index.type=flat",
-        "index.eval.queries=50",
-        "index.threads=2",
-        *extra,
-    ]
+    return index_overrides(processed_root, model, "index.type=flat", "index.eval.queries=50", "index.threads=2", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,54 @@ def encoder_view(model: Any, dimension: int) -> tuple[Any, int]:
     return view, int(dim or 0)
 
 
+def token_counts(model: Any, texts: list[str], chunk: int = 4096) -> np.ndarray:
+    """Tokens per text of a SentenceTransformer ``model`` after truncation (special tokens included), as it sees
+    them; tokenized ``chunk`` texts at a time."""
+    counts = [
+        model.tokenize(texts[i : i + chunk])["attention_mask"].sum(dim=1).cpu().numpy()
+        for i in range(0, len(texts), chunk)
+    ]
+    return np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, dtype=np.int64)
+
+
+def encode_in_token_batches(
+    model: Any,
+    texts: list[str],
+    batch_size: int,
+    max_tokens: int | None,
+    dimension: int,
+    normalize: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """float32 ``(len(texts), dimension)`` vectors of a SentenceTransformer ``model``. Without ``max_tokens``, one
+    ``encode`` call (sentence-transformers sorts the texts by length and batches them by count); with it, calls
+    grouped by token length and capped at ``max_tokens`` padded tokens
+    (:func:`arxiv_embeddings.backends.batches.token_batches`). ``normalize``:
+    L2-normalized by the model's ``encode``; ``progress``: a progress bar."""
+    if max_tokens is None or not texts:
+        vectors = model.encode(
+            texts,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            show_progress_bar=progress,
+            normalize_embeddings=normalize,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+    from tqdm import tqdm
+
+    out = np.zeros((len(texts), dimension), dtype=np.float32)
+    batches = token_batches(token_counts(model, texts), batch_size, max_tokens)
+    for rows in tqdm(batches, desc="Batches", unit="batch", disable=not progress):
+        out[rows] = model.encode(
+            [texts[i] for i in rows],
+            batch_size=len(rows),
+            convert_to_numpy=True,
+            show_progress_bar=False,
+            normalize_embeddings=normalize,
+        )
+    return out
+
+
 class TorchEmbedder:
     """A sentence-transformers model in torch, fp32 or bf16."""
 
@@ -103,24 +151,12 @@ class TorchEmbedder:
             model, dim, normalize = self._encoder, self._encoder_dimension, True
         if not texts:
             return np.zeros((0, dim), dtype=np.float32)
-        if self.max_batch_tokens is None:  # sentence-transformers sorts the texts by length and batches by count
-            vectors = np.asarray(self._encode(model, texts, batch_size), dtype=np.float32)
-        else:
-            vectors = np.zeros((len(texts), dim), dtype=np.float32)
-            for rows in token_batches(self.token_counts(texts), batch_size, self.max_batch_tokens):
-                vectors[rows] = self._encode(model, [texts[i] for i in rows], len(rows))
+        vectors = encode_in_token_batches(model, texts, batch_size, self.max_batch_tokens, dim)
         return normalize_rows(vectors) if normalize else vectors
-
-    @staticmethod
-    def _encode(model: Any, texts: list[str], batch_size: int) -> Any:
-        return model.encode(
-            texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, normalize_embeddings=False
-        )
 
     def token_counts(self, texts: list[str]) -> np.ndarray:
         """Tokens per text after truncation (special tokens included), as the model sees them."""
-        features = self.model.tokenize(texts)
-        return np.asarray(features["attention_mask"].sum(dim=1).cpu().numpy(), dtype=np.int64)
+        return token_counts(self.model, texts)
 
     def replica(self) -> TorchEmbedder:
         """A copy to encode from another thread at the same time: the same weight tensors (no memory for a second

@@ -119,37 +119,12 @@ def encode_texts(
 ) -> np.ndarray:
     """L2-normalized float32 embeddings of ``texts``, in batches, with a progress bar. Batches group texts of
     similar length (sentence-transformers sorts them); with ``max_tokens`` each is also capped at that many padded
-    tokens (:func:`arxiv_embeddings.backends.batches.token_batches`)."""
+    tokens (:func:`arxiv_embeddings.backends.torch_embedder.encode_in_token_batches`)."""
+    from arxiv_embeddings.backends.torch_embedder import encode_in_token_batches
+
     logger.info(f"Encoding {len(texts):,} {what}.")
-    if max_tokens is None or not texts:
-        emb = model.encode(
-            texts,
-            batch_size=batch_size,
-            show_progress_bar=True,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
-        return np.asarray(emb, dtype=np.float32)
-    from tqdm import tqdm
-
-    from arxiv_embeddings.backends.batches import token_batches
-
-    lengths = np.concatenate(
-        [
-            model.tokenize(texts[i : i + 4096])["attention_mask"].sum(dim=1).cpu().numpy()
-            for i in range(0, len(texts), 4096)
-        ]
-    )
-    out = np.zeros((len(texts), _embedding_dim(model)), dtype=np.float32)
-    for rows in tqdm(token_batches(lengths, batch_size, max_tokens), desc="Batches", unit="batch"):
-        out[rows] = model.encode(
-            [texts[i] for i in rows],
-            batch_size=len(rows),
-            show_progress_bar=False,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
-    return out
+    dim = _embedding_dim(model)
+    return encode_in_token_batches(model, texts, batch_size, max_tokens, dim, normalize=True, progress=True)
 
 
 Encode = Callable[[list[str], str], Matrix]

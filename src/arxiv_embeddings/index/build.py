@@ -103,6 +103,22 @@ def load_corpus(cfg: DictConfig) -> Corpus:
     return corpus
 
 
+def load_index_embedder(ix: DictConfig, location: str, threads: int | None = None) -> Embedder:
+    """The embedder the ``index`` settings ask for, of the model at ``location`` (``threads``: onnxruntime's
+    intra-op threads, None = the usable cores; torch's are the process's own)."""
+    from arxiv_embeddings.backends import load_embedder
+
+    return load_embedder(
+        location,
+        backend=str(ix.backend),
+        variant=ix.variant,
+        device=ix.encode.device,
+        max_seq_length=ix.encode.max_seq_length,
+        threads=threads,
+        max_batch_tokens=ix.encode.get("max_batch_tokens"),
+    )
+
+
 def embedding_key(
     fingerprint: str, embedder: Embedder, corpus: Corpus, text: str, shard_size: int, output: str = MODEL
 ) -> dict[str, Any]:

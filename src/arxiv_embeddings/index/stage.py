@@ -34,6 +34,7 @@ from arxiv_embeddings.index.build import (
     embedding_key,
     embeddings_dir,
     load_corpus,
+    load_index_embedder,
     model_location,
     pull_shards,
     push_shard,
@@ -120,7 +121,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import faiss
     import psutil
 
-    from arxiv_embeddings.backends import load_embedder
     from arxiv_embeddings.io import write_json, write_parquet
 
     validate(cfg)
@@ -133,14 +133,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     location = model_location(cfg)  # fails on a missing run or folder before any work
     local = fetch_model(location, cfg.paths.cache_dir)  # a model in a bucket: its local copy
     corpus = load_corpus(cfg)
-    embedder = load_embedder(
-        local,
-        backend=str(ix.backend),
-        variant=ix.variant,
-        device=ix.encode.device,
-        max_seq_length=ix.encode.max_seq_length,
-        max_batch_tokens=ix.encode.get("max_batch_tokens"),
-    )
+    embedder = load_index_embedder(ix, local)
     folder = model_folder(local)
     fingerprint = model_fingerprint(folder) if folder is not None else f"name:{location}"
     # The search task's output, when the model serves it with another one than its own (a subject head over an

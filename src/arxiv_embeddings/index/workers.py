@@ -114,8 +114,7 @@ def _work(
     plain: dict[str, Any], location: str, output: str, key: dict[str, Any], cache: str, shards: list[int], threads: int
 ) -> None:
     """One worker: load the model with ``threads`` threads and embed ``shards`` of the corpus into ``cache``."""
-    from arxiv_embeddings.backends import load_embedder
-    from arxiv_embeddings.index.build import embed_corpus, load_corpus
+    from arxiv_embeddings.index.build import embed_corpus, load_corpus, load_index_embedder
     from arxiv_embeddings.logging_utils import setup_logging
 
     setup_logging()
@@ -127,15 +126,7 @@ def _work(
         torch.set_num_threads(threads)
     except ImportError:  # the serving install: ONNX Runtime only
         pass
-    embedder = load_embedder(
-        location,
-        backend=str(ix.backend),
-        variant=ix.variant,
-        device=ix.encode.device,
-        max_seq_length=ix.encode.max_seq_length,
-        threads=threads,
-        max_batch_tokens=ix.encode.get("max_batch_tokens"),
-    )
+    embedder = load_index_embedder(ix, location, threads)
     if (embedder.backend, embedder.variant) != (key["backend"], key["variant"]):
         raise RuntimeError(
             f"the worker loaded {embedder.backend}/{embedder.variant} where the index stage has "
