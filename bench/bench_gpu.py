@@ -116,7 +116,6 @@ def main() -> None:
                 "train",
                 [
                     "experiment=full_gpu",
-                    "mix.tasks.search=null",  # the experiment's search task off: the main task's pairs alone
                     "data=sample",
                     "logger=none",
                     f"paths.root_dir={root}",

@@ -259,7 +259,9 @@ def test_without_fine_tuning_the_base_is_kept_and_only_the_head_is_fit(
     # scored on both tasks, as a mix is
     assert 0.0 <= summary["test"]["test_cosine_precision@10"] <= 1.0
     assert any(key.startswith("test_title_abstract_") for key in summary["test"]), summary["test"]
-    assert read_json(final / "tasks.json")["tasks"]["search"] == "encoder"
+    # train.search_model=base (the default) keeps no copy here: the encoder is the base already and serves search
+    assert compose("train", []).train.search_model == "base"
+    assert read_json(final / "tasks.json")["tasks"]["search"] == "encoder" and not (final / "base").exists()
 
     texts = ["A survey of black hole thermodynamics", "Graph neural networks for molecules"]
     base = SentenceTransformer(str(tiny_model_dir), device="cpu").encode(texts, normalize_embeddings=True)

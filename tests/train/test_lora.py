@@ -77,6 +77,8 @@ def _lora_cfg(root: Path, model: Path, *overrides: str):
             "+model.pooling=mean",
             f"+model.lora={{r: 4, alpha: 8, dropout: 0.0, target_modules: {LINEAR}, merge: true}}",
             "train.batch_sampler=category",
+            # the adapted model trains on title -> abstract pairs and serves search itself, as experiment=qwen_lora
+            "train.search_model=trained",
             "train.freeze_layers=0",
             "train.max_seq_length=32",
             "train.eval_papers=24",

@@ -87,7 +87,7 @@ def test_a_task_with_the_wrong_loss_fails_before_training(root: Path, tiny_model
         )
     # mix=none under an experiment that sets the search task's size: the task's remains name the way to drop it
     with pytest.raises(ConfigError, match=r"mix\.tasks\.search has no pair type .*pass mix\.tasks\.search=null"):
-        train_stage.validate(_train_cfg(root, tiny_model_dir, "experiment=full_gpu", "mix=none"))
+        train_stage.validate(_train_cfg(root, tiny_model_dir, "mix=none", f"+{SEARCH}.num_train=512"))
     with pytest.raises(ConfigError, match=r"mix\.tasks\.search\.pairs='titles' is not a pair type"):
         train_stage.validate(_train_cfg(root, tiny_model_dir, f"{SEARCH}.pairs=titles"))
     with pytest.raises(ConfigError, match=r"batch_sampler=subject_groups is for title_abstract pairs, not graded"):

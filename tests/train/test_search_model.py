@@ -74,19 +74,9 @@ def test_a_single_model_embedder_and_a_folder_without_base_name_the_fix(two_mode
         read_tasks(copy)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (
-            ["train.search_model=base", "train.fine_tune=false"],
-            r"train.search_model=base: .* model is the base already",
-        ),
-        (["train.search_model=frozen"], r"train.search_model.*frozen"),
-    ],
-)
-def test_bad_search_model_settings_are_named(tmp_path: Path, overrides: list[str], message: str) -> None:
-    cfg = compose("train", [f"paths.root_dir={tmp_path}", *overrides])
-    with pytest.raises(ConfigError, match=message):
+def test_an_unknown_search_model_is_named(tmp_path: Path) -> None:
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.search_model=frozen"])
+    with pytest.raises(ConfigError, match=r"train.search_model.*frozen"):
         train_stage.validate(cfg)
 
 

@@ -64,13 +64,6 @@ def validate(cfg: DictConfig) -> None:
     )
     search_model = cfg.train.get("search_model", "trained")
     require_in("train.search_model", search_model, SEARCH_MODELS)
-    if search_model == "base":
-        require(
-            fine_tunes(cfg),
-            "train.search_model=base",
-            "keeps a copy of the base model to serve search, but with train.fine_tune=false the model is the base "
-            "already (its encoder serves search); set train.search_model=trained.",
-        )
     if not fine_tunes(cfg):
         require(
             not cfg.model.get("lora"),
@@ -270,7 +263,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
     }
     # 10. with train.search_model=base, the untouched base model beside it (at the served length) serves search
-    keep_base = cfg.train.get("search_model", "trained") == "base"
+    # (without fine-tuning the encoder is the base already: it serves search itself, and no copy is kept)
+    keep_base = cfg.train.get("search_model", "trained") == "base" and fine_tunes(cfg)
     pooling = str(cfg.model.get("pooling", "mean"))
     search_model = (
         load_model(base, device="cpu", max_seq_length=model.max_seq_length, pooling=pooling) if keep_base else None
