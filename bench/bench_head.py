@@ -17,7 +17,10 @@ Each is scored by subject P@10 (each paper a query against the others of its set
 on the eval split (the split to choose a setting on), the test split and both fresh slices, as the gain over the
 encoder's own embeddings with a 95% paired-bootstrap interval, and by the graded score on the eval split and the
 balanced fresh slice (Spearman correlation of the cosine with the Jaccard overlap of the subject lists, the
-evaluation's own seeded pairs). Prints the seconds spent embedding (the head's cost in training) and fitting each head.
+evaluation's own seeded pairs), and by the evaluation's probe: a logistic regression (evaluate.classification's C and
+max_iter) fit on a seeded evaluate.classification.max_train_papers of the train papers' outputs, its macro-F1 on the
+eval and test splits (the head is fit on those train papers, as in training). Prints the seconds spent embedding (the
+head's cost in training) and fitting each head.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 SETS = ("eval", "test", "fresh", "fresh_natural")
 GRADED_SETS = ("eval", "fresh")
+PROBE_SETS = ("eval", "test")
 
 
 def _ints(text: str) -> list[int]:
@@ -140,6 +144,22 @@ def main() -> None:
         x = unit(x)
         return float(spearman((x[a] * x[b]).sum(1), target) or 0.0)
 
+    probe_cfg = cfg.evaluate.classification
+    cap = probe_cfg.max_train_papers
+    probe_rows = np.random.default_rng(int(cfg.seed)).permutation(len(emb["train"]))[: cap or None]
+
+    def probe(out: dict[str, np.ndarray]) -> list[str]:
+        """The evaluation's probe on these outputs: macro-F1 on the eval and test splits."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import f1_score
+
+        clf = LogisticRegression(C=float(probe_cfg.C), max_iter=int(probe_cfg.max_iter), random_state=int(cfg.seed))
+        clf.fit(unit(out["train"][probe_rows]), labels["train"][probe_rows])
+        return [
+            f"{f1_score(labels[s], clf.predict(unit(out[s])), average='macro', zero_division=0):.4f}"
+            for s in PROBE_SETS
+        ]
+
     base = {s: p10(emb[s], s) for s in SETS}
     rows = [
         [
@@ -147,16 +167,18 @@ def main() -> None:
             "",
             *(f"{base[s].mean():.4f}" for s in SETS),
             *(f"{graded(emb[s], s):.4f}" for s in GRADED_SETS),
+            *probe(emb),
         ]
     ]
 
     def record(name: str, seconds: float, weight: np.ndarray, bias: np.ndarray) -> None:
         row = [name, f"{seconds:.1f}"]
-        out = {s: emb[s] @ weight.T + bias for s in SETS}
+        out = {s: emb[s] @ weight.T + bias for s in ("train", *SETS)}
         for split in SETS:
             g = paired_bootstrap(p10(out[split], split), base[split], resamples=args.bootstrap)
             row.append(f"{g['a']:.4f} {g['diff']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]")
         row += [f"{graded(out[s], s):.4f}" for s in GRADED_SETS]
+        row += probe(out)
         rows.append(row)
         print(" | ".join(row), flush=True)
 
@@ -193,8 +215,11 @@ def main() -> None:
         f"\n{args.model}: embedding the papers ({sizes}; {'bf16' if args.bf16 else 'fp32'}, 256 tokens, "
         f"{torch.get_num_threads()} threads) took {embed_s:.0f} s."
     )
-    print("| head | fit s | eval P@10 | test P@10 | fresh P@10 | fresh natural P@10 | eval graded | fresh graded |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| head | fit s | eval P@10 | test P@10 | fresh P@10 | fresh natural P@10 | eval graded | fresh graded "
+        "| eval macro-F1 | test macro-F1 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
 
