@@ -85,3 +85,51 @@ def test_bad_sharding_settings_are_named(
     cfg = make_cfg("index", tmp_path, _overrides(processed_root, tiny_model_dir, override))
     with pytest.raises(ConfigError, match=message):
         index_stage.validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("settings", "bf16", "expected"),
+    [
+        # a GPU, nothing asked: torch in bf16 with large batches and no token cap, an export's CPU variant or not
+        ({"index.encode.device": "cuda"}, True, ("torch", "bf16", "cuda", 256, None)),
+        ({"index.encode.device": "cuda"}, False, ("torch", "fp16", "cuda", 256, None)),
+        (
+            {"index.encode.device": "cuda:1", "index.encode.gpu_batch_size": 512},
+            True,
+            ("torch", "bf16", "cuda:1", 512, None),
+        ),
+        # a backend or variant asked for is kept
+        ({"index.encode.device": "cuda", "index.variant": "fp32"}, True, ("auto", "fp32", "cuda", 256, None)),
+        ({"index.encode.device": "cuda", "index.backend": "onnx"}, True, ("onnx", None, "cuda", 256, None)),
+        # a CPU: the settings as they are
+        ({"index.encode.device": "cpu"}, True, ("auto", None, "cpu", 128, 2048)),
+    ],
+)
+def test_on_a_gpu_the_index_encodes_in_bf16_with_large_batches(
+    tmp_path: Path, make_cfg, monkeypatch: pytest.MonkeyPatch, settings: dict, bf16: bool, expected: tuple
+) -> None:
+    import torch
+
+    from arxiv_embeddings.index.build import index_encoding
+
+    # the GPU's answers (this machine may have none); what the index makes of them is what is under test
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    how = index_encoding(make_cfg("index", tmp_path, [f"{k}={v}" for k, v in settings.items()]).index)
+    assert (how.backend, how.variant, how.device, how.batch_size, how.max_batch_tokens) == expected
+
+
+def test_without_a_gpu_the_index_settings_are_kept(tmp_path: Path, make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from arxiv_embeddings.index.build import index_encoding
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    how = index_encoding(make_cfg("index", tmp_path, []).index)  # device null: auto, and there is no GPU
+    assert (how.backend, how.variant, how.device, how.batch_size, how.max_batch_tokens) == (
+        "auto",
+        None,
+        None,
+        128,
+        2048,
+    )

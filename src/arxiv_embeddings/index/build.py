@@ -103,19 +103,55 @@ def load_corpus(cfg: DictConfig) -> Corpus:
     return corpus
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How the index embeds its corpus: :func:`index_encoding` of the ``index`` settings."""
+
+    backend: str
+    variant: str | None
+    device: str | None
+    batch_size: int
+    max_batch_tokens: int | None
+
+
+def index_encoding(ix: DictConfig) -> Encoding:
+    """The backend, variant, device, batch size and token cap the index embeds with: the settings as given, except on
+    a GPU (``index.encode.device`` cuda, or null on a machine with one), where the batches hold
+    ``index.encode.gpu_batch_size`` papers with no token cap, and ``index.backend=auto`` with no ``index.variant``
+    means torch in bf16 (fp16 where the GPU lacks bf16): an ONNX export's serving default is a CPU variant, and small
+    batches leave most of a GPU idle."""
+    backend, variant, device = str(ix.backend), ix.variant, ix.encode.device
+    as_given = Encoding(backend, variant, device, int(ix.encode.batch_size), ix.encode.get("max_batch_tokens"))
+    if device is not None and not str(device).startswith("cuda"):
+        return as_given
+    try:
+        from arxiv_embeddings.backends.loading import best_precision, default_device
+
+        resolved = str(device or default_device())
+    except ImportError:  # the serving install: no torch, so no GPU to use
+        return as_given
+    if not resolved.startswith("cuda"):
+        return as_given
+    batch = int(ix.encode.get("gpu_batch_size") or ix.encode.batch_size)
+    if backend != "auto" or variant is not None:  # asked for: kept
+        return Encoding(backend, variant, resolved, batch, None)
+    return Encoding("torch", best_precision(resolved), resolved, batch, None)
+
+
 def load_index_embedder(ix: DictConfig, location: str, threads: int | None = None) -> Embedder:
-    """The embedder the ``index`` settings ask for, of the model at ``location`` (``threads``: onnxruntime's
-    intra-op threads, None = the usable cores; torch's are the process's own)."""
+    """The embedder the ``index`` settings ask for (:func:`index_encoding`), of the model at ``location``
+    (``threads``: onnxruntime's intra-op threads, None = the usable cores; torch's are the process's own)."""
     from arxiv_embeddings.backends import load_embedder
 
+    how = index_encoding(ix)
     return load_embedder(
         location,
-        backend=str(ix.backend),
-        variant=ix.variant,
-        device=ix.encode.device,
+        backend=how.backend,
+        variant=how.variant,
+        device=how.device,
         max_seq_length=ix.encode.max_seq_length,
         threads=threads,
-        max_batch_tokens=ix.encode.get("max_batch_tokens"),
+        max_batch_tokens=how.max_batch_tokens,
     )
 
 

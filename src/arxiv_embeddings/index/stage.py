@@ -33,6 +33,7 @@ from arxiv_embeddings.index.build import (
     embed_corpus,
     embedding_key,
     embeddings_dir,
+    index_encoding,
     load_corpus,
     load_index_embedder,
     model_location,
@@ -83,6 +84,7 @@ def validate(cfg: DictConfig) -> None:
     else:
         require(bool(str(ix.corpus.path).strip()), "index.corpus.path", "is empty; give a file or a glob, or null.")
     check_int(ix.encode.batch_size, "index.encode.batch_size")
+    check_int(ix.encode.get("gpu_batch_size"), "index.encode.gpu_batch_size", optional=True)
     check_int(ix.encode.max_seq_length, "index.encode.max_seq_length", optional=True)
     check_int(ix.encode.get("max_batch_tokens"), "index.encode.max_batch_tokens", optional=True)
     check_int(ix.shard_size, "index.shard_size")
@@ -256,7 +258,7 @@ def _embed_part(
     """``index.part=k/N``: embed this worker's shards of every output the index needs into the shared embedding
     folders, and stop: the run without ``index.part`` finds every shard there and builds the index."""
     ix = cfg.index
-    text, shard, batch = str(ix.text), int(ix.shard_size), int(ix.encode.batch_size)
+    text, shard, batch = str(ix.text), int(ix.shard_size), index_encoding(ix).batch_size
     folder = model_folder(local)
     caches, shared_dirs, papers = [], [], 0
     count = len(shard_bounds(len(corpus), shard))
@@ -310,7 +312,7 @@ def _embed(
     embedded once per output. With ``index.workers > 1``, worker processes embed the shards first
     (:func:`embed_in_workers`)."""
     ix = cfg.index
-    text, shard, batch = str(ix.text), int(ix.shard_size), int(ix.encode.batch_size)
+    text, shard, batch = str(ix.text), int(ix.shard_size), index_encoding(ix).batch_size
     workers = int(ix.get("workers", 1))
 
     def embed(output: str) -> tuple[Embeddings, Path]:

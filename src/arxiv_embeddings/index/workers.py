@@ -114,7 +114,7 @@ def _work(
     plain: dict[str, Any], location: str, output: str, key: dict[str, Any], cache: str, shards: list[int], threads: int
 ) -> None:
     """One worker: load the model with ``threads`` threads and embed ``shards`` of the corpus into ``cache``."""
-    from arxiv_embeddings.index.build import embed_corpus, load_corpus, load_index_embedder
+    from arxiv_embeddings.index.build import embed_corpus, index_encoding, load_corpus, load_index_embedder
     from arxiv_embeddings.logging_utils import setup_logging
 
     setup_logging()
@@ -132,6 +132,6 @@ def _work(
             f"the worker loaded {embedder.backend}/{embedder.variant} where the index stage has "
             f"{key['backend']}/{key['variant']}; pass index.backend and index.variant explicitly."
         )
-    text, shard, batch = str(ix.text), int(ix.shard_size), int(ix.encode.batch_size)
+    text, shard, batch = str(ix.text), int(ix.shard_size), index_encoding(ix).batch_size
     label = f"worker {multiprocessing.current_process().name}"
     embed_corpus(embedder, load_corpus(cfg), Path(cache), text, shard, batch, key, output, only=shards, label=label)
