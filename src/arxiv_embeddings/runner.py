@@ -48,6 +48,9 @@ class StageSpec:
 def fingerprint(cfg: DictConfig, inputs: Sequence[Path], keys: Sequence[str] | None = None) -> str:
     """Hash of the resolved config (the ``keys`` sections, or all but bookkeeping keys) and the inputs' bytes."""
     plain = {k: v for k, v in to_plain(cfg).items() if k not in _IGNORED_KEYS and (keys is None or k in keys)}
+    mix = plain.get("mix")
+    if isinstance(mix, dict) and isinstance(mix.get("tasks"), dict):  # a dropped task (null) is no task at all
+        plain["mix"] = {**mix, "tasks": {k: v for k, v in mix["tasks"].items() if v is not None}}
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode())
     for path in sorted(map(str, inputs)):
         digest.update(path.encode())

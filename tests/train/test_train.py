@@ -395,3 +395,15 @@ def test_a_failed_checkpoint_upload_is_logged_and_training_goes_on(tmp_path: Pat
     uploader.wait()
     assert uploader.uploaded == [] and len(uploader.errors) == 1 and uploader.errors[0].startswith("checkpoint-5: ")
     assert (local / "checkpoint-5" / "sub" / "weights.bin").exists()  # still on local disk
+
+
+def test_a_dropped_task_fingerprints_as_no_task(tmp_path: Path) -> None:
+    """mix.tasks.<task>=null drops the task, so the stage sees the same config as without it; a real task differs."""
+    from arxiv_embeddings.runner import fingerprint
+
+    def fp(*overrides: str) -> str:
+        cfg = compose("train", [f"paths.root_dir={tmp_path}", *overrides])
+        return fingerprint(cfg, [], train_stage.SPEC.config_keys)
+
+    assert fp("mix=none", "+mix.tasks.search=null") == fp("mix=none")
+    assert fp("mix=subject_search", "mix.tasks.search=null") != fp("mix=subject_search")
