@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The API image for Cloud Run: ONNX Runtime + tokenizers + FAISS + FastAPI, no torch (a few hundred MB).
+# The API image for Cloud Run: ONNX Runtime + OpenVINO + tokenizers + FAISS + FastAPI, no torch (a few hundred MB).
 #
 #   docker build -f dockerfiles/api.dockerfile -t arxiv-embeddings-api .
 #   docker run -p 8080:8080 -v "$PWD/models:/app/models:ro" -v "$PWD/indexes:/app/indexes:ro" arxiv-embeddings-api
@@ -15,16 +15,17 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /app
-# --no-default-groups: the project's own dependencies only (the serving set), none of the pipeline or dev groups.
+# --no-default-groups: the project's own dependencies only (the serving set), none of the pipeline or dev groups;
+# --extra openvino: OpenVINO for the openvino-* variants an export may pick as the fastest.
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --locked --no-default-groups --no-install-project
+    uv sync --locked --no-default-groups --extra openvino --no-install-project
 COPY pyproject.toml uv.lock README.md ./
 COPY configs ./configs
 COPY src ./src
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-default-groups
+    uv sync --locked --no-default-groups --extra openvino
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app

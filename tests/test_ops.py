@@ -452,7 +452,7 @@ def _uv_commands(name: str) -> list[list[str]]:
 def test_images_install_their_part_of_the_lock_in_a_cached_layer_before_the_source() -> None:
     expected = {
         "train.dockerfile": ["--no-default-groups", "--extra", "train"],
-        "api.dockerfile": ["--no-default-groups"],
+        "api.dockerfile": ["--no-default-groups", "--extra", "openvino"],
     }
     for name, selection in expected.items():
         syncs = [c for c in _uv_commands(name) if c[:2] == ["uv", "sync"]]

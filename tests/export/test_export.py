@@ -15,13 +15,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from arxiv_embeddings.backends import Embedder, load_embedder
-from arxiv_embeddings.backends.loading import resolve_model
+from arxiv_embeddings.backends import Embedder, load_embedder, onnx_embedder
+from arxiv_embeddings.backends.loading import cpu_supports_bf16, resolve_model
 from arxiv_embeddings.backends.onnx_embedder import (
+    OPENVINO_VARIANTS,
     VARIANT_FILES,
     ExportNotFoundError,
     OnnxEmbedder,
     exported_variants,
+    fastest_onnxruntime_variant,
     load_onnx_embedder,
     serving_default,
 )
@@ -46,6 +48,8 @@ from arxiv_embeddings.runner import execute
 
 LEVELS = ["O1", "O3"]
 LENGTHS = [32, 64]
+#: The openvino-* variants the default export.openvino=[fp32, bf16] measures here (bf16 only with native bf16).
+OPENVINO = ["openvino-fp32", *(["openvino-bf16"] if cpu_supports_bf16() else [])]
 
 
 def export_overrides(processed_root: Path, *extra: str) -> list[str]:
@@ -94,14 +98,17 @@ def test_every_variant_is_written_where_sentence_transformers_loads_it_and_passe
     exported: dict, model_dir: Path, texts: list[str]
 ) -> None:
     arch = detect_quantization_arch()
-    expected = ["fp32", *LEVELS, f"int8-{arch}"]
+    expected = ["fp32", *LEVELS, f"int8-{arch}", *OPENVINO]
     assert exported_variants(model_dir) == expected
     report = exported["report"]
     for variant in expected:
-        entry = report["variants"][f"onnx-{variant}"]
+        entry = report["variants"][variant if variant in OPENVINO_VARIANTS else f"onnx-{variant}"]
+        assert (entry["backend"], entry["variant"]) == ("onnx", variant)
         assert entry["file"] == f"onnx/{VARIANT_FILES[variant]}" and (model_dir / entry["file"]).stat().st_size > 10_000
         assert entry["parity"]["passed"] and entry["parity"]["mean_cosine"] >= 0.99
         assert abs(entry["parity"]["p10_diff"]) <= 0.01
+    # the OpenVINO variants run the plain export: no file of their own
+    assert sorted(p.name for p in (model_dir / "onnx").glob("*.onnx")) == sorted({VARIANT_FILES[v] for v in expected})
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".") and p.name != ".stage-export.json"]
     # int8: the weight MatMuls are quantized, the attention (activation x activation) ones stay fp32.
     import onnx
@@ -133,7 +140,9 @@ def test_report_schema_and_serving_default(exported: dict, model_dir: Path) -> N
         assert report["throughput"]["mean_tokens"][str(n)] == n
     assert report["machine"]["quantization_arch"] == detect_quantization_arch()
     names = list(report["variants"])
-    assert names[:2] == ["torch-fp32", "torch-bf16"] and all(n.startswith("onnx-") for n in names[2:])
+    assert names[:2] == ["torch-fp32", "torch-bf16"] and names[-len(OPENVINO) :] == OPENVINO
+    assert all(n.startswith("onnx-") for n in names[2 : -len(OPENVINO)])
+    assert report["versions"]["openvino"]
     for name, entry in report["variants"].items():
         assert tuple(entry) == VARIANT_KEYS, name
         assert set(entry["throughput"]) == {str(n) for n in LENGTHS} and min(entry["throughput"].values()) > 0
@@ -152,7 +161,7 @@ def test_report_schema_and_serving_default(exported: dict, model_dir: Path) -> N
         passing[best]["backend"],
         passing[best]["variant"],
     )
-    onnx_best = max((k for k in passing if k.startswith("onnx-")), key=lambda k: speed(passing[k]))
+    onnx_best = max((k for k in passing if passing[k]["backend"] == "onnx"), key=lambda k: speed(passing[k]))
     assert report["onnx_default"] == passing[onnx_best]["variant"]
     assert serving_default(model_dir) == (default["backend"], default["variant"])
     # With no variant asked for, the ONNX loader takes the serving default (or the fastest ONNX one).
@@ -266,6 +275,57 @@ def test_onnx_embedder_matches_the_torch_model(exported: dict, model_dir: Path, 
         emb.encode("one string")  # type: ignore[arg-type]
 
 
+def test_openvino_variants_match_torch_and_encode_from_several_threads(
+    exported: dict, model_dir: Path, texts: list[str]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    reference = TorchEmbedder(model_dir, device="cpu").encode(texts)
+    for variant in OPENVINO:
+        emb = load_embedder(model_dir, backend="onnx", variant=variant)
+        assert isinstance(emb, OnnxEmbedder) and (emb.backend, emb.variant, emb.engine) == ("onnx", variant, "openvino")
+        assert emb.onnx_path.name == VARIANT_FILES["fp32"] and "engine='openvino'" in repr(emb)
+        vectors = emb.encode(texts, batch_size=5)
+        assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+        cosine = np.sum(vectors * reference, axis=1)
+        # fp32 is the same arithmetic as onnxruntime's; bf16 rounds every matrix product
+        assert cosine.min() >= (0.9999 if variant == "openvino-fp32" else 0.99), (variant, cosine.min())
+        np.testing.assert_allclose(emb.encode(texts[::-1], batch_size=32)[::-1], vectors, atol=2e-2)
+        # replicas share the compiled model and keep an infer request each
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda e: e.encode(texts, batch_size=4), [emb.replica() for _ in range(3)]))
+        for other in results:
+            np.testing.assert_allclose(other, vectors, atol=1e-5)
+    with pytest.raises(ValueError, match="runs on OpenVINO's CPU runtime; use device='cpu'"):
+        load_onnx_embedder(model_dir, variant="openvino-fp32", device="cuda")
+
+
+def test_without_openvino_the_default_falls_back_to_the_fastest_onnxruntime_variant(
+    exported: dict, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serving install without the openvino extra, for an export whose fastest ONNX variant runs on OpenVINO."""
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    report = json.loads((folder / "export_report.json").read_text())
+    report["serving_default"] = {**report["serving_default"], "backend": "onnx", "variant": "openvino-fp32"}
+    (folder / "export_report.json").write_text(json.dumps(report))
+    assert load_onnx_embedder(folder).variant == "openvino-fp32"  # OpenVINO installed: the default as exported
+
+    monkeypatch.setattr(onnx_embedder, "openvino_available", lambda: False)
+    fallback = fastest_onnxruntime_variant(report)
+    assert fallback is not None and fallback not in OPENVINO_VARIANTS
+    entries = [v for v in report["variants"].values() if v["backend"] == "onnx" and v["variant"] not in OPENVINO]
+    assert fallback == max(entries, key=lambda v: np.prod(list(v["throughput"].values())))["variant"]
+    emb = load_onnx_embedder(folder)
+    assert (emb.variant, emb.engine) == (fallback, "onnxruntime")
+    assert "openvino-fp32" not in exported_variants(folder) and "fp32" in exported_variants(folder)
+    with pytest.raises(
+        ExportNotFoundError,
+        match=r'variants run on OpenVINO, which is not installed: pip install "arxiv-embeddings\[openvino\]"',
+    ):
+        load_onnx_embedder(folder, variant="openvino-fp32")
+
+
 _TORCH_FREE = textwrap.dedent(
     """
     import importlib.abc, json, sys
@@ -352,6 +412,10 @@ def test_clear_errors(exported: dict, project: Path, processed_root: Path, make_
             export_stage.validate(cfg("export.optimization_levels=[O4]"))
     with pytest.raises(ConfigError, match=r"export\.parity\.min_cosine"):
         export_stage.validate(cfg("export.parity.min_cosine=1.5"))
+    with pytest.raises(ConfigError, match=r"export\.openvino='int8'.*fp32, bf16"):
+        export_stage.validate(cfg("export.openvino=[int8]"))
+    with pytest.raises(ConfigError, match=r"export\.openvino.*without repeats"):
+        export_stage.validate(cfg("export.openvino=bf16"))
     with pytest.raises(ConfigError, match=r"export\.throughput\.torch"):
         export_stage.validate(cfg("export.throughput.torch=[fp8]"))
     with pytest.raises(ConfigError, match="has 256 positions"):

@@ -3,6 +3,7 @@
     from arxiv_embeddings.backends.onnx_embedder import load_onnx_embedder
     emb = load_onnx_embedder("models/minilm-sample/final")           # the serving default of export_report.json
     emb = load_onnx_embedder("models/minilm-sample/final", variant="int8-avx2", max_seq_length=128)
+    emb = load_onnx_embedder("models/minilm-sample/final", variant="openvino-bf16")   # onnx/model.onnx on OpenVINO
     vectors = emb.encode(["A title\\nAn abstract ..."])              # float32, (n, dim), L2-normalized
 
 The model folder is a sentence-transformers folder that ``uv run inv export`` has written ONNX variants into
@@ -13,18 +14,25 @@ transformer) and ``1_Pooling/config.json`` (the pooling modes), so that the vect
 Supported: Transformer -> Pooling, then any sequence of Normalize and linear Dense modules (identity activation:
 the subject head of ``train.head``, weights read with safetensors' NumPy loader); another module fails with its name.
 ``encode(texts, output="encoder")`` leaves out every module after the Pooling (the encoder without its head).
+
+The ``openvino-*`` variants run the plain export (``onnx/model.onnx``) with OpenVINO's CPU runtime instead of
+onnxruntime, at the inference precision their name gives (``bf16`` uses AMX / AVX512-BF16 where the CPU has them);
+they need the ``openvino`` extra (``pip install "arxiv-embeddings[openvino]"``).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from loguru import logger
 
 from arxiv_embeddings.backends.batches import check_max_batch_tokens, token_batches
 from arxiv_embeddings.backends.lora import is_adapter_dir
@@ -45,7 +53,14 @@ VARIANT_FILES: dict[str, str] = {
     "int8-avx512": "model_qint8_avx512.onnx",
     "int8-avx2": "model_quint8_avx2.onnx",
     "int8-arm64": "model_qint8_arm64.onnx",
+    "openvino-fp32": "model.onnx",
+    "openvino-bf16": "model.onnx",
 }
+#: Variants that run an ONNX file with OpenVINO instead of onnxruntime: their inference precision (OpenVINO's
+#: INFERENCE_PRECISION_HINT; f32 is asked for explicitly, since OpenVINO runs bf16 by default on a CPU with AMX).
+OPENVINO_VARIANTS: dict[str, str] = {"openvino-fp32": "f32", "openvino-bf16": "bf16"}
+#: How to install what the openvino-* variants need.
+OPENVINO_INSTALL = 'pip install "arxiv-embeddings[openvino]" (in a checkout, uv sync installs it)'
 #: Pooling modes in sentence-transformers' order (the order legacy configs concatenate them in).
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 _LEGACY_POOLING_KEYS = {
@@ -72,6 +87,11 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def openvino_available() -> bool:
+    """Whether OpenVINO (the ``openvino`` extra) is installed, so that the ``openvino-*`` variants can run."""
+    return importlib.util.find_spec("openvino") is not None
 
 
 def _read_json(path: Path) -> Any:
@@ -292,14 +312,24 @@ class OnnxEmbedder:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if providers is None:
-            # O4 is fp16 for a GPU; everything else runs on the CPU unless told otherwise.
-            gpu = variant == "O4" and "CUDAExecutionProvider" in ort.get_available_providers()
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=providers)
-        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        self._inputs = {i.name for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
+        #: What runs the ONNX file: ``onnxruntime``, or ``openvino`` for the ``openvino-*`` variants.
+        self.engine = "openvino" if variant in OPENVINO_VARIANTS else "onnxruntime"
+        if self.engine == "openvino":
+            if providers is not None:
+                raise ValueError(f"providers={providers!r}: variant {variant!r} runs on OpenVINO, not onnxruntime.")
+            session: Any = OpenVinoSession(self.onnx_path, OPENVINO_VARIANTS[variant], self.threads)
+            self.device = "cpu"
+            inputs, outputs = session.input_names, session.output_names
+        else:
+            if providers is None:
+                # O4 is fp16 for a GPU; everything else runs on the CPU unless told otherwise.
+                gpu = variant == "O4" and "CUDAExecutionProvider" in ort.get_available_providers()
+                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+            session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=providers)
+            self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+            inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+        self.session = session
+        self._inputs = set(inputs)
         self._output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
         self.dimension = self.pipeline.dimension
 
@@ -362,8 +392,8 @@ class OnnxEmbedder:
         return normalize_rows(out) if normalize or not post or self.pipeline.normalize else out
 
     def replica(self) -> OnnxEmbedder:
-        """A copy to encode from another thread at the same time: the same onnxruntime session (its ``run`` may be
-        called from several threads), its own tokenizer (a Rust tokenizer must not be used by two threads at once)."""
+        """A copy to encode from another thread at the same time: the same session (onnxruntime's ``run`` may be
+        called from several threads; :class:`OpenVinoSession` keeps an infer request per thread), its own tokenizer (a Rust tokenizer must not be used by two threads at once)."""
         from tokenizers import Tokenizer
 
         clone = copy.copy(self)
@@ -373,8 +403,37 @@ class OnnxEmbedder:
     def __repr__(self) -> str:
         return (
             f"OnnxEmbedder(name={self.name!r}, variant={self.variant!r}, file={self.onnx_path.name!r}, "
-            f"dimension={self.dimension}, max_seq_length={self.max_seq_length}, threads={self.threads})"
+            f"engine={self.engine!r}, dimension={self.dimension}, max_seq_length={self.max_seq_length}, threads={self.threads})"
         )
+
+
+class OpenVinoSession:
+    """An ONNX file compiled by OpenVINO for the CPU, with the part of onnxruntime's session the embedder uses
+    (``run(output_names, feed)``): one infer request per calling thread, over one compiled model."""
+
+    def __init__(self, onnx_path: Path, precision: str, threads: int) -> None:
+        if not openvino_available():
+            raise ExportNotFoundError(
+                f"The openvino-* variants run on OpenVINO, which is not installed: {OPENVINO_INSTALL}; or load an "
+                "onnxruntime variant (variant=None takes the fastest one the export measured)."
+            )
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads)}
+        self.compiled = core.compile_model(
+            core.read_model(str(onnx_path)), "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"}
+        )
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        self._local = threading.local()
+
+    def run(self, output_names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer(feed)
+        return [np.asarray(result[self.compiled.output(name)]) for name in output_names]
 
 
 # ------------------------------------------------------------------------------------------- variants
@@ -387,9 +446,15 @@ def variant_file(variant: str) -> str:
 
 
 def exported_variants(model_dir: str | os.PathLike[str]) -> list[str]:
-    """Variant names whose file is present under ``<model_dir>/onnx/``."""
+    """Variant names whose file is present under ``<model_dir>/onnx/`` (the ``openvino-*`` ones where OpenVINO is
+    installed)."""
     onnx_dir = Path(model_dir) / ONNX_DIR
-    return [name for name, file in VARIANT_FILES.items() if (onnx_dir / file).exists()]
+    ov = openvino_available()
+    return [
+        name
+        for name, file in VARIANT_FILES.items()
+        if (onnx_dir / file).exists() and (ov or name not in OPENVINO_VARIANTS)
+    ]
 
 
 def read_report(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -418,14 +483,42 @@ def _default_variant(model_dir: Path) -> str:
             f"'uv run inv export --overrides \"export.model={model_dir}\"' first."
         )
     default = report.get("serving_default") or {}
-    if default.get("backend") == "onnx":
-        return str(default["variant"])
     # The fastest variant overall may be torch (e.g. bf16 on a CPU with AMX); the ONNX backend then takes the
     # fastest ONNX variant that passed parity.
-    onnx_default = report.get("onnx_default")
-    if not onnx_default:
+    name = str(default["variant"]) if default.get("backend") == "onnx" else report.get("onnx_default")
+    if not name:
         raise ExportNotFoundError(f"{model_dir / REPORT_FILE} names no ONNX variant; re-run 'uv run inv export'.")
-    return str(onnx_default)
+    if name in OPENVINO_VARIANTS and not openvino_available():
+        fallback = fastest_onnxruntime_variant(report)
+        if fallback is None:
+            raise ExportNotFoundError(
+                f"{model_dir / REPORT_FILE} names {name}, which runs on OpenVINO, and no onnxruntime variant passed "
+                f"parity; {OPENVINO_INSTALL}."
+            )
+        logger.warning(
+            f"{model_dir}: the export's fastest ONNX variant {name} runs on OpenVINO, which is not installed; serving "
+            f"{fallback}, the fastest onnxruntime variant it measured ({OPENVINO_INSTALL} to serve {name})."
+        )
+        return fallback
+    return str(name)
+
+
+def fastest_onnxruntime_variant(report: dict[str, Any]) -> str | None:
+    """The onnxruntime variant with the highest geometric mean of texts/s that passed parity in an export report
+    (``fp32`` when none was timed), or None when none passed."""
+    passing = [
+        v
+        for v in report.get("variants", {}).values()
+        if v.get("backend") == "onnx" and v.get("variant") not in OPENVINO_VARIANTS and v["parity"]["passed"]
+    ]
+    if not passing:
+        return None
+
+    def speed(entry: dict[str, Any]) -> float:
+        values = [max(float(x), 1e-12) for x in entry.get("throughput", {}).values()]
+        return float(np.exp(np.mean(np.log(values)))) if values else 0.0
+
+    return str(max(passing, key=speed)["variant"])
 
 
 def load_onnx_embedder(
@@ -436,8 +529,9 @@ def load_onnx_embedder(
 ) -> OnnxEmbedder:
     """An :class:`OnnxEmbedder` for one exported variant of a model folder.
 
-    ``variant``: a name of :data:`VARIANT_FILES` (``fp32``, ``O3``, ``int8-avx2``, ...); None = the serving default
-    recorded in ``export_report.json`` (its fastest ONNX variant when the overall default is a torch one; ``fp32``
+    ``variant``: a name of :data:`VARIANT_FILES` (``fp32``, ``O3``, ``int8-avx2``, ``openvino-bf16``, ...); None =
+    the serving default recorded in ``export_report.json`` (its fastest ONNX variant when the overall default is a
+    torch one, its fastest onnxruntime one when that variant runs on OpenVINO and OpenVINO is not installed; ``fp32``
     for a folder with ``onnx/model.onnx`` but no report). ``max_seq_length``: None = the model's own. ``kw``:
     ``threads`` (onnxruntime intra-op threads; default = usable cores), ``providers`` (onnxruntime execution
     providers; default CPU, CUDA first for O4 when available) and ``max_batch_tokens`` (most padded tokens in one
@@ -459,9 +553,11 @@ def load_onnx_embedder(
     device = kw.pop("device", None)
     if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda"):
         raise ValueError(f"device={device!r} is not available to the ONNX backend; use 'cpu' or 'cuda'.")
-    if device is not None and str(device).startswith("cuda") and kw.get("providers") is None:
-        kw["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     name = variant or _default_variant(path)
+    if device is not None and str(device).startswith("cuda") and kw.get("providers") is None:
+        if name in OPENVINO_VARIANTS:
+            raise ValueError(f"device={device!r}: variant {name!r} runs on OpenVINO's CPU runtime; use device='cpu'.")
+        kw["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     file = path / ONNX_DIR / variant_file(name)
     if not file.exists():
         present = exported_variants(path)

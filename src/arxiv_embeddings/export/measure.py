@@ -172,7 +172,16 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("onnxruntime", "optimum", "optimum-onnx", "onnx", "torch", "sentence-transformers", "transformers"):
+    for pkg in (
+        "onnxruntime",
+        "openvino",
+        "optimum",
+        "optimum-onnx",
+        "onnx",
+        "torch",
+        "sentence-transformers",
+        "transformers",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
     return out

@@ -12,10 +12,14 @@ from loguru import logger
 from omegaconf import DictConfig
 
 from arxiv_embeddings.backends.loading import (
+    cpu_supports_bf16,
     resolve_model,
 )
 from arxiv_embeddings.backends.onnx_embedder import (
+    OPENVINO_INSTALL,
+    OPENVINO_VARIANTS,
     int8_variant,
+    openvino_available,
 )
 from arxiv_embeddings.config import (
     ConfigError,
@@ -28,6 +32,8 @@ OPTIMIZATION_LEVELS = ("O1", "O2", "O3", "O4")
 #: int8 quantization targets (optimum's AutoQuantizationConfig presets), most capable first.
 QUANTIZATION_ARCHS = ("avx512_vnni", "avx512", "avx2", "arm64")
 TORCH_PRECISIONS = ("fp32", "bf16")
+#: OpenVINO precisions ``export.openvino`` may name.
+OPENVINO_PRECISIONS = tuple(v.removeprefix("openvino-") for v in OPENVINO_VARIANTS)
 #: The reference every variant is compared with.
 REFERENCE = "torch-fp32"
 #: Top-level keys of export_report.json.
@@ -110,6 +116,23 @@ def planned_variants(cfg: DictConfig) -> list[str]:
     """ONNX variant names the export writes: fp32, the optimization levels, the int8 preset."""
     arch = quantization_arch(cfg)
     return ["fp32", *map(str, cfg.export.optimization_levels), *([int8_variant(arch)] if arch else [])]
+
+
+def openvino_variants(cfg: DictConfig) -> list[str]:
+    """The ``openvino-*`` variants the export runs over ``onnx/model.onnx``: those ``export.openvino`` names, less
+    bf16 on a CPU without native bf16 (OpenVINO would run it in fp32), none where OpenVINO is not installed."""
+    asked = [str(p) for p in cfg.export.openvino]
+    if not asked:
+        return []
+    if not openvino_available():
+        logger.warning(
+            f"export.openvino={asked}: OpenVINO is not installed, so no openvino-* variant is measured; {OPENVINO_INSTALL}."
+        )
+        return []
+    if "bf16" in asked and not cpu_supports_bf16():
+        logger.info("export.openvino: this CPU has no native bf16 (AMX or AVX512-BF16), so openvino-bf16 is skipped.")
+        asked.remove("bf16")
+    return [f"openvino-{p}" for p in asked]
 
 
 # ------------------------------------------------------------------------------------------ model folder

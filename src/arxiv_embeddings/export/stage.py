@@ -48,6 +48,7 @@ from arxiv_embeddings.export.measure import (
     versions,
 )
 from arxiv_embeddings.export.plan import (
+    OPENVINO_PRECISIONS,
     OPTIMIZATION_LEVELS,
     QUANTIZATION_ARCHS,
     REFERENCE,
@@ -56,6 +57,7 @@ from arxiv_embeddings.export.plan import (
     ParityError,
     cuda_onnxruntime,
     model_target,
+    openvino_variants,
     planned_variants,
     quantization_arch,
     save_hub_model,
@@ -95,6 +97,14 @@ def validate(cfg: DictConfig) -> None:
             "machine with a GPU."
         )
     require(isinstance(x.quantize, bool), "export.quantize", f"got {x.quantize!r}; expected true or false.")
+    ov = list(x.openvino) if OmegaConf.is_list(x.openvino) else None
+    require(
+        ov is not None and len(set(ov)) == len(ov),
+        "export.openvino",
+        f"got {x.openvino!r}; expected a list without repeats such as [fp32, bf16] ([] for none).",
+    )
+    for precision in ov or []:
+        require_in("export.openvino", precision, OPENVINO_PRECISIONS)
     require_in("export.quantization_arch", x.quantization_arch, ("auto", *QUANTIZATION_ARCHS))
 
     p = x.parity
@@ -214,13 +224,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 if not figures["passed"]:
                     failures.append(parity_failure(name, figures, cfg))
                 embedders[name] = emb
+            # the plain export on OpenVINO's CPU runtime (no file of its own)
+            for variant in openvino_variants(cfg):
+                emb = OnnxEmbedder(source, files["fp32"], variant, max_seq_length=parity_len, threads=threads)
+                figures = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
+                add(variant, "onnx", variant, files["fp32"], figures)
+                logger.info(
+                    f"{variant}: mean cosine {figures['mean_cosine']:.4f}, P@10 {figures['p10']:.4f} "
+                    f"({100 * figures['p10_diff']:+.2f} points vs torch)."
+                )
+                if not figures["passed"]:
+                    failures.append(parity_failure(variant, figures, cfg))
+                embedders[variant] = emb
             if failures:
                 raise ParityError(
                     f"Export of {model_dir} failed the parity gate on {len(texts)} test papers at {parity_len} "
                     "tokens; the previous export is left as it was.\n  "
                     + "\n  ".join(failures)
                     + "\nRelax export.parity.min_cosine / export.parity.max_p10_diff, or drop the variant "
-                    "(export.optimization_levels, export.quantize)."
+                    "(export.optimization_levels, export.quantize, export.openvino)."
                 )
             timed = [n for n in entries if entries[n]["backend"] == "onnx" or entries[n]["variant"] in t.torch]
             mean_tokens = _measure(embedders, entries, timed, bench_texts, lengths, int(t.batch_size), int(t.repeats))
@@ -275,7 +297,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     logger.info("\n" + table)
     sd: dict[str, Any] = report["serving_default"] or {}
     logger.success(
-        f"export: {len(files)} ONNX variant(s) pass parity (mean cosine >= "
+        f"export: {sum(e['backend'] == 'onnx' for e in entries.values())} ONNX variant(s) pass parity (mean cosine >= "
         f"{min(e['parity']['mean_cosine'] for e in entries.values()):.4f}); serving default {sd.get('name')} "
         f"({sd.get('reason', '-')}); wrote {model_dir / ONNX_DIR} and {REPORT_FILE} in {time.perf_counter() - started:.1f}s."
     )
@@ -309,16 +331,23 @@ def _export_base(
             figures[variant] = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
             if not figures[variant]["passed"]:
                 failures.append(parity_failure(f"{BASE_DIR}/onnx-{variant}", figures[variant], cfg))
+        for variant in openvino_variants(cfg):
+            emb = OnnxEmbedder(
+                source, files["fp32"], variant, max_seq_length=int(reference.max_seq_length), threads=threads
+            )
+            figures[variant] = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
+            if not figures[variant]["passed"]:
+                failures.append(parity_failure(f"{BASE_DIR}/{variant}", figures[variant], cfg))
         if failures:
             raise ParityError(
                 f"Export of the base model in {source} failed the parity gate; the previous exports are left as they "
                 "were.\n  "
                 + "\n  ".join(failures)
                 + "\nRelax export.parity.min_cosine / export.parity.max_p10_diff, or drop the variant "
-                "(export.optimization_levels, export.quantize)."
+                "(export.optimization_levels, export.quantize, export.openvino)."
             )
     logger.info(
-        f"{BASE_DIR}/: {len(files)} ONNX variant(s) pass parity (mean cosine >= "
+        f"{BASE_DIR}/: {len(figures)} ONNX variant(s) pass parity (mean cosine >= "
         f"{min(f['mean_cosine'] for f in figures.values()):.4f})."
     )
     return figures
