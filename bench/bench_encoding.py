@@ -9,7 +9,7 @@ Texts: the embedded sample's papers (title + abstract). Every figure is texts/s,
 passes after a warm-up, all at ``--threads`` intra-op threads:
 
 1. **variants**: torch fp32 and bf16, and each ONNX variant of the folder's ``onnx/`` (``inv export`` writes them and
-   checks their parity), at 128 tokens and 256 tokens (each text a paper followed by the next papers' abstracts, so
+   checks their parity; the ``openvino-*`` ones where OpenVINO is installed), at 128 tokens and 256 tokens (each text a paper followed by the next papers' abstracts, so
    that it fills the length: the export's own throughput texts) and on the papers as they are ("real": each paper
    truncated at 256 tokens, most shorter), with each one's ratio to torch fp32 at the same length;
 2. **batching** (the fastest ONNX variant, or torch fp32 without one, on the real papers, batches of 32): the texts
@@ -67,7 +67,13 @@ def main() -> None:
 
     from arxiv_embeddings.backends.batches import token_batches
     from arxiv_embeddings.backends.loading import cpu_supports_bf16
-    from arxiv_embeddings.backends.onnx_embedder import OnnxEmbedder, exported_variants, usable_cpus, variant_file
+    from arxiv_embeddings.backends.onnx_embedder import (
+        OPENVINO_VARIANTS,
+        OnnxEmbedder,
+        exported_variants,
+        usable_cpus,
+        variant_file,
+    )
     from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
     from arxiv_embeddings.export.measure import machine, texts_per_second
     from arxiv_embeddings.io import read_parquet
@@ -105,8 +111,10 @@ def main() -> None:
     embedders: dict[str, Any] = {"torch-fp32": TorchEmbedder(model, device="cpu", precision="fp32")}
     if cpu_supports_bf16():  # emulated bf16 (no AMX / AVX512-BF16) is several times slower than fp32: left out
         embedders["torch-bf16"] = TorchEmbedder(model, device="cpu", precision="bf16")
-    for v in variants:
-        embedders[f"onnx-{v}"] = OnnxEmbedder(model, model / ONNX_DIR / variant_file(v), v, threads=threads)
+    for v in variants:  # named as in the export report: onnx-<variant>, and openvino-* as they are
+        embedders[v if v in OPENVINO_VARIANTS else f"onnx-{v}"] = OnnxEmbedder(
+            model, model / ONNX_DIR / variant_file(v), v, threads=threads
+        )
     filled = _fill(papers, abstracts)
     lengths = {"128": (filled, 128), "256": (filled, 256), "real": (papers, 256)}
     speed: dict[str, dict[str, float]] = {name: {} for name in embedders}
@@ -136,8 +144,8 @@ def main() -> None:
         "p90": float(np.percentile(real_tokens, 90)),
     }
 
-    # 2. batching on the real papers with the fastest ONNX variant
-    onnx_names = [n for n in speed if n.startswith("onnx-")]
+    # 2. batching on the real papers with the fastest ONNX variant (onnxruntime or OpenVINO)
+    onnx_names = [n for n, e in embedders.items() if isinstance(e, OnnxEmbedder)]
     best = max(onnx_names, key=lambda n: speed[n]["real"])
     emb = embedders[best]
     emb.max_seq_length = 256

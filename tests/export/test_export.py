@@ -291,9 +291,11 @@ def test_openvino_variants_match_torch_and_encode_from_several_threads(
         # fp32 is the same arithmetic as onnxruntime's; bf16 rounds every matrix product
         assert cosine.min() >= (0.9999 if variant == "openvino-fp32" else 0.99), (variant, cosine.min())
         np.testing.assert_allclose(emb.encode(texts[::-1], batch_size=32)[::-1], vectors, atol=2e-2)
-        # replicas share the compiled model and keep an infer request each
+        # a replica compiles the model again (one compiled model runs one request at a time)
+        replicas = [emb.replica() for _ in range(3)]
+        assert len({id(e.session.compiled) for e in [emb, *replicas]}) == 4
         with ThreadPoolExecutor(3) as pool:
-            results = list(pool.map(lambda e: e.encode(texts, batch_size=4), [emb.replica() for _ in range(3)]))
+            results = list(pool.map(lambda e: e.encode(texts, batch_size=4), replicas))
         for other in results:
             np.testing.assert_allclose(other, vectors, atol=1e-5)
     with pytest.raises(ValueError, match="runs on OpenVINO's CPU runtime; use device='cpu'"):

@@ -392,12 +392,15 @@ class OnnxEmbedder:
         return normalize_rows(out) if normalize or not post or self.pipeline.normalize else out
 
     def replica(self) -> OnnxEmbedder:
-        """A copy to encode from another thread at the same time: the same session (onnxruntime's ``run`` may be
-        called from several threads; :class:`OpenVinoSession` keeps an infer request per thread), its own tokenizer (a Rust tokenizer must not be used by two threads at once)."""
+        """A copy to encode from another thread at the same time: the same onnxruntime session (its ``run`` may be
+        called from several threads; OpenVINO's model is compiled again, since one runs a request at a time), its own
+        tokenizer (a Rust tokenizer must not be used by two threads at once)."""
         from tokenizers import Tokenizer
 
         clone = copy.copy(self)
         clone.tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        if isinstance(self.session, OpenVinoSession):
+            clone.session = self.session.copy()
         return clone
 
     def __repr__(self) -> str:
@@ -409,9 +412,10 @@ class OnnxEmbedder:
 
 class OpenVinoSession:
     """An ONNX file compiled by OpenVINO for the CPU, with the part of onnxruntime's session the embedder uses
-    (``run(output_names, feed)``): one infer request per calling thread, over one compiled model."""
+    (``run(output_names, feed)``). One compiled model runs one request at a time on its ``threads`` threads (a single
+    stream: the lowest latency for one caller), so a replica for another thread compiles its own (:meth:`copy`)."""
 
-    def __init__(self, onnx_path: Path, precision: str, threads: int) -> None:
+    def __init__(self, onnx_path: Path, precision: str, threads: int, model: Any = None) -> None:
         if not openvino_available():
             raise ExportNotFoundError(
                 f"The openvino-* variants run on OpenVINO, which is not installed: {OPENVINO_INSTALL}; or load an "
@@ -419,17 +423,21 @@ class OpenVinoSession:
             )
         import openvino as ov
 
+        self.onnx_path, self.precision, self.threads = onnx_path, precision, int(threads)
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads)}
-        self.compiled = core.compile_model(
-            core.read_model(str(onnx_path)), "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"}
-        )
+        self.model = model if model is not None else core.read_model(str(onnx_path))
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": self.threads}
+        self.compiled = core.compile_model(self.model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.output_names = [p.get_any_name() for p in self.compiled.outputs]
         self._local = threading.local()
 
+    def copy(self) -> OpenVinoSession:
+        """The same model compiled again: its own stream and threads, for a worker thread of its own."""
+        return OpenVinoSession(self.onnx_path, self.precision, self.threads, model=self.model)
+
     def run(self, output_names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        request = getattr(self._local, "request", None)
+        request = getattr(self._local, "request", None)  # usable from several threads (one request each)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
         result = request.infer(feed)
