@@ -328,6 +328,42 @@ def test_without_openvino_the_default_falls_back_to_the_fastest_onnxruntime_vari
         load_onnx_embedder(folder, variant="openvino-fp32")
 
 
+def test_the_index_encodes_with_an_openvino_variant_on_index_threads(
+    exported: dict, model_dir: Path, processed_root: Path, tmp_path: Path, make_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """index.threads reaches an ONNX model's own threads (before, a one-process run used every core), and an
+    openvino-* variant indexes the same papers as torch does."""
+    from helpers.index import index_overrides
+
+    from arxiv_embeddings.index import stage as index_stage
+    from arxiv_embeddings.index.search import PaperIndex
+
+    loaded: list[Embedder] = []
+    real = index_stage.load_index_embedder
+
+    def recording(*args, **kwargs):  # the stage's own loader, recording what it returned
+        loaded.append(real(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(index_stage, "load_index_embedder", recording)
+    common = ("index.type=flat", "index.eval.queries=50", "index.threads=1")
+    built = index_stage.run(
+        make_cfg(
+            "index",
+            tmp_path / "ov",
+            index_overrides(processed_root, model_dir, *common, "index.backend=onnx", "index.variant=openvino-fp32"),
+        )
+    )
+    (emb,) = loaded
+    assert isinstance(emb, OnnxEmbedder) and (emb.variant, emb.engine, emb.threads) == ("openvino-fp32", "openvino", 1)
+    reference = index_stage.run(
+        make_cfg("index", tmp_path / "torch", index_overrides(processed_root, model_dir, *common))
+    )
+    ov, pt = PaperIndex.load(built["dir"]), PaperIndex.load(reference["dir"])
+    assert ov.metadata.column("arxiv_id").to_pylist() == pt.metadata.column("arxiv_id").to_pylist()
+    np.testing.assert_allclose(ov.index.reconstruct_n(0, len(ov)), pt.index.reconstruct_n(0, len(pt)), atol=1e-4)
+
+
 _TORCH_FREE = textwrap.dedent(
     """
     import importlib.abc, json, sys

@@ -59,6 +59,8 @@ VARIANT_FILES: dict[str, str] = {
 #: Variants that run an ONNX file with OpenVINO instead of onnxruntime: their inference precision (OpenVINO's
 #: INFERENCE_PRECISION_HINT; f32 is asked for explicitly, since OpenVINO runs bf16 by default on a CPU with AMX).
 OPENVINO_VARIANTS: dict[str, str] = {"openvino-fp32": "f32", "openvino-bf16": "bf16"}
+#: Input shapes whose kernels an OpenVINO model keeps (see :class:`OpenVinoSession`).
+OPENVINO_SHAPE_CACHE = 100
 #: How to install what the openvino-* variants need.
 OPENVINO_INSTALL = 'pip install "arxiv-embeddings[openvino]" (in a checkout, uv sync installs it)'
 #: Pooling modes in sentence-transformers' order (the order legacy configs concatenate them in).
@@ -426,8 +428,18 @@ class OpenVinoSession:
         self.onnx_path, self.precision, self.threads = onnx_path, precision, int(threads)
         core = ov.Core()
         self.model = model if model is not None else core.read_model(str(onnx_path))
-        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": self.threads}
-        self.compiled = core.compile_model(self.model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+        config = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            # Pinned, every compiled model (the API's workers, the index's worker processes) put its threads on the
+            # same first cores: two one-thread workers ran at half the speed of one.
+            "ENABLE_CPU_PINNING": False,
+            # Kernels kept for at most this many input shapes: with OpenVINO's default (5,000) a server's memory grew
+            # with every new (batch, length) it saw.
+            "CPU_RUNTIME_CACHE_CAPACITY": OPENVINO_SHAPE_CACHE,
+        }
+        self.compiled = core.compile_model(self.model, "CPU", config)
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.output_names = [p.get_any_name() for p in self.compiled.outputs]
         self._local = threading.local()

@@ -135,7 +135,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     location = model_location(cfg)  # fails on a missing run or folder before any work
     local = fetch_model(location, cfg.paths.cache_dir)  # a model in a bucket: its local copy
     corpus = load_corpus(cfg)
-    embedder = load_index_embedder(ix, local)
+    embedder = load_index_embedder(ix, local, int(ix.threads) if ix.threads else None)
     folder = model_folder(local)
     fingerprint = model_fingerprint(folder) if folder is not None else f"name:{location}"
     # The search task's output, when the model serves it with another one than its own (a subject head over an
