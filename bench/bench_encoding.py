@@ -9,9 +9,10 @@ Texts: the embedded sample's papers (title + abstract). Every figure is texts/s,
 passes after a warm-up, all at ``--threads`` intra-op threads:
 
 1. **variants**: torch fp32 and bf16, and each ONNX variant of the folder's ``onnx/`` (``inv export`` writes them and
-   checks their parity; the ``openvino-*`` ones where OpenVINO is installed), at 128 tokens and 256 tokens (each text a paper followed by the next papers' abstracts, so
-   that it fills the length: the export's own throughput texts) and on the papers as they are ("real": each paper
-   truncated at 256 tokens, most shorter), with each one's ratio to torch fp32 at the same length;
+   checks their parity; the ``openvino-*`` ones where OpenVINO is installed), at 128 tokens and 256 tokens (each
+   text a paper followed by the next papers' abstracts, so that it fills the length: the export's own throughput
+   texts) and on the papers as they are ("real": each paper truncated at 256 tokens, most shorter), with each one's
+   ratio to torch fp32 at the same length;
 2. **batching** (the fastest ONNX variant, or torch fp32 without one, on the real papers, batches of 32): the texts
    in their own order cut into batches of 32 (each padded to its longest text), the same texts grouped by token
    length (what every embedder does within a call), and grouped with a cap of ``--max-batch-tokens`` padded tokens
@@ -68,9 +69,9 @@ def main() -> None:
     from arxiv_embeddings.backends.batches import token_batches
     from arxiv_embeddings.backends.loading import cpu_supports_bf16
     from arxiv_embeddings.backends.onnx_embedder import (
-        OPENVINO_VARIANTS,
         OnnxEmbedder,
         exported_variants,
+        report_name,
         usable_cpus,
         variant_file,
     )
@@ -111,10 +112,8 @@ def main() -> None:
     embedders: dict[str, Any] = {"torch-fp32": TorchEmbedder(model, device="cpu", precision="fp32")}
     if cpu_supports_bf16():  # emulated bf16 (no AMX / AVX512-BF16) is several times slower than fp32: left out
         embedders["torch-bf16"] = TorchEmbedder(model, device="cpu", precision="bf16")
-    for v in variants:  # named as in the export report: onnx-<variant>, and openvino-* as they are
-        embedders[v if v in OPENVINO_VARIANTS else f"onnx-{v}"] = OnnxEmbedder(
-            model, model / ONNX_DIR / variant_file(v), v, threads=threads
-        )
+    for v in variants:  # named as in the export report
+        embedders[report_name(v)] = OnnxEmbedder(model, model / ONNX_DIR / variant_file(v), v, threads=threads)
     filled = _fill(papers, abstracts)
     lengths = {"128": (filled, 128), "256": (filled, 256), "real": (papers, 256)}
     speed: dict[str, dict[str, float]] = {name: {} for name in embedders}

@@ -25,6 +25,7 @@ from arxiv_embeddings.backends.onnx_embedder import (
     exported_variants,
     fastest_onnxruntime_variant,
     load_onnx_embedder,
+    report_name,
     serving_default,
 )
 from arxiv_embeddings.backends.torch_embedder import TorchEmbedder
@@ -102,7 +103,7 @@ def test_every_variant_is_written_where_sentence_transformers_loads_it_and_passe
     assert exported_variants(model_dir) == expected
     report = exported["report"]
     for variant in expected:
-        entry = report["variants"][variant if variant in OPENVINO_VARIANTS else f"onnx-{variant}"]
+        entry = report["variants"][report_name(variant)]
         assert (entry["backend"], entry["variant"]) == ("onnx", variant)
         assert entry["file"] == f"onnx/{VARIANT_FILES[variant]}" and (model_dir / entry["file"]).stat().st_size > 10_000
         assert entry["parity"]["passed"] and entry["parity"]["mean_cosine"] >= 0.99

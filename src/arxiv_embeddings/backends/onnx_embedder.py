@@ -465,6 +465,11 @@ def variant_file(variant: str) -> str:
         raise ValueError(f"Unknown ONNX variant {variant!r}; known variants: {', '.join(VARIANT_FILES)}.") from None
 
 
+def report_name(variant: str) -> str:
+    """The name of a variant's entry in ``export_report.json``: ``onnx-<variant>``, an ``openvino-*`` one as it is."""
+    return variant if variant in OPENVINO_VARIANTS else f"onnx-{variant}"
+
+
 def exported_variants(model_dir: str | os.PathLike[str]) -> list[str]:
     """Variant names whose file is present under ``<model_dir>/onnx/`` (the ``openvino-*`` ones where OpenVINO is
     installed)."""

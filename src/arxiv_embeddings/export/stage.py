@@ -21,6 +21,7 @@ from arxiv_embeddings.backends.loading import (
 from arxiv_embeddings.backends.onnx_embedder import (
     VARIANT_FILES,
     OnnxEmbedder,
+    report_name,
     usable_cpus,
 )
 from arxiv_embeddings.config import (
@@ -77,34 +78,40 @@ from arxiv_embeddings.runner import StageSpec
 from arxiv_embeddings.texts import TEXT_FIELDS
 
 
+def onnx_entries(files: dict[str, Path], ov_variants: list[str]) -> list[tuple[str, str, Path]]:
+    """``(report name, variant, file)`` of each ONNX variant an export checks: ``onnx-<variant>`` for each file
+    written, then each ``openvino-*`` variant over the plain export's file (no file of its own)."""
+    pairs = [*files.items(), *((variant, files["fp32"]) for variant in ov_variants)]
+    return [(report_name(variant), variant, file) for variant, file in pairs]
+
+
+def _distinct_choices(value: Any, key: str, valid: tuple[str, ...], example: str) -> list[Any]:
+    """Require at ``key`` a list without repeats whose items are all in ``valid``; return it."""
+    items = list(value) if OmegaConf.is_list(value) else None
+    require(
+        items is not None and len(set(items)) == len(items),
+        key,
+        f"got {value!r}; expected a list without repeats such as {example} ([] for none).",
+    )
+    for item in items or []:
+        require_in(key, item, valid)
+    return items or []
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the ``export`` settings before any work, naming the offending key."""
     check_missing(cfg)
     x = cfg.export
     require_model_name(x.model, "export.model")
-    levels = list(x.optimization_levels) if OmegaConf.is_list(x.optimization_levels) else None
-    require(
-        levels is not None and len(set(levels)) == len(levels),
-        "export.optimization_levels",
-        f"got {x.optimization_levels!r}; expected a list without repeats such as [O3] ([] for none).",
-    )
-    for level in levels or []:
-        require_in("export.optimization_levels", level, OPTIMIZATION_LEVELS)
-    if "O4" in (levels or []) and not cuda_onnxruntime():
+    levels = _distinct_choices(x.optimization_levels, "export.optimization_levels", OPTIMIZATION_LEVELS, "[O3]")
+    if "O4" in levels and not cuda_onnxruntime():
         raise ConfigError(
             "export.optimization_levels: O4 is fp16 and runs on a GPU only, and this onnxruntime has no "
             "CUDAExecutionProvider; drop O4 (e.g. export.optimization_levels=[O3]) or install onnxruntime-gpu on a "
             "machine with a GPU."
         )
     require(isinstance(x.quantize, bool), "export.quantize", f"got {x.quantize!r}; expected true or false.")
-    ov = list(x.openvino) if OmegaConf.is_list(x.openvino) else None
-    require(
-        ov is not None and len(set(ov)) == len(ov),
-        "export.openvino",
-        f"got {x.openvino!r}; expected a list without repeats such as [fp32, bf16] ([] for none).",
-    )
-    for precision in ov or []:
-        require_in("export.openvino", precision, OPENVINO_PRECISIONS)
+    _distinct_choices(x.openvino, "export.openvino", OPENVINO_PRECISIONS, "[fp32, bf16]")
     require_in("export.quantization_arch", x.quantization_arch, ("auto", *QUANTIZATION_ARCHS))
 
     p = x.parity
@@ -209,12 +216,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             add("torch-bf16", "torch", "bf16", None, parity(ref_vectors, bf16.encode(texts, bs), labels, *thresholds))
             embedders["torch-bf16"] = bf16
 
+        ov_variants = openvino_variants(cfg)
         with atomic_dir(model_dir / ONNX_DIR) as stage_dir:
             files = build_onnx(source, stage_dir, [str(v) for v in x.optimization_levels], arch)
             failures = []
-            for variant, file in files.items():
+            for name, variant, file in onnx_entries(files, ov_variants):
                 emb = OnnxEmbedder(source, file, variant, max_seq_length=parity_len, threads=threads)
-                name = f"onnx-{variant}"
                 figures = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
                 add(name, "onnx", variant, file, figures)
                 logger.info(
@@ -224,18 +231,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 if not figures["passed"]:
                     failures.append(parity_failure(name, figures, cfg))
                 embedders[name] = emb
-            # the plain export on OpenVINO's CPU runtime (no file of its own)
-            for variant in openvino_variants(cfg):
-                emb = OnnxEmbedder(source, files["fp32"], variant, max_seq_length=parity_len, threads=threads)
-                figures = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
-                add(variant, "onnx", variant, files["fp32"], figures)
-                logger.info(
-                    f"{variant}: mean cosine {figures['mean_cosine']:.4f}, P@10 {figures['p10']:.4f} "
-                    f"({100 * figures['p10_diff']:+.2f} points vs torch)."
-                )
-                if not figures["passed"]:
-                    failures.append(parity_failure(variant, figures, cfg))
-                embedders[variant] = emb
             if failures:
                 raise ParityError(
                     f"Export of {model_dir} failed the parity gate on {len(texts)} test papers at {parity_len} "
@@ -250,7 +245,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             # each checked against that model in torch; last, so that a failure here leaves both exports as they were
             base_parity = None
             if (source / BASE_DIR).is_dir():
-                base_parity = _export_base(source / BASE_DIR, model_dir / BASE_DIR, cfg, texts, labels, threads)
+                base_parity = _export_base(
+                    source / BASE_DIR, model_dir / BASE_DIR, cfg, ov_variants, texts, labels, threads
+                )
         best, best_onnx = choose_default(entries)
         for entry in entries.values():
             ref_thr = entries[REFERENCE]["throughput"]
@@ -309,7 +306,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _export_base(
-    source: Path, target: Any, cfg: DictConfig, texts: list[str], labels: Any, threads: int
+    source: Path,
+    target: Any,
+    cfg: DictConfig,
+    ov_variants: list[str],
+    texts: list[str],
+    labels: Any,
+    threads: int,
 ) -> dict[str, Any]:
     """Export the base model a folder keeps in ``base/`` (``source``; written to ``target/onnx``) in the variants
     the main model is exported in, each through the parity gate against that model in torch fp32. Raises
@@ -326,18 +329,11 @@ def _export_base(
     failures = []
     with atomic_dir(target / ONNX_DIR) as stage_dir:
         files = build_onnx(source, stage_dir, [str(v) for v in x.optimization_levels], quantization_arch(cfg))
-        for variant, file in files.items():
+        for name, variant, file in onnx_entries(files, ov_variants):
             emb = OnnxEmbedder(source, file, variant, max_seq_length=int(reference.max_seq_length), threads=threads)
             figures[variant] = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
             if not figures[variant]["passed"]:
-                failures.append(parity_failure(f"{BASE_DIR}/onnx-{variant}", figures[variant], cfg))
-        for variant in openvino_variants(cfg):
-            emb = OnnxEmbedder(
-                source, files["fp32"], variant, max_seq_length=int(reference.max_seq_length), threads=threads
-            )
-            figures[variant] = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
-            if not figures[variant]["passed"]:
-                failures.append(parity_failure(f"{BASE_DIR}/{variant}", figures[variant], cfg))
+                failures.append(parity_failure(f"{BASE_DIR}/{name}", figures[variant], cfg))
         if failures:
             raise ParityError(
                 f"Export of the base model in {source} failed the parity gate; the previous exports are left as they "
