@@ -8,6 +8,8 @@ import math
 import os
 import shutil
 import struct
+import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -21,34 +23,60 @@ STEPS = 4
 pytestmark = pytest.mark.slow
 
 
-def read_wandb_records(path: Path) -> list[dict]:
-    """The records of a .wandb transaction log as dicts.
+def read_wandb_records(path: Path, timeout: float = 60.0) -> list[dict]:
+    """The records of a finished run's .wandb transaction log as dicts, once the log holds its ``exit`` record.
 
-    The file is a 7-byte header (``:W&B``, magic, version) followed by LevelDB-log framed records (32 KiB blocks;
-    each chunk: crc32c, length, type FULL/FIRST/MIDDLE/LAST), each a protobuf ``Record``.
+    ``wandb.finish()`` can return before the W&B service has flushed the log's last block, so a read can see a
+    truncated tail: the read is repeated until every chunk is whole and checks out and the exit record is in, and
+    fails after ``timeout`` seconds saying what was missing.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records, problem = _parse_wandb_log(path.read_bytes())
+        if problem is None and not any("exit" in r for r in records):
+            problem = "no exit record yet"
+        if problem is None:
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} after {timeout:.0f} s: {problem} ({len(records)} records read)")
+        time.sleep(0.2)
+
+
+def _parse_wandb_log(data: bytes) -> tuple[list[dict], str | None]:
+    """The records of a .wandb transaction log, and what is wrong with it (None when every chunk is whole).
+
+    The file is a 7-byte header (``:W&B``, magic, version) followed by LevelDB-log framed records (32 KiB blocks
+    counted from the start of the file; each chunk: CRC-32 of its type and data, length, type FULL/FIRST/MIDDLE/
+    LAST), each a protobuf ``Record``.
     """
     from google.protobuf.json_format import MessageToDict
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = path.read_bytes()
     assert data[:4] == b":W&B", "not a W&B transaction log"
     block, pos, records, pending = 32768, 7, [], b""
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # too little room left in the block for a header: padding
             pos += block - pos % block
             continue
-        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 0 and length == 0:
+        if len(chunk) < length:
+            return records, f"chunk at byte {pos} cut short ({len(chunk)} of {length} bytes)"
+        if kind == 0 and length == 0:  # zero padding at the end of a flushed block
+            pos += 7
             continue
+        if zlib.crc32(bytes([kind]) + chunk) != crc:
+            return records, f"chunk at byte {pos} fails its CRC"
+        pos += 7 + length
         pending += chunk
         if kind in (1, 4):  # FULL or LAST
             record = pb.Record()
             record.ParseFromString(pending)
             records.append(MessageToDict(record))
             pending = b""
-    return records
+    if pending:
+        return records, "the last record's chunks end before its LAST chunk"
+    return records, None
 
 
 def test_offline_wandb_run_has_config_metrics_and_summary(
@@ -91,7 +119,7 @@ def test_offline_wandb_run_has_config_metrics_and_summary(
     # Offline, the run folder's transaction log holds everything `wandb sync` uploads later.
     (run_dir,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")
     (log,) = run_dir.glob("run-*.wandb")
-    records = read_wandb_records(log)
+    records = read_wandb_records(log)  # waits for the exit record: the run was finished, not cut off
 
     run = next(r["run"] for r in records if "run" in r)
     assert run["project"] == "arxiv-embeddings-test" and run["tags"] == ["ops", "test"]
@@ -113,7 +141,6 @@ def test_offline_wandb_run_has_config_metrics_and_summary(
 
     summary = {k: v for r in records if "summary" in r for k, v in _items(r["summary"]["update"]).items()}
     assert summary["train/global_step"] == STEPS and summary["train_loss"] > 0
-    assert any("exit" in r for r in records)  # the run was finished, not cut off
     assert (run_dir / "files" / "output.log").exists()
 
 
