@@ -3,6 +3,7 @@
 uv run inv preprocess --overrides "preprocess.max_per_subject=40"
 uv run inv pipeline            # every stage in order; unchanged stages are skipped
 uv run inv pipeline --force    # re-run every stage
+uv run inv search-encoder      # a search encoder for train.search_model (docs/training.md#a-search-encoder)
 uv run inv publish             # copy finished reports/ into the published results/ (README and docs show those)
 uv run inv test
 uv run inv docs                # the documentation site, strict (docs-serve: live preview)
@@ -69,6 +70,28 @@ def label(ctx: Context, overrides: str = "", force: bool = False) -> None:
 def train(ctx: Context, overrides: str = "", force: bool = False) -> None:
     """Fine-tune the model on the pairs (configs/train.yaml)."""
     _stage(ctx, "train", overrides, force)
+
+
+#: The run a search encoder trains as (``inv search-encoder``): its model is ${paths.models_dir}/<this>/final.
+SEARCH_ENCODER_RUN = "search-encoder"
+
+
+@task(
+    help={
+        "overrides": "Hydra overrides shared with the pipeline, e.g. 'experiment=cpu_budget data.path=... "
+        "paths.root_dir=runs/cpu-budget'",
+        "pairs": "title -> abstract training pairs (one epoch of them)",
+        "force": "run even if unchanged",
+    }
+)
+def search_encoder(ctx: Context, overrides: str = "", pairs: int = 4096, force: bool = False) -> None:
+    """Train a search encoder: the base model on title -> abstract pairs alone (their own pairs folder, no head), to
+    ${paths.models_dir}/search-encoder/final; a subject model keeps it for search with train.search_model=<that
+    folder> (docs/training.md#a-search-encoder)."""
+    search = f"pairs=title_abstract pairs.num_train={pairs} paths.pairs_dir=${{paths.data_dir}}/pairs-search"
+    _stage(ctx, "pairs", f"{overrides} {search}", force)
+    run = f"run_name={SEARCH_ENCODER_RUN} train.head.enabled=false train.search_model=trained"
+    _stage(ctx, "train", f"{overrides} {search} {run}", force)
 
 
 @task(

@@ -78,6 +78,7 @@ VARIANTS: dict[str, list[str]] = {
         f"{SEARCH}.num_train=2048",
         f"{SEARCH}.batch_sampler=subject_groups",
         "train.head.enabled=true",
+        "train.head.kind=lda",
     ],
     "mix-3k-1.5k-groups-head": [
         "mix=subject_search",
@@ -85,6 +86,7 @@ VARIANTS: dict[str, list[str]] = {
         f"{SEARCH}.num_train=1536",
         f"{SEARCH}.batch_sampler=subject_groups",
         "train.head.enabled=true",
+        "train.head.kind=lda",
     ],
     # No fine-tuning: the base model kept as it is (it serves search) and the subject head alone fit over it.
     "frozen-head": ["train.fine_tune=false", "train.head.enabled=true", "train.head.kind=lda"],
@@ -96,6 +98,16 @@ VARIANTS: dict[str, list[str]] = {
         "train.head.enabled=true",
         "train.head.kind=lda",
         "train.search_model=base",
+    ],
+    # Search pairs alone (title -> abstract, MNRL), one pair per subject a batch: what in-domain search pairs do to
+    # search on their own, the candidate for a search encoder beside the subject one.
+    "search-4k": ["mix=none", "pairs=title_abstract", "pairs.num_train=4096"],
+    # The same in batches of 8 subjects x 4 papers: 3 same-subject abstracts as hard negatives of each title.
+    "search-4k-groups": [
+        "mix=none",
+        "pairs=title_abstract",
+        "pairs.num_train=4096",
+        "train.batch_sampler=subject_groups",
     ],
     # Subject + search + graded (CoSENT on the Jaccard overlap of subject lists).
     "mix3-graded-groups": [
@@ -113,6 +125,9 @@ COMMON = [
     "trainer.per_device_train_batch_size=32",
     "trainer.max_steps=-1",
     "train.papers_per_subject=4",
+    # no subject head, and search served by the trained encoder, unless a variant says otherwise
+    "train.head.enabled=false",
+    "train.search_model=trained",
 ]
 
 
@@ -323,18 +338,18 @@ def main() -> None:
     )
     metrics = ("subject P@10", "search R@1", "graded")
     header = f"{'variant':<20}{'train s':>8}{'CPU-min':>8}" + "".join(
-        f"{f'{split} {m}':>30}" for split in sets for m in metrics
+        f"{f'{split} {m}':>36}" for split in sets for m in metrics
     )
     print(header)
     print(
-        f"{'zero-shot':<20}{'-':>8}{'-':>8}" + "".join(f"{zs[split][m] or 0:>30.4f}" for split in sets for m in metrics)
+        f"{'zero-shot':<20}{'-':>8}{'-':>8}" + "".join(f"{zs[split][m] or 0:>36.4f}" for split in sets for m in metrics)
     )
     for name, r in rows.items():
         cells = []
         for split in sets:
             for m in metrics:
                 value, g = r[f"{split} {m}"], r[f"{split} {m} gain"]
-                cells.append(f"{f'{value:.4f} {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}]':>30}")
+                cells.append(f"{f'{value:.4f} {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}]':>36}")
         print(f"{name:<20}{r['train_wall_s']:>8.0f}{r['train_cpu_min']:>8.1f}" + "".join(cells))
 
 

@@ -1,7 +1,9 @@
-"""Invoke tasks end to end: `inv preprocess` and `inv pairs` on a slice, skipping and re-running as configs change."""
+"""Invoke tasks end to end: `inv preprocess` and `inv pairs` on a slice, skipping and re-running as configs change;
+`inv search-encoder` on the tiny model."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +81,26 @@ def test_a_bad_override_exits_nonzero_with_the_key(tmp_path: Path) -> None:
     assert "preprocess.split" in proc.stderr and "sum to 1" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_search_encoder_trains_on_title_abstract_pairs_in_their_own_folder(
+    tmp_path: Path, processed_root: Path, tiny_model_dir: Path
+) -> None:
+    from helpers.train import FAST
+
+    from arxiv_embeddings.config import compose
+    from arxiv_embeddings.train import stage as train_stage
+
+    shutil.copytree(processed_root / "data" / "processed", tmp_path / "data" / "processed")
+    overrides = f"paths.root_dir={tmp_path} model.name={tiny_model_dir} pairs.num_eval=16 {' '.join(FAST)}"
+    inv("search-encoder", "--pairs", "64", "--overrides", overrides)
+
+    assert read_json(tmp_path / "data" / "pairs-search" / "manifest.json")["files"]["train"]["rows"] == 64
+    assert not (tmp_path / "data" / "pairs").exists()  # the subject pairs' folder is not touched
+    final = tmp_path / "models" / "search-encoder" / "final"
+    summary = read_json(final / "train_summary.json")
+    assert summary["pair_type"] == "title_abstract" and summary["global_step"] == 3
+    assert summary["head"] is None and summary["search_model"] == "trained"
+    assert read_json(final / "tasks.json")["tasks"]["search"] == "model"
+    # a subject model can keep it for search
+    train_stage.validate(compose("train", [f"paths.root_dir={tmp_path}", f"train.search_model={final}"]))

@@ -1,6 +1,7 @@
 """train.search_model=base: the trained model and its untouched base model in one folder (SPECTER2-style), search
 served by the base (tasks.json ``search: base``); the torch and ONNX embedders, the export, the evaluation and the
-API each serve the ``base`` output from ``base/``, and a folder that names it without ``base/`` fails naming both."""
+API each serve the ``base`` output from ``base/``, and a folder that names it without ``base/`` fails naming both.
+train.search_model=<folder> keeps a model trained for search there instead."""
 
 from __future__ import annotations
 
@@ -77,6 +78,47 @@ def test_a_single_model_embedder_and_a_folder_without_base_name_the_fix(two_mode
 def test_an_unknown_search_model_is_named(tmp_path: Path) -> None:
     cfg = compose("train", [f"paths.root_dir={tmp_path}", "train.search_model=frozen"])
     with pytest.raises(ConfigError, match=r"train.search_model.*frozen"):
+        train_stage.validate(cfg)
+
+
+def test_a_model_trained_for_search_is_kept_in_place_of_the_base(
+    tmp_path: Path, processed_root: Path, tiny_model_dir: Path, base_vectors: np.ndarray
+) -> None:
+    """train.search_model=<folder>: a run on title -> abstract pairs alone (no head, search by its own encoder) is kept
+    in the subject model's base/ and serves search there; the subject run's inputs hold its files."""
+    shutil.copytree(processed_root / "data" / "processed", tmp_path / "data" / "processed")
+    search_pairs = [f"paths.pairs_dir={tmp_path / 'data' / 'pairs-search'}", "pairs=title_abstract"]
+    common = [f"paths.root_dir={tmp_path}", "pairs.num_train=64", "pairs.num_eval=16"]
+    pairs.run(compose("pairs", [*common, *search_pairs]))
+    pairs.run(compose("pairs", common))
+    model = [f"model.name={tiny_model_dir}", *FAST]
+    searcher = Path(
+        train_stage.run(
+            compose("train", [*common, *search_pairs, *model, "run_name=search", "train.search_model=trained"])
+        )["model"]
+    )
+    searcher_vectors = TorchEmbedder(searcher, device="cpu").encode(TEXTS)
+    assert np.abs(searcher_vectors - base_vectors).max() > 1e-4  # trained: not the base any more
+
+    cfg = compose("train", [*common, *model, *HEAD, "run_name=subject", f"train.search_model={searcher}"])
+    assert set(train_stage.SPEC.inputs(cfg)) >= {searcher / "modules.json", searcher / "model.safetensors"}
+    folder = Path(train_stage.run(cfg)["model"])
+    assert read_json(folder / "tasks.json")["tasks"]["search"] == "base"
+    assert read_json(folder / "train_summary.json")["search_model"] == f"{searcher} (trained for search, in base/)"
+    embedder = load_embedder(folder, backend="torch", device="cpu")
+    np.testing.assert_allclose(embedder.encode(TEXTS, output="base"), searcher_vectors, atol=1e-5)
+    assert np.abs(embedder.encode(TEXTS) - searcher_vectors).max() > 1e-4  # subjects: the subject model and its head
+
+
+def test_a_search_model_folder_that_cannot_serve_search_whole_is_refused(two_models: Path, tmp_path: Path) -> None:
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", f"train.search_model={not_a_model}"])
+    with pytest.raises(ConfigError, match=r"train.search_model=.*empty: not a sentence-transformers model folder"):
+        train_stage.validate(cfg)
+    # a folder that serves search with its own base/ (or through a head) is not one search model
+    cfg = compose("train", [f"paths.root_dir={tmp_path}", f"train.search_model={two_models}"])
+    with pytest.raises(ConfigError, match=r"serves search with its 'base' output.*pairs=title_abstract"):
         train_stage.validate(cfg)
 
 

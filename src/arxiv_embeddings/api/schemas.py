@@ -187,7 +187,7 @@ class HealthResponse(BaseModel):
     tasks: dict[str, str] = Field(
         description="Each task served (`task` of /embed, `model` of /v1/embeddings) and the model output that "
         "computes it: `model` (every module of the folder), `encoder` (the Transformer and Pooling only) or `base` "
-        "(the untouched base model the folder keeps in base/).",
+        "(the model the folder keeps in base/ for search: the untouched base model, or one trained for search).",
         examples=[{"subject": "model", "search": "encoder", "graded": "model"}],
     )
     search_output: str | None = Field(

@@ -8,9 +8,10 @@ task adapters:
 - ``model``: every module of the sentence-transformers folder (``modules.json``), e.g. Transformer -> Pooling ->
   Normalize, or with the subject head Transformer -> Pooling -> Normalize -> Dense -> Normalize;
 - ``encoder``: the Transformer and Pooling only, L2-normalized (the encoder without any head);
-- ``base``: the untouched base model a trained folder keeps in its ``base/`` (``layout.BASE_DIR``, a
-  sentence-transformers folder of its own; ``train.search_model=base``), every module of it: search as the model
-  started, beside a model trained for subjects.
+- ``base``: the model a trained folder keeps in its ``base/`` (``layout.BASE_DIR``, a sentence-transformers
+  folder of its own), every module of it: the untouched base model (``train.search_model=base``, search as the
+  model started) or a model trained for search (``train.search_model=<folder>``), beside a model trained for
+  subjects.
 
 ``tasks.json`` maps each task to an output and names the default task::
 
@@ -37,13 +38,13 @@ from arxiv_embeddings.layout import BASE_DIR, TASKS_FILE
 MODEL = "model"
 #: The Transformer and the Pooling only, L2-normalized.
 ENCODER = "encoder"
-#: The untouched base model in the folder's ``base/``.
+#: The model in the folder's ``base/``: the untouched base model, or one trained for search.
 BASE = "base"
 #: The outputs an embedder computes, and what each is.
 OUTPUTS: dict[str, str] = {
     MODEL: "every module of the folder's modules.json",
     ENCODER: "the Transformer and Pooling only, L2-normalized: no head",
-    BASE: f"the untouched base model in the folder's {BASE_DIR}/",
+    BASE: f"the search model in the folder's {BASE_DIR}/ (the untouched base model, or one trained for search)",
 }
 #: The tasks a model serves, in the order they are listed.
 TASKS = ("subject", "search", "graded")

@@ -22,7 +22,8 @@ def served_tasks(has_head: bool, base: bool = False) -> dict[str, Any]:
     """The tasks.json of a trained model: which output serves each task (the API's ``task``). Every module of the
     folder serves all three; a subject head is fit on subjects alone, so with one, search is served by the encoder
     under it (with the mix the encoder itself learnt search, bench/README.md#tasks). With ``base``
-    (``train.search_model=base``), search is served by the untouched base model the folder keeps in ``base/``."""
+    (``train.search_model=base`` or a search model's folder), search is served by the untouched base model, or that
+    search model, the folder keeps in ``base/``."""
     search_output = "base" if base else "encoder" if has_head else "model"
     return {"default": "subject", "tasks": {"subject": "model", "search": search_output, "graded": "model"}}
 
@@ -38,8 +39,8 @@ def save_final(
     search_model: Any = None,
 ) -> None:
     """Write ``final`` atomically: the model (or, with ``adapter_base``, only its LoRA adapter over that base), the
-    resolved config, the train summary and the tasks map; with ``search_model`` (the untouched base model,
-    ``train.search_model=base``) that model in ``final/base/``."""
+    resolved config, the train summary and the tasks map; with ``search_model`` (``train.search_model``: the untouched
+    base model, or a model trained for search) that model in ``final/base/``."""
     with atomic_dir(final) as tmp:
         if adapter_base is None:
             model.save(str(tmp))

@@ -42,8 +42,41 @@ from arxiv_embeddings.train.saving import save_final, save_lora, served_tasks
 from arxiv_embeddings.train.sets import split_evaluator, training_sets
 from arxiv_embeddings.train.trainer import resolve_precision, trainer_class, training_args
 
-#: ``train.search_model``: the trained model's own encoder serves search, or the untouched base model kept beside it.
+#: ``train.search_model``: the trained model's own encoder serves search, or the untouched base model kept beside it
+#: (or, any other value, the sentence-transformers folder of a model trained for search, kept beside it instead).
 SEARCH_MODELS = ("trained", "base")
+
+
+def search_folder(cfg: DictConfig) -> Path | None:
+    """The model folder ``train.search_model`` names (a value other than ``trained`` and ``base``), else None."""
+    value = str(cfg.train.get("search_model", "trained"))
+    return None if value in SEARCH_MODELS else Path(value)
+
+
+def check_search_folder(folder: Path) -> None:
+    """A folder given as ``train.search_model``: a sentence-transformers model whose every module serves search (no
+    head of its own, no search model of its own), so that it can be kept as the ``base`` output."""
+    from arxiv_embeddings.backends.tasks import MODEL, TasksFileError, read_tasks
+
+    fix = (
+        "choose trained, base, or the final/ folder of a run trained for search (e.g. pairs=title_abstract "
+        "train.head.enabled=false train.search_model=trained; docs/training.md#a-search-encoder)."
+    )
+    require(
+        (folder / "modules.json").is_file(),
+        f"train.search_model={folder}",
+        f"not a sentence-transformers model folder (no modules.json there); {fix}",
+    )
+    try:
+        output = read_tasks(folder).output_of("search")
+    except TasksFileError as err:
+        raise ConfigError(f"train.search_model={folder}: {err}") from err
+    require(
+        output == MODEL,
+        f"train.search_model={folder}",
+        f"that folder serves search with its {output!r} output, not with the whole model, so it cannot be kept as "
+        f"this model's search output; {fix}",
+    )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -62,8 +95,9 @@ def validate(cfg: DictConfig) -> None:
         "train.fine_tune",
         f"got {cfg.train.get('fine_tune')!r}; expected true or false.",
     )
-    search_model = cfg.train.get("search_model", "trained")
-    require_in("train.search_model", search_model, SEARCH_MODELS)
+    folder = search_folder(cfg)
+    if folder is not None:
+        check_search_folder(folder)
     if not fine_tunes(cfg):
         require(
             not cfg.model.get("lora"),
@@ -263,13 +297,20 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
     }
     # 10. with train.search_model=base, the untouched base model beside it (at the served length) serves search
-    # (without fine-tuning the encoder is the base already: it serves search itself, and no copy is kept)
-    keep_base = cfg.train.get("search_model", "trained") == "base" and fine_tunes(cfg)
+    # (without fine-tuning the encoder is the base already: it serves search itself, and no copy is kept); with a
+    # model folder, that model (trained for search) is kept there instead
+    folder = search_folder(cfg)
+    keep_base = folder is not None or (cfg.train.get("search_model", "trained") == "base" and fine_tunes(cfg))
     pooling = str(cfg.model.get("pooling", "mean"))
-    search_model = (
-        load_model(base, device="cpu", max_seq_length=model.max_seq_length, pooling=pooling) if keep_base else None
-    )
-    summary["search_model"] = f"{base} (untouched, in {BASE_DIR}/)" if keep_base else "trained"
+    search_model = None
+    if folder is not None:
+        search_model = load_model(str(folder), device="cpu", max_seq_length=model.max_seq_length)
+        summary["search_model"] = f"{folder} (trained for search, in {BASE_DIR}/)"
+    elif keep_base:
+        search_model = load_model(base, device="cpu", max_seq_length=model.max_seq_length, pooling=pooling)
+        summary["search_model"] = f"{base} (untouched, in {BASE_DIR}/)"
+    else:
+        summary["search_model"] = "trained"
     save_final(
         model,
         final,
@@ -354,6 +395,9 @@ def _inputs(cfg: DictConfig) -> list[Path]:
         files += [folder / split_file("train"), folder / split_file("eval"), folder / pair_meta_file("train")]
         files.append(folder / MANIFEST_FILE)
     model_path = Path(str(cfg.model.name))
+    searcher = search_folder(cfg)
+    if searcher is not None:  # the search model kept beside the trained one
+        files += model_files(searcher)
     if head_enabled(cfg):  # the head is fit on papers of the processed train split
         files.append(processed_split(cfg, "train"))
     # the evaluators score papers of the processed eval split during training and of the test split after it
