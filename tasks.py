@@ -74,6 +74,7 @@ def train(ctx: Context, overrides: str = "", force: bool = False) -> None:
 
 #: The run a search encoder trains as (``inv search-encoder``): its model is ${paths.models_dir}/<this>/final.
 SEARCH_ENCODER_RUN = "search-encoder"
+FINAL = "final"
 
 
 @task(
@@ -160,10 +161,15 @@ def publish(ctx: Context, source: str = "reports", dest: str = "results", runs: 
     help={
         "overrides": "Hydra overrides passed to every stage (all stages share one config tree: configs/base.yaml)",
         "force": "re-run every stage even if unchanged",
+        "search_pairs": "first train a search encoder on this many title -> abstract pairs (inv search-encoder) and "
+        "keep it for search in place of the base model (train.search_model); 0: none",
     }
 )
-def pipeline(ctx: Context, overrides: str = "", force: bool = False) -> None:
+def pipeline(ctx: Context, overrides: str = "", force: bool = False, search_pairs: int = 0) -> None:
     """Run every stage in order, then the comparison table; a stage whose inputs and config are unchanged is skipped."""
+    if search_pairs:
+        search_encoder(ctx, overrides, pairs=search_pairs, force=force)
+        overrides = f"{overrides} train.search_model=${{paths.models_dir}}/{SEARCH_ENCODER_RUN}/{FINAL}"
     for stage in STAGES:
         _stage(ctx, stage, overrides, force)
     compare(ctx, overrides)
