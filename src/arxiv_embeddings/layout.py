@@ -29,7 +29,8 @@ SPLITS = ("train", "eval", "test")
 FINAL_DIR = "final"
 ADAPTER_DIR = "adapter"
 #: Inside a trained model folder (``train.search_model=base`` or a search model's folder): the untouched base model or
-#: that search model, a sentence-transformers folder of its own that serves search (the ``base`` output of :mod:`arxiv_embeddings.backends.tasks`).
+#: that search model, a sentence-transformers folder of its own that serves search (the ``base`` output of
+#: :mod:`arxiv_embeddings.backends.tasks`).
 BASE_DIR = "base"
 #: The trainer's checkpoints: ``<run>/checkpoints`` (with the models in a bucket, on local disk in
 #: ``${paths.log_dir}/checkpoints/<run>``, copied to ``<run>/checkpoints`` in the bucket).
