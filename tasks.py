@@ -19,6 +19,8 @@ import sys
 
 from invoke import Context, task
 
+from arxiv_embeddings.layout import FINAL_DIR
+
 WINDOWS = os.name == "nt"
 PYTHON = shlex.quote(sys.executable)
 # Stages in pipeline order; each is `python -m arxiv_embeddings.<stage>` with configs/<stage>.yaml.
@@ -74,7 +76,6 @@ def train(ctx: Context, overrides: str = "", force: bool = False) -> None:
 
 #: The run a search encoder trains as (``inv search-encoder``): its model is ${paths.models_dir}/<this>/final.
 SEARCH_ENCODER_RUN = "search-encoder"
-FINAL = "final"
 
 
 @task(
@@ -169,7 +170,7 @@ def pipeline(ctx: Context, overrides: str = "", force: bool = False, search_pair
     """Run every stage in order, then the comparison table; a stage whose inputs and config are unchanged is skipped."""
     if search_pairs:
         search_encoder(ctx, overrides, pairs=search_pairs, force=force)
-        overrides = f"{overrides} train.search_model=${{paths.models_dir}}/{SEARCH_ENCODER_RUN}/{FINAL}"
+        overrides = f"{overrides} train.search_model=${{paths.models_dir}}/{SEARCH_ENCODER_RUN}/{FINAL_DIR}"
     for stage in STAGES:
         _stage(ctx, stage, overrides, force)
     compare(ctx, overrides)

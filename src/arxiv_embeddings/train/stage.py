@@ -300,23 +300,20 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     # (without fine-tuning the encoder is the base already: it serves search itself, and no copy is kept); with a
     # model folder, that model (trained for search) is kept there instead
     folder = search_folder(cfg)
-    keep_base = folder is not None or (cfg.train.get("search_model", "trained") == "base" and fine_tunes(cfg))
-    pooling = str(cfg.model.get("pooling", "mean"))
-    search_model = None
+    search_model, summary["search_model"] = None, "trained"
     if folder is not None:
         search_model = load_model(str(folder), device="cpu", max_seq_length=model.max_seq_length)
         summary["search_model"] = f"{folder} (trained for search, in {BASE_DIR}/)"
-    elif keep_base:
+    elif cfg.train.get("search_model", "trained") == "base" and fine_tunes(cfg):
+        pooling = str(cfg.model.get("pooling", "mean"))
         search_model = load_model(base, device="cpu", max_seq_length=model.max_seq_length, pooling=pooling)
         summary["search_model"] = f"{base} (untouched, in {BASE_DIR}/)"
-    else:
-        summary["search_model"] = "trained"
     save_final(
         model,
         final,
         config_yaml=config_yaml,
         summary=summary,
-        tasks=served_tasks(head_info is not None, base=keep_base),
+        tasks=served_tasks(head_info is not None, base=search_model is not None),
         adapter_base=base if lora_info is not None and not lora_info["merged"] else None,
         search_model=search_model,
     )
