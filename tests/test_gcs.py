@@ -485,7 +485,7 @@ def test_an_index_job_on_two_machines_shares_its_shards_through_the_bucket(
 # ---------------------------------------------------------------------------------------- serving from a bucket
 @pytest.mark.slow
 def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
-    gcs, stage_bucket: str, tmp_path: Path, make_cfg, processed_root: Path, tiny_model_dir: Path, monkeypatch
+    gcs, tmp_path: Path, make_cfg, processed_root: Path, tiny_model_dir: Path, monkeypatch
 ) -> None:
     import re
 
@@ -515,7 +515,10 @@ def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
         )
     )
     fs.put(str(built["dir"]), f"{BUCKET}/serving/indexes/tiny", recursive=True)
-    model_url, index_url = f"gs://{stage_bucket}/models/tiny/final", f"gs://{BUCKET}/serving/indexes/tiny"
+    # A model folder of its own: the stages' copy gains an ONNX export in an earlier test, and the server would then
+    # serve whichever variant that export found fastest on this CPU (OpenVINO bf16 on some) instead of torch fp32.
+    fs.put(str(tiny_model_dir), f"{BUCKET}/serving/models/tiny/final", recursive=True)
+    model_url, index_url = f"gs://{BUCKET}/serving/models/tiny/final", f"gs://{BUCKET}/serving/indexes/tiny"
     cache = tmp_path / "serve-cache"
     settings = make_settings(
         tmp_path, model_url, "serve.search=true", f"serve.index_path={index_url}", f"serve.cache_dir={cache}"
@@ -524,6 +527,7 @@ def test_the_api_serves_a_model_and_an_index_from_the_bucket_copied_once(
     with TestClient(create_app(settings)) as client:
         health = wait_ready(client)
         assert health["model_path"] == model_url and health["index_size"] == len(PaperIndex.load(built["dir"]))
+        assert health["backend"] == "torch", health
         served = np.asarray(client.post("/embed", json={"input": texts}).json()["embeddings"])
         hits = client.post("/search", json={"text": texts[0], "k": 3})
         assert hits.status_code == 200 and len(hits.json()["results"]) == 3
