@@ -84,7 +84,7 @@ def paper_text(table: pa.Table | pd.DataFrame, text: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ sampling
 #: Seeded random choices of rows, one stream per purpose, so that one choice never shifts another.
-SAMPLE_STREAMS = {"test": 0, "train": 1, "tfidf_fit": 2, "plot": 3}
+SAMPLE_STREAMS = {"test": 0, "train": 1, "tfidf_fit": 2, "plot": 3, "calibration": 4}
 
 
 def sample_rows(n: int, cap: int | None, seed: int, stream: str) -> np.ndarray:

@@ -49,8 +49,8 @@ from arxiv_embeddings.runner import execute
 
 LEVELS = ["O1", "O3"]
 LENGTHS = [32, 64]
-#: The openvino-* variants the default export.openvino=[fp32, bf16] measures here (bf16 only with native bf16).
-OPENVINO = ["openvino-fp32", *(["openvino-bf16"] if cpu_supports_bf16() else [])]
+#: The openvino-* variants the default export.openvino=[fp32, bf16, int8] measures here (bf16 only with native bf16).
+OPENVINO = ["openvino-fp32", *(["openvino-bf16"] if cpu_supports_bf16() else []), "openvino-int8"]
 
 
 def export_overrides(processed_root: Path, *extra: str) -> list[str]:
@@ -108,7 +108,7 @@ def test_every_variant_is_written_where_sentence_transformers_loads_it_and_passe
         assert entry["file"] == f"onnx/{VARIANT_FILES[variant]}" and (model_dir / entry["file"]).stat().st_size > 10_000
         assert entry["parity"]["passed"] and entry["parity"]["mean_cosine"] >= 0.99
         assert abs(entry["parity"]["p10_diff"]) <= 0.01
-    # the OpenVINO variants run the plain export: no file of their own
+    # openvino-fp32 and -bf16 run the plain export (no file of their own), openvino-int8 its static quantization
     assert sorted(p.name for p in (model_dir / "onnx").glob("*.onnx")) == sorted({VARIANT_FILES[v] for v in expected})
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".") and p.name != ".stage-export.json"]
     # int8: the weight MatMuls are quantized, the attention (activation x activation) ones stay fp32.
@@ -185,11 +185,11 @@ def test_unchanged_export_is_skipped_and_the_model_files_are_untouched(
 def _break_o1(original):
     """A build that writes a corrupted model_O1.onnx: one initializer (the token embeddings) replaced by noise."""
 
-    def build(model_dir, out_dir, levels, arch):
+    def build(model_dir, out_dir, levels, arch, calibration=None):
         import onnx
         from onnx import numpy_helper
 
-        files = original(model_dir, out_dir, levels, arch)
+        files = original(model_dir, out_dir, levels, arch, calibration)
         graph = onnx.load(str(files["O1"]))
         init = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
         values = numpy_helper.to_array(init)
@@ -276,6 +276,43 @@ def test_onnx_embedder_matches_the_torch_model(exported: dict, model_dir: Path, 
         emb.encode("one string")  # type: ignore[arg-type]
 
 
+def test_static_int8_quantizes_every_weight_matmul_and_calibrates_on_train_papers(
+    exported: dict, model_dir: Path, processed_root: Path, project: Path, make_cfg
+) -> None:
+    import onnx
+
+    from arxiv_embeddings.export.measure import load_calibration
+
+    graph = onnx.load(str(model_dir / "onnx" / VARIANT_FILES["openvino-int8"])).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    matmuls = {n.name: [producer.get(i, "initializer") for i in n.input] for n in graph.node if n.op_type == "MatMul"}
+    weights = [name for name in matmuls if name not in activation_matmuls(model_dir / "onnx" / "model.onnx")]
+    assert len(weights) == 6 * 2  # q, k, v, out, ffn in, ffn out per layer
+    for name in weights:  # int8 weight and int8 activation, each dequantized right before the product
+        assert matmuls[name] == ["DequantizeLinear", "DequantizeLinear"], (name, matmuls[name])
+    # the product of the softmax probabilities and the values stays in floating point (NNCF's transformer preset)
+    assert [n for n, inputs in matmuls.items() if "Softmax" in inputs] == [
+        f"/encoder/layer.{i}/attention/self/MatMul_1" for i in range(2)
+    ]
+    report = exported["report"]["variants"]["openvino-int8"]
+    assert report["file"] == "onnx/model_qint8_static.onnx" and report["parity"]["passed"]
+
+    # The calibration papers: a seeded choice of train papers, never the test papers the gate scores.
+    processed = processed_root / "data" / "processed"
+    cfg = make_cfg("export", project, [*export_overrides(processed_root), "export.calibration.papers=50"])
+    chosen = load_calibration(cfg)
+    train = set(paper_text(pq.read_table(processed / "train.parquet"), "title_abstract"))
+    test = set(paper_text(pq.read_table(processed / "test.parquet"), "title_abstract"))
+    assert len(chosen) == len(set(chosen)) == 50 and set(chosen) <= train and not set(chosen) & test
+    assert load_calibration(cfg) == chosen
+    assert (
+        load_calibration(
+            make_cfg("export", project, [*export_overrides(processed_root), "seed=1", "export.calibration.papers=50"])
+        )
+        != chosen
+    )
+
+
 def test_openvino_variants_match_torch_and_encode_from_several_threads(
     exported: dict, model_dir: Path, texts: list[str]
 ) -> None:
@@ -285,11 +322,11 @@ def test_openvino_variants_match_torch_and_encode_from_several_threads(
     for variant in OPENVINO:
         emb = load_embedder(model_dir, backend="onnx", variant=variant)
         assert isinstance(emb, OnnxEmbedder) and (emb.backend, emb.variant, emb.engine) == ("onnx", variant, "openvino")
-        assert emb.onnx_path.name == VARIANT_FILES["fp32"] and "engine='openvino'" in repr(emb)
+        assert emb.onnx_path.name == VARIANT_FILES[variant] and "engine='openvino'" in repr(emb)
         vectors = emb.encode(texts, batch_size=5)
         assert vectors.dtype == np.float32 and vectors.shape == reference.shape
         cosine = np.sum(vectors * reference, axis=1)
-        # fp32 is the same arithmetic as onnxruntime's; bf16 rounds every matrix product
+        # fp32 is the same arithmetic as onnxruntime's; bf16 rounds every matrix product, int8 the quantized ones
         assert cosine.min() >= (0.9999 if variant == "openvino-fp32" else 0.99), (variant, cosine.min())
         np.testing.assert_allclose(emb.encode(texts[::-1], batch_size=32)[::-1], vectors, atol=2e-2)
         # a replica compiles the model again (one compiled model runs one request at a time)
@@ -451,8 +488,10 @@ def test_clear_errors(exported: dict, project: Path, processed_root: Path, make_
             export_stage.validate(cfg("export.optimization_levels=[O4]"))
     with pytest.raises(ConfigError, match=r"export\.parity\.min_cosine"):
         export_stage.validate(cfg("export.parity.min_cosine=1.5"))
-    with pytest.raises(ConfigError, match=r"export\.openvino='int8'.*fp32, bf16"):
-        export_stage.validate(cfg("export.openvino=[int8]"))
+    with pytest.raises(ConfigError, match=r"export\.openvino='int4'.*fp32, bf16, int8"):
+        export_stage.validate(cfg("export.openvino=[int4]"))
+    with pytest.raises(ConfigError, match=r"export\.calibration\.papers"):
+        export_stage.validate(cfg("export.calibration.papers=0"))
     with pytest.raises(ConfigError, match=r"export\.openvino.*without repeats"):
         export_stage.validate(cfg("export.openvino=bf16"))
     with pytest.raises(ConfigError, match=r"export\.throughput\.torch"):
@@ -477,9 +516,16 @@ def test_quantization_arch_detection_and_hub_names(project: Path, processed_root
     # Its stage inputs are the files of its local source, the same before and after it is saved under models/.
     source = Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
     inputs = export_stage.SPEC.inputs(cfg)
-    assert source / "model.safetensors" in inputs and inputs[-1].name == "test.parquet"
-    assert all(p.is_relative_to(source) for p in inputs[:-1])
-    assert [p.parent.name for p in export_stage.SPEC.outputs(cfg)[:-1]] == ["onnx"] * len(planned_variants(cfg))
+    # ... then the test split of the gate and the train split that openvino-int8 calibrates on.
+    assert source / "model.safetensors" in inputs and [p.name for p in inputs[-2:]] == ["test.parquet", "train.parquet"]
+    assert all(p.is_relative_to(source) for p in inputs[:-2])
+    outputs = export_stage.SPEC.outputs(cfg)[:-1]
+    assert [p.parent.name for p in outputs] == ["onnx"] * (len(planned_variants(cfg)) + 1)
+    assert outputs[-1].name == VARIANT_FILES["openvino-int8"]
+    no_int8 = make_cfg(
+        "export", project, ["export.model=sentence-transformers/all-MiniLM-L6-v2", "export.openvino=[fp32]"]
+    )
+    assert [p.name for p in export_stage.SPEC.inputs(no_int8)[-1:]] == ["test.parquet"]
 
 
 @pytest.mark.slow

@@ -15,9 +15,11 @@ Supported: Transformer -> Pooling, then any sequence of Normalize and linear Den
 the subject head of ``train.head``, weights read with safetensors' NumPy loader); another module fails with its name.
 ``encode(texts, output="encoder")`` leaves out every module after the Pooling (the encoder without its head).
 
-The ``openvino-*`` variants run the plain export (``onnx/model.onnx``) with OpenVINO's CPU runtime instead of
-onnxruntime, at the inference precision their name gives (``bf16`` uses AMX / AVX512-BF16 where the CPU has them);
-they need the ``openvino`` extra (``pip install "arxiv-embeddings[openvino]"``).
+The ``openvino-*`` variants run an ONNX file with OpenVINO's CPU runtime instead of onnxruntime: ``openvino-fp32``
+and ``openvino-bf16`` the plain export (``onnx/model.onnx``) at the precision their name gives (``bf16`` uses AMX /
+AVX512-BF16 where the CPU has them), ``openvino-int8`` its static int8 quantization
+(``onnx/model_qint8_static.onnx``: VNNI, AMX-INT8 or AVX2 integer kernels); they need the ``openvino`` extra
+(``pip install "arxiv-embeddings[openvino]"``).
 """
 
 from __future__ import annotations
@@ -55,10 +57,16 @@ VARIANT_FILES: dict[str, str] = {
     "int8-arm64": "model_qint8_arm64.onnx",
     "openvino-fp32": "model.onnx",
     "openvino-bf16": "model.onnx",
+    # NNCF's post-training static quantization of model.onnx (int8 weights and activations as QuantizeLinear /
+    # DequantizeLinear pairs), calibrated on train papers; OpenVINO runs its quantized MatMuls in int8.
+    "openvino-int8": "model_qint8_static.onnx",
 }
 #: Variants that run an ONNX file with OpenVINO instead of onnxruntime: their inference precision (OpenVINO's
 #: INFERENCE_PRECISION_HINT; f32 is asked for explicitly, since OpenVINO runs bf16 by default on a CPU with AMX).
-OPENVINO_VARIANTS: dict[str, str] = {"openvino-fp32": "f32", "openvino-bf16": "bf16"}
+#: openvino-int8 runs its quantized operations in int8 and the rest in f32.
+OPENVINO_VARIANTS: dict[str, str] = {"openvino-fp32": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
+#: The variant whose file the export quantizes statically (the others are model.onnx itself or optimum's files).
+STATIC_INT8 = "openvino-int8"
 #: Input shapes whose kernels an OpenVINO model keeps (see :class:`OpenVinoSession`).
 OPENVINO_SHAPE_CACHE = 100
 #: How to install what the openvino-* variants need.
@@ -354,8 +362,8 @@ class OnnxEmbedder:
         encodings = self.tokenizer.encode_batch(self._prepare(texts))
         return np.array([len(e.ids) for e in encodings], dtype=np.int64)
 
-    def _run(self, encodings: list[Any], post: bool = True) -> np.ndarray:
-        """One model call: ``encodings`` (unpadded) padded to the longest of them."""
+    def _padded(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+        """Token ids, attention mask and token types of ``encodings`` (unpadded), padded to the longest of them."""
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
@@ -363,9 +371,19 @@ class OnnxEmbedder:
         for row, e in enumerate(encodings):
             n = len(e.ids)
             ids[row, :n], mask[row, :n], types[row, :n] = e.ids, 1, e.type_ids
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def feeds(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        """The model's inputs for each text on its own (a batch of one, no padding), truncated at
+        :attr:`max_seq_length`: what a static quantization calibrates on."""
+        feeds = [self._padded([e]) for e in self.tokenizer.encode_batch(self._prepare(texts))]
+        return [{k: v for k, v in feed.items() if k in self._inputs} for feed in feeds]
+
+    def _run(self, encodings: list[Any], post: bool = True) -> np.ndarray:
+        """One model call: ``encodings`` (unpadded) padded to the longest of them."""
+        feed = self._padded(encodings)
         tokens = self.session.run([self._output], {k: v for k, v in feed.items() if k in self._inputs})[0]
-        pooled = _pool(self.pipeline.pooling_modes, np.asarray(tokens), mask)
+        pooled = _pool(self.pipeline.pooling_modes, np.asarray(tokens), feed["attention_mask"])
         return self.pipeline.apply_post(pooled) if post else pooled.astype(np.float32, copy=False)
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True, output: str = MODEL) -> np.ndarray:
@@ -472,14 +490,13 @@ def report_name(variant: str) -> str:
 
 def exported_variants(model_dir: str | os.PathLike[str]) -> list[str]:
     """Variant names whose file is present under ``<model_dir>/onnx/`` (the ``openvino-*`` ones where OpenVINO is
-    installed)."""
+    installed, ``openvino-bf16`` only on a CPU with native bf16, as the export plans them)."""
+    from arxiv_embeddings.backends.loading import cpu_supports_bf16
+
     onnx_dir = Path(model_dir) / ONNX_DIR
     ov = openvino_available()
-    return [
-        name
-        for name, file in VARIANT_FILES.items()
-        if (onnx_dir / file).exists() and (ov or name not in OPENVINO_VARIANTS)
-    ]
+    skip = {*([] if ov else OPENVINO_VARIANTS), *([] if cpu_supports_bf16() else ["openvino-bf16"])}
+    return [name for name, file in VARIANT_FILES.items() if (onnx_dir / file).exists() and name not in skip]
 
 
 def read_report(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -589,7 +606,7 @@ def load_onnx_embedder(
         raise ExportNotFoundError(
             f"ONNX variant {name!r} was not exported for {path} (no {file}); exported variants: "
             f"{', '.join(present) or 'none'}. Export it with 'uv run inv export' (export.optimization_levels, "
-            "export.quantize)."
+            "export.quantize, export.openvino)."
         )
     return OnnxEmbedder(path, file, name, max_seq_length=max_seq_length, **kw)
 

@@ -1,5 +1,5 @@
-"""Building the ONNX files with optimum: the fp32 graph, the O1-O4 graph optimizations and int8 dynamic
-quantization (with the activation MatMuls left out where they cost accuracy)."""
+"""Building the ONNX files: the fp32 graph, the O1-O4 graph optimizations and int8 dynamic quantization with optimum
+(with the activation MatMuls left out where they cost accuracy), and int8 static quantization with NNCF."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
 from arxiv_embeddings.backends.onnx_embedder import (
+    STATIC_INT8,
     VARIANT_FILES,
+    OnnxEmbedder,
     int8_variant,
 )
 from arxiv_embeddings.layout import ONNX_DIR
@@ -60,8 +63,38 @@ def int8_config(arch: str, onnx_path: Path) -> Any:
     return getattr(AutoQuantizationConfig, arch)(is_static=False, nodes_to_exclude=activation_matmuls(onnx_path))
 
 
-def build_onnx(model_dir: Path, out_dir: Path, levels: Sequence[str], arch: str | None) -> dict[str, Path]:
-    """Export ``model_dir`` to ONNX with optimum, then each optimization level and the int8 preset, into ``out_dir``.
+@dataclass(frozen=True)
+class Calibration:
+    """What a static quantization calibrates on: texts (train papers) at the length the model is served at."""
+
+    texts: list[str]
+    max_seq_length: int
+
+
+def static_int8(model_dir: Path, fp32_file: Path, out_file: Path, calibration: Calibration) -> None:
+    """NNCF's post-training static quantization of ``fp32_file`` into ``out_file``: int8 weights and activations as
+    QuantizeLinear / DequantizeLinear pairs, their ranges taken from the model's activations on the calibration
+    texts (each on its own, so that no padding enters the ranges), with NNCF's transformer preset (which keeps the
+    operations that lose the most, such as the softmax and the layer norms, in floating point)."""
+    import nncf
+    import onnx
+
+    embedder = OnnxEmbedder(model_dir, fp32_file, "fp32", max_seq_length=calibration.max_seq_length)
+    feeds = embedder.feeds(calibration.texts)
+    quantized = nncf.quantize(
+        onnx.load(str(fp32_file)),
+        nncf.Dataset(feeds),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(feeds),
+    )
+    onnx.save(quantized, str(out_file))
+
+
+def build_onnx(
+    model_dir: Path, out_dir: Path, levels: Sequence[str], arch: str | None, calibration: Calibration | None = None
+) -> dict[str, Path]:
+    """Export ``model_dir`` to ONNX with optimum, then each optimization level, the int8 preset and, given a
+    ``calibration``, the static int8 file of ``openvino-int8``, into ``out_dir``.
 
     Returns ``{variant name: file}``. Uses sentence-transformers' helpers, so the files are the ones
     ``SentenceTransformer(model_dir, backend="onnx", model_kwargs={"file_name": ...})`` loads.
@@ -94,6 +127,16 @@ def build_onnx(model_dir: Path, out_dir: Path, levels: Sequence[str], arch: str 
             logger.info(
                 f"Quantized (int8, {arch}) in {time.perf_counter() - t0:.1f}s; "
                 f"{len(config.nodes_to_exclude)} activation x activation MatMul(s) left in fp32."
+            )
+        if calibration is not None:
+            t0 = time.perf_counter()
+            fp32 = Path(scratch) / ONNX_DIR / VARIANT_FILES["fp32"]
+            with _quiet("nncf"):
+                static_int8(model_dir, fp32, fp32.parent / VARIANT_FILES[STATIC_INT8], calibration)
+            names.append(STATIC_INT8)
+            logger.info(
+                f"Quantized (static int8, NNCF) in {time.perf_counter() - t0:.1f}s, calibrated on "
+                f"{len(calibration.texts)} train papers at {calibration.max_seq_length} tokens."
             )
         produced = Path(scratch) / ONNX_DIR
         for name in names:

@@ -53,6 +53,16 @@ def load_texts(cfg: DictConfig) -> tuple[list[str], np.ndarray, list[str], dict[
     return texts, labels, bench, info
 
 
+def load_calibration(cfg: DictConfig) -> list[str]:
+    """The texts a static int8 quantization calibrates on: a seeded choice of ``export.calibration.papers`` papers
+    of the train split (never the test papers the parity gate scores), as ``export.parity.text`` writes them."""
+    path = split_path(cfg, "train")
+    table, _ = read_sample(path, int(cfg.export.calibration.papers), int(cfg.seed), "calibration")
+    if table.num_rows < 1:
+        raise ConfigError(f"The train split at {path} is empty; the static int8 export calibrates on its papers.")
+    return paper_text(table, str(cfg.export.parity.text))
+
+
 # ------------------------------------------------------------------------------------------------ parity
 def subject_p10(vectors: np.ndarray, labels: np.ndarray) -> float:
     """Subject-retrieval precision@10 (each paper against the others, relevant = same primary subject), as in

@@ -4,6 +4,7 @@ lives in (a Hub name is saved under ``${paths.models_dir}/<name>/final`` first).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 from pathlib import Path
@@ -18,6 +19,7 @@ from arxiv_embeddings.backends.loading import (
 from arxiv_embeddings.backends.onnx_embedder import (
     OPENVINO_INSTALL,
     OPENVINO_VARIANTS,
+    STATIC_INT8,
     int8_variant,
     openvino_available,
 )
@@ -118,21 +120,42 @@ def planned_variants(cfg: DictConfig) -> list[str]:
     return ["fp32", *map(str, cfg.export.optimization_levels), *([int8_variant(arch)] if arch else [])]
 
 
-def openvino_variants(cfg: DictConfig) -> list[str]:
-    """The ``openvino-*`` variants the export runs over ``onnx/model.onnx``: those ``export.openvino`` names, less
-    bf16 on a CPU without native bf16 (OpenVINO would run it in fp32), none where OpenVINO is not installed."""
+def nncf_available() -> bool:
+    """Whether NNCF (what the static int8 quantization of ``openvino-int8`` uses) is installed."""
+    return importlib.util.find_spec("nncf") is not None
+
+
+def openvino_variants(cfg: DictConfig, quiet: bool = False) -> list[str]:
+    """The ``openvino-*`` variants the export runs: those ``export.openvino`` names, less bf16 on a CPU without
+    native bf16 (OpenVINO would run it in fp32), int8 where NNCF is not installed, none where OpenVINO is not
+    installed (each with a log line unless ``quiet``)."""
     asked = [str(p) for p in cfg.export.openvino]
+
+    def say(message: str) -> None:
+        if not quiet:
+            logger.info(message)
+
     if not asked:
         return []
     if not openvino_available():
-        logger.warning(
-            f"export.openvino={asked}: OpenVINO is not installed, so no openvino-* variant is measured; {OPENVINO_INSTALL}."
-        )
+        if not quiet:
+            logger.warning(
+                f"export.openvino={asked}: OpenVINO is not installed, so no openvino-* variant is measured; "
+                f"{OPENVINO_INSTALL}."
+            )
         return []
     if "bf16" in asked and not cpu_supports_bf16():
-        logger.info("export.openvino: this CPU has no native bf16 (AMX or AVX512-BF16), so openvino-bf16 is skipped.")
+        say("export.openvino: this CPU has no native bf16 (AMX or AVX512-BF16), so openvino-bf16 is skipped.")
         asked.remove("bf16")
+    if "int8" in asked and not nncf_available():
+        say("export.openvino: NNCF is not installed, so openvino-int8 is skipped (pip install nncf).")
+        asked.remove("int8")
     return [f"openvino-{p}" for p in asked]
+
+
+def static_planned(cfg: DictConfig) -> bool:
+    """Whether the export writes the static int8 file (``openvino-int8``), which calibrates on the train split."""
+    return STATIC_INT8 in openvino_variants(cfg, quiet=True)
 
 
 # ------------------------------------------------------------------------------------------ model folder

@@ -19,6 +19,8 @@ from arxiv_embeddings.backends.loading import (
     resolve_model,
 )
 from arxiv_embeddings.backends.onnx_embedder import (
+    OPENVINO_VARIANTS,
+    STATIC_INT8,
     VARIANT_FILES,
     OnnxEmbedder,
     report_name,
@@ -34,11 +36,12 @@ from arxiv_embeddings.config import (
     require_model_name,
     to_plain,
 )
-from arxiv_embeddings.export.build import build_onnx
+from arxiv_embeddings.export.build import Calibration, build_onnx
 from arxiv_embeddings.export.measure import (
     choose_default,
     format_table,
     geomean,
+    load_calibration,
     load_texts,
     machine,
     parity,
@@ -63,6 +66,7 @@ from arxiv_embeddings.export.plan import (
     quantization_arch,
     save_hub_model,
     spec_model_dir,
+    static_planned,
 )
 from arxiv_embeddings.io import artifact_path, atomic_dir, write_json
 from arxiv_embeddings.layout import (
@@ -80,8 +84,11 @@ from arxiv_embeddings.texts import TEXT_FIELDS
 
 def onnx_entries(files: dict[str, Path], ov_variants: list[str]) -> list[tuple[str, str, Path]]:
     """``(report name, variant, file)`` of each ONNX variant an export checks: ``onnx-<variant>`` for each file
-    written, then each ``openvino-*`` variant over the plain export's file (no file of its own)."""
-    pairs = [*files.items(), *((variant, files["fp32"]) for variant in ov_variants)]
+    onnxruntime runs, then each ``openvino-*`` variant over its file (the plain export's, or the static int8 one)."""
+    pairs = [
+        *((v, f) for v, f in files.items() if v not in OPENVINO_VARIANTS),
+        *((v, files.get(v, files["fp32"])) for v in ov_variants),
+    ]
     return [(report_name(variant), variant, file) for variant, file in pairs]
 
 
@@ -115,6 +122,7 @@ def validate(cfg: DictConfig) -> None:
     require_in("export.quantization_arch", x.quantization_arch, ("auto", *QUANTIZATION_ARCHS))
 
     p = x.parity
+    check_int(x.calibration.papers, "export.calibration.papers")
     check_int(p.max_papers, "export.parity.max_papers", minimum=2, optional=True)
     require_in("export.parity.text", p.text, TEXT_FIELDS)
     check_int(p.max_seq_length, "export.parity.max_seq_length", minimum=2, optional=True)
@@ -217,8 +225,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             embedders["torch-bf16"] = bf16
 
         ov_variants = openvino_variants(cfg)
+        calibration = Calibration(load_calibration(cfg), parity_len) if STATIC_INT8 in ov_variants else None
         with atomic_dir(model_dir / ONNX_DIR) as stage_dir:
-            files = build_onnx(source, stage_dir, [str(v) for v in x.optimization_levels], arch)
+            files = build_onnx(source, stage_dir, [str(v) for v in x.optimization_levels], arch, calibration)
             failures = []
             for name, variant, file in onnx_entries(files, ov_variants):
                 emb = OnnxEmbedder(source, file, variant, max_seq_length=parity_len, threads=threads)
@@ -246,7 +255,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             base_parity = None
             if (source / BASE_DIR).is_dir():
                 base_parity = _export_base(
-                    source / BASE_DIR, model_dir / BASE_DIR, cfg, ov_variants, texts, labels, threads
+                    source / BASE_DIR, model_dir / BASE_DIR, cfg, ov_variants, texts, labels, threads, calibration
                 )
         best, best_onnx = choose_default(entries)
         for entry in entries.values():
@@ -313,6 +322,7 @@ def _export_base(
     texts: list[str],
     labels: Any,
     threads: int,
+    calibration: Calibration | None,
 ) -> dict[str, Any]:
     """Export the base model a folder keeps in ``base/`` (``source``; written to ``target/onnx``) in the variants
     the main model is exported in, each through the parity gate against that model in torch fp32. Raises
@@ -328,7 +338,9 @@ def _export_base(
     figures: dict[str, Any] = {}
     failures = []
     with atomic_dir(target / ONNX_DIR) as stage_dir:
-        files = build_onnx(source, stage_dir, [str(v) for v in x.optimization_levels], quantization_arch(cfg))
+        files = build_onnx(
+            source, stage_dir, [str(v) for v in x.optimization_levels], quantization_arch(cfg), calibration
+        )
         for name, variant, file in onnx_entries(files, ov_variants):
             emb = OnnxEmbedder(source, file, variant, max_seq_length=int(reference.max_seq_length), threads=threads)
             figures[variant] = parity(ref_vectors, emb.encode(texts, bs), labels, *thresholds)
@@ -403,27 +415,28 @@ def _outputs(cfg: DictConfig) -> list[Path]:
     model_dir = spec_model_dir(cfg)
     if model_dir is None:
         return []
-    files = [model_dir / ONNX_DIR / VARIANT_FILES[v] for v in planned_variants(cfg)]
+    variants = [*planned_variants(cfg), *([STATIC_INT8] if static_planned(cfg) else [])]
+    files = [model_dir / ONNX_DIR / VARIANT_FILES[v] for v in variants]
     if (model_dir / BASE_DIR).is_dir():  # the base model it keeps for search, exported beside it
-        files += [model_dir / BASE_DIR / ONNX_DIR / VARIANT_FILES[v] for v in planned_variants(cfg)]
+        files += [model_dir / BASE_DIR / ONNX_DIR / VARIANT_FILES[v] for v in variants]
     return [*files, model_dir / REPORT_FILE]
 
 
 def _inputs(cfg: DictConfig) -> list[Path]:
     """The model's own files (for a Hub name, those of its local source, the same before and after it is saved
-    under models/) and the test split."""
-    processed = processed_split(cfg, "test")
+    under models/), the test split and, for a static int8 export, the train split it calibrates on."""
+    processed = [processed_split(cfg, "test"), *([processed_split(cfg, "train")] if static_planned(cfg) else [])]
     value = str(cfg.export.model).strip()
     try:
         path = as_path(model_location(cfg, value))
     except ModelNotFoundError:
-        return [processed]
+        return processed
     if not path.exists():
         try:
             path = Path(resolve_model(value))
         except ModelNotFoundError:
-            return [processed]
-    return [*model_files(path), processed]
+            return processed
+    return [*model_files(path), *processed]
 
 
 SPEC = StageSpec(
