@@ -305,6 +305,14 @@ def test_static_int8_quantizes_every_weight_matmul_and_calibrates_on_train_paper
     test = set(paper_text(pq.read_table(processed / "test.parquet"), "title_abstract"))
     assert len(chosen) == len(set(chosen)) == 50 and set(chosen) <= train and not set(chosen) & test
     assert load_calibration(cfg) == chosen
+    # Without a train split the export stops before any work, naming the split and both ways out.
+    only_test = project / "only-test"
+    only_test.mkdir()
+    shutil.copy(processed / "test.parquet", only_test / "test.parquet")
+    with pytest.raises(FileNotFoundError, match=r"train\.parquet.*inv preprocess.*export\.openvino=\[fp32,bf16\]"):
+        export_stage.run(
+            make_cfg("export", project, [*export_overrides(processed_root), f"paths.processed_dir={only_test}"])
+        )
     assert (
         load_calibration(
             make_cfg("export", project, [*export_overrides(processed_root), "seed=1", "export.calibration.papers=50"])

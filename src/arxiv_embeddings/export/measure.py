@@ -56,7 +56,13 @@ def load_texts(cfg: DictConfig) -> tuple[list[str], np.ndarray, list[str], dict[
 def load_calibration(cfg: DictConfig) -> list[str]:
     """The texts a static int8 quantization calibrates on: a seeded choice of ``export.calibration.papers`` papers
     of the train split (never the test papers the parity gate scores), as ``export.parity.text`` writes them."""
-    path = split_path(cfg, "train")
+    try:
+        path = split_path(cfg, "train")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{err} openvino-int8 calibrates on the train split; or leave int8 out of export.openvino "
+            "(e.g. export.openvino=[fp32,bf16])."
+        ) from err
     table, _ = read_sample(path, int(cfg.export.calibration.papers), int(cfg.seed), "calibration")
     if table.num_rows < 1:
         raise ConfigError(f"The train split at {path} is empty; the static int8 export calibrates on its papers.")
