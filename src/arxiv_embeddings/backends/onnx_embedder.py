@@ -18,7 +18,7 @@ the subject head of ``train.head``, weights read with safetensors' NumPy loader)
 The ``openvino-*`` variants run an ONNX file with OpenVINO's CPU runtime instead of onnxruntime: ``openvino-fp32``
 and ``openvino-bf16`` the plain export (``onnx/model.onnx``) at the precision their name gives (``bf16`` uses AMX /
 AVX512-BF16 where the CPU has them), ``openvino-int8`` its static int8 quantization
-(``onnx/model_qint8_static.onnx``: VNNI, AMX-INT8 or AVX2 integer kernels); they need the ``openvino`` extra
+(``onnx/model_qint8_static.onnx``, fast where the CPU has int8 dot products: VNNI, AMX-INT8); they need the ``openvino`` extra
 (``pip install "arxiv-embeddings[openvino]"``).
 """
 
