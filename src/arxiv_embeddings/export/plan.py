@@ -128,21 +128,16 @@ def nncf_available() -> bool:
 def openvino_variants(cfg: DictConfig, quiet: bool = False) -> list[str]:
     """The ``openvino-*`` variants the export runs: those ``export.openvino`` names, less bf16 on a CPU without
     native bf16 (OpenVINO would run it in fp32), int8 where NNCF is not installed, none where OpenVINO is not
-    installed (each with a log line unless ``quiet``)."""
+    installed (each with a log line, at debug level when ``quiet``)."""
     asked = [str(p) for p in cfg.export.openvino]
-
-    def say(message: str) -> None:
-        if not quiet:
-            logger.info(message)
-
+    say, warn = (logger.debug, logger.debug) if quiet else (logger.info, logger.warning)
     if not asked:
         return []
     if not openvino_available():
-        if not quiet:
-            logger.warning(
-                f"export.openvino={asked}: OpenVINO is not installed, so no openvino-* variant is measured; "
-                f"{OPENVINO_INSTALL}."
-            )
+        warn(
+            f"export.openvino={asked}: OpenVINO is not installed, so no openvino-* variant is measured; "
+            f"{OPENVINO_INSTALL}."
+        )
         return []
     if "bf16" in asked and not cpu_supports_bf16():
         say("export.openvino: this CPU has no native bf16 (AMX or AVX512-BF16), so openvino-bf16 is skipped.")

@@ -172,7 +172,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     model_dir, hub_name = model_target(cfg)  # fails on a missing model before any work
     texts, labels, bench_texts, data_info = load_texts(cfg)
-    calibration_texts = load_calibration(cfg) if static_planned(cfg) else None  # a missing train split fails here
+    ov_variants = openvino_variants(cfg)
+    calibration_texts = (
+        load_calibration(cfg) if STATIC_INT8 in ov_variants else None
+    )  # a missing train split fails here
     if hub_name is not None:
         save_hub_model(hub_name, model_dir)
     # The files the export reads: the model folder itself, or for one in a bucket its local copy. What the export
@@ -225,7 +228,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             add("torch-bf16", "torch", "bf16", None, parity(ref_vectors, bf16.encode(texts, bs), labels, *thresholds))
             embedders["torch-bf16"] = bf16
 
-        ov_variants = openvino_variants(cfg)
         calibration = Calibration(calibration_texts, parity_len) if calibration_texts is not None else None
         with atomic_dir(model_dir / ONNX_DIR) as stage_dir:
             files = build_onnx(source, stage_dir, [str(v) for v in x.optimization_levels], arch, calibration)
