@@ -4,6 +4,7 @@ real lengths, what length-aware batches buy, and the index stage's papers/s with
     uv run python bench/bench_encoding.py --model models/minilm-sample/final     # a folder 'inv export' exported
     uv run python bench/bench_encoding.py --model ... --skip-index --papers 512   # the variants only, quicker
     uv run python bench/bench_encoding.py --model ... --index-only --index-papers 3072   # the index figures only
+    uv run python bench/bench_encoding.py --model ... --variants openvino-fp32,openvino-int8   # these beside torch fp32
 
 Texts: the embedded sample's papers (title + abstract). Every figure is texts/s, the best of ``--repeats`` timed
 passes after a warm-up, all at ``--threads`` intra-op threads:
@@ -42,6 +43,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: Environment variables that cap the instruction sets oneDNN / OpenVINO, MKL and torch's ATen kernels use.
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
 def _fill(papers: list[str], abstracts: list[str]) -> list[str]:
     """Each paper followed by the next two papers' abstracts: texts that fill 256 tokens."""
     n = len(papers)
@@ -57,6 +62,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: usable cores)")
     parser.add_argument("--max-batch-tokens", type=int, default=2048, help="the token cap of the batching figure")
     parser.add_argument("--skip-index", action="store_true", help="leave out the index figures")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated names to time beside torch-fp32, as the export report names them (e.g. "
+        "openvino-fp32,openvino-int8); default: torch-bf16 where the CPU has native bf16 and every exported variant",
+    )
     parser.add_argument("--index-only", action="store_true", help="the index figures alone (no variants, no batching)")
     parser.add_argument("--index-papers", type=int, default=2048, help="papers the index runs embed")
     parser.add_argument("--index-backend", default="torch", choices=("torch", "onnx"))
@@ -98,6 +109,8 @@ def main() -> None:
         "machine": machine(threads, None),
         "model": str(model),
         "papers": len(papers),
+        # instruction-set caps in force (an emulated older CPU: the machine's flags above are the real ones)
+        "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ},
         "batch_size": bs,
         "repeats": repeats,
     }
@@ -109,11 +122,18 @@ def main() -> None:
         return
 
     # 1. variants at 128, 256 and real lengths
+    available = [*(["torch-bf16"] if cpu_supports_bf16() else []), *map(report_name, variants)]
+    wanted = available if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(wanted) - set(available) - {"torch-fp32"})
+    if unknown:
+        raise SystemExit(f"--variants: {', '.join(unknown)} not available here; choose from {', '.join(available)}.")
     embedders: dict[str, Any] = {"torch-fp32": TorchEmbedder(model, device="cpu", precision="fp32")}
-    if cpu_supports_bf16():  # emulated bf16 (no AMX / AVX512-BF16) is several times slower than fp32: left out
+    # emulated bf16 (no AMX / AVX512-BF16) is several times slower than fp32: torch-bf16 is left out there
+    if "torch-bf16" in wanted:
         embedders["torch-bf16"] = TorchEmbedder(model, device="cpu", precision="bf16")
     for v in variants:  # named as in the export report
-        embedders[report_name(v)] = OnnxEmbedder(model, model / ONNX_DIR / variant_file(v), v, threads=threads)
+        if report_name(v) in wanted:
+            embedders[report_name(v)] = OnnxEmbedder(model, model / ONNX_DIR / variant_file(v), v, threads=threads)
     filled = _fill(papers, abstracts)
     lengths = {"128": (filled, 128), "256": (filled, 256), "real": (papers, 256)}
     speed: dict[str, dict[str, float]] = {name: {} for name in embedders}
